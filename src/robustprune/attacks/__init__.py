@@ -1,0 +1,28 @@
+"""Adversarial attacks: ``attack(model, x, y) -> x_adv`` with the invariants of :class:`Attack`.
+
+Registered in ``ATTACKS``: ``"fgsm"``, ``"rfgsm"``, ``"pgd"``, ``"eot-pgd"``. ``TransferAttack``
+needs a source model and is built directly.
+
+>>> attack = build_attack("pgd", eps=0.3, steps=40, step_size=0.01)
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from robustprune.attacks.base import Attack, LossFn, cross_entropy_loss, project
+from robustprune.attacks.pgd import EOTPGD, FGSM, PGD, RFGSM
+from robustprune.attacks.transfer import TransferAttack
+from robustprune.registry import ATTACKS
+
+__all__ = [
+    "ATTACKS", "EOTPGD", "FGSM", "PGD", "RFGSM", "Attack", "LossFn", "TransferAttack",
+    "build_attack", "cross_entropy_loss", "project",
+]
+
+
+def build_attack(name: str, **params: Any) -> Attack:
+    """Build a registered attack by name with its class's keyword arguments, e.g.
+    ``build_attack("eot-pgd", eps=0.3, eot=10)``. Unknown names raise ``ValueError``; unknown
+    keyword arguments raise ``TypeError`` naming them."""
+    return ATTACKS.create(name, **params)

@@ -1,0 +1,134 @@
+"""Typed run configuration: dataclass defaults <- YAML file <- CLI flags.
+
+The CLI builds its flags from these dataclasses (``add_dataclass_flags``), jsonargparse merges the
+YAML file given with ``--config`` and the flags, and the resolved config is saved with every run.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+
+@dataclass
+class TrainConfig:
+    """Everything that defines a training run. Field docs double as ``--help`` text."""
+
+    method: str = field(default="standard", metadata={"help": "training method (see `robustprune methods`)"})
+    model: str = field(default="lenet5-caffe", metadata={"help": "registered model name"})
+    dataset: str = field(default="mnist", metadata={"help": "mnist, fashion-mnist, cifar10 or cifar100"})
+    epochs: int = field(default=1, metadata={"help": "number of training epochs"})
+    out: str = field(default="runs/run", metadata={"help": "run directory"})
+    data_dir: str | None = field(
+        default=None, metadata={"help": "dataset directory (else $ROBUSTPRUNE_DATA, else cache)"}
+    )
+    seed: int = field(default=0, metadata={"help": "seed; fixes a CPU run to the bit"})
+    limit_train: int | None = field(default=None, metadata={"help": "train on the first N training examples"})
+    val_size: int = field(default=0, metadata={"help": "hold out the last N training examples as validation"})
+    batch_size: int = field(default=64, metadata={"help": "minibatch size"})
+    optimizer: str = field(default="adam", metadata={"help": "adam or sgd"})
+    lr: float = field(default=1e-3, metadata={"help": "learning rate of the network weights"})
+    momentum: float = field(default=0.9, metadata={"help": "SGD momentum"})
+    weight_decay: float = field(default=1e-4, metadata={"help": "coupled L2 (gradient of wd/2 * ||w||^2)"})
+    schedule: str = field(default="step", metadata={"help": "step, cosine or constant (per optimiser step)"})
+    milestones: list[float] = field(
+        default_factory=lambda: [0.5, 0.7],
+        metadata={"help": "step schedule: fractions of training at which lr *= gamma"},
+    )
+    gamma: float = field(default=0.1, metadata={"help": "step schedule decay factor"})
+    adv_eps: float | None = field(default=None, metadata={"help": "training attack eps (default: dataset's)"})
+    adv_steps: int | None = field(default=None, metadata={"help": "training PGD steps (default: 20 MNIST, 10 CIFAR)"})
+    adv_step_size: float | None = field(default=None, metadata={"help": "training PGD step (default: 0.01 / 2/255)"})
+    method_args: dict[str, Any] = field(
+        default_factory=dict, metadata={"help": "method hyperparameters, e.g. '{beta: 4}'"}
+    )
+    init_from: str | None = field(
+        default=None, metadata={"help": "start from another run's weights (run dir or .safetensors)"}
+    )
+    resume: bool = field(default=False, metadata={"help": "continue from the last finished epoch in --out"})
+    device: str = field(default="auto", metadata={"help": "auto, cpu or cuda"})
+    channels_last: bool = field(default=True, metadata={"help": "channels_last memory format for conv models"})
+    progress: bool = field(default=True, metadata={"help": "show progress bars"})
+
+    def validate(self) -> None:
+        """Raise ``ValueError`` naming the first bad value."""
+        checks = [
+            (self.epochs >= 1, f"epochs must be >= 1, got {self.epochs}"),
+            (self.batch_size >= 1, f"batch_size must be >= 1, got {self.batch_size}"),
+            (self.limit_train is None or self.limit_train >= 1, f"limit_train must be >= 1, got {self.limit_train}"),
+            (self.val_size >= 0, f"val_size must be >= 0, got {self.val_size}"),
+            (self.lr > 0, f"lr must be > 0, got {self.lr}"),
+            (self.weight_decay >= 0, f"weight_decay must be >= 0, got {self.weight_decay}"),
+            (self.optimizer in ("adam", "sgd"), f"optimizer must be adam or sgd, got {self.optimizer!r}"),
+            (
+                self.schedule in ("step", "cosine", "constant"),
+                f"schedule must be step, cosine or constant, got {self.schedule!r}",
+            ),
+            (all(0 < m < 1 for m in self.milestones), f"milestones must be fractions in (0, 1), got {self.milestones}"),
+            (self.adv_eps is None or self.adv_eps >= 0, f"adv_eps must be >= 0, got {self.adv_eps}"),
+            (self.adv_steps is None or self.adv_steps >= 1, f"adv_steps must be >= 1, got {self.adv_steps}"),
+            (
+                self.adv_step_size is None or self.adv_step_size > 0,
+                f"adv_step_size must be > 0, got {self.adv_step_size}",
+            ),
+            (
+                self.device in ("auto", "cpu", "cuda") or self.device.startswith("cuda:"),
+                f"device must be auto, cpu or cuda, got {self.device!r}",
+            ),
+        ]
+        for ok, msg in checks:
+            if not ok:
+                raise ValueError(msg)
+
+
+def to_dict(cfg: Any) -> dict[str, Any]:
+    return dataclasses.asdict(cfg)
+
+
+def save_yaml(data: dict[str, Any], path: Path) -> None:
+    """Write YAML atomically (temp file + rename)."""
+    from robustprune.utils import atomic_write_text
+
+    atomic_write_text(path, yaml.safe_dump(data, sort_keys=False))
+
+
+def load_train_config(path: Path) -> TrainConfig:
+    """Read a saved (resolved) config; unknown keys raise ``ValueError`` naming them."""
+    try:
+        data = yaml.safe_load(Path(path).read_text())
+    except (OSError, yaml.YAMLError) as e:
+        raise ValueError(f"cannot read config {path}: {e}") from e
+    if not isinstance(data, dict):
+        raise ValueError(f"config {path} is not a mapping")
+    return from_dict(TrainConfig, data, source=str(path))
+
+
+def from_dict(cls: type, data: dict[str, Any], *, source: str = "config") -> Any:
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - names)
+    if unknown:
+        raise ValueError(f"{source}: unknown keys {unknown}; known: {sorted(names)}")
+    return cls(**data)
+
+
+def add_dataclass_flags(parser: Any, cls: type, *, skip: tuple[str, ...] = ()) -> None:
+    """Add one typed ``--kebab-case`` flag per dataclass field; jsonargparse parses each value by
+    the field's annotation (``int | None``, ``list[float]``); booleans are ``--flag``/``--no_flag``
+    switches (no ``type=bool`` trap)."""
+    from jsonargparse import ActionYesNo
+
+    hints = typing.get_type_hints(cls)
+    for f in dataclasses.fields(cls):
+        if f.name in skip:
+            continue
+        default = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
+        flag, helptext = "--" + f.name.replace("_", "-"), f.metadata.get("help", "")
+        if hints[f.name] is bool:
+            parser.add_argument(flag, dest=f.name, action=ActionYesNo, default=default, help=helptext)
+        else:
+            parser.add_argument(flag, dest=f.name, type=hints[f.name], default=default, help=helptext)

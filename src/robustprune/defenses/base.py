@@ -1,0 +1,100 @@
+"""The contract every training method follows: a loss plus optional hooks (STYLE example 4).
+
+``Method.loss(model, x, y)`` returns one loss per parameter group and detached logs; it has no
+hidden side effects (it never zeroes an optimiser or leaves the model's mode changed). Methods that
+act between steps override ``after_step`` / ``on_epoch_end``; the one training loop calls them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from robustprune.attacks import PGD
+
+
+@dataclass(frozen=True)
+class MethodContext:
+    """What a method may know about its run: data set size, classes and the training attack."""
+
+    dataset: str
+    train_size: int
+    num_classes: int
+    adv_eps: float
+    adv_steps: int
+    adv_step_size: float
+    lr: float = 1e-3
+    weight_decay: float = 1e-4
+    total_steps: int = 1
+
+    def train_attack(self) -> PGD:
+        """PGD with random start against the eval-mode model (DESIGN §3)."""
+        return PGD(eps=self.adv_eps, steps=self.adv_steps, step_size=self.adv_step_size, random_start=True)
+
+
+@dataclass
+class ParamGroup:
+    """Parameters stepped by one optimiser on the loss of the same name."""
+
+    name: str
+    params: list[nn.Parameter]
+    lr: float
+    weight_decay: float = 0.0
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+class Method:
+    """Base class: plain cross-entropy on all parameters with one optimiser.
+
+    Subclasses set ``name`` and override ``loss`` (and, when needed, ``prepare``,
+    ``param_groups``, ``after_step``, ``on_epoch_end``, ``state_dict``).
+    """
+
+    name: ClassVar[str] = "standard"
+    #: the method needs ``--init-from`` a finished run (ANP-VS starts from a standard model)
+    needs_init: ClassVar[bool] = False
+    #: eval-mode outputs are random (evaluate with EOT and averaged passes)
+    stochastic: ClassVar[bool] = False
+
+    def __init__(self, *, ctx: MethodContext) -> None:
+        self.ctx = ctx
+        self.stop_training = False
+
+    def prepare(self, model: nn.Module) -> nn.Module:
+        """Change the architecture before weights are loaded (install masks...). Default: none."""
+        return model
+
+    def param_groups(self, model: nn.Module) -> list[ParamGroup]:
+        params = [p for p in model.parameters() if p.requires_grad]
+        return [ParamGroup("weights", params, lr=self.ctx.lr, weight_decay=self.ctx.weight_decay)]
+
+    def loss(self, model: nn.Module, x: Tensor, y: Tensor) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
+        logits = model(x)
+        loss = F.cross_entropy(logits, y)
+        return {"weights": loss}, {"loss": loss.detach(), "acc": accuracy(logits, y)}
+
+    def after_step(self, model: nn.Module, step: int) -> None:
+        """Called after every optimiser step."""
+
+    def on_epoch_end(self, model: nn.Module, epoch: int) -> dict[str, Any]:
+        """Called after every epoch; returns logs for the run history."""
+        return {}
+
+    def state_dict(self) -> dict[str, Any]:
+        return {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore what ``state_dict`` returned (resume)."""
+
+
+def accuracy(logits: Tensor, y: Tensor) -> Tensor:
+    """Detached batch accuracy as a 0-d float tensor (no host sync)."""
+    return (logits.detach().argmax(1) == y).float().mean()
+
+
+def mixed_ce(logits: Tensor, logits_adv: Tensor, y: Tensor, *, adv_weight: float) -> Tensor:
+    """[CE(x) + w·CE(x_adv)] / (1 + w), the ANP-VS table's AT loss (w = 2)."""
+    return (F.cross_entropy(logits, y) + adv_weight * F.cross_entropy(logits_adv, y)) / (1.0 + adv_weight)

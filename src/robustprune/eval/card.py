@@ -1,0 +1,138 @@
+"""``evaluate_run()``: evaluate a saved run under named attacks and write a JSON result card."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from robustprune.attacks import Attack, TransferAttack, build_attack
+from robustprune.config import to_dict
+from robustprune.data import TensorLoader, dataset_info, load_split
+from robustprune.eval.evaluate import EvalResult, evaluate
+from robustprune.train.run import load_run
+from robustprune.utils import atomic_write_json, provenance, resolve_device
+
+ATTACK_NAMES = ("none", "fgsm", "rfgsm", "pgd", "eot-pgd", "transfer")
+#: evaluation PGD step size per dataset when --step-size is not given
+EVAL_STEP = {"mnist": 0.01, "fashion-mnist": 0.01, "cifar10": 2 / 255, "cifar100": 2 / 255}
+
+
+def build_eval_attack(
+    name: str,
+    *,
+    eps: float,
+    steps: int,
+    step_size: float,
+    restarts: int = 1,
+    eot: int | None = None,
+    source: nn.Module | None = None,
+) -> Attack | None:
+    """One evaluation attack by name (``none`` -> ``None``); bad values raise ``ValueError``."""
+    if name not in ATTACK_NAMES:
+        raise ValueError(f"unknown attack {name!r}; known: {', '.join(ATTACK_NAMES)}")
+    if eps < 0:
+        raise ValueError(f"eps must be >= 0, got {eps}")
+    if steps < 1:
+        raise ValueError(f"steps must be >= 1, got {steps}")
+    if name == "none":
+        return None
+    if name == "fgsm":
+        return build_attack("fgsm", eps=eps)
+    if name == "rfgsm":
+        return build_attack("rfgsm", eps=eps)
+    pgd_kw: dict[str, Any] = {"eps": eps, "steps": steps, "step_size": step_size, "restarts": restarts}
+    if name == "eot-pgd":
+        return build_attack("eot-pgd", eot=10 if eot is None else eot, **pgd_kw)
+    if name == "pgd":
+        return build_attack("pgd", eot=1 if eot is None else eot, **pgd_kw)
+    if source is None:
+        raise ValueError("attack 'transfer' needs --source RUN (the model the examples are crafted on)")
+    return TransferAttack(source=source, attack=build_attack("pgd", **pgd_kw))
+
+
+def evaluate_run(
+    run_dir: str | Path,
+    *,
+    attacks: list[str],
+    eps: float | None = None,
+    steps: int = 40,
+    step_size: float | None = None,
+    restarts: int = 1,
+    eot: int | None = None,
+    source: str | Path | None = None,
+    limit: int | None = None,
+    batch_size: int = 256,
+    passes: int = 10,
+    data_dir: str | None = None,
+    device: str = "auto",
+    seed: int = 0,
+    out: str | Path | None = None,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Evaluate run ``run_dir`` on its test set and write the card (default ``RUN/eval/<attacks>.json``)."""
+    if limit is not None and limit < 1:
+        raise ValueError(f"limit must be >= 1, got {limit}")
+    dev = resolve_device(device)
+    run = load_run(run_dir, device=dev)
+    info = dataset_info(run.cfg.dataset)
+    eps = info.default_eps if eps is None else eps
+    step_size = EVAL_STEP[info.name] if step_size is None else step_size
+    src_model = load_run(source, device=dev).model if source is not None else None
+    built = [(n, build_eval_attack(n, eps=eps, steps=steps, step_size=step_size, restarts=restarts, eot=eot,
+                                   source=src_model)) for n in attacks]
+    named = [(n, a) for n, a in built if a is not None]
+    images, labels = load_split(run.cfg.dataset, "test", data_dir=data_dir or run.cfg.data_dir)
+    if limit is not None:
+        images, labels = images[:limit], labels[:limit]
+    loader = TensorLoader(images, labels, batch_size=batch_size, device=dev)
+    torch.manual_seed(seed)
+    t0 = time.perf_counter()
+    res = evaluate(run.model, loader, named, passes=passes, progress=progress)
+    card = make_card(run.cfg, res, run_dir=Path(run_dir), source=source, seed=seed, device=dev,
+                     wall_s=time.perf_counter() - t0)
+    path = Path(out) if out is not None else Path(run_dir) / "eval" / f"{'+'.join(attacks)}.json"
+    atomic_write_json(path, card)
+    card["card_path"] = str(path)
+    return card
+
+
+def make_card(cfg: Any, res: EvalResult, *, run_dir: Path, source: Any, seed: int, device: torch.device,
+              wall_s: float) -> dict[str, Any]:
+    """The JSON result card (DESIGN §2: method, model, data, seed, attack parameters, config,
+    versions, device, wall time)."""
+    return {
+        "kind": "eval",
+        "run": str(run_dir),
+        "method": cfg.method,
+        "model": cfg.model,
+        "dataset": cfg.dataset,
+        "train_seed": cfg.seed,
+        "eval_seed": seed,
+        "source": None if source is None else str(source),
+        **res.summary(),
+        "config": to_dict(cfg),
+        **provenance(device),
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "total_wall_s": wall_s,
+    }
+
+
+def format_table(card: dict[str, Any]) -> str:
+    """A small markdown table of one card, for the terminal."""
+    rows = [("clean", "-", f"{card['clean_acc']:.2f}", "-")]
+    for a in card["attacks"]:
+        p = a["params"]
+        desc = ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in p.items()
+                         if k not in ("name",) and not isinstance(v, dict))
+        vul = f"{a['vulnerability']['mean']:.4f}" if "vulnerability" in a else "-"
+        rows.append((a["name"], desc, f"{a['robust_acc']:.2f}", vul))
+    head = f"{card['method']} / {card['model']} / {card['dataset']}  (n={card['n']})"
+    lines = [head, "", "| attack | parameters | accuracy % | vulnerability |", "|---|---|---|---|"]
+    lines += [f"| {a} | {b} | {c} | {d} |" for a, b, c, d in rows]
+    for w in card.get("warnings", []):
+        lines.append(f"WARNING: {w}")
+    return "\n".join(lines)

@@ -1,0 +1,143 @@
+"""``evaluate()``: clean and robust accuracy over a test set, with latent vulnerability and
+sanity checks, and the JSON result card of ``robustprune eval``."""
+
+from __future__ import annotations
+
+import time
+import warnings
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+from tqdm.auto import tqdm
+
+from robustprune.attacks import Attack
+from robustprune.data import TensorLoader
+from robustprune.metrics import VulnerabilityMeter
+
+
+@dataclass
+class AttackResult:
+    name: str
+    params: dict[str, Any]
+    correct: int = 0
+    total: int = 0
+    wall_s: float = 0.0
+    vulnerability: VulnerabilityMeter | None = None
+
+    def summary(self) -> dict[str, Any]:
+        out: dict[str, Any] = {
+            "name": self.name, "params": self.params, "robust_acc": 100.0 * self.correct / max(self.total, 1),
+            "n": self.total, "wall_s": self.wall_s,
+        }
+        if self.vulnerability is not None and self.total:
+            out["vulnerability"] = {"mean": self.vulnerability.mean(), "per_layer": self.vulnerability.per_layer()}
+        return out
+
+
+@dataclass
+class EvalResult:
+    clean_correct: float = 0.0
+    total: int = 0
+    stochastic: bool = False
+    passes: int = 1
+    attacks: list[AttackResult] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+    wall_s: float = 0.0
+
+    @property
+    def clean_acc(self) -> float:
+        return 100.0 * self.clean_correct / max(self.total, 1)
+
+    def summary(self) -> dict[str, Any]:
+        return {
+            "n": self.total, "clean_acc": self.clean_acc, "stochastic": self.stochastic, "passes": self.passes,
+            "attacks": [a.summary() for a in self.attacks], "warnings": self.warnings, "wall_s": self.wall_s,
+        }
+
+
+def is_stochastic(model: nn.Module, x: Tensor) -> bool:
+    """Two eval-mode passes on the same input differ: the model is random at test time."""
+    with torch.no_grad():
+        return not torch.equal(model(x), model(x))
+
+
+def correct_count(model: nn.Module, x: Tensor, y: Tensor, passes: int) -> Tensor:
+    """Per-example correctness, averaged over ``passes`` forward passes (1 for deterministic models)."""
+    with torch.no_grad():
+        hits = sum((model(x).argmax(1) == y).float() for _ in range(passes))
+    return hits / passes
+
+
+def evaluate(
+    model: nn.Module,
+    loader: TensorLoader,
+    attacks: list[tuple[str, Attack]],
+    *,
+    vulnerability: bool = True,
+    passes: int = 10,
+    progress: bool = True,
+) -> EvalResult:
+    """Clean and robust accuracy of ``model`` (eval mode) over every batch of ``loader``.
+
+    A point counts as robust only if it is classified correctly both clean and attacked. For a
+    model that is random in eval mode, accuracies are averaged over ``passes`` forward passes and a
+    warning is recorded for every attack that does not use EOT. Latent vulnerability (DESIGN §3)
+    is accumulated over the whole set when the model exposes latent maps.
+    """
+    was_training = model.training
+    model.eval()
+    res = EvalResult(attacks=[AttackResult(name, atk.params()) for name, atk in attacks])
+    has_feats = vulnerability and hasattr(model, "latent_count")
+    t0 = time.perf_counter()
+    try:
+        for i, (x, y) in enumerate(tqdm(loader, desc="eval", disable=not progress, leave=False, dynamic_ncols=True)):
+            if i == 0:
+                res.stochastic = is_stochastic(model, x)
+                res.passes = passes if res.stochastic else 1
+            clean_ok = correct_count(model, x, y, res.passes)
+            res.clean_correct += clean_ok.sum().item()
+            res.total += len(y)
+            feats = None
+            if has_feats and not res.stochastic:
+                with torch.no_grad():
+                    feats = model(x, features=True)[1]
+            for (_, atk), r in zip(attacks, res.attacks, strict=True):
+                ta = time.perf_counter()
+                x_adv = atk(model, x, y)
+                adv_ok = correct_count(model, x_adv, y, res.passes)
+                r.correct += torch.minimum(clean_ok, adv_ok).sum().item()
+                r.total += len(y)
+                if feats is not None:
+                    with torch.no_grad():
+                        adv_feats = model(x_adv, features=True)[1]
+                    r.vulnerability = r.vulnerability or VulnerabilityMeter()
+                    r.vulnerability.update(feats, adv_feats)
+                r.wall_s += time.perf_counter() - ta
+    finally:
+        model.train(was_training)
+    res.wall_s = time.perf_counter() - t0
+    res.warnings += sanity_warnings(res)
+    for w in res.warnings:
+        warnings.warn(w, stacklevel=2)
+    return res
+
+
+def sanity_warnings(res: EvalResult) -> list[str]:
+    """STYLE example 9: flag evaluations that cannot be trusted as they stand."""
+    out = []
+    for r in res.attacks:
+        if res.stochastic and r.params.get("eot", 1) < 10 and not r.params.get("transfer"):
+            out.append(
+                f"model is stochastic in eval mode but attack {r.name!r} uses eot={r.params.get('eot', 1)}; "
+                "its robust accuracy is not trustworthy (use eot-pgd with --eot >= 10)"
+            )
+    white = [r.summary()["robust_acc"] for r in res.attacks if not r.params.get("transfer")]
+    black = [r.summary()["robust_acc"] for r in res.attacks if r.params.get("transfer")]
+    if white and black and min(black) < min(white):
+        out.append(
+            f"black-box (transfer) accuracy {min(black):.2f} is below white-box {min(white):.2f}: "
+            "the white-box attack is too weak or gradients are masked"
+        )
+    return out

@@ -1,0 +1,239 @@
+"""Memory and FLOPs in the ANP-VS paper's accounting, from active unit counts (DESIGN §5 (a)).
+
+The formulas are those of the reference code (``ANP_VS/src/experiments/{memory,flops}/utils.py``,
+anp_vs_reference.md §6), so our numbers sit beside the published table:
+
+- conv memory  k²·C_in·H_out·W_out (im2col buffer) + k²·C_in·C_out (kernel, no bias) [+ 2·C_out BN]
+- dense memory in·out + out [+ 2·in BN (sic: the reference counts BN on the input width)]
+- conv FLOPs   C_out·H_out·W_out·(2k²C_in − 1) + C_out·H_out·W_out (bias) + C_out·H_out·W_out (activation)
+- dense FLOPs  (2·in − 1)·out + out (bias) + out (activation; none for LeNet's last layer)
+- max-pool     C·H_out·W_out·4 (2×2, stride 2)
+
+A pruned unit shrinks both the layer that produces it and the one that reads it. Memory is
+reported as 100·M(active)/M(full) and FLOPs as the speed-up F(full)/F(active).
+
+Choices, documented:
+- LeNet5-Caffe's fc1 input is the 800-way mask3's own active count, as in the reference; it is
+  *not* reconciled with the conv2 channels that mask2 removed (each covers 16 of those inputs),
+  so the number matches the paper rather than a compacted network.
+- VGG-16's two dense terms are counted once. ``compat_bug=True`` reproduces the reference,
+  which counted them inside the 13-block loop (13×): full CIFAR-10 memory 19,881,538 instead of
+  16,655,818. The bug moves both numerator and denominator of memory %.
+- If every input of a layer is pruned, ``2·in − 1`` would go negative; it is floored at 0.
+
+Full-size values: LeNet5-Caffe on MNIST F = 4,615,940 and M = 477,410; VGG-16 on CIFAR-10
+F = 627,329,546.
+
+>>> paper_cost("lenet5-caffe", model)["memory_pct"], paper_cost("lenet5-caffe", model)["flops_speedup"]
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from torch import nn
+
+from robustprune.metrics.sparsity import active_units, total_units
+from robustprune.models.vgg import POOL_AFTER
+
+# model name -> (number of unit counts, default (in_channels, num_classes, image_size))
+ARCHS: dict[str, tuple[int, tuple[int, int, int]]] = {
+    "lenet5-caffe": (4, (1, 10, 28)),
+    "lenet-300-100": (2, (1, 10, 28)),
+    "vgg16": (15, (3, 10, 32)),
+}
+
+
+# --------------------------------------------------------------------------------- layer formulas
+def _conv_out(size: int, kernel: int, padding: int) -> int:
+    return size - kernel + 2 * padding + 1
+
+
+def conv_memory(size: int, c_in: int, c_out: int, kernel: int, *, padding: int = 0, bn: bool = False) -> int:
+    out = _conv_out(size, kernel, padding)
+    n = kernel * kernel * c_in
+    return n * out * out + n * c_out + (2 * c_out if bn else 0)
+
+
+def dense_memory(n_in: int, n_out: int, *, bn: bool = False) -> int:
+    return n_in * n_out + n_out + (2 * n_in if bn else 0)
+
+
+def conv_flops(size: int, c_in: int, c_out: int, kernel: int, *, padding: int = 0) -> int:
+    positions = _conv_out(size, kernel, padding) ** 2
+    return c_out * positions * max(2 * kernel * kernel * c_in - 1, 0) + 2 * c_out * positions
+
+
+def dense_flops(n_in: int, n_out: int, *, activation: bool = True) -> int:
+    return max(2 * n_in - 1, 0) * n_out + n_out + (n_out if activation else 0)
+
+
+def pool_flops(size: int, channels: int) -> int:
+    """2×2 max-pool, stride 2, on a size×size map."""
+    return channels * (size // 2) ** 2 * 4
+
+
+# --------------------------------------------------------------------------------- architectures
+def _lenet5_sizes(image_size: int) -> tuple[int, int, int]:
+    s1 = _conv_out(image_size, 5, 0)
+    p1 = s1 // 2
+    return s1, p1, _conv_out(p1, 5, 0)
+
+
+def _lenet5(u: Sequence[int], c_in: int, classes: int, size: int, _: bool) -> tuple[int, int]:
+    n1, n2, n3, n4 = u
+    s1, p1, s2 = _lenet5_sizes(size)
+    memory = (
+        conv_memory(size, c_in, n1, 5) + conv_memory(p1, n1, n2, 5)
+        + dense_memory(n3, n4) + dense_memory(n4, classes)
+    )
+    flops = (
+        conv_flops(size, c_in, n1, 5) + pool_flops(s1, n1)
+        + conv_flops(p1, n1, n2, 5) + pool_flops(s2, n2)
+        + dense_flops(n3, n4) + dense_flops(n4, classes, activation=False)
+    )
+    return memory, flops
+
+
+def _lenet300(u: Sequence[int], c_in: int, classes: int, size: int, _: bool) -> tuple[int, int]:
+    n1, n2 = u
+    n0 = c_in * size * size
+    memory = dense_memory(n0, n1) + dense_memory(n1, n2) + dense_memory(n2, classes)
+    flops = dense_flops(n0, n1) + dense_flops(n1, n2) + dense_flops(n2, classes, activation=False)
+    return memory, flops
+
+
+def _vgg16(u: Sequence[int], c_in: int, classes: int, size: int, compat_bug: bool) -> tuple[int, int]:
+    channels = [c_in, *u[:13]]
+    memory = flops = 0
+    h = size
+    for i in range(13):
+        memory += conv_memory(h, channels[i], channels[i + 1], 3, padding=1, bn=True)
+        flops += conv_flops(h, channels[i], channels[i + 1], 3, padding=1)
+        if i in POOL_AFTER:
+            flops += pool_flops(h, channels[i + 1])
+            h //= 2
+    n14, n15 = u[13], u[14]
+    memory += (13 if compat_bug else 1) * (dense_memory(n14, n15, bn=True) + dense_memory(n15, classes))
+    flops += dense_flops(n14, n15) + dense_flops(n15, classes)
+    return memory, flops
+
+
+_COUNTERS: dict[str, Callable[[Sequence[int], int, int, int, bool], tuple[int, int]]] = {
+    "lenet5-caffe": _lenet5,
+    "lenet-300-100": _lenet300,
+    "vgg16": _vgg16,
+}
+
+
+def _count(
+    model_name: str,
+    units: Sequence[int],
+    in_channels: int | None,
+    num_classes: int | None,
+    image_size: int | None,
+    compat_bug: bool,
+) -> tuple[int, int]:
+    if model_name not in ARCHS:
+        known = ", ".join(sorted(ARCHS))
+        raise ValueError(f"no paper cost formulas for model {model_name!r}; known: {known}")
+    n_units, (d_in, d_classes, d_size) = ARCHS[model_name]
+    units = list(units)
+    if len(units) != n_units:
+        raise ValueError(
+            f"{model_name} needs {n_units} unit counts (one per mask slot), got {len(units)}: {units}"
+        )
+    for n in units:
+        if isinstance(n, bool) or not isinstance(n, int) or n < 0:
+            raise ValueError(f"unit counts must be non-negative ints, got {units}")
+    dims = {
+        "in_channels": d_in if in_channels is None else in_channels,
+        "num_classes": d_classes if num_classes is None else num_classes,
+        "image_size": d_size if image_size is None else image_size,
+    }
+    for key, value in dims.items():
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(f"{key} must be a positive int, got {value!r}")
+    counter = _COUNTERS[model_name]
+    return counter(units, dims["in_channels"], dims["num_classes"], dims["image_size"], compat_bug)
+
+
+def paper_memory(
+    model_name: str,
+    units: Sequence[int],
+    *,
+    in_channels: int | None = None,
+    num_classes: int | None = None,
+    image_size: int | None = None,
+    compat_bug: bool = False,
+) -> float:
+    """Memory count of ``model_name`` with ``units`` active units per mask slot (paper accounting).
+
+    ``units``: LeNet5-Caffe [n1, n2, n3, n4] (conv1, conv2, fc1 inputs, fc1 outputs); VGG-16 15
+    counts (13 conv blocks, fc1 inputs, fc2 inputs); LeNet-300-100 [n1, n2]. The data set sizes
+    default to MNIST (1, 10, 28) for the LeNets and CIFAR-10 (3, 10, 32) for VGG-16.
+    ``compat_bug`` (VGG-16 only) counts the dense layers 13× as the reference code did.
+    """
+    return float(_count(model_name, units, in_channels, num_classes, image_size, compat_bug)[0])
+
+
+def paper_flops(
+    model_name: str,
+    units: Sequence[int],
+    *,
+    in_channels: int | None = None,
+    num_classes: int | None = None,
+    image_size: int | None = None,
+) -> float:
+    """FLOPs of ``model_name`` with ``units`` active units per mask slot (paper accounting);
+    arguments as for :func:`paper_memory`."""
+    return float(_count(model_name, units, in_channels, num_classes, image_size, False)[1])
+
+
+def _last_linear_out(model: nn.Module) -> int | None:
+    linears = [m for m in model.modules() if isinstance(m, nn.Linear)]
+    return linears[-1].out_features if linears else None
+
+
+def paper_cost(
+    model_name: str,
+    model: nn.Module,
+    *,
+    in_channels: int | None = None,
+    num_classes: int | None = None,
+    image_size: int | None = None,
+    compat_bug: bool = False,
+) -> dict[str, Any]:
+    """Paper-accounting memory % and FLOPs speed-up of ``model`` from its masks' active counts.
+
+    Full widths come from the model's mask slots (``total_units``), active ones from the installed
+    masks (``active_units``; an empty slot counts as dense). ``num_classes`` defaults to the last
+    linear layer's width. Returns ``memory_pct`` = 100·M(active)/M(full), ``flops_speedup`` =
+    F(full)/F(active) and the raw counts.
+    """
+    active, full = active_units(model), total_units(model)
+    if num_classes is None:
+        num_classes = _last_linear_out(model)
+    kw: dict[str, Any] = {"in_channels": in_channels, "num_classes": num_classes, "image_size": image_size}
+    if model_name == "lenet5-caffe" and len(full) == 4:
+        _, _, s2 = _lenet5_sizes(image_size or ARCHS[model_name][1][2])
+        if full[2] != full[1] * (s2 // 2) ** 2:
+            raise ValueError(
+                f"lenet5-caffe with image_size={image_size} flattens {full[1] * (s2 // 2) ** 2} inputs, "
+                f"but the model's fc1 mask has {full[2]} units; pass the model's image_size"
+            )
+    memory = paper_memory(model_name, active, compat_bug=compat_bug, **kw)
+    memory_full = paper_memory(model_name, full, compat_bug=compat_bug, **kw)
+    flops, flops_full = paper_flops(model_name, active, **kw), paper_flops(model_name, full, **kw)
+    return {
+        "memory_pct": 100.0 * memory / memory_full,
+        "flops_speedup": flops_full / flops if flops > 0 else float("inf"),
+        "memory": memory,
+        "memory_full": memory_full,
+        "flops": flops,
+        "flops_full": flops_full,
+        "active_units": active,
+        "total_units": full,
+        "compat_bug": compat_bug,
+    }

@@ -1,0 +1,108 @@
+"""Shared pieces of every model: input normalisation, mask slots, latent features.
+
+Every registered model follows one contract:
+
+- ``model(x)`` returns logits for inputs in pixel space [0, 1];
+- ``model(x, features=True)`` returns ``(logits, [latent maps])`` (DESIGN §3), and costs nothing
+  extra when ``features`` is false;
+- ``model.latent_count`` says how many latent maps it returns;
+- unit masks live in :class:`MaskSlot` modules; a slot is an identity until a mask is installed
+  (``install_masks``), and every mask follows the :class:`UnitMask` contract, so metrics and
+  compaction walk any model the same way.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Sequence
+from typing import Literal, Protocol, runtime_checkable
+
+import torch
+from torch import Tensor, nn
+
+SlotKind = Literal["conv", "fc"]
+
+
+class Normalize(nn.Module):
+    """Per-channel ``(x - mean) / std`` inside the model, so ε stays in pixel units."""
+
+    def __init__(self, mean: Sequence[float], std: Sequence[float]) -> None:
+        super().__init__()
+        self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1))
+        self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1))
+
+    def forward(self, x: Tensor) -> Tensor:
+        return (x - self.mean) / self.std
+
+
+@runtime_checkable
+class UnitMask(Protocol):
+    """What every unit-mask layer can say (STYLE example 5)."""
+
+    units: int
+
+    def active(self) -> Tensor:
+        """Boolean vector [units]: which units survive in eval mode."""
+
+    def eval_scale(self) -> Tensor:
+        """Float vector [units]: the deterministic eval-mode multiplier (0 for pruned units)."""
+
+    def n_active(self) -> int:
+        """Number of surviving units."""
+
+
+class MaskSlot(nn.Module):
+    """A place where a per-unit mask may sit: conv channels (4-D input) or fc neurons (2-D)."""
+
+    def __init__(self, units: int, kind: SlotKind) -> None:
+        super().__init__()
+        self.units = units
+        self.kind: SlotKind = kind
+        self.mask: nn.Module | None = None
+
+    def forward(self, x: Tensor) -> Tensor:
+        return x if self.mask is None else self.mask(x)
+
+    def extra_repr(self) -> str:
+        return f"units={self.units}, kind={self.kind}"
+
+
+def mask_slots(model: nn.Module) -> list[tuple[str, MaskSlot]]:
+    """All mask slots of a model, in forward order (module registration order)."""
+    return [(name, m) for name, m in model.named_modules() if isinstance(m, MaskSlot)]
+
+
+def installed_masks(model: nn.Module) -> list[tuple[str, nn.Module]]:
+    """The installed masks, one per filled slot, in order."""
+    return [(name, slot.mask) for name, slot in mask_slots(model) if slot.mask is not None]
+
+
+def install_masks(model: nn.Module, factory: Callable[[MaskSlot], nn.Module]) -> nn.Module:
+    """Put ``factory(slot)`` into every slot of ``model``; returns the model.
+
+    Raises ``ValueError`` when the model has no slots (a method that prunes units cannot use it).
+    """
+    slots = mask_slots(model)
+    if not slots:
+        raise ValueError(f"model {type(model).__name__} has no mask slots; it cannot carry unit masks")
+    ref = next(iter(model.parameters()), None)
+    for _, slot in slots:
+        mask = factory(slot)
+        if ref is not None:
+            mask = mask.to(device=ref.device)
+        slot.mask = mask
+    return model
+
+
+def base_parameters(model: nn.Module) -> Iterator[nn.Parameter]:
+    """The network's own parameters θ (everything that is not inside a mask slot)."""
+    mask_ids = {id(p) for _, slot in mask_slots(model) if slot.mask is not None for p in slot.mask.parameters()}
+    for p in model.parameters():
+        if id(p) not in mask_ids:
+            yield p
+
+
+def mask_parameters(model: nn.Module) -> Iterator[nn.Parameter]:
+    """The parameters φ of the installed masks."""
+    for _, slot in mask_slots(model):
+        if slot.mask is not None:
+            yield from slot.mask.parameters()

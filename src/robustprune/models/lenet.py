@@ -1,0 +1,80 @@
+"""LeNet-300-100 and LeNet5-Caffe (the MNIST networks of ANP-VS and Guo et al.)."""
+
+from __future__ import annotations
+
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from robustprune.models.base import MaskSlot
+from robustprune.registry import MODELS
+
+
+class LeNet300100(nn.Module):
+    """Fully connected 784-300-100-10 network (LeCun et al. 1998).
+
+    Mask slots on the 300 and 100 hidden neurons (input pixels are never masked). Latent maps:
+    the two post-ReLU hidden layers.
+
+    >>> model = LeNet300100(num_classes=10, in_features=784)
+    """
+
+    latent_count = 2
+
+    def __init__(self, *, num_classes: int = 10, in_features: int = 784) -> None:
+        super().__init__()
+        self.fc1 = nn.Linear(in_features, 300)
+        self.mask1 = MaskSlot(300, "fc")
+        self.fc2 = nn.Linear(300, 100)
+        self.mask2 = MaskSlot(100, "fc")
+        self.fc3 = nn.Linear(100, num_classes)
+
+    def forward(self, x: Tensor, features: bool = False) -> Tensor | tuple[Tensor, list[Tensor]]:
+        h1 = F.relu(self.mask1(self.fc1(x.flatten(1))))
+        h2 = F.relu(self.mask2(self.fc2(h1)))
+        logits = self.fc3(h2)
+        return (logits, [h1, h2]) if features else logits
+
+
+class LeNet5Caffe(nn.Module):
+    """LeNet5-Caffe: conv 1→20 5×5, pool, conv 20→50 5×5, pool, fc 800→500, fc 500→10.
+
+    Mask slots (DESIGN §3): conv1's 20 channels, conv2's 50 channels, the 800 flattened inputs of
+    fc1 and fc1's 500 outputs — 1370 units. Latent maps: post-ReLU conv1, conv2 and fc1 outputs.
+
+    >>> model = LeNet5Caffe(num_classes=10, in_channels=1, image_size=28)
+    """
+
+    latent_count = 3
+
+    def __init__(self, *, num_classes: int = 10, in_channels: int = 1, image_size: int = 28) -> None:
+        super().__init__()
+        side = ((image_size - 4) // 2 - 4) // 2
+        if side < 1:
+            raise ValueError(f"image_size={image_size} is too small for LeNet5-Caffe (needs >= 16)")
+        flat = 50 * side * side
+        self.conv1 = nn.Conv2d(in_channels, 20, 5)
+        self.mask1 = MaskSlot(20, "conv")
+        self.conv2 = nn.Conv2d(20, 50, 5)
+        self.mask2 = MaskSlot(50, "conv")
+        self.mask3 = MaskSlot(flat, "fc")
+        self.fc1 = nn.Linear(flat, 500)
+        self.mask4 = MaskSlot(500, "fc")
+        self.fc2 = nn.Linear(500, num_classes)
+
+    def forward(self, x: Tensor, features: bool = False) -> Tensor | tuple[Tensor, list[Tensor]]:
+        h1 = F.relu(self.mask1(self.conv1(x)))
+        h2 = F.relu(self.mask2(self.conv2(F.max_pool2d(h1, 2))))
+        flat = self.mask3(F.max_pool2d(h2, 2).flatten(1))
+        h3 = F.relu(self.fc1(flat))
+        logits = self.fc2(self.mask4(h3))
+        return (logits, [h1, h2, h3]) if features else logits
+
+
+@MODELS.register("lenet-300-100")
+def lenet_300_100(*, num_classes: int = 10, in_channels: int = 1, image_size: int = 28, **_: object) -> nn.Module:
+    return LeNet300100(num_classes=num_classes, in_features=in_channels * image_size * image_size)
+
+
+@MODELS.register("lenet5-caffe")
+def lenet5_caffe(*, num_classes: int = 10, in_channels: int = 1, image_size: int = 28, **_: object) -> nn.Module:
+    return LeNet5Caffe(num_classes=num_classes, in_channels=in_channels, image_size=image_size)

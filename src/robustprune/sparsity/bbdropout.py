@@ -1,0 +1,288 @@
+"""Beta-Bernoulli dropout (BBD): the unit-mask layer of ANP-VS (DESIGN §3).
+
+One mask unit per conv output channel or fc neuron. Unit k keeps its input with probability
+π_k; the posterior of π_k is Kumaraswamy(a_k, b_k) with a_k = softplus(a'_k), b_k = softplus(b'_k)
+(free values clamped to [-10, 50]); the prior is Beta(α, 1), α = 1e-4 (Lee et al. 2018, "Adaptive
+network sparsification with dependent variational beta-Bernoulli dropout"; Madaan et al. 2020).
+
+- Training: π is drawn once per forward pass (shared by the batch) by inverse CDF, then a relaxed
+  Bernoulli z = sigmoid((logit u + logit π)/τ) per example and unit; output x·z.
+- Eval: z_k = E[π_k] where E[π_k] > threshold, else exactly 0 (a soft, deterministic scale).
+- ANP-VS compares clean and adversarial latent features under *the same* mask sample: run both
+  forward passes inside :func:`shared_noise`.
+
+>>> model = install_bbd(build_model("lenet5-caffe"))      # 1370 mask units
+>>> with shared_noise(model):                              # same masks for both passes
+...     _, f_clean = model(x, features=True)
+...     _, f_adv = model(x_adv, features=True)
+>>> loss = ce + beta * model_kl(model) / n_train
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from robustprune.models.base import MaskSlot, install_masks, installed_masks
+
+EULER_GAMMA = 0.5772156649015329
+FREE_MIN, FREE_MAX = -10.0, 50.0
+
+
+def _finite(name: str, value: float) -> float:
+    try:
+        out = float(value)
+    except (TypeError, ValueError):
+        out = math.nan
+    if isinstance(value, bool) or not math.isfinite(out):
+        raise ValueError(f"{name} must be a finite number, got {value!r}")
+    return out
+
+
+def _uniform(shape: tuple[int, ...], *, device: torch.device, dtype: torch.dtype) -> Tensor:
+    """U(eps, 1 - eps) from the global RNG, eps = the dtype's machine epsilon (never exactly 0 or 1)."""
+    eps = torch.finfo(dtype).eps
+    return torch.rand(shape, device=device, dtype=dtype).clamp_(eps, 1.0 - eps)
+
+
+class BBDropout(nn.Module):
+    """Beta-Bernoulli dropout mask over ``units`` channels ("conv") or neurons ("fc").
+
+    Follows the :class:`~robustprune.models.base.UnitMask` contract (``units``, ``active()``,
+    ``eval_scale()``, ``n_active()``). Defaults are the ANP-VS ones: a' = -1 (E[π] ≈ 0.239;
+    use a' = 2, E[π] ≈ 0.680, for VGG conv masks), b' = 0.5413 (b ≈ 1), α = 1e-4, τ = 0.1,
+    threshold 1e-3. The input's unit axis is dim 1; the mask broadcasts over any trailing
+    (spatial) dims.
+
+    >>> mask = BBDropout(20, kind="conv")
+    >>> y = mask(torch.rand(8, 20, 24, 24))   # train: sampled mask; eval: thresholded E[π]
+    >>> mask.kl(), mask.n_active()
+    """
+
+    def __init__(
+        self,
+        units: int,
+        *,
+        kind: Literal["conv", "fc"] = "conv",
+        a_init: float = -1.0,
+        b_init: float = 0.5413,
+        alpha: float = 1e-4,
+        tau: float = 0.1,
+        threshold: float = 1e-3,
+    ) -> None:
+        super().__init__()
+        if isinstance(units, bool) or not isinstance(units, int) or units < 1:
+            raise ValueError(f"units must be a positive int, got {units!r}")
+        if kind not in ("conv", "fc"):
+            raise ValueError(f"kind must be 'conv' or 'fc', got {kind!r}")
+        a_init, b_init = _finite("a_init", a_init), _finite("b_init", b_init)
+        if not 0.0 < _finite("alpha", alpha):
+            raise ValueError(f"alpha must be > 0, got {alpha!r}")
+        if not 0.0 < _finite("tau", tau):
+            raise ValueError(f"tau must be > 0, got {tau!r}")
+        if not 0.0 <= _finite("threshold", threshold) < 1.0:
+            raise ValueError(f"threshold must be in [0, 1), got {threshold!r}")
+        self.units = units
+        self.kind = kind
+        self.alpha = float(alpha)
+        self.tau = float(tau)
+        self.threshold = float(threshold)
+        self.a_uc = nn.Parameter(torch.full((units,), a_init))
+        self.b_uc = nn.Parameter(torch.full((units,), b_init))
+        # shared-noise state (see shared_noise): raw uniforms (v [units], u [B, units]) or None
+        self._sharing = False
+        self._noise: tuple[Tensor, Tensor] | None = None
+
+    # ----------------------------------------------------------------------------- distribution
+    def a(self) -> Tensor:
+        """Kumaraswamy a = softplus(clamp(a', -10, 50)), shape [units]."""
+        return F.softplus(self.a_uc.clamp(FREE_MIN, FREE_MAX))
+
+    def b(self) -> Tensor:
+        """Kumaraswamy b = softplus(clamp(b', -10, 50)), shape [units]."""
+        return F.softplus(self.b_uc.clamp(FREE_MIN, FREE_MAX))
+
+    def kl_per_unit(self) -> Tensor:
+        """KL(Kumaraswamy(a, b) ‖ Beta(α, 1)) of every unit, shape [units]."""
+        a, b = self.a(), self.b()
+        return (
+            (1.0 - self.alpha / a) * (-EULER_GAMMA - torch.digamma(b) - 1.0 / b)
+            + torch.log(a) + torch.log(b) - math.log(self.alpha)
+            - (b - 1.0) / b
+        )
+
+    def kl(self) -> Tensor:
+        """KL of the layer: the per-unit KL summed over units (a differentiable scalar)."""
+        return self.kl_per_unit().sum()
+
+    def expected_keep(self) -> Tensor:
+        """E[π] = b·Γ(1+1/a)·Γ(b)/Γ(1+1/a+b), shape [units] (differentiable).
+
+        Evaluated as exp of the lgamma form in float64: for small a, 1/a is large and the lgamma
+        terms cancel to many digits, which float32 would get wrong by about a percent.
+        """
+        a, b = self.a().double(), self.b().double()
+        inv_a = 1.0 / a
+        log_e = torch.log(b) + torch.lgamma(1.0 + inv_a) + torch.lgamma(b) - torch.lgamma(1.0 + inv_a + b)
+        return torch.exp(log_e).to(self.a_uc.dtype)
+
+    def _eval_mask(self) -> Tensor:
+        keep = self.expected_keep()
+        return torch.where(keep > self.threshold, keep, torch.zeros_like(keep))
+
+    # ----------------------------------------------------------------------------- UnitMask contract
+    def active(self) -> Tensor:
+        """Bool [units]: E[π] > threshold."""
+        with torch.no_grad():
+            return self.expected_keep() > self.threshold
+
+    def eval_scale(self) -> Tensor:
+        """Float [units]: the eval-mode multiplier, E[π] where active else 0 (detached)."""
+        with torch.no_grad():
+            return self._eval_mask()
+
+    def n_active(self) -> int:
+        return int(self.active().sum().item())
+
+    # ----------------------------------------------------------------------------- sampling
+    def _logit_pi(self, v: Tensor) -> Tensor:
+        """logit π for π = (1 - v^{1/b})^{1/a}, computed in log space (finite for every v in (0, 1))."""
+        a, b = self.a().to(v.dtype), self.b().to(v.dtype)
+        one_minus = -torch.expm1(torch.log(v) / b)  # 1 - v^{1/b}, accurate when v^{1/b} ≈ 1
+        tiny = torch.finfo(v.dtype).tiny
+        log_pi = (torch.log(one_minus.clamp_min(tiny)) / a).clamp_max(-torch.finfo(v.dtype).eps)
+        return log_pi - torch.log(-torch.expm1(log_pi))  # log π - log(1 - π)
+
+    def _mask_from_noise(self, v: Tensor, u: Tensor) -> Tensor:
+        logit_u = torch.log(u) - torch.log1p(-u)
+        return torch.sigmoid((logit_u + self._logit_pi(v)) / self.tau)
+
+    def _draw(self, batch: int, *, device: torch.device, dtype: torch.dtype) -> tuple[Tensor, Tensor]:
+        if self._sharing and self._noise is not None:
+            v, u = self._noise
+            if u.shape[0] != batch:
+                raise ValueError(
+                    f"shared_noise: this mask drew its noise for batch size {u.shape[0]}, "
+                    f"but got batch size {batch}; the shared passes must use equal batches"
+                )
+            return v.to(device=device, dtype=dtype), u.to(device=device, dtype=dtype)
+        v = _uniform((self.units,), device=device, dtype=dtype)
+        u = _uniform((batch, self.units), device=device, dtype=dtype)
+        if self._sharing:
+            self._noise = (v, u)
+        return v, u
+
+    def sample_pi(self) -> Tensor:
+        """One draw of the keep rates π ~ Kumaraswamy(a, b), shape [units] (reparameterised)."""
+        dtype = self.a_uc.dtype
+        v = _uniform((self.units,), device=self.a_uc.device, dtype=dtype)
+        return torch.sigmoid(self._logit_pi(v))
+
+    def sample_mask(self, batch: int) -> Tensor:
+        """The training-mode mask z, shape [batch, units]: one π for the batch, Concrete per example.
+
+        Inside :func:`shared_noise` the first call's noise is reused.
+        """
+        if isinstance(batch, bool) or not isinstance(batch, int) or batch < 1:
+            raise ValueError(f"batch must be a positive int, got {batch!r}")
+        v, u = self._draw(batch, device=self.a_uc.device, dtype=self.a_uc.dtype)
+        return self._mask_from_noise(v, u)
+
+    # ----------------------------------------------------------------------------- forward
+    def forward(self, x: Tensor) -> Tensor:
+        if x.dim() < 2 or x.shape[1] != self.units:
+            raise ValueError(
+                f"BBDropout with {self.units} units got input of shape {tuple(x.shape)} "
+                f"(unit dim 1 has {x.shape[1] if x.dim() >= 2 else 'no'} entries, expected {self.units})"
+            )
+        if self.training:
+            dtype = torch.promote_types(x.dtype, self.a_uc.dtype)
+            v, u = self._draw(x.shape[0], device=x.device, dtype=dtype)
+            z = self._mask_from_noise(v, u)
+        else:
+            z = self._eval_mask().unsqueeze(0)
+        z = z.reshape(*z.shape, *([1] * (x.dim() - 2)))
+        return x * z.to(x.dtype)
+
+    def extra_repr(self) -> str:
+        return (
+            f"units={self.units}, kind={self.kind}, alpha={self.alpha:g}, tau={self.tau:g}, "
+            f"threshold={self.threshold:g}"
+        )
+
+
+# --------------------------------------------------------------------------------- model helpers
+def bbd_layers(model: nn.Module) -> list[BBDropout]:
+    """Every BBDropout inside ``model`` (``model`` itself included), in registration order."""
+    return [m for m in model.modules() if isinstance(m, BBDropout)]
+
+
+@contextmanager
+def shared_noise(model: nn.Module) -> Iterator[None]:
+    """Within the block, every BBDropout of ``model`` reuses the noise of its first call.
+
+    ANP-VS's vulnerability term compares clean and adversarial features under one mask sample:
+
+    >>> with shared_noise(model):
+    ...     _, f_clean = model(x, features=True)
+    ...     _, f_adv = model(x_adv, features=True)
+
+    Only the raw uniforms are stored; π and z are recomputed from the current a, b, so the
+    passes backpropagate independently. The passes must use the same batch size (ValueError
+    otherwise). Eval mode is deterministic anyway. Nested blocks draw a fresh shared sample and
+    restore the outer one on exit. Outside the block every call draws fresh noise.
+    """
+    layers = bbd_layers(model)
+    saved = [(m._sharing, m._noise) for m in layers]
+    for m in layers:
+        m._sharing, m._noise = True, None
+    try:
+        yield
+    finally:
+        for m, (sharing, noise) in zip(layers, saved, strict=True):
+            m._sharing, m._noise = sharing, noise
+
+
+def default_a_init_conv(model: nn.Module) -> float:
+    """DESIGN §3: a' = 2 for VGG-16's conv masks (E[π] ≈ 0.68), a' = -1 otherwise (E[π] ≈ 0.24)."""
+    return 2.0 if type(model).__name__ == "VGG16" else -1.0
+
+
+def install_bbd(
+    model: nn.Module, *, a_init_conv: float | None = None, a_init_fc: float = -1.0, **bbd_kwargs: float
+) -> nn.Module:
+    """Put a fresh :class:`BBDropout` into every mask slot of ``model``; returns the model.
+
+    ``a_init_conv`` defaults to :func:`default_a_init_conv`; ``bbd_kwargs`` (``b_init``,
+    ``alpha``, ``tau``, ``threshold``) go to every mask. The masks take the device and floating
+    dtype of the model's parameters.
+
+    >>> model = install_bbd(build_model("vgg16"))   # 5248 units, conv a' = 2, fc a' = -1
+    """
+    for key in ("a_init", "kind", "units"):
+        if key in bbd_kwargs:
+            raise ValueError(f"install_bbd sets {key!r} itself; got {key}={bbd_kwargs[key]!r}")
+    conv_init = default_a_init_conv(model) if a_init_conv is None else a_init_conv
+    ref = next((p for p in model.parameters() if p.is_floating_point()), None)
+
+    def factory(slot: MaskSlot) -> nn.Module:
+        a_init = conv_init if slot.kind == "conv" else a_init_fc
+        mask = BBDropout(slot.units, kind=slot.kind, a_init=a_init, **bbd_kwargs)
+        return mask if ref is None else mask.to(dtype=ref.dtype)
+
+    return install_masks(model, factory)
+
+
+def model_kl(model: nn.Module) -> Tensor:
+    """Σ of ``kl()`` over the BBDropout masks installed in ``model`` (a 0-d zero if there are none)."""
+    kls = [m.kl() for _, m in installed_masks(model) if isinstance(m, BBDropout)]
+    if not kls:
+        ref = next(iter(model.parameters()), None)
+        return torch.zeros((), device=None if ref is None else ref.device)
+    return torch.stack(kls).sum()

@@ -1,0 +1,115 @@
+"""Building a run's model and method from its config, and loading finished runs."""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from robustprune.config import TrainConfig, load_train_config
+from robustprune.data import dataset_info
+from robustprune.defenses import Method, MethodContext, build_method
+from robustprune.models import build_model, mask_parameters
+from robustprune.train.checkpoint import CheckpointError, load_checkpoint, load_weights
+
+#: training-attack defaults per dataset family: (steps, step size)
+TRAIN_ATTACK = {"mnist": (20, 0.01), "fashion-mnist": (20, 0.01), "cifar10": (10, 2 / 255), "cifar100": (10, 2 / 255)}
+
+
+def method_context(cfg: TrainConfig, *, train_size: int, total_steps: int = 1) -> MethodContext:
+    info = dataset_info(cfg.dataset)
+    steps, step_size = TRAIN_ATTACK[info.name]
+    return MethodContext(
+        dataset=info.name,
+        train_size=train_size,
+        num_classes=info.num_classes,
+        adv_eps=info.default_eps if cfg.adv_eps is None else cfg.adv_eps,
+        adv_steps=steps if cfg.adv_steps is None else cfg.adv_steps,
+        adv_step_size=step_size if cfg.adv_step_size is None else cfg.adv_step_size,
+        lr=cfg.lr,
+        weight_decay=cfg.weight_decay,
+        total_steps=total_steps,
+    )
+
+
+def build_model_for(cfg: TrainConfig) -> nn.Module:
+    info = dataset_info(cfg.dataset)
+    return build_model(
+        cfg.model,
+        num_classes=info.num_classes,
+        in_channels=info.in_channels,
+        image_size=info.image_size,
+        mean=info.mean,
+        std=info.std,
+    )
+
+
+def use_channels_last(model: nn.Module, device: torch.device, enabled: bool) -> nn.Module:
+    """Put conv weights in channels_last on CPU, where it measured faster (bench/RESULTS.md)."""
+    if enabled and device.type == "cpu" and any(isinstance(m, nn.Conv2d) for m in model.modules()):
+        model.to(memory_format=torch.channels_last)
+    return model
+
+
+def init_from(model: nn.Module, source: str | Path) -> None:
+    """Copy another run's weights and buffers (BN statistics included) into ``model``.
+
+    Mask parameters absent from the source stay freshly initialised; anything else missing, extra
+    or of another shape is an error naming the keys.
+    """
+    source = Path(source)
+    path = source / "model.safetensors" if source.is_dir() else source
+    weights = load_weights(path)
+    own = model.state_dict()
+    mask_ids = {id(p) for p in mask_parameters(model)}
+    mask_keys = {k for k, p in model.named_parameters() if id(p) in mask_ids}
+    extra = sorted(set(weights) - set(own))
+    missing = sorted(set(own) - set(weights) - mask_keys)
+    bad_shape = sorted(k for k in set(weights) & set(own) if weights[k].shape != own[k].shape)
+    if extra or missing or bad_shape:
+        raise ValueError(
+            f"--init-from {source}: weights do not fit this model "
+            f"(unexpected {extra[:5]}, missing {missing[:5]}, shape mismatch {bad_shape[:5]})"
+        )
+    model.load_state_dict(weights, strict=False)
+
+
+@dataclass
+class LoadedRun:
+    model: nn.Module
+    cfg: TrainConfig
+    method: Method
+    path: Path
+    complete: bool
+
+
+def load_run(run_dir: str | Path, *, device: torch.device | str = "cpu") -> LoadedRun:
+    """Rebuild a run's model (masks included) in eval mode from its directory.
+
+    Uses ``model.safetensors`` when training finished, otherwise the newest checkpoint (with a
+    warning). Missing directories and corrupt files raise errors naming the path.
+    """
+    run_dir = Path(run_dir)
+    cfg_path = run_dir / "config.yaml"
+    if not cfg_path.is_file():
+        raise CheckpointError(f"{run_dir} is not a robustprune run (no config.yaml)")
+    cfg = load_train_config(cfg_path)
+    info = dataset_info(cfg.dataset)
+    method = build_method(cfg.method, ctx=method_context(cfg, train_size=info.train_size), **cfg.method_args)
+    model = method.prepare(build_model_for(cfg))
+    final = run_dir / "model.safetensors"
+    if final.is_file():
+        weights, complete = load_weights(final), True
+    else:
+        ckpt = load_checkpoint(run_dir)
+        warnings.warn(f"{run_dir} has not finished training; using the checkpoint of epoch {ckpt.epoch}", stacklevel=2)
+        weights, complete = ckpt.weights, False
+    try:
+        model.load_state_dict(weights)
+    except RuntimeError as e:
+        raise CheckpointError(f"weights in {run_dir} do not match model {cfg.model!r}: {e}") from e
+    model.to(device).eval()
+    return LoadedRun(model=model, cfg=cfg, method=method, path=run_dir, complete=complete)

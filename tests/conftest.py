@@ -1,0 +1,52 @@
+"""Shared fixtures: tiny generated datasets in torchvision's MNIST layout, tiny configs."""
+
+from __future__ import annotations
+
+import gzip
+import struct
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+
+
+def write_idx(path: Path, array: np.ndarray, *, gz: bool = True) -> None:
+    """Write a uint8 IDX file (magic 0x0803 for 3-D images, 0x0801 for 1-D labels)."""
+    array = np.ascontiguousarray(array, dtype=np.uint8)
+    header = struct.pack(">I", 0x800 + array.ndim) + b"".join(struct.pack(">I", d) for d in array.shape)
+    data = header + array.tobytes()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if gz:
+        with gzip.open(str(path) + ".gz", "wb") as f:
+            f.write(data)
+    else:
+        path.write_bytes(data)
+
+
+def make_digits(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Ten fixed random 28×28 prototypes plus noise: learnable in a few steps."""
+    protos = np.random.default_rng(1234).random((10, 28, 28)) > 0.6
+    rng = np.random.default_rng(seed)
+    labels = rng.integers(0, 10, n).astype(np.uint8)
+    images = protos[labels] * 200 + rng.integers(0, 55, (n, 28, 28))
+    return images.astype(np.uint8), labels
+
+
+@pytest.fixture
+def tiny_mnist(tmp_path: Path) -> Path:
+    """A data directory holding a 256/64 synthetic 'MNIST' in torchvision's layout."""
+    root = tmp_path / "data"
+    raw = root / "MNIST" / "raw"
+    for split, n, seed in (("train", 256, 0), ("t10k", 64, 1)):
+        images, labels = make_digits(n, seed)
+        write_idx(raw / f"{split}-images-idx3-ubyte", images)
+        write_idx(raw / f"{split}-labels-idx1-ubyte", labels)
+    return root
+
+
+@pytest.fixture(autouse=True)
+def _threads() -> None:
+    torch.set_num_threads(2)

@@ -1,0 +1,71 @@
+"""Every registered model: forward/backward, latent maps, mask slots (STYLE example 6)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from robustprune.models import MODELS, build_model, mask_slots
+
+SHAPES = {"lenet-300-100": (1, 28), "lenet5-caffe": (1, 28), "vgg16": (3, 32), "resnet18": (3, 32)}
+UNITS = {"lenet-300-100": 400, "lenet5-caffe": 1370, "vgg16": 5248, "resnet18": 2 * (64 + 128 + 256 + 512)}
+
+
+def make(name: str) -> tuple[torch.nn.Module, torch.Tensor]:
+    c, s = SHAPES[name]
+    torch.manual_seed(0)
+    model = build_model(name, num_classes=10, in_channels=c, image_size=s)
+    return model, torch.rand(4, c, s, s)
+
+
+def test_every_registered_model_has_a_shape() -> None:
+    assert set(MODELS.names()) == set(SHAPES)
+
+
+@pytest.mark.parametrize("name", sorted(SHAPES))
+def test_forward_backward_reaches_every_parameter(name: str) -> None:
+    model, x = make(name)
+    model.train()
+    logits = model(x)
+    assert logits.shape == (4, 10)
+    assert torch.isfinite(logits).all()
+    logits.logsumexp(1).sum().backward()
+    for pname, p in model.named_parameters():
+        assert p.grad is not None, f"{name}: {pname} got no gradient"
+        assert torch.isfinite(p.grad).all(), f"{name}: {pname} has a non-finite gradient"
+        assert p.grad.abs().sum() > 0, f"{name}: {pname} has an all-zero gradient"
+
+
+@pytest.mark.parametrize("name", sorted(SHAPES))
+def test_latent_maps(name: str) -> None:
+    model, x = make(name)
+    model.eval()
+    with torch.no_grad():
+        plain = model(x)
+        logits, feats = model(x, features=True)
+    assert isinstance(plain, torch.Tensor)
+    assert torch.equal(plain, logits)
+    assert len(feats) == model.latent_count
+    assert all(f.shape[0] == 4 for f in feats)
+
+
+@pytest.mark.parametrize("name", sorted(SHAPES))
+def test_mask_slot_units(name: str) -> None:
+    model, _ = make(name)
+    assert sum(s.units for _, s in mask_slots(model)) == UNITS[name]
+
+
+def test_lenet5_slots_match_design() -> None:
+    model, _ = make("lenet5-caffe")
+    assert [(s.units, s.kind) for _, s in mask_slots(model)] == [(20, "conv"), (50, "conv"), (800, "fc"), (500, "fc")]
+
+
+def test_unknown_model_names_the_value() -> None:
+    with pytest.raises(ValueError, match="'lenet7'"):
+        build_model("lenet7")
+
+
+def test_vgg_normalises_inside() -> None:
+    model, x = make("vgg16")
+    assert hasattr(model, "normalize")
+    assert torch.allclose(model.normalize(x), (x - model.normalize.mean) / model.normalize.std)
