@@ -203,16 +203,16 @@ class PGD(Attack):
                 raise ValueError(f"loss must return one value per example, shape {tuple(y.shape)}, "
                                  f"got shape {tuple(loss.shape)}")
             gi = torch.autograd.grad(loss.sum(), x_adv)[0]
-            g = gi if g is None else g.add_(gi)
+            g = gi if g is None else g + gi  # not in place: autograd may return expanded tensors
         assert g is not None
         return g
 
     def _step(self, x_adv: Tensor, g: Tensor, x: Tensor, lo: Tensor | None, hi: Tensor | None) -> None:
         """In place: one normalised ascent step, then projection onto the ball and [0, 1]."""
         if self.norm == "linf":
-            x_adv.add_(g.sign_(), alpha=self.step_size).clamp_(lo, hi)
+            x_adv.add_(g.sign(), alpha=self.step_size).clamp_(lo, hi)
             return
-        x_adv.add_(g.div_(_l2_norms(g).clamp_(min=1e-12)), alpha=self.step_size)
+        x_adv.add_(g / _l2_norms(g).clamp_(min=1e-12), alpha=self.step_size)
         delta = (x_adv - x).renorm_(p=2, dim=0, maxnorm=self.eps)
         torch.add(x, delta, out=x_adv).clamp_(0, 1)
 

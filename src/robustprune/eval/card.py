@@ -13,9 +13,11 @@ from robustprune.attacks import Attack, TransferAttack, build_attack
 from robustprune.config import to_dict
 from robustprune.data import TensorLoader, dataset_info, load_split
 from robustprune.eval.evaluate import EvalResult, evaluate
+from robustprune.metrics import paper_cost, sparsity_summary
 from robustprune.train.run import load_run
 from robustprune.utils import atomic_write_json, provenance, resolve_device
 
+PAPER_ARCHS = ("lenet5-caffe", "lenet-300-100", "vgg16")
 ATTACK_NAMES = ("none", "fgsm", "rfgsm", "pgd", "eot-pgd", "transfer")
 #: evaluation PGD step size per dataset when --step-size is not given
 EVAL_STEP = {"mnist": 0.01, "fashion-mnist": 0.01, "cifar10": 2 / 255, "cifar100": 2 / 255}
@@ -94,10 +96,20 @@ def evaluate_run(
     res = evaluate(run.model, loader, named, passes=passes, progress=progress)
     card = make_card(run.cfg, res, run_dir=Path(run_dir), source=source, seed=seed, device=dev,
                      wall_s=time.perf_counter() - t0)
+    card["sparsity"] = model_cost(run.cfg.model, run.model, info)
     path = Path(out) if out is not None else Path(run_dir) / "eval" / f"{'+'.join(attacks)}.json"
     atomic_write_json(path, card)
     card["card_path"] = str(path)
     return card
+
+
+def model_cost(model_name: str, model: nn.Module, info: Any) -> dict[str, Any]:
+    """Unit/weight sparsity and, for the paper's architectures, its memory/FLOPs accounting."""
+    out: dict[str, Any] = sparsity_summary(model)
+    if model_name in PAPER_ARCHS:
+        out["paper"] = paper_cost(model_name, model, in_channels=info.in_channels, num_classes=info.num_classes,
+                                  image_size=info.image_size)
+    return out
 
 
 def make_card(cfg: Any, res: EvalResult, *, run_dir: Path, source: Any, seed: int, device: torch.device,

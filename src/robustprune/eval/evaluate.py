@@ -32,7 +32,9 @@ class AttackResult:
             "n": self.total, "wall_s": self.wall_s,
         }
         if self.vulnerability is not None and self.total:
-            out["vulnerability"] = {"mean": self.vulnerability.mean(), "per_layer": self.vulnerability.per_layer()}
+            v = self.vulnerability
+            out["vulnerability"] = {"mean": v.mean(), "per_layer": v.per_layer(),
+                                    "per_unit": [u.tolist() for u in v.per_unit()]}
         return out
 
 

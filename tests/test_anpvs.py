@@ -1,0 +1,145 @@
+"""ANP-VS and its baselines: which parameters each loss moves, the VS term, the recipe's constants."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import pytest
+import torch
+
+from robustprune.defenses import MethodContext, build_method
+from robustprune.models import base_parameters, build_model, mask_parameters
+from robustprune.sparsity.bbdropout import BBDropout, bbd_layers
+from robustprune.train.loop import step
+
+CTX = MethodContext(dataset="mnist", train_size=1000, num_classes=10, adv_eps=0.3, adv_steps=2,
+                    adv_step_size=0.1, lr=1e-3, weight_decay=1e-4, total_steps=10)
+
+
+def setup(method: str, **kw: object) -> tuple[torch.nn.Module, object, list, list]:
+    torch.manual_seed(0)
+    m = build_method(method, ctx=kw.pop("ctx", CTX), **kw)  # type: ignore[arg-type]
+    model = m.prepare(build_model("lenet5-caffe"))
+    groups = m.param_groups(model)
+    opts = [torch.optim.Adam(g.params, lr=g.lr, weight_decay=g.weight_decay) for g in groups]
+    return model, m, groups, opts
+
+
+def snapshot(params: object) -> list[torch.Tensor]:
+    return [p.detach().clone() for p in params]  # type: ignore[attr-defined]
+
+
+def moved(before: list[torch.Tensor], params: object) -> bool:
+    return any(not torch.equal(b, p) for b, p in zip(before, params, strict=True))  # type: ignore[call-overload]
+
+
+def batch() -> tuple[torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(1)
+    return torch.rand(8, 1, 28, 28, generator=g), torch.randint(0, 10, (8,), generator=g)
+
+
+@pytest.mark.parametrize("method", ["bp", "anp", "anp-vs"])
+def test_masked_methods_move_masks_and_weights(method: str) -> None:
+    model, m, groups, opts = setup(method)
+    assert [g.name for g in groups] == ["masks", "weights"]
+    assert groups[0].lr == 1e-2 and groups[1].lr == 1e-3
+    assert groups[0].weight_decay == 0 and groups[1].weight_decay == 1e-4
+    masks, weights = snapshot(mask_parameters(model)), snapshot(base_parameters(model))
+    step(m, model, groups, opts, *batch())  # type: ignore[arg-type]
+    assert moved(masks, mask_parameters(model))
+    assert moved(weights, base_parameters(model))
+    assert sum(layer.units for layer in bbd_layers(model)) == 1370
+
+
+@pytest.mark.parametrize("method", ["standard", "at", "trades", "fast-at", "pretrained-at"])
+def test_dense_methods_have_no_masks(method: str) -> None:
+    model, m, groups, opts = setup(method)
+    assert list(mask_parameters(model)) == []
+    weights = snapshot(base_parameters(model))
+    step(m, model, groups, opts, *batch())  # type: ignore[arg-type]
+    assert moved(weights, base_parameters(model))
+
+
+def mask_grads(method: str, **kw: object) -> list[torch.Tensor]:
+    model, m, groups, _ = setup(method, **kw)
+    torch.manual_seed(5)
+    losses, _ = m.loss(model, *batch())  # type: ignore[attr-defined]
+    return list(torch.autograd.grad(losses["masks"], groups[0].params))
+
+
+def test_vs_and_clean_loss_never_reach_the_masks() -> None:
+    """DESIGN §3: masks see only CE(x_adv) + β·KL/N, so λ (and the clean CE weight) do not change them."""
+    a = mask_grads("anp-vs", lam=0.0)
+    b = mask_grads("anp-vs", lam=100.0, adv_weight=0.5)
+    assert all(torch.equal(x, y) for x, y in zip(a, b, strict=True))
+
+
+def test_vs_gradient_comes_from_every_latent_layer() -> None:
+    """The reference code silently dropped layer 1's VS gradient; ours must not."""
+    from robustprune.metrics import vulnerability
+
+    torch.manual_seed(0)
+    clean = [torch.randn(4, 3, 5, 5, requires_grad=True), torch.randn(4, 7, requires_grad=True)]
+    adv = [c.detach() + 0.1 for c in clean]
+    grads = torch.autograd.grad(vulnerability(clean, adv), clean)
+    assert all(g.abs().sum() > 0 for g in grads)
+
+
+def test_vs_changes_the_weight_gradient() -> None:
+    model, m, groups, _ = setup("anp-vs", lam=1.0)
+    x, y = batch()
+    torch.manual_seed(5)
+    losses, logs = m.loss(model, x, y)  # type: ignore[attr-defined]
+    assert logs["vs"] > 0
+    # conv1 only feeds the first latent map's difference through its own output: it must get VS gradient
+    g_with = torch.autograd.grad(losses["weights"], [model.conv1.weight])[0]
+    model2, m2, _, _ = setup("anp-vs", lam=0.0)
+    torch.manual_seed(5)
+    losses2, _ = m2.loss(model2, x, y)  # type: ignore[attr-defined]
+    g_without = torch.autograd.grad(losses2["weights"], [model2.conv1.weight])[0]
+    assert not torch.allclose(g_with, g_without)
+
+
+def test_vs_is_zero_when_the_attack_does_nothing() -> None:
+    ctx = replace(CTX, adv_eps=0.0, adv_step_size=0.0)
+    model, m, _, _ = setup("anp-vs", ctx=ctx)
+    model.train()
+    _, logs = m.loss(model, *batch())  # type: ignore[attr-defined]
+    assert logs["vs"].item() == 0.0
+
+
+def test_paper_constants_per_dataset() -> None:
+    m = build_method("anp-vs", ctx=CTX)
+    assert (m.beta, m.lam) == (4.0, 1e-3)  # type: ignore[attr-defined]
+    m = build_method("anp-vs", ctx=replace(CTX, dataset="cifar10"))
+    assert (m.beta, m.lam) == (2.0, 1e-4)  # type: ignore[attr-defined]
+    assert build_method("anp", ctx=CTX).lam == 0.0  # type: ignore[attr-defined]
+    assert m.kl_weight() == pytest.approx(2.0 / 1000)  # type: ignore[attr-defined]
+
+
+def test_kl_warmup_ramps_from_zero() -> None:
+    m = build_method("anp-vs", ctx=CTX, kl_warmup=0.5)
+    assert m.kl_weight() == 0.0  # type: ignore[attr-defined]
+    m.after_step(torch.nn.Identity(), 5)
+    assert m.kl_weight() == pytest.approx(4.0 / 1000)  # type: ignore[attr-defined]
+
+
+def test_initial_keep_rates_follow_the_design() -> None:
+    model, _, _, _ = setup("anp-vs")
+    for layer in bbd_layers(model):
+        assert isinstance(layer, BBDropout)
+        assert layer.expected_keep().mean().item() == pytest.approx(0.239, abs=2e-3)
+
+
+@pytest.mark.parametrize(("key", "value"), [("beta", -1.0), ("lam", -0.1), ("mask_lr", 0.0), ("kl_warmup", 1.5)])
+def test_bad_hyperparameters_name_the_value(key: str, value: float) -> None:
+    with pytest.raises(ValueError, match=str(value)):
+        build_method("anp-vs", ctx=CTX, **{key: value})
+
+
+def test_trades_attack_maximises_kl_from_a_small_gaussian_start() -> None:
+    model, m, _, _ = setup("trades")
+    p = torch.full((8, 10), 0.1)
+    atk = m.attack_for(p)  # type: ignore[attr-defined]
+    assert atk.random_start == "normal" and atk.start_radius == pytest.approx(0.001)
+    assert m.beta == 6.0  # type: ignore[attr-defined]
