@@ -19,7 +19,7 @@ from torch import Tensor, nn
 from robustprune.attacks.base import Attack, LossFn, check_count, check_eps, cross_entropy_loss
 from robustprune.registry import ATTACKS
 
-STARTS = ("none", "uniform", "sign")
+STARTS = ("none", "uniform", "sign", "normal")
 MEMORY_FORMATS = ("auto", "channels_last", "preserve")
 
 
@@ -66,7 +66,8 @@ class PGD(Attack):
         step_size: default ``2.5·eps/steps`` (Madry et al.'s heuristic).
         norm: ``"linf"`` (default) or ``"l2"``.
         random_start: ``True``/``"uniform"`` (default), ``False``/``"none"``, or ``"sign"``:
-            ``x + start_radius·sign(N(0, I))`` (R+FGSM's start; L∞ only).
+            ``x + start_radius·sign(N(0, I))`` (R+FGSM's start; L∞ only), or ``"normal"``:
+            ``x + start_radius·N(0, I)`` (TRADES' small Gaussian start, ``start_radius`` = std).
         start_radius: radius of the random start (default ``eps``; at most ``eps``).
         restarts: runs; each example keeps its first misclassified result, else its highest-loss
             one (judged by one eval forward pass on the final iterates). Restarts after the first
@@ -185,6 +186,8 @@ class PGD(Attack):
             return x.clone()
         if self.random_start == "sign":
             noise = torch.randn(x.shape, dtype=x.dtype, device=x.device).sign_().mul_(r)
+        elif self.random_start == "normal":
+            noise = torch.randn(x.shape, dtype=x.dtype, device=x.device).mul_(r)
         elif self.norm == "linf":
             noise = torch.empty(x.shape, dtype=x.dtype, device=x.device).uniform_(-r, r)
         else:  # uniform in the L2 ball: normal direction, radius r * u^(1/d)

@@ -17,6 +17,17 @@ from robustprune.config import TrainConfig, load_train_config, save_yaml, to_dic
 from robustprune.data import TensorLoader, dataset_info, load_split
 from robustprune.defenses import Method, ParamGroup, build_method
 from robustprune.train.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint, save_weights
+from robustprune.train.distributed import (
+    DistInfo,
+    average_gradients,
+    barrier,
+    broadcast_buffers,
+    epoch_seed,
+    init_distributed,
+    rank_device,
+    reduce_mean,
+    shard_batch_size,
+)
 from robustprune.train.run import build_model_for, init_from, method_context, use_channels_last
 from robustprune.utils import atomic_write_json, provenance, resolve_device
 
@@ -67,12 +78,16 @@ def resolve_resume(cfg: TrainConfig) -> TrainConfig:
     if not (cfg.resume and saved.is_file()):
         return cfg
     old = load_train_config(saved)
+    if old.epochs != cfg.epochs and old.schedule != "constant":
+        warnings.warn(f"resuming {cfg.out} with epochs={cfg.epochs} instead of {old.epochs}: the {old.schedule} "
+                      "learning-rate schedule is stretched from here on", stacklevel=3)
     return replace(old, epochs=cfg.epochs, device=cfg.device, progress=cfg.progress, resume=True)
 
 
 def step(method: Method, model: nn.Module, groups: list[ParamGroup], opts: list[torch.optim.Optimizer],
-         x: Tensor, y: Tensor) -> dict[str, Tensor]:
-    """One optimisation step: each group's parameters get the gradient of their own loss."""
+         x: Tensor, y: Tensor, dist_info: DistInfo | None = None) -> dict[str, Tensor]:
+    """One optimisation step: each group's parameters get the gradient of their own loss
+    (averaged over processes when training is distributed)."""
     losses, logs = method.loss(model, x, y)
     missing = [g.name for g in groups if g.name not in losses]
     if missing:
@@ -87,93 +102,127 @@ def step(method: Method, model: nn.Module, groups: list[ParamGroup], opts: list[
             )
             for p, gr in zip(g.params, grads, strict=True):
                 p.grad = gr
+    if dist_info is not None and dist_info.enabled:
+        average_gradients([p for g in groups for p in g.params], dist_info)
     for opt in opts:
         opt.step()
+    if dist_info is not None:
+        broadcast_buffers(model, dist_info)
     return logs
 
 
-def fit(cfg: TrainConfig) -> Path:
-    """Train one run as ``cfg`` says; resumable; returns the run directory."""
-    cfg = resolve_resume(cfg)
-    cfg.validate()
-    info = dataset_info(cfg.dataset)
-    device = resolve_device(cfg.device)
-    out = Path(cfg.out)
-    if latest_checkpoint(out) is not None and not cfg.resume:
-        raise ValueError(f"{out} already holds a run; pass --resume to continue it or choose another --out")
-    images, labels = train_split(cfg)
-    loader = TensorLoader(
-        images, labels, batch_size=cfg.batch_size, shuffle=True, seed=cfg.seed,
-        augment=info.name.startswith("cifar"), device=device,
-    )
-    total_steps = cfg.epochs * len(loader)
-    torch.manual_seed(cfg.seed)
-    method = build_method(cfg.method, ctx=method_context(cfg, train_size=len(labels), total_steps=total_steps),
-                          **cfg.method_args)
-    if method.needs_init and cfg.init_from is None and not cfg.resume:
-        warnings.warn(f"method {cfg.method!r} is meant to start from a trained model (--init-from)", stacklevel=2)
-    model = method.prepare(build_model_for(cfg))
-    if cfg.init_from is not None and not cfg.resume:
-        init_from(model, cfg.init_from)
-    model = use_channels_last(model.to(device), device, cfg.channels_last)
-    groups = method.param_groups(model)
-    opts = [make_optimizer(cfg, g) for g in groups]
-    scheds = [make_scheduler(cfg, o, total_steps) for o in opts]
-    history: list[dict[str, Any]] = []
-    start, global_step, wall = 0, 0, 0.0
-    if cfg.resume and latest_checkpoint(out) is not None:
-        ckpt = load_checkpoint(out)
-        model.load_state_dict(ckpt.weights)
-        for obj, state in zip(opts + scheds, ckpt.state["optimizers"] + ckpt.state["schedulers"], strict=True):
+class Trainer:
+    """The state of one training run; ``fit()`` drives it epoch by epoch."""
+
+    def __init__(self, cfg: TrainConfig) -> None:
+        cfg.validate()
+        self.cfg, self.out = cfg, Path(cfg.out)
+        info = dataset_info(cfg.dataset)
+        self.dist = init_distributed(resolve_device(cfg.device))
+        self.device = rank_device(resolve_device(cfg.device), self.dist)
+        if latest_checkpoint(self.out) is not None and not cfg.resume:
+            raise ValueError(f"{self.out} already holds a run; pass --resume to continue it or choose another --out")
+        images, labels = train_split(cfg)
+        self.train_size = len(labels)
+        self.loader = TensorLoader(
+            images, labels, batch_size=shard_batch_size(cfg.batch_size, self.dist), shuffle=True, seed=cfg.seed,
+            augment=info.name.startswith("cifar"), device=self.device, rank=self.dist.rank,
+            world_size=self.dist.world_size,
+        )
+        total_steps = cfg.epochs * len(self.loader)
+        torch.manual_seed(cfg.seed)  # the same initial weights on every rank
+        ctx = method_context(cfg, train_size=self.train_size, total_steps=total_steps)
+        self.method = build_method(cfg.method, ctx=ctx, **cfg.method_args)
+        if self.method.needs_init and cfg.init_from is None and not cfg.resume:
+            warnings.warn(f"method {cfg.method!r} is meant to start from a trained model (--init-from)", stacklevel=3)
+        model = self.method.prepare(build_model_for(cfg))
+        if cfg.init_from is not None and not cfg.resume:
+            init_from(model, cfg.init_from)
+        self.model = use_channels_last(model.to(self.device), self.device, cfg.channels_last)
+        self.groups = self.method.param_groups(self.model)
+        self.opts = [make_optimizer(cfg, g) for g in self.groups]
+        self.scheds = [make_scheduler(cfg, o, total_steps) for o in self.opts]
+        self.history: list[dict[str, Any]] = []
+        self.start, self.global_step, self.wall = 0, 0, 0.0
+
+    def restore(self) -> None:
+        """Continue from the newest complete checkpoint (``--resume``)."""
+        ckpt = load_checkpoint(self.out)
+        self.model.load_state_dict(ckpt.weights)
+        states = ckpt.state["optimizers"] + ckpt.state["schedulers"]
+        for obj, state in zip(self.opts + self.scheds, states, strict=True):
             obj.load_state_dict(state)
-        method.load_state_dict(ckpt.state.get("method", {}))
-        torch.set_rng_state(ckpt.state["rng"])
-        history, start = list(ckpt.state["history"]), ckpt.epoch
-        global_step, wall = int(ckpt.state["global_step"]), float(ckpt.state["wall_s"])
-    out.mkdir(parents=True, exist_ok=True)
-    save_yaml(to_dict(cfg), out / "config.yaml")
-    for epoch in range(start, cfg.epochs):
+        self.method.load_state_dict(ckpt.state.get("method", {}))
+        self.history, self.start = list(ckpt.state["history"]), ckpt.epoch
+        self.global_step, self.wall = int(ckpt.state["global_step"]), float(ckpt.state["wall_s"])
+
+    def train_epoch(self, epoch: int) -> None:
+        torch.manual_seed(epoch_seed(self.cfg.seed, epoch, self.dist.rank))
         t0 = time.perf_counter()
-        logs = run_epoch(cfg, method, model, groups, opts, scheds, loader, epoch, global_step)
-        global_step += len(loader)
-        logs.update(method.on_epoch_end(model, epoch))
+        logs = run_epoch(self, epoch)
+        self.global_step += len(self.loader)
+        logs = reduce_mean(logs, self.dist, self.device)
+        logs.update(self.method.on_epoch_end(self.model, epoch))
         epoch_s = time.perf_counter() - t0
-        wall += epoch_s
-        history.append({"epoch": epoch + 1, "time_s": epoch_s, **logs})
-        state = {
-            "epoch": epoch + 1, "global_step": global_step, "wall_s": wall, "history": history,
-            "optimizers": [o.state_dict() for o in opts], "schedulers": [s.state_dict() for s in scheds],
-            "method": method.state_dict(), "rng": torch.get_rng_state(),
-        }
-        save_checkpoint(out, epoch + 1, model, state)
-        if method.stop_training:
+        self.wall += epoch_s
+        self.history.append({"epoch": epoch + 1, "time_s": epoch_s, **logs})
+        if self.dist.is_main:
+            save_checkpoint(self.out, epoch + 1, self.model, {
+                "epoch": epoch + 1, "global_step": self.global_step, "wall_s": self.wall, "history": self.history,
+                "optimizers": [o.state_dict() for o in self.opts], "schedulers": [s.state_dict() for s in self.scheds],
+                "method": self.method.state_dict(),
+            })
+        barrier(self.dist)
+
+    def finish(self) -> None:
+        if not self.dist.is_main:
+            return
+        save_weights(self.model, self.out / "model.safetensors")
+        atomic_write_json(self.out / "run.json", {
+            "status": "complete", "config": to_dict(self.cfg), "epochs_done": len(self.history),
+            "history": self.history, "train_size": self.train_size, "wall_s": self.wall,
+            "world_size": self.dist.world_size, **provenance(self.device),
+        })
+
+
+def fit(cfg: TrainConfig) -> Path:
+    """Train one run as ``cfg`` says; resumable (``cfg.resume``); returns the run directory.
+
+    Under ``torchrun`` every process calls ``fit`` and trains its shard; only rank 0 writes.
+    """
+    tr = Trainer(resolve_resume(cfg))
+    if tr.cfg.resume and latest_checkpoint(tr.out) is not None:
+        tr.restore()
+    if tr.dist.is_main:
+        tr.out.mkdir(parents=True, exist_ok=True)
+        save_yaml(to_dict(tr.cfg), tr.out / "config.yaml")
+    for epoch in range(tr.start, tr.cfg.epochs):
+        tr.train_epoch(epoch)
+        if tr.method.stop_training:
             break
-    save_weights(model, out / "model.safetensors")
-    atomic_write_json(out / "run.json", {
-        "status": "complete", "config": to_dict(cfg), "epochs_done": len(history), "history": history,
-        "train_size": len(labels), "wall_s": wall, **provenance(device),
-    })
-    return out
+    tr.finish()
+    barrier(tr.dist)
+    return tr.out
 
 
-def run_epoch(cfg: TrainConfig, method: Method, model: nn.Module, groups: list[ParamGroup],
-              opts: list[torch.optim.Optimizer], scheds: list[Any], loader: TensorLoader,
-              epoch: int, global_step: int) -> dict[str, float]:
-    """Train one epoch; returns the epoch's mean logs."""
+def run_epoch(tr: Trainer, epoch: int) -> dict[str, float]:
+    """Train one epoch; returns this process's mean logs."""
+    cfg, loader = tr.cfg, tr.loader
     loader.set_epoch(epoch)
-    model.train()
+    tr.model.train()
     sums: dict[str, Tensor] = {}
-    bar = tqdm(loader, desc=f"{cfg.method} epoch {epoch + 1}/{cfg.epochs}", disable=not cfg.progress,
-               leave=False, dynamic_ncols=True)
+    show = cfg.progress and tr.dist.is_main
+    bar = tqdm(loader, desc=f"{cfg.method} epoch {epoch + 1}/{cfg.epochs}", disable=not show, leave=False,
+               dynamic_ncols=True)
     n = 0
     for i, (x, y) in enumerate(bar):
-        logs = step(method, model, groups, opts, x, y)
-        for s in scheds:
+        logs = step(tr.method, tr.model, tr.groups, tr.opts, x, y, tr.dist)
+        for s in tr.scheds:
             s.step()
-        method.after_step(model, global_step + i + 1)
+        tr.method.after_step(tr.model, tr.global_step + i + 1)
         for k, v in logs.items():
             sums[k] = sums[k] + v if k in sums else v.clone()
         n += 1
-        if cfg.progress and (i % 20 == 0 or i == len(loader) - 1):
+        if show and (i % 20 == 0 or i == len(loader) - 1):
             bar.set_postfix({k: f"{v.item() / n:.4f}" for k, v in sums.items()})
     return {k: v.item() / max(n, 1) for k, v in sums.items()}
