@@ -53,15 +53,18 @@ def main() -> None:
     ap.add_argument("--eval-limit", type=int, default=1000)
     ap.add_argument("--variant", action="append", default=[], help="NAME=JSON method_args for anp-vs")
     ap.add_argument("--method", default="anp-vs", help="method of the variants")
+    ap.add_argument("--standard", default=None, help="reuse this finished standard run")
+    ap.add_argument("--at", default=None, help="reuse this finished AT run (same budget)")
     args = ap.parse_args()
     root = Path(args.out)
     base = TrainConfig(model="lenet5-caffe", dataset="mnist", data_dir=args.data_dir, limit_train=args.limit_train,
                        epochs=args.epochs, adv_steps=args.adv_steps, adv_step_size=args.adv_step_size,
                        progress=False)
-    std = train(replace(base, method="standard", epochs=1, out=str(root / "standard")))
+    std = Path(args.standard) if args.standard else train(replace(base, method="standard", out=str(root / "standard")))
     rows = [row("standard", std, args)]
     print(json.dumps(rows[-1]), flush=True)
-    rows.append(row("at", train(replace(base, method="at", out=str(root / "at"))), args))
+    at = Path(args.at) if args.at else train(replace(base, method="at", out=str(root / "at")))
+    rows.append(row("at", at, args))
     print(json.dumps(rows[-1]), flush=True)
     for spec in args.variant:
         name, _, js = spec.partition("=")

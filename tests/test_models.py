@@ -7,8 +7,9 @@ import torch
 
 from robustprune.models import MODELS, build_model, mask_slots
 
-SHAPES = {"lenet-300-100": (1, 28), "lenet5-caffe": (1, 28), "vgg16": (3, 32), "resnet18": (3, 32)}
-UNITS = {"lenet-300-100": 400, "lenet5-caffe": 1370, "vgg16": 5248, "resnet18": 2 * (64 + 128 + 256 + 512)}
+SHAPES = {"lenet-300-100": (1, 28), "lenet5-caffe": (1, 28), "vgg16": (3, 32), "resnet18": (3, 32), "linear": (1, 28)}
+UNITS = {"lenet-300-100": 400, "lenet5-caffe": 1370, "vgg16": 5248, "resnet18": 2 * (64 + 128 + 256 + 512),
+         "linear": 0}
 
 
 def make(name: str) -> tuple[torch.nn.Module, torch.Tensor]:

@@ -41,7 +41,9 @@ def standard_run(tiny_mnist: Path, tmp_path: Path) -> Path:
 def test_every_method_trains_one_epoch(method: str, tiny_mnist: Path, tmp_path: Path, standard_run: Path) -> None:
     cls = METHODS.get(method)
     init = str(standard_run) if getattr(cls, "needs_init", False) else None
-    out = fit(tiny_cfg(tiny_mnist, tmp_path / method, method=method, limit_train=32, init_from=init))
+    # hydra's first (score) phase freezes the weights by design: train its weight phase here
+    args = {"hydra": {"score_epochs": 0}}.get(method, {})
+    out = fit(tiny_cfg(tiny_mnist, tmp_path / method, method=method, limit_train=32, init_from=init, method_args=args))
     before = weights(standard_run) if init else None
     after = weights(out)
     for k, v in after.items():

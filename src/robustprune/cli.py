@@ -26,7 +26,7 @@ def _eval_parser() -> ArgumentParser:
     p = ArgumentParser(description="Evaluate a run: clean and robust accuracy, vulnerability; writes a JSON card.")
     p.add_argument("run", type=str, help="run directory")
     p.add_argument("--attack", type=str, default="pgd",
-                   help="none, fgsm, rfgsm, pgd, eot-pgd, transfer; comma-separated for several")
+                   help="none, fgsm, rfgsm, pgd, eot-pgd, transfer, autoattack; comma-separated for several")
     p.add_argument("--eps", type=float | None, default=None, help="L-inf radius in pixel units (default: dataset's)")
     p.add_argument("--steps", type=int, default=40, help="attack iterations")
     p.add_argument("--step-size", dest="step_size", type=float | None, default=None,
@@ -34,6 +34,11 @@ def _eval_parser() -> ArgumentParser:
     p.add_argument("--restarts", type=int, default=1, help="random restarts (worst case kept per example)")
     p.add_argument("--eot", type=int | None, default=None, help="gradient samples per step (eot-pgd default 10)")
     p.add_argument("--source", type=str | None, default=None, help="run the transfer attack is crafted on")
+    p.add_argument("--sap", type=float | None, default=None,
+                   help="wrap the model in Stochastic Activation Pruning SAP-PCT (e.g. 100); random at test time")
+    p.add_argument("--sap-mode", dest="sap_mode", type=str, default="exact", help="SAP sampling: exact or fast")
+    p.add_argument("--bnn-sample", dest="bnn_sample", action=ActionYesNo, default=False,
+                   help="at-bnn runs: sample weights in eval mode (stochastic; use eot-pgd) instead of the means")
     p.add_argument("--limit", type=int | None, default=None, help="evaluate the first N test examples")
     p.add_argument("--batch-size", dest="batch_size", type=int, default=256, help="evaluation batch size")
     p.add_argument("--passes", type=int, default=10, help="forward passes averaged for a stochastic model")
@@ -46,11 +51,144 @@ def _eval_parser() -> ArgumentParser:
     return p
 
 
+def _compare_parser() -> ArgumentParser:
+    p = ArgumentParser(description="Train, evaluate and compare the runs of a suite file; resumable; writes "
+                                   "DIR/table.md, DIR/table.json and plots.")
+    p.add_argument("suite", type=str, help="suite YAML file (e.g. configs/suites/mnist_quick.yaml)")
+    p.add_argument("--out", type=str, required=True, help="suite directory (runs/, cards/, table, plots)")
+    p.add_argument("--data-dir", dest="data_dir", type=str | None, default=None,
+                   help="dataset directory for every run (else the suite's, $ROBUSTPRUNE_DATA, the cache)")
+    p.add_argument("--device", type=str | None, default=None, help="auto, cpu or cuda for every run")
+    p.add_argument("--progress", action=ActionYesNo, default=True, help="show progress bars")
+    return p
+
+
+def _compact_parser() -> ArgumentParser:
+    p = ArgumentParser(description="Remove a pruned run's dead units: write a smaller dense run directory with "
+                                   "the same logits, its measured cost, and optionally an ONNX file.")
+    p.add_argument("run", type=str, help="run directory of a masked (pruned) run")
+    p.add_argument("--out", type=str, required=True, help="new run directory (must not exist)")
+    p.add_argument("--onnx", action=ActionYesNo, default=False, help="also write model.onnx, checked by onnxruntime")
+    p.add_argument("--measure", action=ActionYesNo, default=True, help="measure params, FLOPs and CPU latency")
+    p.add_argument("--repeats", type=int, default=10, help="timed forward passes per latency measurement")
+    return p
+
+
+def _report_parser() -> ArgumentParser:
+    p = ArgumentParser(description="Re-render a suite directory's table and plots from its cards.")
+    p.add_argument("dir", type=str, help="suite directory written by `robustprune compare`")
+    return p
+
+
+def _data_flags(p: ArgumentParser, *, limit: int | None) -> None:
+    p.add_argument("--limit", type=int | None, default=limit, help="use the first N test examples")
+    p.add_argument("--data-dir", dest="data_dir", type=str | None, default=None, help="dataset directory")
+    p.add_argument("--device", type=str, default="auto", help="auto, cpu or cuda")
+    p.add_argument("--seed", type=int, default=0, help="seed of the attacks' random starts and directions")
+
+
+def _audit_parser() -> ArgumentParser:
+    p = ArgumentParser(description="Attack ladder and gradient-masking checks; writes audit.json, audit.md, "
+                                   "curve and loss-surface plots into --out.")
+    p.add_argument("run", type=str, help="run directory")
+    p.add_argument("--out", type=str, required=True, help="output directory")
+    p.add_argument("--source", type=str | None, default=None, help="run the transfer attack is crafted on")
+    p.add_argument("--eps", type=float | None, default=None, help="L-inf radius in pixel units (default: dataset's)")
+    p.add_argument("--step-size", dest="step_size", type=float | None, default=None, help="PGD step of the ladder")
+    p.add_argument("--eps-sweep", dest="eps_sweep", type=str | None, default=None,
+                   help="comma-separated eps values of the curve (default 0..2*eps)")
+    p.add_argument("--autoattack", type=str, default="auto", help="auto (run when installed), yes or no")
+    p.add_argument("--surface", action=ActionYesNo, default=True, help="also draw the loss surface")
+    p.add_argument("--batch-size", dest="batch_size", type=int, default=256, help="evaluation batch size")
+    p.add_argument("--passes", type=int, default=10, help="forward passes averaged for a stochastic model")
+    _data_flags(p, limit=1000)
+    p.add_argument("--progress", action=ActionYesNo, default=True, help="show progress bars")
+    return p
+
+
+def _curve_parser() -> ArgumentParser:
+    p = ArgumentParser(description="Robust accuracy vs eps (PGD, step 2.5*eps/steps); writes curve.json, curve.png.")
+    p.add_argument("run", type=str, help="run directory")
+    p.add_argument("--out", type=str, required=True, help="output directory")
+    p.add_argument("--eps", type=str | None, default=None, help="comma-separated eps values (default 0..2*eps)")
+    p.add_argument("--steps", type=int, default=40, help="PGD iterations per point")
+    p.add_argument("--eot", type=int | None, default=None, help="gradient samples (default 10 if stochastic, else 1)")
+    p.add_argument("--batch-size", dest="batch_size", type=int, default=256, help="evaluation batch size")
+    p.add_argument("--passes", type=int, default=10, help="forward passes averaged for a stochastic model")
+    _data_flags(p, limit=None)
+    p.add_argument("--progress", action=ActionYesNo, default=True, help="show progress bars")
+    return p
+
+
+def _surface_parser() -> ArgumentParser:
+    p = ArgumentParser(description="Loss surface around test points along the adversarial and a random "
+                                   "direction; writes surface.json, surface.png.")
+    p.add_argument("run", type=str, help="run directory")
+    p.add_argument("--out", type=str, required=True, help="output directory")
+    p.add_argument("--points", type=int, default=4, help="correctly classified test points to draw")
+    p.add_argument("--eps", type=float | None, default=None, help="threat-model radius (default: dataset's)")
+    p.add_argument("--span", type=float, default=1.0, help="grid half-width in units of eps")
+    p.add_argument("--resolution", type=int, default=21, help="grid points per axis")
+    p.add_argument("--samples", type=int | None, default=None, help="passes per grid point (default 10 if random)")
+    p.add_argument("--data-dir", dest="data_dir", type=str | None, default=None, help="dataset directory")
+    p.add_argument("--device", type=str, default="auto", help="auto, cpu or cuda")
+    p.add_argument("--seed", type=int, default=0, help="seed of the random direction")
+    return p
+
+
+def _calibration_parser() -> ArgumentParser:
+    p = ArgumentParser(description="Confidence vs accuracy of runs (and their SAP wrappers): reliability diagrams "
+                                   "and ECE; writes calibration.json, calibration.png into --out.")
+    p.add_argument("runs", type=str, nargs="+", help="run directories")
+    p.add_argument("--out", type=str, required=True, help="output directory")
+    p.add_argument("--sap", type=float | None, default=None, help="also evaluate each run wrapped in SAP-PCT")
+    p.add_argument("--sap-mode", dest="sap_mode", type=str, default="exact", help="SAP sampling: exact or fast")
+    p.add_argument("--bins", type=int, default=10, help="equal-width confidence bins")
+    p.add_argument("--passes", type=int, default=10, help="forward passes averaged for a stochastic model")
+    _data_flags(p, limit=1000)
+    return p
+
+
+def _sweep_parser() -> ArgumentParser:
+    p = ArgumentParser(description="Guo et al.'s sparsity study: prune ρ of the remaining weights per round, retrain, "
+                                   "measure FGSM/R+FGSM accuracy and DeepFool/C&W r2; writes sweep.json, sweep.png.")
+    p.add_argument("run", type=str, help="trained run to start from")
+    p.add_argument("--rounds", type=int, required=True, help="pruning rounds")
+    p.add_argument("--out", type=str | None, default=None, help="output directory (default RUN/sparsity-sweep)")
+    p.add_argument("--rho", type=float, default=1 / 3, help="fraction of the remaining weights removed per round")
+    p.add_argument("--epochs-per-round", dest="epochs_per_round", type=int, default=1, help="retraining epochs")
+    p.add_argument("--adversarial", action=ActionYesNo, default=False, help="retrain with the AT loss")
+    p.add_argument("--scope", type=str, default="layer", help="layer (uniform per layer) or global")
+    p.add_argument("--keep-first-last", dest="keep_first_last", action=ActionYesNo, default=False,
+                   help="keep the first and last layer dense")
+    p.add_argument("--eps", type=float | None, default=None, help="FGSM / R+FGSM radius (default: dataset's)")
+    p.add_argument("--limit", type=int | None, default=1000, help="evaluate on the first N test points")
+    p.add_argument("--limit-train", dest="limit_train", type=int | None, default=None,
+                   help="retrain on the first N training examples (default: the run's)")
+    p.add_argument("--deepfool-steps", dest="deepfool_steps", type=int, default=50, help="DeepFool iterations")
+    p.add_argument("--cw-steps", dest="cw_steps", type=int, default=100, help="C&W Adam steps per search round")
+    p.add_argument("--cw-search", dest="cw_search", type=int, default=5, help="C&W binary-search rounds")
+    p.add_argument("--cw-const", dest="cw_const", type=float, default=0.1, help="C&W initial constant c")
+    p.add_argument("--cw-lr", dest="cw_lr", type=float, default=0.01, help="C&W Adam learning rate")
+    p.add_argument("--data-dir", dest="data_dir", type=str | None, default=None, help="dataset directory")
+    p.add_argument("--device", type=str, default="auto", help="auto, cpu or cuda")
+    p.add_argument("--progress", action=ActionYesNo, default=True, help="show progress bars")
+    return p
+
+
 def build_parser() -> ArgumentParser:
     parser = ArgumentParser(prog="robustprune", description="Adversarially robust sparse neural networks.")
     sub = parser.add_subcommands(dest="command")
     sub.add_subcommand("train", _train_parser(), help="train a run")
     sub.add_subcommand("eval", _eval_parser(), help="evaluate a run under attacks")
+    sub.add_subcommand("compare", _compare_parser(), help="train, evaluate and tabulate a suite of runs")
+    sub.add_subcommand("report", _report_parser(), help="re-render a suite's table and plots from its cards")
+    sub.add_subcommand("compact", _compact_parser(), help="physically remove pruned units from a run")
+    sub.add_subcommand("audit", _audit_parser(), help="attack ladder + gradient-masking checks for a run")
+    sub.add_subcommand("curve", _curve_parser(), help="robust accuracy vs eps for a run")
+    sub.add_subcommand("surface", _surface_parser(), help="loss surface around test points of a run")
+    sub.add_subcommand("calibration", _calibration_parser(), help="reliability diagrams + ECE of runs (and SAP)")
+    sub.add_subcommand("sweep-sparsity", _sweep_parser(), help="robustness vs weight sparsity (Guo et al. 2018)")
     sub.add_subcommand("list", ArgumentParser(description="List registered names."), help="list models, methods, ...")
     return parser
 
@@ -69,7 +207,8 @@ def cmd_eval(ns: Namespace) -> int:
 
     card = evaluate_run(
         ns.run, attacks=[a.strip() for a in ns.attack.split(",") if a.strip()], eps=ns.eps, steps=ns.steps,
-        step_size=ns.step_size, restarts=ns.restarts, eot=ns.eot, source=ns.source, limit=ns.limit,
+        step_size=ns.step_size, restarts=ns.restarts, eot=ns.eot, source=ns.source, sap=ns.sap,
+        sap_mode=ns.sap_mode, bnn_sample=ns.bnn_sample, limit=ns.limit,
         batch_size=ns.batch_size, passes=ns.passes, data_dir=ns.data_dir, device=ns.device, seed=ns.seed,
         out=ns.out, progress=ns.progress,
     )
@@ -91,7 +230,114 @@ def cmd_list(_: Any) -> int:
     return 0
 
 
-COMMANDS = {"train": cmd_train, "eval": cmd_eval, "list": cmd_list}
+def cmd_compare(ns: Namespace) -> int:
+    from robustprune.compare import load_suite, run_suite
+
+    written = run_suite(load_suite(ns.suite), ns.out, data_dir=ns.data_dir, device=ns.device, progress=ns.progress)
+    print(written[0].read_text())
+    print("written: " + ", ".join(str(w) for w in written), file=sys.stderr)
+    return 0
+
+
+def cmd_report(ns: Namespace) -> int:
+    from robustprune.reports import render_report
+
+    written = render_report(ns.dir)
+    print(written[0].read_text())
+    print("written: " + ", ".join(str(w) for w in written), file=sys.stderr)
+    return 0
+
+
+def cmd_compact(ns: Namespace) -> int:
+    from robustprune.sparsity.compact import compact_run, format_compact
+
+    out = compact_run(ns.run, out=ns.out, onnx=ns.onnx, measure=ns.measure, repeats=ns.repeats)
+    print(format_compact(out))
+    return 0
+
+
+def _floats(text: str | None) -> list[float] | None:
+    """``"0,0.1,0.3"`` -> ``[0.0, 0.1, 0.3]``; a bad item raises ``ValueError`` naming it."""
+    if text is None:
+        return None
+    out = []
+    for item in text.split(","):
+        try:
+            out.append(float(item))
+        except ValueError:
+            raise ValueError(f"not a number in the eps list: {item.strip()!r}") from None
+    return out
+
+
+def cmd_audit(ns: Namespace) -> int:
+    from robustprune.eval.audit import audit_run
+    from robustprune.reports.audit_report import render_audit_markdown
+
+    card = audit_run(ns.run, out=ns.out, limit=ns.limit, source=ns.source, eps=ns.eps, step_size=ns.step_size,
+                     eps_sweep=_floats(ns.eps_sweep), autoattack=ns.autoattack, batch_size=ns.batch_size,
+                     passes=ns.passes, surface=ns.surface, data_dir=ns.data_dir, device=ns.device, seed=ns.seed,
+                     progress=ns.progress)
+    print(render_audit_markdown(card, surface=ns.surface))
+    print(f"written: {ns.out}/audit.json, audit.md, curve.json, curve.png"
+          + (", surface.json, surface.png" if ns.surface else ""), file=sys.stderr)
+    return 0
+
+
+def cmd_curve(ns: Namespace) -> int:
+    from robustprune.eval.curve import curve_run
+
+    curve = curve_run(ns.run, out=ns.out, eps_list=_floats(ns.eps), steps=ns.steps, eot=ns.eot, limit=ns.limit,
+                      batch_size=ns.batch_size, passes=ns.passes, data_dir=ns.data_dir, device=ns.device,
+                      seed=ns.seed, progress=ns.progress)
+    print("| eps | robust accuracy % |\n|---|---|")
+    print("\n".join(f"| {p['eps']:g} | {p['robust_acc']:.2f} |" for p in curve["points"]))
+    print(f"written: {ns.out}/curve.json, curve.png", file=sys.stderr)
+    return 0
+
+
+def cmd_surface(ns: Namespace) -> int:
+    from robustprune.eval.surface import surface_run
+
+    surface_run(ns.run, out=ns.out, points=ns.points, eps=ns.eps, span=ns.span, resolution=ns.resolution,
+                samples=ns.samples, data_dir=ns.data_dir, device=ns.device, seed=ns.seed)
+    print(f"written: {ns.out}/surface.json, surface.png", file=sys.stderr)
+    return 0
+
+
+def cmd_calibration(ns: Namespace) -> int:
+    from robustprune.reports.calibration import calibration_run
+
+    data = calibration_run(ns.runs, out=ns.out, sap=ns.sap, sap_mode=ns.sap_mode, limit=ns.limit, bins=ns.bins,
+                           passes=ns.passes, data_dir=ns.data_dir, device=ns.device, seed=ns.seed)
+    print("| model | accuracy % | mean confidence % | ECE % |\n|---|---|---|---|")
+    print("\n".join(f"| {m['label']} | {100 * m['accuracy']:.2f} | {100 * m['mean_confidence']:.2f} | "
+                    f"{100 * m['ece']:.2f} |" for m in data["models"]))
+    print(f"written: {ns.out}/calibration.json, calibration.png", file=sys.stderr)
+    return 0
+
+
+def _num(v: float | None) -> str:
+    return "-" if v is None else f"{v:.3f}"
+
+
+def cmd_sweep_sparsity(ns: Namespace) -> int:
+    from robustprune.eval.sweep import sweep_sparsity
+
+    kw = {k: ns[k] for k in ("out", "rho", "epochs_per_round", "adversarial", "scope", "keep_first_last", "eps",
+                             "limit", "limit_train", "deepfool_steps", "cw_steps", "cw_search", "cw_const", "cw_lr",
+                             "data_dir", "device", "progress")}
+    res = sweep_sparsity(ns.run, rounds=ns.rounds, **kw)
+    print("| round | weight sparsity % | clean % | FGSM % | R+FGSM % | DeepFool r2 | C&W r2 |\n"
+          "|---|---|---|---|---|---|---|")
+    print("\n".join(f"| {p['round']} | {p['weight_sparsity']:.1f} | {p['clean_acc']:.2f} | {p['fgsm_acc']:.2f} | "
+                    f"{p['rfgsm_acc']:.2f} | {_num(p['deepfool_r2'])} | {_num(p['cw_r2'])} |" for p in res["points"]))
+    return 0
+
+
+COMMANDS = {"calibration": cmd_calibration,
+            "train": cmd_train, "eval": cmd_eval, "compare": cmd_compare, "report": cmd_report, "list": cmd_list,
+            "compact": cmd_compact, "audit": cmd_audit, "curve": cmd_curve, "surface": cmd_surface,
+            "sweep-sparsity": cmd_sweep_sparsity}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -1,7 +1,9 @@
 """Adversarial attacks: ``attack(model, x, y) -> x_adv`` with the invariants of :class:`Attack`.
 
 Registered in ``ATTACKS``: ``"fgsm"``, ``"rfgsm"``, ``"pgd"``, ``"eot-pgd"``. ``TransferAttack``
-needs a source model and is built directly.
+needs a source model and is built directly; so is ``AutoAttack`` (optional extra ``eval``, needs
+>= 4 classes). Minimum-norm attacks are another type (:class:`MinNormAttack`, returning norms and a
+success mask): ``DeepFool``, ``CarliniWagnerL2``.
 
 >>> attack = build_attack("pgd", eps=0.3, steps=40, step_size=0.01)
 """
@@ -10,14 +12,18 @@ from __future__ import annotations
 
 from typing import Any
 
+from robustprune.attacks.autoattack import AutoAttack
 from robustprune.attacks.base import Attack, LossFn, cross_entropy_loss, project
+from robustprune.attacks.cw import CarliniWagnerL2
+from robustprune.attacks.deepfool import DeepFool
+from robustprune.attacks.minnorm import MinNormAttack, MinNormResult
 from robustprune.attacks.pgd import EOTPGD, FGSM, PGD, RFGSM
 from robustprune.attacks.transfer import TransferAttack
 from robustprune.registry import ATTACKS
 
 __all__ = [
-    "ATTACKS", "EOTPGD", "FGSM", "PGD", "RFGSM", "Attack", "LossFn", "TransferAttack",
-    "build_attack", "cross_entropy_loss", "project",
+    "ATTACKS", "EOTPGD", "FGSM", "PGD", "RFGSM", "Attack", "AutoAttack", "CarliniWagnerL2", "DeepFool", "LossFn",
+    "MinNormAttack", "MinNormResult", "TransferAttack", "build_attack", "cross_entropy_loss", "project",
 ]
 
 

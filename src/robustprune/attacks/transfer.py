@@ -18,7 +18,7 @@ class TransferAttack(Attack):
     every invariant on the source (mode restored, ``.grad`` untouched), the outer one on the target.
     ``eps``, ``norm`` and ``eval_mode`` are the inner attack's. Not registered: it needs a model.
 
-    >>> blackbox = TransferAttack(source=at_model, attack=PGD(eps=0.3, steps=40, step_size=0.01))
+    >>> blackbox = TransferAttack(source=at_model, attack=PGD(eps=0.3, steps=40, step_size=0.01))  # doctest: +SKIP
     >>> x_adv = blackbox(target_model, x, y)                    # doctest: +SKIP
     """
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,6 +36,8 @@ class DatasetInfo:
     mean: tuple[float, ...]
     std: tuple[float, ...]
     default_eps: float
+    #: two-class subset ``(a, b)`` of a base dataset (name ``mnist-1v7``): a -> label 0, b -> 1
+    pair: tuple[int, int] | None = None
 
 
 # Statistics: MNIST and Fashion-MNIST recomputed from the training IDX files; CIFAR from the
@@ -60,11 +63,25 @@ def dataset_names() -> list[str]:
 
 
 def dataset_info(name: str) -> DatasetInfo:
-    """The :class:`DatasetInfo` of ``name``; an unknown name raises ``ValueError`` listing the known ones."""
+    """The :class:`DatasetInfo` of ``name``; an unknown name raises ``ValueError`` listing the known ones.
+
+    ``<base>-<a>v<b>`` (e.g. ``mnist-1v7``) is the two-class subset of classes a and b of a base
+    dataset (Guo et al.'s binary linear models): ``name`` stays the base's (files, attack
+    defaults), ``num_classes`` is 2, ``pair`` is (a, b); the sizes are the base's (upper bounds).
+    """
+    base, sep, tail = str(name).rpartition("-")
+    if sep and base in _INFOS and "v" in tail:
+        a, _, b = tail.partition("v")
+        info = _INFOS[base]
+        if not (a.isdigit() and b.isdigit() and int(a) != int(b) and max(int(a), int(b)) < info.num_classes):
+            raise ValueError(f"bad class pair in dataset {name!r}: expected <base>-<a>v<b> with two different "
+                             f"classes below {info.num_classes}")
+        return dataclasses.replace(info, num_classes=2, pair=(int(a), int(b)))
     try:
         return _INFOS[name]
     except (KeyError, TypeError):
-        raise ValueError(f"unknown dataset {name!r}; known datasets: {', '.join(_INFOS)}") from None
+        raise ValueError(f"unknown dataset {name!r}; known datasets: {', '.join(_INFOS)} "
+                         "(or a pair such as mnist-1v7)") from None
 
 
 def resolve_data_dir(data_dir: str | os.PathLike | None = None) -> Path:

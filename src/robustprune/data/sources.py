@@ -294,7 +294,8 @@ def load_split(
     >>> x.shape, x.dtype, y.dtype  # doctest: +SKIP
     (torch.Size([10000, 1, 28, 28]), torch.uint8, torch.int64)
     """
-    info = dataset_info(name)
+    pair = dataset_info(name).pair
+    info = dataset_info(dataset_info(name).name)  # a pair (mnist-1v7) reads its base's files
     if split not in SPLITS:
         raise ValueError(f"unknown split {split!r}; expected one of {', '.join(SPLITS)}")
     root = resolve_data_dir(data_dir)
@@ -310,6 +311,15 @@ def load_split(
         except DataError as e:
             tried.append(f"{src.label}: {e}")
             continue
-        return _to_tensors(images, labels)
+        return _select_pair(*_to_tensors(images, labels), pair)
     lines = "\n".join(f"  {i}. {t}" for i, t in enumerate(tried, 1))
     raise DataError(f"cannot load {name} {split!r}; tried:\n{lines}\n{_where_to_put(info, root)}")
+
+
+def _select_pair(images: torch.Tensor, labels: torch.Tensor,
+                 pair: tuple[int, int] | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Keep classes ``pair = (a, b)`` only, relabelled a -> 0, b -> 1 (order kept); no pair: as is."""
+    if pair is None:
+        return images, labels
+    keep = (labels == pair[0]) | (labels == pair[1])
+    return images[keep], (labels[keep] == pair[1]).long()

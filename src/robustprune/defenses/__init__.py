@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from robustprune.defenses import anpvs, standard, trades  # noqa: F401  (registration)
+from robustprune.defenses import admm, anpvs, bnn, cas, hydra, magnitude, standard, trades  # noqa: F401  (registration)
 from robustprune.defenses.base import Method, MethodContext, ParamGroup
 from robustprune.registry import METHODS
 

@@ -93,6 +93,12 @@ class ANPVS(MaskedMethod):
     1e-2, masks initialised at a' = −1 (fc, LeNet conv) or 2 (VGG conv), adversarial weight 2.
     Start it from a standard run: ``--init-from RUN``.
 
+    Options for short budgets (off by default, the faithful recipe): ``kl_warmup`` ramps β/N from
+    0 over that fraction of training; ``mask_warmup`` freezes the masks for that fraction, so the
+    weights become robust before the masks can trade accuracy for a lower adversarial loss;
+    ``mask_loss="mixed"`` gives the masks the weights' [CE + 2·CE_adv]/3 instead of CE_adv alone,
+    so pruning everything (a constant output, which caps CE_adv at ln K) stops paying off.
+
     >>> method = ANPVS(ctx=ctx)            # beta, lam from the paper for ctx.dataset
     """
 
@@ -107,6 +113,8 @@ class ANPVS(MaskedMethod):
         lam: float | None = None,
         adv_weight: float = 2.0,
         kl_warmup: float = 0.0,
+        mask_warmup: float = 0.0,
+        mask_loss: str = "adv",
         **mask_kw: Any,
     ) -> None:
         super().__init__(ctx=ctx, **mask_kw)
@@ -116,8 +124,13 @@ class ANPVS(MaskedMethod):
         for key, val in (("beta", self.beta), ("lam", self.lam), ("adv_weight", adv_weight)):
             if val < 0:
                 raise ValueError(f"{key} must be >= 0, got {val}")
-        if not 0 <= kl_warmup < 1:
-            raise ValueError(f"kl_warmup must be a fraction in [0, 1), got {kl_warmup}")
+        for key, frac in (("kl_warmup", kl_warmup), ("mask_warmup", mask_warmup)):
+            if not 0 <= frac < 1:
+                raise ValueError(f"{key} must be a fraction in [0, 1), got {frac}")
+        self.mask_warmup = mask_warmup
+        if mask_loss not in ("adv", "mixed"):
+            raise ValueError(f"mask_loss must be 'adv' or 'mixed', got {mask_loss!r}")
+        self.mask_loss = mask_loss
         self.adv_weight = adv_weight
         self.kl_warmup = kl_warmup
         self.attack = ctx.train_attack()
@@ -137,8 +150,11 @@ class ANPVS(MaskedMethod):
             logits_adv, feats_adv = model(x_adv, features=True)
         kl = model_kl(model)
         ce_adv = F.cross_entropy(logits_adv, y)
-        loss_masks = ce_adv + self.kl_weight() * kl
         loss_weights = mixed_ce(logits, logits_adv, y, adv_weight=self.adv_weight)
+        mask_ce = loss_weights if self.mask_loss == "mixed" else ce_adv
+        loss_masks = mask_ce + self.kl_weight() * kl
+        if self.step_no < self.mask_warmup * self.ctx.total_steps:
+            loss_masks = loss_masks * 0.0  # masks frozen while the weights adapt to the attack
         vs = vulnerability(feats, feats_adv)
         if self.lam > 0:
             loss_weights = loss_weights + self.lam * vs

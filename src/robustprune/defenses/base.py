@@ -76,6 +76,9 @@ class Method:
         loss = F.cross_entropy(logits, y)
         return {"weights": loss}, {"loss": loss.detach(), "acc": accuracy(logits, y)}
 
+    def on_epoch_start(self, model: nn.Module, epoch: int) -> None:
+        """Called before every epoch (0-based), after a resume too (pruning rounds start here)."""
+
     def after_step(self, model: nn.Module, step: int) -> None:
         """Called after every optimiser step."""
 

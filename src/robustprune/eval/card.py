@@ -18,7 +18,7 @@ from robustprune.train.run import load_run
 from robustprune.utils import atomic_write_json, provenance, resolve_device
 
 PAPER_ARCHS = ("lenet5-caffe", "lenet-300-100", "vgg16")
-ATTACK_NAMES = ("none", "fgsm", "rfgsm", "pgd", "eot-pgd", "transfer")
+ATTACK_NAMES = ("none", "fgsm", "rfgsm", "pgd", "eot-pgd", "transfer", "autoattack")
 #: evaluation PGD step size per dataset when --step-size is not given
 EVAL_STEP = {"mnist": 0.01, "fashion-mnist": 0.01, "cifar10": 2 / 255, "cifar100": 2 / 255}
 
@@ -46,6 +46,10 @@ def build_eval_attack(
         return build_attack("fgsm", eps=eps)
     if name == "rfgsm":
         return build_attack("rfgsm", eps=eps)
+    if name == "autoattack":  # the optional extra; standard, or rand (EOT-20) when the model is random
+        from robustprune.attacks.autoattack import AutoAttack
+
+        return AutoAttack(eps=eps, version="auto", seed=0)
     pgd_kw: dict[str, Any] = {"eps": eps, "steps": steps, "step_size": step_size, "restarts": restarts}
     if name == "eot-pgd":
         return build_attack("eot-pgd", eot=10 if eot is None else eot, **pgd_kw)
@@ -66,6 +70,9 @@ def evaluate_run(
     restarts: int = 1,
     eot: int | None = None,
     source: str | Path | None = None,
+    sap: float | None = None,
+    sap_mode: str = "exact",
+    bnn_sample: bool = False,
     limit: int | None = None,
     batch_size: int = 256,
     passes: int = 10,
@@ -75,11 +82,20 @@ def evaluate_run(
     out: str | Path | None = None,
     progress: bool = True,
 ) -> dict[str, Any]:
-    """Evaluate run ``run_dir`` on its test set and write the card (default ``RUN/eval/<attacks>.json``)."""
+    """Evaluate run ``run_dir`` on its test set and write the card (default ``RUN/eval/<attacks>.json``).
+
+    ``sap=k`` wraps the model in SAP-k% (``sap_mode`` exact|fast; no fine-tuning), ``bnn_sample``
+    keeps an at-bnn run sampling its weights in eval mode; both make the model random at test time.
+    """
     if limit is not None and limit < 1:
         raise ValueError(f"limit must be >= 1, got {limit}")
+    if sap is not None:
+        from robustprune.defenses.sap import check_sap
+
+        check_sap(sap, sap_mode)
     dev = resolve_device(device)
     run = load_run(run_dir, device=dev)
+    model, defense = eval_model(run, sap=sap, sap_mode=sap_mode, bnn_sample=bnn_sample)
     info = dataset_info(run.cfg.dataset)
     eps = info.default_eps if eps is None else eps
     step_size = EVAL_STEP[info.name] if step_size is None else step_size
@@ -87,25 +103,71 @@ def evaluate_run(
     built = [(n, build_eval_attack(n, eps=eps, steps=steps, step_size=step_size, restarts=restarts, eot=eot,
                                    source=src_model)) for n in attacks]
     named = [(n, a) for n, a in built if a is not None]
+    from robustprune.defenses.cas import cas_objective_attacks
+
+    named += cas_objective_attacks(run.model, named, beta=getattr(run.method, "beta", 2.0))
     images, labels = load_split(run.cfg.dataset, "test", data_dir=data_dir or run.cfg.data_dir)
     if limit is not None:
         images, labels = images[:limit], labels[:limit]
     loader = TensorLoader(images, labels, batch_size=batch_size, device=dev)
     torch.manual_seed(seed)
     t0 = time.perf_counter()
-    res = evaluate(run.model, loader, named, passes=passes, progress=progress)
+    res = evaluate(model, loader, named, passes=passes, progress=progress)
     card = make_card(run.cfg, res, run_dir=Path(run_dir), source=source, seed=seed, device=dev,
                      wall_s=time.perf_counter() - t0)
-    card["sparsity"] = model_cost(run.cfg.model, run.model, info)
-    path = Path(out) if out is not None else Path(run_dir) / "eval" / f"{'+'.join(attacks)}.json"
+    card.update(defense)
+    for (_, atk), entry in zip(named, card["attacks"], strict=True):
+        if hasattr(atk, "breakdown"):  # AutoAttack: robust accuracy after each stage, its self-check flags
+            entry["breakdown"] = atk.breakdown()
+            card["warnings"] += [f"AutoAttack self-check: {f}" for f in entry["breakdown"]["flags"]]
+    if run.compact is None:
+        card["sparsity"] = model_cost(run.cfg.model, run.model, info)
+        card["compact"] = None
+    else:  # a compacted run: the masked source's sparsity, plus what compaction recorded (measured cost)
+        from robustprune.sparsity.compact import compact_summary
+
+        card["sparsity"] = run.compact.get("source_cost")
+        card["compact"] = compact_summary(run.compact)
+    tag = "+".join(attacks) + (f"-sap{sap:g}-{sap_mode}" if sap is not None else "")
+    tag += "-bnnsample" if bnn_sample else ""
+    path = Path(out) if out is not None else Path(run_dir) / "eval" / f"{tag}.json"
     atomic_write_json(path, card)
     card["card_path"] = str(path)
     return card
 
 
+def eval_model(run: Any, *, sap: float | None, sap_mode: str, bnn_sample: bool) -> tuple[nn.Module, dict[str, Any]]:
+    """The model to attack (SAP wrapper, BNN sampling switched on) and the card fields saying so:
+    ``defense`` (SAP), ``bnn_sample``, ``memory_factor`` (at-bnn: 2), ``attack_objective`` (CAS)."""
+    from robustprune.defenses.bnn import set_sampling
+    from robustprune.defenses.cas import cas_modules
+    from robustprune.defenses.sap import SAPModel
+
+    model, fields = run.model, {}
+    if bnn_sample:
+        set_sampling(model, True)
+        fields["bnn_sample"] = True
+    factor = getattr(run.method, "memory_factor", 1.0)
+    if factor != 1.0:
+        fields["memory_factor"] = factor
+    if cas_modules(model):
+        fields["attack_objective"] = ("PGD/FGSM/EOT-PGD maximise the final-logit cross-entropy, their "
+                                      "'[cas-total]' twins CE + beta * mean auxiliary CE; AutoAttack its own "
+                                      "CE/DLR losses on the final logits; CAS modules gate by their own "
+                                      "predicted label (eval mode), as deployed")
+    if sap is not None:
+        model = SAPModel(model, pct=sap, mode=sap_mode)
+        fields["defense"] = model.describe()
+    return model, fields
+
+
 def model_cost(model_name: str, model: nn.Module, info: Any) -> dict[str, Any]:
     """Unit/weight sparsity and, for the paper's architectures, its memory/FLOPs accounting."""
     out: dict[str, Any] = sparsity_summary(model)
+    if out["weight_sparsity"] > 0:  # unstructured zeros: nnz, CSR bytes, theoretical MACs
+        from robustprune.metrics.unstructured import unstructured_cost
+
+        out["unstructured"] = unstructured_cost(model, input_shape=(info.in_channels, info.image_size, info.image_size))
     if model_name in PAPER_ARCHS:
         out["paper"] = paper_cost(model_name, model, in_channels=info.in_channels, num_classes=info.num_classes,
                                   image_size=info.image_size)
@@ -142,7 +204,17 @@ def format_table(card: dict[str, Any]) -> str:
                          if k not in ("name",) and not isinstance(v, dict))
         vul = f"{a['vulnerability']['mean']:.4f}" if "vulnerability" in a else "-"
         rows.append((a["name"], desc, f"{a['robust_acc']:.2f}", vul))
+        stages = a.get("breakdown", {}).get("stages", [])
+        rows += [(f"↳ after {s['name']}", "-", f"{s['robust_acc']:.2f}", "-") for s in stages]
     head = f"{card['method']} / {card['model']} / {card['dataset']}  (n={card['n']})"
+    if card.get("compact"):
+        head += "  [compacted]"
+    if card.get("defense", {}).get("defense") == "sap":
+        head += f"  [SAP-{card['defense']['pct']:g} {card['defense']['mode']}]"
+    if card.get("bnn_sample"):
+        head += "  [sampled weights]"
+    if card.get("stochastic"):
+        head += f"  [stochastic: accuracy averaged over {card['passes']} passes]"
     lines = [head, "", "| attack | parameters | accuracy % | vulnerability |", "|---|---|---|---|"]
     lines += [f"| {a} | {b} | {c} | {d} |" for a, b, c, d in rows]
     for w in card.get("warnings", []):

@@ -6,7 +6,7 @@ from typing import Any
 
 from torch import nn
 
-from robustprune.models import lenet, resnet, vgg  # noqa: F401  (registration)
+from robustprune.models import lenet, linear, resnet, vgg  # noqa: F401  (registration)
 from robustprune.models.base import (
     MaskSlot,
     Normalize,

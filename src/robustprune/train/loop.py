@@ -159,6 +159,7 @@ class Trainer:
     def train_epoch(self, epoch: int) -> None:
         torch.manual_seed(epoch_seed(self.cfg.seed, epoch, self.dist.rank))
         t0 = time.perf_counter()
+        self.method.on_epoch_start(self.model, epoch)
         logs = run_epoch(self, epoch)
         self.global_step += len(self.loader)
         logs = reduce_mean(logs, self.dist, self.device)

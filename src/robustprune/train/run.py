@@ -5,6 +5,7 @@ from __future__ import annotations
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
@@ -13,6 +14,8 @@ from robustprune.config import TrainConfig, load_train_config
 from robustprune.data import dataset_info
 from robustprune.defenses import Method, MethodContext, build_method
 from robustprune.models import build_model, mask_parameters
+from robustprune.sparsity.compact_net import COMPACT_FILE, read_compact
+from robustprune.sparsity.magnitude import fresh_state_keys
 from robustprune.train.checkpoint import CheckpointError, load_checkpoint, load_weights
 
 #: training-attack defaults per dataset family: (steps, step size)
@@ -57,7 +60,8 @@ def use_channels_last(model: nn.Module, device: torch.device, enabled: bool) -> 
 def init_from(model: nn.Module, source: str | Path) -> None:
     """Copy another run's weights and buffers (BN statistics included) into ``model``.
 
-    Mask parameters absent from the source stay freshly initialised; anything else missing, extra
+    Mask parameters, weight masks and HYDRA scores absent from the source stay freshly
+    initialised; anything else missing, extra
     or of another shape is an error naming the keys.
     """
     source = Path(source)
@@ -65,7 +69,7 @@ def init_from(model: nn.Module, source: str | Path) -> None:
     weights = load_weights(path)
     own = model.state_dict()
     mask_ids = {id(p) for p in mask_parameters(model)}
-    mask_keys = {k for k, p in model.named_parameters() if id(p) in mask_ids}
+    mask_keys = {k for k, p in model.named_parameters() if id(p) in mask_ids} | fresh_state_keys(model)
     extra = sorted(set(weights) - set(own))
     missing = sorted(set(own) - set(weights) - mask_keys)
     bad_shape = sorted(k for k in set(weights) & set(own) if weights[k].shape != own[k].shape)
@@ -84,13 +88,16 @@ class LoadedRun:
     method: Method
     path: Path
     complete: bool
+    #: compact.json of a compacted run (``robustprune compact``), else None
+    compact: dict[str, Any] | None = None
 
 
 def load_run(run_dir: str | Path, *, device: torch.device | str = "cpu") -> LoadedRun:
     """Rebuild a run's model (masks included) in eval mode from its directory.
 
     Uses ``model.safetensors`` when training finished, otherwise the newest checkpoint (with a
-    warning). Missing directories and corrupt files raise errors naming the path.
+    warning). Missing directories and corrupt files raise errors naming the path. A compacted
+    run (one holding ``compact.json``, see ``robustprune compact``) rebuilds its ``CompactNet``.
     """
     run_dir = Path(run_dir)
     cfg_path = run_dir / "config.yaml"
@@ -99,7 +106,11 @@ def load_run(run_dir: str | Path, *, device: torch.device | str = "cpu") -> Load
     cfg = load_train_config(cfg_path)
     info = dataset_info(cfg.dataset)
     method = build_method(cfg.method, ctx=method_context(cfg, train_size=info.train_size), **cfg.method_args)
-    model = method.prepare(build_model_for(cfg))
+    compact = None
+    if (run_dir / COMPACT_FILE).is_file():  # a compacted run rebuilds its own (smaller) architecture
+        model, compact = read_compact(run_dir)
+    else:
+        model = method.prepare(build_model_for(cfg))
     final = run_dir / "model.safetensors"
     if final.is_file():
         weights, complete = load_weights(final), True
@@ -112,4 +123,4 @@ def load_run(run_dir: str | Path, *, device: torch.device | str = "cpu") -> Load
     except RuntimeError as e:
         raise CheckpointError(f"weights in {run_dir} do not match model {cfg.model!r}: {e}") from e
     model.to(device).eval()
-    return LoadedRun(model=model, cfg=cfg, method=method, path=run_dir, complete=complete)
+    return LoadedRun(model=model, cfg=cfg, method=method, path=run_dir, complete=complete, compact=compact)

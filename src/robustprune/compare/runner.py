@@ -1,0 +1,302 @@
+"""The suite runner: train what is missing in dependency order, evaluate, write cards and the report.
+
+Layout of a suite directory ``DIR``::
+
+    suite.yaml                  the resolved suite (provenance)
+    runs/<id>-s<seed>/          one training run each (see robustprune.train.checkpoint)
+    runs/<id>-s<seed>/eval/suite-<hash>.json   its evaluation card for these eval settings
+    cards/<id>-s<seed>.json     the suite's card of a run: training record + evaluation card
+    table.md, table.json, *.png the report, rendered from cards/ only
+
+The unit of work is a :class:`Task` (train one run, or evaluate one run); :func:`plan_suite`
+lists them in an order that respects every dependency and records each task's prerequisites, so a
+scheduler can run independent tasks in parallel. :func:`run_suite` runs them one after another.
+Everything is resumable: finished runs with the same config are reused, interrupted ones resumed
+from their last checkpoint, cards reused while the eval settings and weights are unchanged.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from tqdm.auto import tqdm
+
+from robustprune.compare.suite import RunEntry, Suite, init_order
+from robustprune.config import TrainConfig, load_train_config, save_yaml, to_dict
+from robustprune.utils import atomic_write_json, atomic_write_text
+
+#: config fields that may differ between a finished run and the suite without making it another run
+IGNORED_FIELDS = ("out", "data_dir", "progress", "device", "resume", "init_from")
+#: a running ``run_suite`` holds this file (its pid) in the suite directory
+LOCK = ".compare.lock"
+
+
+@dataclass(frozen=True)
+class RunSpec:
+    """One seed of one suite run, placed in the suite directory."""
+
+    run: RunEntry
+    seed: int
+    order: int
+    cfg: TrainConfig
+    source_key: str | None
+
+    @property
+    def key(self) -> str:
+        return f"{self.run.id}-s{self.seed}"
+
+    @property
+    def out(self) -> Path:
+        return Path(self.cfg.out)
+
+
+@dataclass(frozen=True)
+class Task:
+    """``train`` or ``evaluate`` one run; ``needs`` are the task names that must finish first."""
+
+    kind: str
+    spec: RunSpec
+    needs: tuple[str, ...]
+
+    @property
+    def name(self) -> str:
+        return f"{self.kind}:{self.spec.key}"
+
+
+def run_key(run_id: str, seed: int) -> str:
+    return f"{run_id}-s{seed}"
+
+
+def plan_runs(suite: Suite, out_dir: str | Path, *, data_dir: str | None = None,
+              device: str | None = None) -> list[RunSpec]:
+    """Every (run, seed) of the suite, dependencies first, with its resolved TrainConfig."""
+    runs_dir = Path(out_dir) / "runs"
+    position = {r.id: i for i, r in enumerate(suite.runs)}
+    specs = []
+    for run_id in init_order(suite):
+        run = suite.run(run_id)
+        for seed in run.seeds:
+            init = None if run.init_from is None else str(runs_dir / run_key(run.init_from, seed))
+            cfg = run.config(seed, out=str(runs_dir / run_key(run.id, seed)), init_from=init)
+            if data_dir is not None:
+                cfg = dataclasses.replace(cfg, data_dir=data_dir)
+            if device is not None:
+                cfg = dataclasses.replace(cfg, device=device)
+            src = suite.source_seed(run, seed) if run.report else None
+            specs.append(RunSpec(run=run, seed=seed, order=position[run.id], cfg=cfg,
+                                 source_key=None if src is None else run_key(*src)))
+    return specs
+
+
+def plan_suite(suite: Suite, out_dir: str | Path, *, data_dir: str | None = None,
+               device: str | None = None) -> list[Task]:
+    """Training tasks in dependency order, then evaluation tasks (each after its run and source)."""
+    specs = plan_runs(suite, out_dir, data_dir=data_dir, device=device)
+    tasks = []
+    for s in specs:
+        needs = () if s.run.init_from is None else (f"train:{run_key(s.run.init_from, s.seed)}",)
+        tasks.append(Task("train", s, needs))
+    for s in specs:
+        if s.run.report:
+            needs = (f"train:{s.key}",) + (() if s.source_key is None else (f"train:{s.source_key}",))
+            tasks.append(Task("evaluate", s, tuple(dict.fromkeys(needs))))
+    return tasks
+
+
+def comparable(cfg: TrainConfig) -> dict[str, Any]:
+    """The parts of a config that define the trained model (paths, devices, bars left out)."""
+    d = to_dict(cfg)
+    init = d["init_from"]
+    d = {k: v for k, v in d.items() if k not in IGNORED_FIELDS}
+    d["init_from"] = None if init is None else Path(init).name
+    return d
+
+
+def config_diff(old: TrainConfig, new: TrainConfig) -> list[str]:
+    a, b = comparable(old), comparable(new)
+    return [f"{k}: {a.get(k)!r} -> {b.get(k)!r}" for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)]
+
+
+def run_status(spec: RunSpec) -> str:
+    """``complete``, ``partial`` (a checkpoint to resume), or ``new``; a different config is an error."""
+    from robustprune.train.checkpoint import latest_checkpoint
+
+    out = spec.out
+    saved = out / "config.yaml"
+    if not saved.is_file():
+        return "new"
+    diff = config_diff(load_train_config(saved), spec.cfg)
+    if diff:
+        raise ValueError(f"{out} holds a run with another config ({'; '.join(diff)}); "
+                         "delete it or choose another --out")
+    info = out / "run.json"
+    if info.is_file() and (out / "model.safetensors").is_file():
+        if json.loads(info.read_text()).get("status") == "complete":
+            return "complete"
+    return "partial" if latest_checkpoint(out) is not None else "new"
+
+
+def train_task(spec: RunSpec, *, progress: bool = True) -> str:
+    """Train ``spec`` unless it is finished; resume it from its checkpoint if interrupted."""
+    from robustprune.train import fit
+
+    status = run_status(spec)
+    if status == "complete":
+        return "reused"
+    fit(dataclasses.replace(spec.cfg, resume=status == "partial", progress=progress))
+    return "resumed" if status == "partial" else "trained"
+
+
+def eval_settings(suite: Suite, spec: RunSpec) -> dict[str, Any]:
+    return {**suite.eval.settings(), "source": spec.source_key}
+
+
+def card_path(suite: Suite, spec: RunSpec) -> Path:
+    blob = json.dumps(eval_settings(suite, spec), sort_keys=True).encode()
+    return spec.out / "eval" / f"suite-{hashlib.sha256(blob).hexdigest()[:12]}.json"
+
+
+def _card_fresh(path: Path, models: list[Path]) -> bool:
+    if not path.is_file():
+        return False
+    try:
+        card = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError):
+        return False
+    newest = max(m.stat().st_mtime_ns for m in models)
+    return "clean_acc" in card and path.stat().st_mtime_ns >= newest
+
+
+def eval_task(suite: Suite, spec: RunSpec, *, runs_dir: Path, progress: bool = True) -> str:
+    """Evaluate ``spec`` with the suite's settings, reusing its card while it is up to date."""
+    from robustprune.eval import evaluate_run
+
+    path = card_path(suite, spec)
+    source = None if spec.source_key is None else runs_dir / spec.source_key
+    models = [spec.out / "model.safetensors"] + ([] if source is None else [source / "model.safetensors"])
+    if _card_fresh(path, models):
+        return "reused"
+    ev = suite.eval
+    evaluate_run(spec.out, attacks=list(ev.attacks), eps=ev.eps, steps=ev.steps, step_size=ev.step_size,
+                 restarts=ev.restarts, eot=ev.eot, source=source, limit=ev.limit, batch_size=ev.batch_size,
+                 passes=ev.passes, data_dir=spec.cfg.data_dir, device=spec.cfg.device, seed=ev.seed, out=path,
+                 progress=progress)
+    return "evaluated"
+
+
+def suite_card(suite: Suite, spec: RunSpec) -> dict[str, Any]:
+    """A run's record for the report: its training record (run.json) joined to its evaluation card."""
+    info = json.loads((spec.out / "run.json").read_text())
+    card = json.loads(card_path(suite, spec).read_text())
+    return {
+        "kind": "suite-run", "suite": suite.name, "run_id": spec.run.id, "seed": spec.seed, "order": spec.order,
+        "method": spec.cfg.method, "model": spec.cfg.model, "dataset": spec.cfg.dataset,
+        "init_from": None if spec.run.init_from is None else run_key(spec.run.init_from, spec.seed),
+        "source": spec.source_key,
+        "train": {"wall_s": info.get("wall_s"), "epochs": info.get("epochs_done"),
+                  "epoch_time_s": [h.get("time_s") for h in info.get("history", [])],
+                  "train_size": info.get("train_size"), "device": info.get("device_name", info.get("device"))},
+        "eval": card,
+    }
+
+
+def run_task(task: Task, suite: Suite, out_dir: Path, *, progress: bool = True) -> str:
+    """Do one task; returns what happened (trained, resumed, reused, evaluated)."""
+    if task.kind == "train":
+        return train_task(task.spec, progress=progress)
+    result = eval_task(suite, task.spec, runs_dir=out_dir / "runs", progress=progress)
+    atomic_write_json(out_dir / "cards" / f"{task.spec.key}.json", suite_card(suite, task.spec))
+    return result
+
+
+def run_suite(suite: Suite, out_dir: str | Path, *, data_dir: str | None = None, device: str | None = None,
+              progress: bool = True, report: bool = True) -> list[Path]:
+    """Train, evaluate and report every run of ``suite`` in ``out_dir``; returns the report files."""
+    out_dir = Path(out_dir)
+    tasks = plan_suite(suite, out_dir, data_dir=data_dir, device=device)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    with suite_lock(out_dir):
+        save_yaml(suite_to_dict(suite), out_dir / "suite.yaml")
+        _run_tasks(tasks, suite, out_dir, progress=progress)
+    if not report:
+        return []
+    from robustprune.reports import render_report
+
+    return render_report(out_dir)
+
+
+def _run_tasks(tasks: list[Task], suite: Suite, out_dir: Path, *, progress: bool) -> None:
+    _drop_stale_cards(out_dir, {t.spec.key for t in tasks if t.kind == "evaluate"})
+    bar = tqdm(total=len(tasks), desc=suite.name, unit="task", disable=not progress, dynamic_ncols=True)
+    try:
+        for i, task in enumerate(tasks):
+            verb = "training" if task.kind == "train" else "evaluating"
+            bar.set_postfix_str(f"{verb} {task.spec.key}")
+            t0 = time.perf_counter()
+            result = run_task(task, suite, out_dir, progress=progress)
+            if progress:
+                bar.write(f"[{i + 1}/{len(tasks)}] {task.kind} {task.spec.key}: {result} "
+                          f"({time.perf_counter() - t0:.0f} s)", file=sys.stderr)
+            bar.update(1)
+    finally:
+        bar.close()
+
+
+@contextmanager
+def suite_lock(out_dir: Path) -> Iterator[None]:
+    """Refuse a second runner on the same directory while the first is alive (a dead one's lock is taken over)."""
+    lock = out_dir / LOCK
+    try:
+        fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+        os.write(fd, f"{os.getpid()}\n".encode())
+        os.close(fd)
+    except FileExistsError:
+        try:
+            pid = int(lock.read_text().strip() or 0)
+        except (OSError, ValueError):
+            pid = 0
+        if pid and pid != os.getpid() and _alive(pid):
+            raise ValueError(f"{out_dir} is in use by another robustprune compare (pid {pid}); "
+                             f"wait for it, or delete {lock} if that process is gone") from None
+        atomic_write_text(lock, f"{os.getpid()}\n")  # a dead runner's lock: take it over
+    try:
+        yield
+    finally:
+        lock.unlink(missing_ok=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _drop_stale_cards(out_dir: Path, keep: set[str]) -> None:
+    """Cards of runs no longer in the suite would leak into the report: remove them."""
+    for path in (out_dir / "cards").glob("*.json"):
+        if path.stem not in keep:
+            path.unlink()
+
+
+def suite_to_dict(suite: Suite) -> dict[str, Any]:
+    """The resolved suite as plain data (every run with its merged training fields)."""
+    return {
+        "name": suite.name, "description": suite.description,
+        "runs": [{"id": r.id, "seeds": list(r.seeds), **r.train, "init_from": r.init_from, "source": r.source,
+                  "report": r.report} for r in suite.runs],
+        "eval": {**suite.eval.settings(), "source": suite.eval.source},
+    }

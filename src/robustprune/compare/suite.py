@@ -1,0 +1,336 @@
+"""Suite files: which runs to train (methods, seeds, dependencies) and how to evaluate them.
+
+A suite is YAML::
+
+    name: mnist_quick
+    seeds: [0]                      # default seeds of every run
+    defaults:                       # any TrainConfig field, for every run (a run's own fields win;
+      model: lenet5-caffe           #   method_args are merged key by key)
+      dataset: mnist
+      adv_steps: 5
+    runs:
+      - {id: standard, method: standard, epochs: 2}
+      - {id: anp-vs, method: anp-vs, init_from: standard, method_args: {beta: 4}}
+      - {id: at, method: at}
+      - {id: at-source, method: at, seeds: [100], report: false}
+    eval:
+      attacks: [pgd, transfer]      # white-box PGD and black-box transfer (DESIGN §5)
+      eps: 0.3
+      steps: 40
+      step_size: 0.01
+      limit: null                   # a test-set prefix, or the whole test set
+      source: at-source             # default transfer source of every reported run
+
+Dependency rules. ``init_from: ID`` starts seed s of a run from seed s of run ID (ANP-VS from the
+standard run of the same seed). ``source: ID`` (per run, else ``eval.source``) names the
+independently trained model the transfer attack is crafted on: if ID has one seed, it serves every
+seed; otherwise the i-th seed of the target is attacked from the i-th seed of ID (so the source can
+be seeded apart from the targets). A run may not be its own source, nor a copy of itself (same
+config and seed). ``report: false`` runs are trained (as dependencies) but neither evaluated nor
+tabled. Every error raises ``ValueError`` naming the run and the value at fault.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import NoneType, UnionType
+from typing import Any
+
+import yaml
+
+from robustprune.config import TrainConfig
+
+#: TrainConfig fields a suite does not set: the runner owns them
+RUNNER_FIELDS = ("out", "resume", "seed", "progress")
+RUN_KEYS = ("id", "seeds", "source", "report", "init_from")
+TOP_KEYS = ("name", "description", "seeds", "defaults", "runs", "eval")
+ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+
+
+@dataclass(frozen=True)
+class EvalSpec:
+    """How every reported run is evaluated (the arguments of ``evaluate_run``)."""
+
+    attacks: tuple[str, ...] = ("pgd", "transfer")
+    eps: float | None = None
+    steps: int = 40
+    step_size: float | None = None
+    restarts: int = 1
+    eot: int | None = None
+    limit: int | None = None
+    batch_size: int = 256
+    passes: int = 10
+    seed: int = 0
+    source: str | None = None
+
+    def settings(self) -> dict[str, Any]:
+        """The values that decide a card's numbers (``source`` is resolved per run instead)."""
+        out = dataclasses.asdict(self)
+        out.pop("source")
+        out["attacks"] = list(self.attacks)
+        return out
+
+
+@dataclass(frozen=True)
+class RunEntry:
+    """One row of the suite: a training recipe repeated over ``seeds``."""
+
+    id: str
+    seeds: tuple[int, ...]
+    train: dict[str, Any]
+    init_from: str | None = None
+    source: str | None = None
+    report: bool = True
+
+    def config(self, seed: int, *, out: str, init_from: str | None = None) -> TrainConfig:
+        """The run's TrainConfig for one seed, written to ``out``."""
+        return TrainConfig(**self.train, seed=seed, out=out, init_from=init_from, progress=True)
+
+
+@dataclass(frozen=True)
+class Suite:
+    """A parsed, validated suite (see the module docstring for the file format)."""
+
+    name: str
+    runs: tuple[RunEntry, ...]
+    eval: EvalSpec = field(default_factory=EvalSpec)
+    description: str = ""
+
+    def run(self, run_id: str) -> RunEntry:
+        for r in self.runs:
+            if r.id == run_id:
+                return r
+        raise ValueError(f"suite {self.name!r} has no run {run_id!r}")
+
+    def source_seed(self, run: RunEntry, seed: int) -> tuple[str, int] | None:
+        """(source run id, its seed) whose examples attack ``run``'s seed ``seed``; None without source."""
+        if run.source is None:
+            return None
+        src = self.run(run.source)
+        if len(src.seeds) == 1:
+            return src.id, src.seeds[0]
+        return src.id, src.seeds[run.seeds.index(seed)]
+
+
+def load_suite(path: str | Path) -> Suite:
+    """Read and validate a suite file; any problem raises ``ValueError`` naming the file and value."""
+    path = Path(path)
+    try:
+        data = yaml.safe_load(path.read_text())
+    except OSError as e:
+        raise ValueError(f"cannot read suite {path}: {e}") from e
+    except yaml.YAMLError as e:
+        raise ValueError(f"suite {path} is not valid YAML: {e}") from e
+    return parse_suite(data, default_name=path.stem, where=str(path))
+
+
+def parse_suite(data: Any, *, default_name: str = "suite", where: str = "suite") -> Suite:
+    """Build a :class:`Suite` from the loaded YAML mapping and validate it."""
+    if not isinstance(data, dict):
+        raise ValueError(f"{where}: a suite must be a mapping with 'runs', got {type(data).__name__}")
+    _no_unknown(data, TOP_KEYS, where)
+    seeds = _seeds(data.get("seeds", [0]), f"{where}: seeds")
+    defaults = data.get("defaults") or {}
+    if not isinstance(defaults, dict):
+        raise ValueError(f"{where}: defaults must be a mapping, got {defaults!r}")
+    train_keys = tuple(f.name for f in dataclasses.fields(TrainConfig) if f.name not in RUNNER_FIELDS)
+    _no_unknown(defaults, tuple(k for k in train_keys if k != "init_from"), f"{where}: defaults")
+    runs_data = data.get("runs")
+    if not isinstance(runs_data, list) or not runs_data:
+        raise ValueError(f"{where}: 'runs' must be a non-empty list of runs, got {runs_data!r}")
+    ev = _eval_spec(data.get("eval") or {}, where)
+    runs = tuple(_run_entry(r, i, defaults, seeds, ev.source, train_keys, where) for i, r in enumerate(runs_data))
+    suite = Suite(name=str(data.get("name", default_name)), runs=runs, eval=ev,
+                  description=str(data.get("description", "")))
+    validate_suite(suite, where=where)
+    return suite
+
+
+def _no_unknown(data: dict[str, Any], known: tuple[str, ...], where: str) -> None:
+    unknown = sorted(str(k) for k in set(data) - set(known))
+    if unknown:
+        raise ValueError(f"{where}: unknown keys {unknown}; known: {sorted(known)}")
+
+
+def _seeds(value: Any, where: str) -> tuple[int, ...]:
+    if isinstance(value, int) and not isinstance(value, bool):
+        value = [value]
+    if (not isinstance(value, list) or not value
+            or not all(isinstance(s, int) and not isinstance(s, bool) for s in value)):
+        raise ValueError(f"{where} must be a non-empty list of integers, got {value!r}")
+    if len(set(value)) != len(value):
+        raise ValueError(f"{where} has repeated seeds: {value!r}")
+    return tuple(value)
+
+
+def _eval_spec(data: Any, where: str) -> EvalSpec:
+    from robustprune.eval.card import ATTACK_NAMES
+
+    if not isinstance(data, dict):
+        raise ValueError(f"{where}: eval must be a mapping, got {data!r}")
+    known = tuple(f.name for f in dataclasses.fields(EvalSpec))
+    _no_unknown(data, known, f"{where}: eval")
+    for key, value in data.items():
+        _check_type(value, typing.get_type_hints(EvalSpec)[key], f"{where}: eval.{key}")
+    kw = dict(data)
+    if "attacks" in kw:
+        kw["attacks"] = tuple(kw["attacks"])
+    ev = EvalSpec(**kw)
+    bad = [a for a in ev.attacks if a not in ATTACK_NAMES]
+    checks = [
+        (not bad, f"unknown attacks {bad}; known: {', '.join(ATTACK_NAMES)}"),
+        (len(ev.attacks) > 0, "eval.attacks is empty"),
+        (ev.eps is None or ev.eps >= 0, f"eval.eps must be >= 0, got {ev.eps}"),
+        (ev.steps >= 1, f"eval.steps must be >= 1, got {ev.steps}"),
+        (ev.step_size is None or ev.step_size > 0, f"eval.step_size must be > 0, got {ev.step_size}"),
+        (ev.limit is None or ev.limit >= 1, f"eval.limit must be >= 1, got {ev.limit}"),
+        (ev.batch_size >= 1, f"eval.batch_size must be >= 1, got {ev.batch_size}"),
+        (ev.restarts >= 1, f"eval.restarts must be >= 1, got {ev.restarts}"),
+    ]
+    for ok, msg in checks:
+        if not ok:
+            raise ValueError(f"{where}: {msg}")
+    return ev
+
+
+def _run_entry(data: Any, index: int, defaults: dict[str, Any], seeds: tuple[int, ...], source: str | None,
+               train_keys: tuple[str, ...], where: str) -> RunEntry:
+    if not isinstance(data, dict):
+        raise ValueError(f"{where}: runs[{index}] must be a mapping, got {data!r}")
+    run_id = data.get("id")
+    if not isinstance(run_id, str) or not ID_PATTERN.match(run_id):
+        raise ValueError(f"{where}: runs[{index}] needs an id of letters, digits, '.', '_', '-', got {run_id!r}")
+    here = f"{where}: run {run_id!r}"
+    if "seed" in data:
+        raise ValueError(f"{here}: use 'seeds: [{data['seed']}]' instead of 'seed'")
+    _no_unknown(data, RUN_KEYS + tuple(k for k in train_keys if k != "init_from"), here)
+    train = {**defaults, **{k: v for k, v in data.items() if k not in RUN_KEYS}}
+    train["method_args"] = {**(defaults.get("method_args") or {}), **(data.get("method_args") or {})}
+    hints = typing.get_type_hints(TrainConfig)
+    for key, value in train.items():
+        _check_type(value, hints[key], f"{here}: {key}")
+    for key in ("init_from", "source"):
+        if data.get(key) is not None and not isinstance(data[key], str):
+            raise ValueError(f"{here}: {key} must be a run id, got {data[key]!r}")
+    report = data.get("report", True)
+    if not isinstance(report, bool):
+        raise ValueError(f"{here}: report must be true or false, got {report!r}")
+    return RunEntry(id=run_id, seeds=_seeds(data.get("seeds", list(seeds)), f"{here}: seeds"), train=train,
+                    init_from=data.get("init_from"), source=data.get("source", source), report=report)
+
+
+def _check_type(value: Any, hint: Any, where: str) -> None:
+    """Reject a YAML value of the wrong type (``epochs: "2"``) with the value in the message."""
+    if _type_ok(value, hint):
+        return
+    raise ValueError(f"{where} has the wrong type: {value!r} is not {getattr(hint, '__name__', hint)}")
+
+
+def _type_ok(value: Any, hint: Any) -> bool:
+    origin = typing.get_origin(hint)
+    if origin in (UnionType, typing.Union):
+        return any(_type_ok(value, h) for h in typing.get_args(hint))
+    if hint is NoneType:
+        return value is None
+    if hint is Any:
+        return True
+    if origin in (list, tuple):
+        (arg, *_) = typing.get_args(hint) or (Any,)
+        return isinstance(value, (list, tuple)) and all(_type_ok(v, arg) for v in value)
+    if origin is dict:
+        return isinstance(value, dict)
+    if hint is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if hint is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    return isinstance(value, hint)
+
+
+def validate_suite(suite: Suite, *, where: str = "suite") -> None:
+    """Names, methods, configs, dependencies, sources, cycles; raises ``ValueError`` at the first fault."""
+    ids = [r.id for r in suite.runs]
+    dup = sorted({i for i in ids if ids.count(i) > 1})
+    if dup:
+        raise ValueError(f"{where}: repeated run ids {dup}")
+    for run in suite.runs:
+        _validate_run(suite, run, where=f"{where}: run {run.id!r}")
+    init_order(suite)
+
+
+def _validate_run(suite: Suite, run: RunEntry, *, where: str) -> None:
+    import robustprune.defenses  # noqa: F401  (registers methods)
+    import robustprune.models  # noqa: F401  (registers models)
+    from robustprune.defenses import build_method
+    from robustprune.registry import METHODS, MODELS
+    from robustprune.train.run import method_context
+
+    cfg = run.config(run.seeds[0], out="-")
+    if cfg.method not in METHODS:
+        raise ValueError(f"{where}: unknown method {cfg.method!r}; known: {', '.join(METHODS.names())}")
+    if cfg.model not in MODELS:
+        raise ValueError(f"{where}: unknown model {cfg.model!r}; known: {', '.join(MODELS.names())}")
+    try:
+        cfg.validate()
+        build_method(cfg.method, ctx=method_context(cfg, train_size=1), **cfg.method_args)
+    except ValueError as e:
+        raise ValueError(f"{where}: {e}") from None
+    for kind, dep_id in (("init_from", run.init_from), ("source", run.source)):
+        if dep_id is None:
+            continue
+        if dep_id not in [r.id for r in suite.runs]:
+            raise ValueError(f"{where}: {kind} names run {dep_id!r}, which the suite does not define")
+        dep = suite.run(dep_id)
+        for key in ("model", "dataset"):
+            if getattr(dep.config(dep.seeds[0], out="-"), key) != getattr(cfg, key):
+                raise ValueError(f"{where}: {kind} run {dep_id!r} has another {key}")
+    if run.init_from is not None:
+        missing = sorted(set(run.seeds) - set(suite.run(run.init_from).seeds))
+        if missing:
+            raise ValueError(f"{where}: init_from run {run.init_from!r} lacks seeds {missing} (same seed needed)")
+    if run.report:
+        _validate_source(suite, run, where=where)
+
+
+def _validate_source(suite: Suite, run: RunEntry, *, where: str) -> None:
+    if "transfer" in suite.eval.attacks and run.source is None:
+        raise ValueError(f"{where}: the transfer attack needs a source run (eval.source or the run's source)")
+    if run.source is None:
+        return
+    src = suite.run(run.source)
+    if len(src.seeds) not in (1, len(run.seeds)):
+        raise ValueError(f"{where}: source run {src.id!r} has {len(src.seeds)} seeds; "
+                         f"it needs 1 or as many as the target ({len(run.seeds)})")
+    for seed in run.seeds:
+        src_id, src_seed = suite.source_seed(run, seed)  # type: ignore[misc]
+        mine = dataclasses.replace(run.config(seed, out="-"), init_from=run.init_from)
+        theirs = dataclasses.replace(src.config(src_seed, out="-"), init_from=src.init_from)
+        if (src_id, src_seed) == (run.id, seed) or mine == theirs:
+            raise ValueError(f"{where}: seed {seed} would be attacked from {src_id!r} seed {src_seed}, the same "
+                             "model; black-box needs an independently trained source (another run or seed)")
+
+
+def init_order(suite: Suite) -> list[str]:
+    """Run ids in an order where every ``init_from`` comes first; a cycle raises ``ValueError``."""
+    order: list[str] = []
+    state: dict[str, int] = {}  # 1 visiting, 2 done
+
+    def visit(run_id: str, path: list[str]) -> None:
+        if state.get(run_id) == 2:
+            return
+        if state.get(run_id) == 1:
+            cycle = path[path.index(run_id):] + [run_id]
+            raise ValueError(f"suite {suite.name!r}: init_from cycle {' -> '.join(cycle)}")
+        state[run_id] = 1
+        dep = suite.run(run_id).init_from
+        if dep is not None:
+            visit(dep, path + [run_id])
+        state[run_id] = 2
+        order.append(run_id)
+
+    for r in suite.runs:
+        visit(r.id, [])
+    return order

@@ -1,0 +1,136 @@
+"""ADMM robustness-aware pruning (Ye et al., ICCV 2019; methods reference §5)."""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+import torch
+from torch import Tensor, nn
+
+from robustprune.defenses.base import Method, MethodContext
+from robustprune.defenses.magnitude import robust_or_clean_loss
+from robustprune.registry import METHODS
+from robustprune.sparsity.magnitude import (
+    apply_masks,
+    install_weight_masks,
+    masked_layers,
+    prunable_layers,
+    set_masks,
+    sparsity_mask,
+)
+
+
+@METHODS.register("admm")
+class ADMMPruning(Method):
+    """Adversarial training with the ADMM split W = Z, then hard pruning and masked retraining.
+
+    Phase 1 (epochs < ``prune_epoch``): loss = AT loss + Σ_l ρ/2·‖W_l − Z_l + U_l‖²; Z starts as
+    the projection of the loaded W, U = 0; every ``admm_every`` epochs Z ← Proj_S(W + U),
+    U ← U + W − Z and ρ ← ``rho_growth``·ρ (1.3, the reference's multi_rho). Phase 2 (from epoch
+    ``prune_epoch``): W ← Proj_S(W), the support becomes a fixed mask (buffer ``weight_mask``,
+    gradients masked, re-applied after every step) and training continues under the AT loss.
+    S_l keeps at most (1 − s_l)·|W_l| non-zeros (``structure="irregular"``) or that fraction of
+    filters/output rows by L2 norm (``"filter"``). ``sparsity`` is one ratio for every prunable
+    layer (default 0.8) or a dict {layer name: ratio} (other layers stay dense). AT loss:
+    [CE(x) + w·CE(x_adv)]/(1 + w), ``adv_weight`` w = 2 as in the ANP-VS table's AT, so the
+    comparison with dense AT uses the same loss and attack budget. Z, U and ρ are method state.
+    Not reproduced: the reference's learning-rate reset at each Z/U update (the run's one schedule
+    applies); no Z/U update is made at the end of the last ADMM epoch (the hard prune follows).
+
+    >>> method = ADMMPruning(ctx=ctx, sparsity={"conv1": 0.8, "fc1": 0.95}, prune_epoch=4)
+    """
+
+    name: ClassVar[str] = "admm"
+    needs_init: ClassVar[bool] = True
+
+    def __init__(self, *, ctx: MethodContext, sparsity: float | dict[str, float] = 0.8, structure: str = "irregular",
+                 rho: float = 1e-3, rho_growth: float = 1.3, admm_every: int = 1, prune_epoch: int = 1,
+                 keep_first_last: bool = False, adv_weight: float = 2.0) -> None:
+        super().__init__(ctx=ctx)
+        ratios = sparsity.values() if isinstance(sparsity, dict) else [sparsity]
+        bad = [r for r in ratios if not (isinstance(r, int | float) and 0.0 <= r < 1.0)]
+        if bad or (isinstance(sparsity, dict) and not sparsity):
+            raise ValueError(f"sparsity must be a ratio in [0, 1) or a non-empty dict of them, got {sparsity!r}")
+        if structure not in ("irregular", "filter"):
+            raise ValueError(f"structure must be 'irregular' or 'filter', got {structure!r}")
+        for name, v, ok in (("rho", rho, rho > 0), ("rho_growth", rho_growth, rho_growth >= 1),
+                            ("admm_every", admm_every, admm_every >= 1),
+                            ("prune_epoch", prune_epoch, prune_epoch >= 0)):
+            if not ok:
+                raise ValueError(f"bad {name}: {v!r}")
+        self.sparsity, self.structure, self.keep_first_last = sparsity, structure, keep_first_last
+        self.rho0, self.rho_growth, self.admm_every, self.prune_epoch = rho, rho_growth, admm_every, prune_epoch
+        self.adv_weight = adv_weight
+        self.rho = rho
+        self.Z: dict[str, Tensor] = {}
+        self.U: dict[str, Tensor] = {}
+        self.pruned = False
+
+    def prepare(self, model: nn.Module) -> nn.Module:
+        names = install_weight_masks(model, keep_first_last=self.keep_first_last)
+        if isinstance(self.sparsity, dict):
+            unknown = sorted(set(self.sparsity) - set(names))
+            if unknown:
+                raise ValueError(f"sparsity names unknown layers {unknown}; prunable: {names}")
+        return model
+
+    def targets(self, model: nn.Module) -> dict[str, tuple[nn.Module, float]]:
+        """{layer name: (module, sparsity ratio)} of the layers ADMM constrains."""
+        layers = dict(model.named_modules())
+        if isinstance(self.sparsity, dict):
+            return {n: (layers[n], float(r)) for n, r in self.sparsity.items()}
+        ratio = float(self.sparsity)
+        return {n: (m, ratio) for n, m in prunable_layers(model, keep_first_last=self.keep_first_last)}
+
+    def project(self, w: Tensor, ratio: float) -> Tensor:
+        """Euclidean projection of ``w`` onto the layer's sparsity set."""
+        return w * sparsity_mask(w, sparsity=ratio, structure=self.structure)
+
+    def loss(self, model: nn.Module, x: Tensor, y: Tensor) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
+        loss, logs = robust_or_clean_loss(self, model, x, y, adversarial=True, adv_weight=self.adv_weight)
+        if not self.pruned and self.Z:
+            penalty = sum(((m.weight - self.Z[n] + self.U[n]) ** 2).sum() for n, (m, _) in self.targets(model).items())
+            loss = loss + 0.5 * self.rho * penalty
+            logs["admm_penalty"] = penalty.detach()
+        return {"weights": loss}, logs
+
+    @torch.no_grad()
+    def on_epoch_start(self, model: nn.Module, epoch: int) -> None:
+        targets = self.targets(model)
+        if not self.Z and not self.pruned:  # a fresh run: Z = Proj_S(W), U = 0
+            for n, (m, r) in targets.items():
+                self.Z[n] = self.project(m.weight.detach().clone(), r)
+                self.U[n] = torch.zeros_like(m.weight)
+        for n, (m, _) in targets.items():  # resumed state comes back on the CPU
+            if n in self.Z:
+                self.Z[n], self.U[n] = self.Z[n].to(m.weight), self.U[n].to(m.weight)
+        if epoch >= self.prune_epoch and not self.pruned:
+            set_masks(model, [sparsity_mask(m.weight, sparsity=targets[n][1], structure=self.structure)
+                              if n in targets else m.weight_mask
+                              for n, m in masked_layers(model)])
+            self.pruned = True
+
+    def after_step(self, model: nn.Module, step: int) -> None:
+        if self.pruned:
+            apply_masks(model)
+
+    @torch.no_grad()
+    def on_epoch_end(self, model: nn.Module, epoch: int) -> dict[str, Any]:
+        if self.pruned or (epoch + 1) % self.admm_every or epoch + 1 >= self.prune_epoch:
+            return {"admm_phase": "retrain" if self.pruned else "admm", "admm_rho": self.rho}
+        gap, total = 0.0, 0.0
+        for n, (m, r) in self.targets(model).items():
+            self.Z[n] = self.project(m.weight + self.U[n], r)
+            self.U[n] += m.weight - self.Z[n]
+            gap += float(((m.weight - self.Z[n]) ** 2).sum())
+            total += float((m.weight**2).sum())
+        self.rho *= self.rho_growth
+        return {"admm_phase": "admm", "admm_rho": self.rho, "admm_gap": (gap / max(total, 1e-30)) ** 0.5}
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"Z": dict(self.Z), "U": dict(self.U), "rho": self.rho, "pruned": self.pruned}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.Z, self.U = dict(state.get("Z", {})), dict(state.get("U", {}))
+        self.rho, self.pruned = float(state.get("rho", self.rho0)), bool(state.get("pruned", False))
+

@@ -1,0 +1,282 @@
+"""Channel-wise Activation Suppressing (CAS; Bai et al., ICLR 2021): modules and methods.
+
+A CAS module sits after a late block: ``g = GAP(f)``, auxiliary logits ``a = M g + b``, and the
+channels are reweighted ``f̃ = f · M[c*, :]`` with ``c* = y`` (the true label) in training and
+``c* = argmax a`` in eval mode (raw weight row, no squashing). Training loss
+``CE(z, y) + β · mean_s CE(a_s, y)`` (β = 2); the training attack maximises the same total loss
+against the eval-mode model (so gating uses the predicted labels, as the reference's
+``reg_attack.py`` does) — *including* the main CE (the reference's pre-057fc63 pitfall).
+
+The true label reaches the modules through :func:`cas_labels` (a context manager that sets
+``module.labels`` on every CAS module and always clears it); a training-mode forward without
+labels gates by the prediction. Modules are attached by :func:`install_cas` with forward hooks on
+the placement's target modules (state-dict keys of the base model unchanged; the modules live in
+``model.cas``), which ``Method.prepare`` calls, so ``load_run`` rebuilds them.
+
+>>> model = install_cas(build_model("lenet5-caffe"), num_classes=10)
+>>> with cas_labels(model, y):                                    # doctest: +SKIP
+...     logits = model(x)
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any, ClassVar
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from robustprune.attacks import PGD
+from robustprune.defenses.base import Method, MethodContext, accuracy
+from robustprune.registry import METHODS
+
+#: target module names -> (channels, apply ReLU first). LeNet5-Caffe: after fc1 (its 500 hidden
+#: units, the last hidden layer — the analogue of the paper's last stage). fc1's output is
+#: pre-activation, so the module rectifies first (the model's own ReLU that follows then clips
+#: negatively weighted units to zero). After conv2 was tried first: the GAP'd 50 conv2 channels
+#: give a weak auxiliary classifier (~30% after 100 steps) and, because eval-mode gating by the
+#: aux prediction fixes the final prediction (label leakage through the gating row), the network
+#: was no better than its aux head (a 100-step diagnostic, 2026-11-23; see bench/RESULTS.md).
+#: The VGG/ResNet targets are post-ReLU block outputs.
+#: Keyed by the model's class (``Method.prepare`` sees the model, not its registry name).
+PLACEMENTS: dict[str, list[tuple[str, int, bool]]] = {
+    "LeNet5Caffe": [("fc1", 500, True)],
+    "LeNet300100": [("mask2", 100, True)],
+    "VGG16": [("blocks.10", 512, False), ("blocks.11", 512, False), ("blocks.12", 512, False)],
+    "ResNet18": [("blocks.6", 512, False), ("blocks.7", 512, False)],
+}
+
+
+class CASModule(nn.Module):
+    """One CAS block: GAP → auxiliary linear classifier → channel reweighting by a weight row.
+
+    Args: channels C, num_classes K, ``rectify`` (apply ReLU to the input first, for a target whose
+    output is pre-activation). ``labels`` (set by :func:`cas_labels`) selects the row in training
+    mode; ``last_logits`` holds the auxiliary logits of the latest forward.
+
+    >>> cas = CASModule(512, 10)
+    """
+
+    def __init__(self, channels: int, num_classes: int, *, rectify: bool = False) -> None:
+        super().__init__()
+        if channels < 1 or num_classes < 2:
+            raise ValueError(f"CAS needs channels >= 1 and num_classes >= 2, got {channels}, {num_classes}")
+        self.fc = nn.Linear(channels, num_classes)
+        self.rectify = rectify
+        self.labels: Tensor | None = None
+        self.last_logits: Tensor | None = None
+        self.last_rows: Tensor | None = None
+
+    def forward(self, f: Tensor) -> Tensor:
+        if self.rectify:
+            f = F.relu(f)
+        g = f.mean(dim=(2, 3)) if f.dim() == 4 else f
+        logits = self.fc(g)
+        if self.training and self.labels is not None:
+            rows = self.labels
+        else:
+            rows = logits.detach().argmax(1)
+        self.last_logits, self.last_rows = logits, rows
+        w = self.fc.weight[rows]
+        return f * w.view(*w.shape, *([1] * (f.dim() - 2)))
+
+    def hook(self, module: nn.Module, inputs: Any, output: Any) -> Any:
+        """Forward hook: reweight the target's output (the first element of a tuple output)."""
+        if isinstance(output, tuple):
+            return (self(output[0]), *output[1:])
+        return self(output)
+
+
+def cas_modules(model: nn.Module) -> list[CASModule]:
+    """The installed CAS modules, in placement order."""
+    return [m for m in model.modules() if isinstance(m, CASModule)]
+
+
+def install_cas(model: nn.Module, *, num_classes: int) -> nn.Module:
+    """Attach CAS modules at ``PLACEMENTS[type(model).__name__]`` (LeNet5-Caffe: after fc1;
+    VGG-16: the last stage's three convs; ResNet-18: both blocks of the last stage); raises
+    ``ValueError`` for a model without a placement."""
+    kind = type(model).__name__
+    if kind not in PLACEMENTS:
+        raise ValueError(f"no CAS placement for model class {kind!r}; known: {', '.join(PLACEMENTS)}")
+    if cas_modules(model):
+        raise ValueError("model already has CAS modules installed")
+    named = dict(model.named_modules())
+    ref = next(model.parameters())
+    mods = nn.ModuleList()
+    for target, channels, rectify in PLACEMENTS[kind]:
+        cas = CASModule(channels, num_classes, rectify=rectify).to(device=ref.device)
+        named[target].register_forward_hook(cas.hook)
+        mods.append(cas)
+    model.cas = mods
+    return model
+
+
+@contextmanager
+def cas_labels(model: nn.Module, y: Tensor) -> Iterator[None]:
+    """Give every CAS module the true labels ``y`` for the forwards inside the block."""
+    mods = cas_modules(model)
+    for m in mods:
+        m.labels = y
+    try:
+        yield
+    finally:
+        for m in mods:
+            m.labels = None
+
+
+def aux_logits(model: nn.Module) -> list[Tensor]:
+    """The auxiliary logits of the latest forward, one per CAS module."""
+    out = [m.last_logits for m in cas_modules(model)]
+    if any(a is None for a in out):
+        raise RuntimeError("CAS modules have no auxiliary logits yet: run a forward first")
+    return out  # type: ignore[return-value]
+
+
+def cas_total(logits: Tensor, aux: list[Tensor], y: Tensor, *, beta: float) -> Tensor:
+    """Per-example ``CE(z, y) + β · mean_s CE(a_s, y)`` [B]."""
+    ce = F.cross_entropy(logits, y, reduction="none")
+    if not aux:
+        return ce
+    return ce + beta * torch.stack([F.cross_entropy(a, y, reduction="none") for a in aux]).mean(0)
+
+
+class CASLoss:
+    """The attack objective ``(model, x, y) -> [B]``: CAS total loss of the model's own forward
+    (eval mode: gating by the predicted labels). ``__name__`` goes into the attack's card entry.
+
+    >>> PGD(eps=0.3, loss=CASLoss(beta=2.0))                       # doctest: +SKIP
+    """
+
+    def __init__(self, *, beta: float = 2.0) -> None:
+        if beta < 0:
+            raise ValueError(f"beta must be >= 0, got {beta}")
+        self.beta = beta
+        self.__name__ = f"cas_total(beta={beta:g})"
+
+    def __call__(self, model: nn.Module, x: Tensor, y: Tensor) -> Tensor:
+        logits = model(x)
+        return cas_total(logits, aux_logits(model), y, beta=self.beta)
+
+
+# ---- training methods ---------------------------------------------------------------------------
+
+
+def _cas_forward(model: nn.Module, x: Tensor, y: Tensor) -> tuple[Tensor, list[Tensor]]:
+    """Training forward with the true labels gating the CAS modules: (logits, aux logits)."""
+    with cas_labels(model, y):
+        logits = model(x)
+        return logits, aux_logits(model)
+
+
+@METHODS.register("at+cas")
+class ATCAS(Method):
+    """PGD adversarial training with CAS modules (Bai et al. 2021).
+
+    Loss ``[T(x) + w·T(x_adv)] / (1 + w)`` with ``T = CE + β·mean aux CE`` (w = 2 as the ANP-VS
+    table's AT; ``pure=True`` trains on ``T(x_adv)`` only, the CAS paper's form), β = 2. The
+    training attack is the run's PGD maximising the same total loss on the eval-mode model.
+
+    >>> method = ATCAS(ctx=ctx, beta=2.0)
+    """
+
+    name: ClassVar[str] = "at+cas"
+
+    def __init__(self, *, ctx: MethodContext, beta: float = 2.0, adv_weight: float = 2.0, pure: bool = False) -> None:
+        super().__init__(ctx=ctx)
+        if adv_weight < 0:
+            raise ValueError(f"adv_weight must be >= 0, got {adv_weight}")
+        self.objective = CASLoss(beta=beta)
+        self.beta, self.adv_weight, self.pure = beta, adv_weight, pure
+        self.attack = PGD(eps=ctx.adv_eps, steps=ctx.adv_steps, step_size=ctx.adv_step_size, random_start=True,
+                          loss=self.objective)
+
+    def prepare(self, model: nn.Module) -> nn.Module:
+        return install_cas(model, num_classes=self.ctx.num_classes)
+
+    def loss(self, model: nn.Module, x: Tensor, y: Tensor) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
+        x_adv = self.attack(model, x, y)
+        logits_adv, aux_adv = _cas_forward(model, x_adv, y)
+        adv = cas_total(logits_adv, aux_adv, y, beta=self.beta).mean()
+        logs = {"adv_acc": accuracy(logits_adv, y), "aux_adv_acc": accuracy(aux_adv[-1], y)}
+        if self.pure:
+            loss = adv
+        else:
+            logits, aux = _cas_forward(model, x, y)
+            loss = (cas_total(logits, aux, y, beta=self.beta).mean() + self.adv_weight * adv) / (1 + self.adv_weight)
+            logs["acc"] = accuracy(logits, y)
+        return {"weights": loss}, {"loss": loss.detach(), **logs}
+
+
+def _kl(logits_adv: Tensor, p_clean: Tensor) -> Tensor:
+    """Per-example KL(p_clean ‖ softmax(logits_adv)) [B]."""
+    return F.kl_div(F.log_softmax(logits_adv, 1), p_clean, reduction="none").sum(1)
+
+
+@METHODS.register("trades+cas")
+class TRADESCAS(Method):
+    """TRADES with CAS modules (the CAS repo's ``trades_reg.py``).
+
+    Loss ``CE(z) + c·mean CE(a_s)`` on clean inputs (true-label gating) plus
+    ``β·[KL(z) + c·mean KL(a_s)]`` between clean and adversarial outputs; the inner maximisation
+    (eval-mode model, start ``x + 0.001·N(0, I)``) ascends the same KL sum. Defaults β = 6 (this
+    toolkit's TRADES; the CAS script uses 4), c = ``cr_beta`` = 2.
+
+    >>> method = TRADESCAS(ctx=ctx, beta=6.0, cr_beta=2.0)
+    """
+
+    name: ClassVar[str] = "trades+cas"
+
+    def __init__(self, *, ctx: MethodContext, beta: float = 6.0, cr_beta: float = 2.0) -> None:
+        super().__init__(ctx=ctx)
+        if beta < 0 or cr_beta < 0:
+            raise ValueError(f"beta and cr_beta must be >= 0, got beta={beta}, cr_beta={cr_beta}")
+        self.beta, self.cr_beta = beta, cr_beta
+
+    def prepare(self, model: nn.Module) -> nn.Module:
+        return install_cas(model, num_classes=self.ctx.num_classes)
+
+    def _robust(self, logits_adv: Tensor, aux_adv: list[Tensor], p: Tensor, p_aux: list[Tensor]) -> Tensor:
+        aux = torch.stack([_kl(a, q) for a, q in zip(aux_adv, p_aux, strict=True)]).mean(0)
+        return _kl(logits_adv, p) + self.cr_beta * aux
+
+    def loss(self, model: nn.Module, x: Tensor, y: Tensor) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
+        was_training = model.training
+        model.eval()
+        with torch.no_grad():
+            p_clean = F.softmax(model(x), 1)
+            p_aux = [F.softmax(a, 1) for a in aux_logits(model)]
+        model.train(was_training)
+
+        def objective(m: nn.Module, xa: Tensor, ya: Tensor) -> Tensor:
+            return self._robust(m(xa), aux_logits(m), p_clean, p_aux)
+
+        attack = PGD(eps=self.ctx.adv_eps, steps=self.ctx.adv_steps, step_size=self.ctx.adv_step_size,
+                     random_start="normal", start_radius=min(0.001, self.ctx.adv_eps), loss=objective)
+        x_adv = attack(model, x, y)
+        logits, aux = _cas_forward(model, x, y)
+        logits_adv, aux_adv = _cas_forward(model, x_adv, y)
+        natural = cas_total(logits, aux, y, beta=self.cr_beta).mean()
+        robust = self._robust(logits_adv, aux_adv, F.softmax(logits, 1), [F.softmax(a, 1) for a in aux]).mean()
+        loss = natural + self.beta * robust
+        logs = {"loss": loss.detach(), "acc": accuracy(logits, y), "adv_acc": accuracy(logits_adv, y),
+                "kl": robust.detach()}
+        return {"weights": loss}, logs
+
+
+def cas_objective_attacks(model: nn.Module, named: list[tuple[str, Any]], *, beta: float) -> list[tuple[str, Any]]:
+    """For a model with CAS modules: a copy of every gradient attack (PGD family, not transfer)
+    that maximises the CAS total loss instead of the final CE, named ``"<name>[cas-total]"``, so the
+    card shows both objectives side by side. Empty for a model without CAS."""
+    if not cas_modules(model):
+        return []
+    out = []
+    for name, atk in named:
+        if isinstance(atk, PGD):
+            twin = copy.copy(atk)
+            twin.loss_fn = CASLoss(beta=beta)
+            out.append((f"{name}[cas-total]", twin))
+    return out

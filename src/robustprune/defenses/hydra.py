@@ -1,0 +1,159 @@
+"""HYDRA: pruning scores learnt under the robust loss (Sehwag et al., NeurIPS 2020; methods reference §6)."""
+
+from __future__ import annotations
+
+import math
+from typing import Any, ClassVar
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from robustprune.defenses.base import Method, MethodContext, ParamGroup
+from robustprune.defenses.magnitude import robust_or_clean_loss
+from robustprune.registry import METHODS
+from robustprune.sparsity.magnitude import MASK_BUFFER, apply_masks, prunable_layers, sparsity_mask
+
+
+class Scored:
+    """Mixin of a conv/linear layer whose forward uses W ⊙ m: in the score phase m = top-k(|scores|)
+    with a straight-through gradient to ``scores`` and W (and bias) frozen (detached); after
+    :meth:`fix_mask`, m is the ``weight_mask`` buffer and W trains (its pruned entries are 0)."""
+
+    weight: nn.Parameter
+    bias: nn.Parameter | None
+
+    def init_scored(self, sparsity: float) -> None:
+        self.sparsity, self.score_phase = sparsity, True
+        self.scores = nn.Parameter(torch.zeros_like(self.weight))
+        self.register_buffer(MASK_BUFFER, torch.ones_like(self.weight))  # type: ignore[attr-defined]
+
+    @torch.no_grad()
+    def init_scores(self) -> None:
+        """s = sqrt(6/fan_in)·W/max|W| (HYDRA's scaled init: the first mask is magnitude pruning)."""
+        w = self.weight
+        self.scores.copy_(math.sqrt(6.0 / w[0].numel()) * w / w.abs().max().clamp(min=1e-12))
+
+    def effective(self) -> tuple[Tensor, Tensor | None]:
+        if not self.score_phase:
+            return self.weight * getattr(self, MASK_BUFFER), self.bias
+        m = sparsity_mask(self.scores.detach(), sparsity=self.sparsity)
+        m = m + self.scores - self.scores.detach()  # value m, gradient straight through to the scores
+        bias = None if self.bias is None else self.bias.detach()
+        return self.weight.detach() * m, bias
+
+    @torch.no_grad()
+    def fix_mask(self) -> None:
+        """End of the score phase: the top-k mask becomes the buffer; pruned weights are set to 0."""
+        getattr(self, MASK_BUFFER).copy_(sparsity_mask(self.scores, sparsity=self.sparsity))
+        self.weight.mul_(getattr(self, MASK_BUFFER))
+        self.score_phase = False
+
+
+class ScoredLinear(Scored, nn.Linear):
+    def forward(self, x: Tensor) -> Tensor:
+        w, b = self.effective()
+        return F.linear(x, w, b)
+
+
+class ScoredConv2d(Scored, nn.Conv2d):
+    def forward(self, x: Tensor) -> Tensor:
+        w, b = self.effective()
+        return self._conv_forward(x, w, b)
+
+
+def _scored_copy(m: nn.Module, sparsity: float) -> nn.Module:
+    if isinstance(m, nn.Linear):
+        new: nn.Module = ScoredLinear(m.in_features, m.out_features, bias=m.bias is not None)
+    elif isinstance(m, nn.Conv2d):
+        new = ScoredConv2d(m.in_channels, m.out_channels, m.kernel_size, stride=m.stride, padding=m.padding,
+                           dilation=m.dilation, groups=m.groups, bias=m.bias is not None, padding_mode=m.padding_mode)
+    else:
+        raise ValueError(f"HYDRA cannot score a {type(m).__name__} layer")
+    new.weight, new.bias = m.weight, m.bias
+    new.init_scored(sparsity)  # type: ignore[operator]
+    return new.to(m.weight.device)
+
+
+def scored_layers(model: nn.Module) -> list[tuple[str, Scored]]:
+    return [(n, m) for n, m in model.named_modules() if isinstance(m, Scored)]
+
+
+@METHODS.register("hydra")
+class Hydra(Method):
+    """HYDRA: learn which weights to keep under the robust loss, then fine-tune them.
+
+    ``prepare`` turns every conv/linear layer (first and last included, as in HYDRA; or not, with
+    ``keep_first_last``) into a scored layer with a ``scores`` parameter and a ``weight_mask``
+    buffer, so checkpoints and ``load_run`` rebuild it. Epochs < ``score_epochs``: scores
+    (initialised at the first epoch as sqrt(6/fan_in)·W/max|W|) train with lr ``score_lr``
+    (default: the run's lr) under the AT loss [CE(x) + w·CE(x_adv)]/(1 + w) (w = ``adv_weight``,
+    2), forward with the top-k weights per layer (k = round((1 − ``sparsity``)·n), layer-wise),
+    all other parameters frozen. From epoch ``score_epochs``: the mask is fixed, pruned weights
+    set to 0, and the weights fine-tune under the same loss. HYDRA's paper used TRADES and
+    separate cosine schedules per phase; here the run's one schedule spans both phases.
+
+    >>> method = Hydra(ctx=ctx, sparsity=0.9, score_epochs=20)
+    """
+
+    name: ClassVar[str] = "hydra"
+    needs_init: ClassVar[bool] = True
+
+    def __init__(self, *, ctx: MethodContext, sparsity: float = 0.9, score_epochs: int = 1,
+                 score_lr: float | None = None, keep_first_last: bool = False, adv_weight: float = 2.0) -> None:
+        super().__init__(ctx=ctx)
+        if not 0.0 <= sparsity < 1.0:
+            raise ValueError(f"sparsity must be in [0, 1), got {sparsity}")
+        if score_epochs < 0:
+            raise ValueError(f"score_epochs must be >= 0, got {score_epochs}")
+        if score_lr is not None and score_lr <= 0:
+            raise ValueError(f"score_lr must be > 0, got {score_lr}")
+        self.sparsity, self.score_epochs, self.keep_first_last = sparsity, score_epochs, keep_first_last
+        self.score_lr = ctx.lr if score_lr is None else score_lr
+        self.adv_weight = adv_weight
+        self.scores_ready = False
+
+    def prepare(self, model: nn.Module) -> nn.Module:
+        for name, m in prunable_layers(model, keep_first_last=self.keep_first_last):
+            parent_name, _, attr = name.rpartition(".")
+            parent = model.get_submodule(parent_name) if parent_name else model
+            setattr(parent, attr, _scored_copy(m, self.sparsity))
+        return model
+
+    def param_groups(self, model: nn.Module) -> list[ParamGroup]:
+        scores = [m.scores for _, m in scored_layers(model)]
+        ids = {id(p) for p in scores}
+        weights = [p for p in model.parameters() if id(p) not in ids]
+        return [ParamGroup("scores", scores, lr=self.score_lr, weight_decay=0.0),
+                ParamGroup("weights", weights, lr=self.ctx.lr, weight_decay=self.ctx.weight_decay)]
+
+    def in_score_phase(self, model: nn.Module) -> bool:
+        return any(m.score_phase for _, m in scored_layers(model))
+
+    def loss(self, model: nn.Module, x: Tensor, y: Tensor) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
+        loss, logs = robust_or_clean_loss(self, model, x, y, adversarial=True, adv_weight=self.adv_weight)
+        # a loss with no path to a group's parameters leaves their .grad None: the optimiser skips them
+        frozen = torch.zeros((), device=loss.device, requires_grad=True)
+        if self.in_score_phase(model):
+            return {"scores": loss, "weights": frozen}, logs
+        return {"scores": frozen, "weights": loss}, logs
+
+    def on_epoch_start(self, model: nn.Module, epoch: int) -> None:
+        layers = scored_layers(model)
+        if not self.scores_ready:
+            for _, m in layers:
+                m.init_scores()
+            self.scores_ready = True
+        if epoch >= self.score_epochs:
+            for _, m in layers:
+                if m.score_phase:
+                    m.fix_mask()
+
+    def after_step(self, model: nn.Module, step: int) -> None:
+        apply_masks(model)  # a no-op in the score phase (all-ones buffer); keeps pruned weights at 0 after it
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"scores_ready": self.scores_ready}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.scores_ready = bool(state.get("scores_ready", False))

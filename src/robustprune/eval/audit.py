@@ -1,0 +1,225 @@
+"""``robustprune audit``: an attack ladder plus automatic gradient-masking checks for one model.
+
+"Robustness numbers are only as good as the attack." The audit runs, on the same test points,
+FGSM → PGD-40 → PGD-100 with 5 restarts → EOT-PGD-40 (when the model is random in eval mode) →
+AutoAttack (when the ``eval`` extra is installed; ``rand`` for random models) → transfer from a
+source model (when given), plus a robust-accuracy-vs-ε sweep, an unbounded (ε = 1) attack and
+an input-gradient census, and turns them into the checks of :mod:`robustprune.eval.checks`. The
+result is a JSON card (``audit.json``), a markdown report (``audit.md``) and the curve and
+loss-surface plots beside them.
+"""
+
+from __future__ import annotations
+
+import time
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+from tqdm.auto import tqdm
+
+from robustprune.attacks import EOTPGD, FGSM, PGD, Attack, TransferAttack
+from robustprune.data import TensorLoader, dataset_info
+from robustprune.eval import checks as C
+from robustprune.eval.curve import check_eps_list, default_sweep, robust_curve, run_test_points
+from robustprune.eval.evaluate import evaluate
+from robustprune.utils import atomic_write_json, atomic_write_text, provenance
+
+AUTOATTACK_MODES = ("auto", "yes", "no")
+
+
+@dataclass
+class Rung:
+    """One attack of the ladder; ``kind`` is single, multi, eot, autoattack or transfer."""
+
+    name: str
+    kind: str
+    attack: Attack
+
+
+def build_ladder(*, eps: float, step_size: float, stochastic: bool, source: nn.Module | None = None,
+                 autoattack: bool = True, aa_options: dict[str, Any] | None = None) -> list[Rung]:
+    """The attack ladder at ``eps`` (L∞); PGD uses ``step_size`` and random starts."""
+    rungs = [
+        Rung("fgsm", "single", FGSM(eps=eps)),
+        Rung("pgd-40", "multi", PGD(eps=eps, steps=40, step_size=step_size)),
+        Rung("pgd-100x5", "multi", PGD(eps=eps, steps=100, step_size=step_size, restarts=5)),
+    ]
+    if stochastic:
+        rungs.append(Rung("eot-pgd-40", "eot", EOTPGD(eps=eps, steps=40, step_size=step_size, eot=10)))
+    if autoattack:
+        from robustprune.attacks.autoattack import AutoAttack
+
+        rungs.append(Rung("autoattack", "autoattack", AutoAttack(eps=eps, version="auto", **(aa_options or {}))))
+    if source is not None:
+        inner = PGD(eps=eps, steps=40, step_size=step_size)
+        rungs.append(Rung("transfer-pgd-40", "transfer", TransferAttack(source=source, attack=inner)))
+    return rungs
+
+
+def run_rung(model: nn.Module, loader: TensorLoader, rung: Rung, *, passes: int, seed: int,
+             progress: bool) -> dict[str, Any]:
+    """Evaluate one rung; evaluate()'s own sanity warnings are kept in the entry, not printed."""
+    torch.manual_seed(seed)
+    t0 = time.perf_counter()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        res = evaluate(model, loader, [(rung.name, rung.attack)], vulnerability=False, passes=passes,
+                       progress=progress)
+    entry = {"name": rung.name, "kind": rung.kind, "params": rung.attack.params(), "clean_acc": res.clean_acc,
+             "robust_acc": res.attacks[0].summary()["robust_acc"], "n": res.total,
+             "wall_s": time.perf_counter() - t0, "warnings": sorted({str(w.message) for w in caught})}
+    if rung.kind == "autoattack":
+        entry["breakdown"] = rung.attack.breakdown()  # type: ignore[attr-defined]
+    return entry
+
+
+def _autoattack_mode(mode: str) -> tuple[bool, str]:
+    """(run AutoAttack?, why not) for ``"auto"``/``"yes"``/``"no"``."""
+    from robustprune.attacks.autoattack import MissingExtraError, autoattack_available
+
+    if mode not in AUTOATTACK_MODES:
+        raise ValueError(f"autoattack must be one of {AUTOATTACK_MODES}, got {mode!r}")
+    if mode == "no":
+        return False, "AutoAttack disabled (--autoattack no)"
+    if not autoattack_available():
+        if mode == "yes":
+            raise MissingExtraError("--autoattack yes needs pyautoattack: pip install 'robustprune[eval]'")
+        return False, "pyautoattack is not installed (pip install 'robustprune[eval]'); AutoAttack skipped"
+    return True, ""
+
+
+def audit(model: nn.Module, images: Tensor, labels: Tensor, *, eps: float, step_size: float,
+          source: nn.Module | None = None, eps_sweep: list[float] | None = None, autoattack: str = "auto",
+          aa_options: dict[str, Any] | None = None, batch_size: int = 256, passes: int = 10, seed: int = 0,
+          device: torch.device | str = "cpu", progress: bool = True) -> dict[str, Any]:
+    """Audit ``model`` on ``images``/``labels`` (uint8 or [0, 1] floats): ladder, sweep, checks.
+
+    Args:
+        eps, step_size: the threat model's L∞ radius and the ladder's PGD step.
+        source: model the transfer attack is crafted on (skipped when ``None``).
+        eps_sweep: ε values of the curve (default :func:`~robustprune.eval.curve.default_sweep`).
+        autoattack: ``"auto"`` (run when installed), ``"yes"`` (required) or ``"no"``.
+        aa_options: ``n_iter``/``n_queries`` for a quick AutoAttack (recorded in the card).
+        passes: forward passes averaged for models random in eval mode.
+
+    Returns the audit card: ``ladder``, ``curve``, ``unbounded``, ``gradients``, ``determinism``,
+    ``checks`` (each pass/warn/skip with evidence) and ``verdict``.
+
+    >>> card = audit(model, x, y, eps=0.3, step_size=0.01)          # doctest: +SKIP
+    >>> [(c["name"], c["status"]) for c in card["checks"]]          # doctest: +SKIP
+    """
+    if not 0 < eps <= 1:
+        raise ValueError(f"eps must be in (0, 1], got {eps!r}")
+    if not step_size > 0:
+        raise ValueError(f"step_size must be > 0, got {step_size!r}")
+    sweep = check_eps_list(default_sweep(eps) if eps_sweep is None else eps_sweep)
+    run_aa, aa_reason = _autoattack_mode(autoattack)
+    loader = TensorLoader(images, labels, batch_size=batch_size, device=device)
+    x0, _ = next(iter(loader))
+    det = C.determinism_stats(model, x0)
+    t0 = time.perf_counter()
+    rungs = build_ladder(eps=eps, step_size=step_size, stochastic=det["stochastic"], source=source,
+                         autoattack=run_aa, aa_options=aa_options)
+    bar = tqdm(rungs, desc="audit", disable=not progress, dynamic_ncols=True)
+    ladder = []
+    for rung in bar:
+        bar.set_postfix_str(rung.name)
+        ladder.append(run_rung(model, loader, rung, passes=passes, seed=seed, progress=progress))
+    eot = 10 if det["stochastic"] else 1
+    curve = robust_curve(model, loader, sweep, steps=40, eot=eot, passes=passes, seed=seed, progress=progress)
+    unbounded = robust_curve(model, loader, [1.0], steps=100, eot=eot, passes=passes, seed=seed, progress=False)
+    grads = C.gradient_stats(model, loader)
+    card = {
+        "kind": "audit", "n": ladder[0]["n"], "eps": eps, "step_size": step_size, "norm": "linf", "seed": seed,
+        "clean_acc": ladder[0]["clean_acc"], "stochastic": det["stochastic"], "determinism": det,
+        "ladder": ladder, "curve": curve, "unbounded": unbounded, "gradients": grads,
+    }
+    checks = run_checks(card, autoattack_reason=aa_reason)
+    warned = [c.name for c in checks if c.status == "warn"]
+    card["checks"] = [c.to_dict() for c in checks]
+    card["verdict"] = "warn" if warned else "pass"
+    card["warned"] = warned
+    card["wall_s"] = time.perf_counter() - t0
+    return card
+
+
+def run_checks(card: dict[str, Any], *, autoattack_reason: str = "") -> list[C.Check]:
+    """The checks of :mod:`~robustprune.eval.checks` on a card's measurements."""
+    by = {e["name"]: e for e in card["ladder"]}
+    acc = {name: e["robust_acc"] for name, e in by.items()}
+    tol = C.tolerance(card["n"])
+    ref = "eot-pgd-40" if "eot-pgd-40" in by else "pgd-40"
+    multi = [n for n, e in by.items() if e["kind"] in ("multi", "eot")]
+    strongest = min(reversed(multi), key=lambda n: acc[n])  # ties: the later (stronger) rung
+    white = [n for n, e in by.items() if e["kind"] != "transfer"]
+    best_white = min(white, key=lambda n: acc[n])
+    transfer = next(((n, acc[n]) for n, e in by.items() if e["kind"] == "transfer"), None)
+    eot = [n for n, e in by.items() if e["kind"] == "eot"]
+    aa = by.get("autoattack")
+    if aa is not None:
+        aa = dict(aa["breakdown"], robust_acc=aa["robust_acc"])
+        if "rand" in aa["versions"]:
+            eot.append("autoattack (rand, EOT-20)")
+    points = card["curve"]["points"]
+    unb = card["unbounded"]
+    return [
+        C.check_determinism(card["determinism"], eot_attacks=eot),
+        C.check_gradients(card["gradients"]),
+        C.check_monotone([p["eps"] for p in points], [p["robust_acc"] for p in points], tol=tol),
+        C.check_unbounded(unb["points"][0]["robust_acc"], n=card["n"],
+                          attack=f"PGD-100 at eps=1, step 0.025, random start, EOT-{unb['attack']['eot']}"),
+        C.check_multistep(("fgsm", acc["fgsm"]), (ref, acc[ref]), tol=tol),
+        C.check_blackbox((best_white, acc[best_white]), transfer, tol=tol),
+        C.check_autoattack(aa, (ref, acc[ref]), (strongest, acc[strongest]), tol=tol, reason=autoattack_reason),
+    ]
+
+
+def audit_run(run_dir: str | Path, *, out: str | Path, limit: int | None = 1000, source: str | Path | None = None,
+              eps: float | None = None, step_size: float | None = None, eps_sweep: list[float] | None = None,
+              autoattack: str = "auto", aa_options: dict[str, Any] | None = None, batch_size: int = 256,
+              passes: int = 10, surface: bool = True, data_dir: str | None = None, device: str = "auto",
+              seed: int = 0, progress: bool = True) -> dict[str, Any]:
+    """Audit run ``run_dir`` on its first ``limit`` test points; write into ``out``: ``audit.json``,
+    ``audit.md``, ``curve.json``/``curve.png`` and (``surface=True``) ``surface.json``/``surface.png``.
+
+    ``eps``/``step_size`` default to the dataset's (MNIST 0.3 / 0.01, CIFAR 8/255 / 2/255).
+
+    >>> audit_run("runs/at", out="runs/at/audit", limit=1000, source="runs/at-seed1")   # doctest: +SKIP
+    """
+    from robustprune.eval.card import EVAL_STEP
+    from robustprune.reports.audit_plots import plot_curve
+    from robustprune.reports.audit_report import render_audit_markdown
+    from robustprune.train.run import load_run
+
+    if eps_sweep is not None:
+        check_eps_list(eps_sweep)
+    _autoattack_mode(autoattack)
+    run, images, labels, dev = run_test_points(run_dir, limit=limit, data_dir=data_dir, device=device)
+    info = dataset_info(run.cfg.dataset)
+    eps = info.default_eps if eps is None else eps
+    step_size = EVAL_STEP[info.name] if step_size is None else step_size
+    src = load_run(source, device=dev).model if source is not None else None
+    card = audit(run.model, images, labels, eps=eps, step_size=step_size, source=src, eps_sweep=eps_sweep,
+                 autoattack=autoattack, aa_options=aa_options, batch_size=batch_size, passes=passes, seed=seed,
+                 device=dev, progress=progress)
+    meta = {"run": str(run_dir), "method": run.cfg.method, "model": run.cfg.model, "dataset": run.cfg.dataset,
+            "source": None if source is None else str(source), "limit": limit}
+    card = {**meta, **card, **provenance(dev), "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+    out = Path(out)
+    curve = {**meta, **card["curve"], "default_eps": eps, "marks": [
+        {"label": e["name"], "eps": eps, "robust_acc": e["robust_acc"]} for e in card["ladder"]]}
+    atomic_write_json(out / "curve.json", curve)
+    plot_curve(curve, out / "curve.png")
+    if surface:
+        from robustprune.eval.surface import surface_of, write_surface
+
+        card["surface_wall_s"] = -time.perf_counter()
+        write_surface({**meta, **surface_of(run.model, images, labels, points=4, eps=eps, seed=seed)}, out)
+        card["surface_wall_s"] += time.perf_counter()
+    atomic_write_json(out / "audit.json", card)
+    atomic_write_text(out / "audit.md", render_audit_markdown(card, surface=surface))
+    return card

@@ -1,0 +1,145 @@
+"""The loss surface around test points, along the adversarial and a random direction.
+
+For a point ``x`` with label ``y``: ``d_adv = sign(∇ₓ CE(f(x), y))`` (the FGSM direction) and
+``d_rand`` a Rademacher (random ±1) vector, both of L∞ norm 1; the surface is
+``CE(f(clip(x + a·d_adv + b·d_rand)), y)`` on a grid ``a, b ∈ [−span·ε, span·ε]``. A smooth surface
+that rises along ``d_adv`` is what a working gradient attack needs; a flat, jagged or
+random-direction-dominated one is the picture of gradient masking (Tramèr et al. 2018; Engstrom
+et al. 2018). Where the gradient is exactly zero the adversarial axis is undefined and a second
+random direction is used (``zero_gradient`` records it).
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from robustprune.data import dataset_info
+from robustprune.utils import atomic_write_json, provenance
+
+
+def _check(points: int, resolution: int, span: float, eps: float) -> None:
+    for name, v, lo in (("points", points, 1), ("resolution", resolution, 3)):
+        if isinstance(v, bool) or not isinstance(v, int) or v < lo:
+            raise ValueError(f"{name} must be an integer >= {lo}, got {v!r}")
+    for label, f in (("span", span), ("eps", eps)):
+        if not isinstance(f, int | float) or not 0 < f <= 1:
+            raise ValueError(f"{label} must be a number in (0, 1], got {f!r}")
+
+
+def _mean_loss(model: nn.Module, imgs: Tensor, y: int, samples: int, chunk: int = 512) -> Tensor:
+    out = []
+    with torch.no_grad():
+        for part in imgs.split(chunk):
+            target = torch.full((len(part),), y, dtype=torch.long, device=part.device)
+            losses = [F.cross_entropy(model(part), target, reduction="none") for _ in range(samples)]
+            out.append(torch.stack(losses).mean(0))
+    return torch.cat(out)
+
+
+def loss_surface(model: nn.Module, x: Tensor, y: Tensor, *, eps: float, span: float = 1.0, resolution: int = 21,
+                 samples: int = 1, seed: int = 0) -> dict[str, Any]:
+    """Cross-entropy on a ``resolution × resolution`` grid around each point of ``x`` (see module doc).
+
+    Args:
+        eps: the threat model's radius; the grid covers ``±span·eps`` on both axes.
+        samples: forward passes averaged per grid point (use > 1 for models random in eval mode).
+        seed: seed of the random directions (a private generator; the global RNG is untouched).
+
+    Returns ``{"eps", "span", "offsets", "points": [{"label", "loss": [[...]], "zero_gradient"}]}``
+    with ``loss[i][j]`` at ``a = offsets[i]`` (adversarial axis), ``b = offsets[j]`` (random axis).
+
+    >>> surf = loss_surface(model, x[:3], y[:3], eps=0.3)      # doctest: +SKIP
+    """
+    _check(len(x), resolution, span, eps)
+    was_training = model.training
+    model.eval()
+    gen = torch.Generator().manual_seed(seed)
+    offsets = torch.linspace(-span * eps, span * eps, resolution, dtype=x.dtype)
+    a, b = torch.meshgrid(offsets, offsets, indexing="ij")
+    shape = (-1, *([1] * (x.dim() - 1)))
+    points = []
+    try:
+        xg = x.detach().clone().requires_grad_(True)
+        with torch.enable_grad():
+            grad, = torch.autograd.grad(F.cross_entropy(model(xg), y, reduction="sum"), xg)
+        for k in range(len(x)):
+            d_rand = torch.randint(0, 2, x[k].shape, generator=gen).to(x) * 2 - 1
+            d_adv = grad[k].sign()
+            zero = bool((d_adv == 0).all())
+            if zero:
+                d_adv = torch.randint(0, 2, x[k].shape, generator=gen).to(x) * 2 - 1
+            imgs = x[k] + a.reshape(shape).to(x) * d_adv + b.reshape(shape).to(x) * d_rand
+            loss = _mean_loss(model, imgs.clamp(0, 1), int(y[k]), samples)
+            points.append({"label": int(y[k]), "loss": loss.view(resolution, resolution).tolist(),
+                           "zero_gradient": zero})
+    finally:
+        model.train(was_training)
+    return {"kind": "surface", "eps": eps, "span": span, "offsets": offsets.tolist(), "samples": samples,
+            "directions": {"adversarial": "sign of the input gradient of CE", "random": "Rademacher, seed "
+                           f"{seed}"}, "points": points}
+
+
+def surface_of(model: nn.Module, images: Tensor, labels: Tensor, *, points: int = 4, eps: float, span: float = 1.0,
+               resolution: int = 21, samples: int | None = None, seed: int = 0) -> dict[str, Any]:
+    """:func:`loss_surface` of the first ``points`` correctly classified examples of ``images``
+    (uint8 or [0, 1] floats), topped up with misclassified ones when too few are correct;
+    ``samples=None``: 10 passes per grid point for a model random in eval mode, else 1.
+    ``test_index`` and each point's ``correct`` record which examples were used."""
+    from robustprune.eval.evaluate import is_stochastic
+
+    _check(points, resolution, span, eps)
+    dev = next(iter(model.parameters())).device
+    x = images[: max(256, 4 * points)].to(dev).float()
+    x = x.div(255) if images.dtype == torch.uint8 else x
+    y = labels[: len(x)].to(dev).long()
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            correct = model(x).argmax(1) == y
+        if samples is None:
+            samples = 10 if is_stochastic(model, x[:64]) else 1
+    finally:
+        model.train(was_training)
+    idx = torch.cat([correct.nonzero(), (~correct).nonzero()]).squeeze(1)[:points]
+    surf = loss_surface(model, x[idx], y[idx], eps=eps, span=span, resolution=resolution, samples=samples, seed=seed)
+    for p, ok in zip(surf["points"], correct[idx].tolist(), strict=True):
+        p["correct"] = ok
+    return surf | {"test_index": idx.tolist()}
+
+
+def surface_run(run_dir: str | Path, *, out: str | Path, points: int = 4, eps: float | None = None,
+                span: float = 1.0, resolution: int = 21, samples: int | None = None, data_dir: str | None = None,
+                device: str = "auto", seed: int = 0) -> dict[str, Any]:
+    """Loss surfaces (:func:`surface_of`) of run ``run_dir`` at ``eps`` (default: the dataset's);
+    writes ``surface.json`` and ``surface.png`` into ``out``.
+
+    >>> surface_run("runs/at", out="runs/at/surface", points=4)    # doctest: +SKIP
+    """
+    from robustprune.eval.curve import run_test_points
+
+    _check(points, resolution, span, 1.0 if eps is None else eps)
+    run, images, labels, dev = run_test_points(run_dir, limit=max(256, 4 * points), data_dir=data_dir, device=device)
+    eps = dataset_info(run.cfg.dataset).default_eps if eps is None else eps
+    t0 = time.perf_counter()
+    surf = surface_of(run.model, images, labels, points=points, eps=eps, span=span, resolution=resolution,
+                      samples=samples, seed=seed)
+    surf |= {"run": str(run_dir), "method": run.cfg.method, "model": run.cfg.model, "dataset": run.cfg.dataset,
+             **provenance(dev), "wall_s": time.perf_counter() - t0}
+    write_surface(surf, out)
+    return surf
+
+
+def write_surface(surf: dict[str, Any], out: str | Path) -> None:
+    """``surface.json`` and ``surface.png`` into directory ``out``."""
+    from robustprune.reports.audit_plots import plot_surface
+
+    out = Path(out)
+    atomic_write_json(out / "surface.json", surf)
+    plot_surface(surf, out / "surface.png")

@@ -1,0 +1,201 @@
+"""The sparsity-robustness study of Guo et al. (NeurIPS 2018): robustness against weight sparsity.
+
+``sweep_sparsity(run, rounds=M)`` starts from a trained run and, for each round t = 1..M, trains
+one ``magnitude`` run (``OUT/round-XX``, initialised from round t − 1) that removes ρ of every
+layer's remaining weights and retrains for ``epochs_per_round`` epochs; then it measures, for the
+dense start and every round: clean accuracy, FGSM and R+FGSM accuracy at ε (Guo's r∞), the mean
+L2 norms of minimal DeepFool and C&W-L2 perturbations on correctly classified points (r₂),
+weight sparsity and the zero fraction of the activations feeding the last layer. It writes
+``OUT/sweep.json`` and ``OUT/sweep.png`` (each metric against sparsity, peaks marked).
+Resumable: finished rounds (``run.json``) and their measurements (``metrics-XX.json`` with the
+same evaluation settings) are reused; an interrupted round resumes from its last checkpoint.
+
+>>> sweep_sparsity("runs/mnist-lenet", rounds=8, limit=1000)   # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from robustprune.attacks import build_attack
+from robustprune.attacks.cw import CarliniWagnerL2
+from robustprune.attacks.deepfool import DeepFool
+from robustprune.config import load_train_config
+from robustprune.data import TensorLoader, dataset_info, load_split
+from robustprune.eval.evaluate import evaluate
+from robustprune.metrics.minnorm import minnorm_robustness
+from robustprune.metrics.sparsity import weight_sparsity
+from robustprune.metrics.unstructured import activation_zero_fraction
+from robustprune.train.checkpoint import latest_checkpoint
+from robustprune.train.loop import fit
+from robustprune.train.run import load_run
+from robustprune.utils import atomic_write, atomic_write_json, provenance, resolve_device
+
+METRICS = (("clean_acc", "clean"), ("fgsm_acc", "FGSM"), ("rfgsm_acc", "R+FGSM"), ("deepfool_r2", "DeepFool r2"),
+           ("cw_r2", "C&W-L2 r2"))
+
+
+@dataclass(frozen=True)
+class SweepEval:
+    """Evaluation settings of a sweep (a cached measurement is reused only under the same ones)."""
+
+    eps: float
+    limit: int | None = 1000
+    deepfool_steps: int = 50
+    cw_steps: int = 100
+    cw_search: int = 5
+    cw_const: float = 0.1
+    cw_lr: float = 0.01
+    batch_size: int = 250
+    seed: int = 0
+
+
+def _check(rounds: int, rho: float, epochs_per_round: int, limit: int | None) -> None:
+    for ok, msg in ((rounds >= 1, f"rounds must be >= 1, got {rounds}"),
+                    (0 < rho < 1, f"rho must be in (0, 1), got {rho}"),
+                    (epochs_per_round >= 1, f"epochs_per_round must be >= 1, got {epochs_per_round}"),
+                    (limit is None or limit >= 1, f"limit must be >= 1, got {limit}")):
+        if not ok:
+            raise ValueError(msg)
+
+
+def train_round(run_dir: Path, prev: Path, out: Path, *, rho: float, epochs_per_round: int, adversarial: bool,
+                scope: str, keep_first_last: bool, limit_train: int | None, data_dir: str | None, device: str,
+                progress: bool) -> None:
+    """One pruning round: a ``magnitude`` run from ``prev`` (resumed when interrupted, skipped when done),
+    with the base run's config otherwise (optimiser, lr held constant, batch size, seed, data)."""
+    if (out / "run.json").is_file():
+        return
+    base = load_train_config(run_dir / "config.yaml")
+    cfg = replace(
+        base, method="magnitude", epochs=epochs_per_round, out=str(out), init_from=str(prev), schedule="constant",
+        resume=latest_checkpoint(out) is not None, device=device, progress=progress, data_dir=data_dir or base.data_dir,
+        limit_train=base.limit_train if limit_train is None else limit_train,
+        method_args={"rho": rho, "epochs_per_round": epochs_per_round, "max_rounds": 1, "scope": scope,
+                     "keep_first_last": keep_first_last, "adversarial": adversarial},
+    )
+    fit(cfg)
+
+
+def measure(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, ev: SweepEval, *,
+            device: torch.device, progress: bool) -> dict[str, Any]:
+    """Clean / FGSM / R+FGSM accuracy (%), DeepFool and C&W r₂, sparsity of one model."""
+    loader = TensorLoader(images, labels, batch_size=ev.batch_size, device=device)
+    torch.manual_seed(ev.seed)
+    attacks = [("fgsm", build_attack("fgsm", eps=ev.eps)), ("rfgsm", build_attack("rfgsm", eps=ev.eps))]
+    res = evaluate(model, loader, attacks, vulnerability=False, passes=1, progress=progress)
+    df = minnorm_robustness(model, loader, DeepFool(steps=ev.deepfool_steps), progress=progress)
+    cw = minnorm_robustness(model, loader, CarliniWagnerL2(steps=ev.cw_steps, binary_search_steps=ev.cw_search,
+                                                     initial_const=ev.cw_const, lr=ev.cw_lr),
+                            progress=progress)
+    x0 = next(iter(loader))[0]
+    return {
+        "weight_sparsity": weight_sparsity(model), "clean_acc": res.clean_acc,
+        "fgsm_acc": res.attacks[0].summary()["robust_acc"], "rfgsm_acc": res.attacks[1].summary()["robust_acc"],
+        "deepfool_r2": df["r2"], "deepfool_r2_normalised": df["r2_normalised"], "deepfool_success": df["success_rate"],
+        "cw_r2": cw["r2"], "cw_r2_normalised": cw["r2_normalised"], "cw_success": cw["success_rate"],
+        "cw_failed": cw["n_failed"], "activation_zero_fraction": activation_zero_fraction(model, x0),
+    }
+
+
+def measured(run: Path, cache: Path, ev: SweepEval, data: tuple[torch.Tensor, torch.Tensor], *,
+             device: torch.device, progress: bool) -> dict[str, Any]:
+    """``measure`` the run, or reuse ``cache`` when it holds the same settings."""
+    if cache.is_file():
+        old = json.loads(cache.read_text())
+        if old.get("eval") == asdict(ev):
+            return old
+    t0 = time.perf_counter()
+    out = {"run": str(run), "eval": asdict(ev),
+           **measure(load_run(run, device=device).model, *data, ev, device=device, progress=progress)}
+    out["wall_s"] = time.perf_counter() - t0
+    atomic_write_json(cache, out)
+    return out
+
+
+def peaks(points: list[dict[str, Any]]) -> dict[str, Any]:
+    """Per metric: the sparsity where it peaks, its value, and the dense and last values."""
+    out = {}
+    for key, _ in METRICS:
+        pts = [(p["weight_sparsity"], p[key]) for p in points if p.get(key) is not None]
+        if pts:
+            best = max(pts, key=lambda t: t[1])
+            out[key] = {"peak_sparsity": best[0], "peak": best[1], "dense": pts[0][1], "last": pts[-1][1]}
+    return out
+
+
+def sweep_sparsity(run_dir: str | Path, *, rounds: int, out: str | Path | None = None, rho: float = 1 / 3,
+                   epochs_per_round: int = 1, adversarial: bool = False, scope: str = "layer",
+                   keep_first_last: bool = False, eps: float | None = None, limit: int | None = 1000,
+                   limit_train: int | None = None, deepfool_steps: int = 50, cw_steps: int = 100, cw_search: int = 5,
+                   cw_const: float = 0.1, cw_lr: float = 0.01, data_dir: str | None = None, device: str = "auto",
+                   progress: bool = True) -> dict[str, Any]:
+    """Run (or resume) the sweep; returns the JSON data (also written to ``OUT/sweep.json``).
+
+    Defaults: ρ = 1/3, one retraining epoch per round, ε = the dataset's, 1000 test points,
+    DeepFool 50 steps, C&W 100 steps × 5 binary-search rounds from c = 0.1 (few steps need a larger
+    starting c than C&W's 1e-3 to succeed at all); ``OUT`` = ``RUN/sparsity-sweep``.
+    """
+    _check(rounds, rho, epochs_per_round, limit)
+    run_dir = Path(run_dir)
+    cfg = load_run(run_dir).cfg  # names a missing or broken run clearly
+    out = Path(out) if out is not None else run_dir / "sparsity-sweep"
+    dev = resolve_device(device)
+    ev = SweepEval(eps=dataset_info(cfg.dataset).default_eps if eps is None else eps, limit=limit,
+                   deepfool_steps=deepfool_steps, cw_steps=cw_steps, cw_search=cw_search, cw_const=cw_const,
+                   cw_lr=cw_lr)
+    images, labels = load_split(cfg.dataset, "test", data_dir=data_dir or cfg.data_dir)
+    data = (images[:limit], labels[:limit]) if limit is not None else (images, labels)
+    points = [dict(measured(run_dir, out / "metrics-00.json", ev, data, device=dev, progress=progress), round=0)]
+    prev = run_dir
+    for t in range(1, rounds + 1):
+        rd = out / f"round-{t:02d}"
+        train_round(run_dir, prev, rd, rho=rho, epochs_per_round=epochs_per_round, adversarial=adversarial,
+                    scope=scope, keep_first_last=keep_first_last, limit_train=limit_train, data_dir=data_dir,
+                    device=device, progress=progress)
+        points.append(dict(measured(rd, out / f"metrics-{t:02d}.json", ev, data, device=dev, progress=progress),
+                           round=t))
+        prev = rd
+    result = {
+        "kind": "sparsity-sweep", "run": str(run_dir), "model": cfg.model, "dataset": cfg.dataset,
+        "settings": {"rounds": rounds, "rho": rho, "epochs_per_round": epochs_per_round, "adversarial": adversarial,
+                     "scope": scope, "keep_first_last": keep_first_last, "limit_train": limit_train, **asdict(ev)},
+        "points": points, "peaks": peaks(points), **provenance(dev),
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    }
+    atomic_write_json(out / "sweep.json", result)
+    plot_sweep(result, out / "sweep.png")
+    return result
+
+
+def plot_sweep(result: dict[str, Any], path: Path) -> None:
+    """Guo et al.'s figure: r∞ accuracies and r₂ norms against weight sparsity, peaks marked."""
+    from matplotlib.figure import Figure
+
+    pts = result["points"]
+    fig = Figure(figsize=(10, 4))
+    axes = fig.subplots(1, 2)
+    for ax, keys, ylabel in ((axes[0], METRICS[:3], "accuracy % (r∞: FGSM, R+FGSM at ε)"),
+                             (axes[1], METRICS[3:], "mean minimal L2 perturbation (r₂)")):
+        for key, label in keys:
+            xs = [p["weight_sparsity"] for p in pts if p.get(key) is not None]
+            ys = [p[key] for p in pts if p.get(key) is not None]
+            if not ys:
+                continue
+            (line,) = ax.plot(xs, ys, marker="o", label=label)
+            i = max(range(len(ys)), key=ys.__getitem__)
+            ax.scatter([xs[i]], [ys[i]], s=140, facecolors="none", edgecolors=line.get_color())
+        ax.set_xlabel("weight sparsity %")
+        ax.set_ylabel(ylabel)
+        ax.grid(alpha=0.3)
+        ax.legend()
+    fig.suptitle(f"{result['model']} / {result['dataset']}: robustness vs sparsity (ε = {result['settings']['eps']:g})")
+    fig.tight_layout()
+    atomic_write(path, lambda p: fig.savefig(p, format="png", dpi=110))

@@ -1,0 +1,131 @@
+"""Plots rendered from suite cards only: the vulnerability histograms and robustness vs memory.
+
+(a) :func:`plot_vulnerability` — the paper's figure: per latent layer, the distribution of the
+per-unit latent vulnerability |F(x) − F(x_adv)| under the white-box attack, one row per run, seeds
+pooled. Units with zero vulnerability (pruned units, dead ReLUs) are drawn as a separate grey bar
+just left of zero and counted in the legend.
+(b) :func:`plot_robust_vs_memory` — white-box and black-box accuracy against the paper's memory %,
+mean ± std over seeds.
+
+Matplotlib is used through its object API (no pyplot state, no display) and imported lazily.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from robustprune.reports.table import group_cards, summarize
+from robustprune.utils import atomic_write
+
+#: a unit whose vulnerability is at most this is counted as zero (pruned or dead)
+ZERO = 1e-12
+
+
+def _save(fig: Any, path: Path) -> Path:
+    atomic_write(path, lambda p: fig.savefig(p, format="png", dpi=110, bbox_inches="tight"))
+    return path
+
+
+def _white_box_units(card: dict[str, Any]) -> list[list[float]] | None:
+    for a in card["eval"].get("attacks", []):
+        if not a.get("params", {}).get("transfer"):
+            return a.get("vulnerability", {}).get("per_unit")
+    return None
+
+
+def pooled_units(cards: list[dict[str, Any]]) -> list[tuple[str, list[list[float]]]]:
+    """Per run id: per layer, the per-unit white-box vulnerabilities of all its seeds."""
+    out = []
+    for run_id, group in group_cards(cards):
+        layers: list[list[float]] = []
+        for card in group:
+            units = _white_box_units(card)
+            if units is None:
+                continue
+            while len(layers) < len(units):
+                layers.append([])
+            for pooled, values in zip(layers, units, strict=False):
+                pooled.extend(float(v) for v in values)
+        if layers:
+            out.append((run_id, layers))
+    return out
+
+
+def plot_vulnerability(cards: list[dict[str, Any]], path: str | Path, *, bins: int = 30) -> Path | None:
+    """Write the per-layer histograms of per-unit vulnerability; None when no card has per-unit data."""
+    import numpy as np
+    from matplotlib.figure import Figure
+
+    data = pooled_units(cards)
+    if not data:
+        return None
+    n_layers = max(len(layers) for _, layers in data)
+    fig = Figure(figsize=(3.6 * n_layers, 2.2 * len(data) + 0.6))
+    axes = fig.subplots(len(data), n_layers, squeeze=False, sharex="col")
+    for col in range(n_layers):
+        top = max((max(layers[col]) for _, layers in data if col < len(layers) and layers[col]), default=1.0)
+        edges = np.linspace(0.0, top if top > 0 else 1.0, bins + 1)
+        width = edges[1] - edges[0]
+        for row, (run_id, layers) in enumerate(data):
+            ax = axes[row][col]
+            if col >= len(layers) or not layers[col]:
+                ax.set_axis_off()
+                continue
+            v = np.asarray(layers[col])
+            zero = v <= ZERO
+            weight = 100.0 / len(v)
+            ax.hist(v[~zero], bins=edges, weights=np.full((~zero).sum(), weight), color=f"C{row}",
+                    label=f"active: {(~zero).sum()}")
+            ax.bar([-1.25 * width], [zero.sum() * weight], width=width, align="edge", color="0.55",
+                   label=f"zero (pruned/dead): {zero.sum()}")  # left of 0, apart from the smallest bin
+            ax.legend(fontsize=7, loc="upper right", frameon=False)
+            if row == 0:
+                ax.set_title(f"latent layer {col + 1} ({len(layers[col]) // max(1, _seeds(cards, run_id))} units)",
+                             fontsize=9)
+            if col == 0:
+                ax.set_ylabel(f"{run_id}\n% of units", fontsize=9)
+            if row == len(data) - 1:
+                ax.set_xlabel("vulnerability |F(x) − F(x_adv)|", fontsize=8)
+            ax.tick_params(labelsize=7)
+    fig.suptitle("Latent vulnerability per unit (white-box attack, seeds pooled)", fontsize=10)
+    return _save(fig, Path(path))
+
+
+def _seeds(cards: list[dict[str, Any]], run_id: str) -> int:
+    return sum(1 for c in cards if c["run_id"] == run_id and _white_box_units(c) is not None)
+
+
+def plot_robust_vs_memory(cards: list[dict[str, Any]], path: str | Path) -> Path | None:
+    """Write white-box / black-box accuracy against memory %; None when no card has memory data."""
+    from matplotlib.figure import Figure
+    from matplotlib.ticker import NullFormatter
+
+    rows = [r for r in summarize(cards)["rows"] if r["metrics"]["memory_pct"]["mean"] is not None]
+    if not rows:
+        return None
+    fig = Figure(figsize=(6.0, 4.2))
+    ax = fig.subplots()
+    for i, r in enumerate(rows):
+        m = r["metrics"]
+        x, xerr = m["memory_pct"]["mean"], m["memory_pct"]["std"] or 0.0
+        for key, marker, fill, label in (("white_box", "o", f"C{i}", "white-box"),
+                                         ("black_box", "^", "none", "black-box")):
+            if m[key]["mean"] is None:
+                continue
+            ax.errorbar(x, m[key]["mean"], xerr=xerr, yerr=m[key]["std"] or 0.0, fmt=marker, color=f"C{i}",
+                        markerfacecolor=fill, markersize=7, capsize=3,
+                        label=f"{r['run_id']} ({label})")
+        ax.annotate(r["run_id"], (x, m["white_box"]["mean"] or m["black_box"]["mean"] or 0.0),
+                    textcoords="offset points", xytext=(6, -10), fontsize=8)
+    ax.set_xscale("log")
+    xs = [r["metrics"]["memory_pct"]["mean"] for r in rows]
+    ticks = [t for t in (0.5, 1, 2, 5, 10, 20, 50, 100) if min(xs) / 2 <= t <= max(xs) * 2]
+    ax.set_xticks(ticks, labels=[f"{t:g}" for t in ticks])
+    ax.xaxis.set_minor_formatter(NullFormatter())
+    ax.set_xlabel("memory % (paper accounting, log scale)")
+    ax.set_ylabel("robust accuracy %")
+    ax.set_title("Robustness vs memory (● white-box PGD, △ black-box transfer)", fontsize=10)
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=7, loc="best")
+    return _save(fig, Path(path))

@@ -1,0 +1,173 @@
+"""The comparison table, rendered from suite cards only (STYLE example 7).
+
+A suite card (``DIR/cards/<id>-s<seed>.json``, written by ``robustprune compare``) joins one run's
+training record to its evaluation card. :func:`summarize` groups cards by run id and reduces each
+metric over seeds to mean ± sample standard deviation (n − 1; a single seed has no std);
+:func:`render_markdown` prints the paper's columns (DESIGN §6) and a wall-time table.
+
+>>> summary = summarize(cards)
+>>> print(render_markdown(summary))
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from typing import Any
+
+#: (key, header, decimals) of the main table, in the paper's order
+COLUMNS = (
+    ("clean", "clean %", 2),
+    ("white_box", "white-box (PGD) %", 2),
+    ("black_box", "black-box (transfer) %", 2),
+    ("vuln_white_box", "vuln. WB", 4),
+    ("vuln_black_box", "vuln. BB", 4),
+    ("memory_pct", "memory %", 2),
+    ("flops_speedup", "FLOPs ×", 2),
+    ("unit_sparsity", "unit sparsity %", 2),
+)
+#: (key, header, decimals) of the wall-time table
+TIME_COLUMNS = (
+    ("train_min", "train min", 2),
+    ("min_per_epoch", "min / epoch", 3),
+    ("epochs", "epochs", 0),
+    ("eval_min", "eval min", 2),
+)
+
+
+def _attack(card: dict[str, Any], transfer: bool) -> dict[str, Any] | None:
+    for a in card["eval"].get("attacks", []):
+        if bool(a.get("params", {}).get("transfer")) == transfer:
+            return a
+    return None
+
+
+def _vuln(attack: dict[str, Any] | None) -> float | None:
+    if attack is None or "vulnerability" not in attack:
+        return None
+    return attack["vulnerability"]["mean"]
+
+
+def _get(data: dict[str, Any], *keys: str) -> Any:
+    for k in keys:
+        if not isinstance(data, dict) or k not in data:
+            return None
+        data = data[k]
+    return data
+
+
+def card_metrics(card: dict[str, Any]) -> dict[str, float | None]:
+    """Every table value of one suite card (None where the card has no such number)."""
+    ev = card["eval"]
+    wb, bb = _attack(card, transfer=False), _attack(card, transfer=True)
+    train = card.get("train", {})
+    epoch_times = [t for t in train.get("epoch_time_s") or [] if t is not None]
+    return {
+        "clean": ev.get("clean_acc"),
+        "white_box": None if wb is None else wb["robust_acc"],
+        "black_box": None if bb is None else bb["robust_acc"],
+        "vuln_white_box": _vuln(wb),
+        "vuln_black_box": _vuln(bb),
+        "memory_pct": _get(ev, "sparsity", "paper", "memory_pct"),
+        "flops_speedup": _get(ev, "sparsity", "paper", "flops_speedup"),
+        "unit_sparsity": _get(ev, "sparsity", "unit_sparsity"),
+        "train_min": None if train.get("wall_s") is None else train["wall_s"] / 60,
+        "min_per_epoch": sum(epoch_times) / len(epoch_times) / 60 if epoch_times else None,
+        "epochs": train.get("epochs"),
+        "eval_min": None if ev.get("total_wall_s") is None else ev["total_wall_s"] / 60,
+    }
+
+
+def mean_std(values: list[float]) -> dict[str, Any]:
+    """Mean and sample standard deviation (n − 1) of ``values``; std is None for one value."""
+    n = len(values)
+    if n == 0:
+        return {"mean": None, "std": None, "n": 0, "values": []}
+    mean = sum(values) / n
+    std = math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1)) if n > 1 else None
+    return {"mean": mean, "std": std, "n": n, "values": list(values)}
+
+
+def group_cards(cards: list[dict[str, Any]]) -> list[tuple[str, list[dict[str, Any]]]]:
+    """Cards grouped by run id, groups in suite order, seeds ascending within a group."""
+    groups: dict[str, list[dict[str, Any]]] = {}
+    for card in sorted(cards, key=lambda c: (c.get("order", 0), c["run_id"], c["seed"])):
+        groups.setdefault(card["run_id"], []).append(card)
+    return list(groups.items())
+
+
+def attack_description(cards: list[dict[str, Any]]) -> str:
+    """'PGD-40, ε 0.3, step 0.01, n 10000' from the first card (all cards of a suite share it)."""
+    if not cards:
+        return ""
+    card = cards[0]
+    wb = _attack(card, transfer=False) or _attack(card, transfer=True)
+    if wb is None:
+        return f"clean only, n {card['eval'].get('n')}"
+    p = wb["params"]
+    name = str(p.get("name", wb["name"])).upper()
+    return f"{name}-{p.get('steps')}, ε {p.get('eps'):.4g}, step {p.get('step_size'):.4g}, n {card['eval'].get('n')}"
+
+
+def summarize(cards: list[dict[str, Any]]) -> dict[str, Any]:
+    """The table as data: one row per run id with each metric's mean, std and per-seed values."""
+    if not cards:
+        raise ValueError("no cards to summarise")
+    rows = []
+    for run_id, group in group_cards(cards):
+        per_seed = [card_metrics(c) for c in group]
+        metrics = {}
+        for key, _, _ in COLUMNS + TIME_COLUMNS:
+            metrics[key] = mean_std([m[key] for m in per_seed if m[key] is not None])
+        rows.append({
+            "run_id": run_id, "method": group[0]["method"], "model": group[0]["model"],
+            "dataset": group[0]["dataset"], "seeds": [c["seed"] for c in group],
+            "sources": sorted({c["source"] for c in group if c.get("source")}),
+            "device": group[0].get("train", {}).get("device"), "metrics": metrics,
+            "warnings": [f"{c['run_id']}-s{c['seed']}: {w}" for c in group for w in c["eval"].get("warnings", [])],
+        })
+    return {
+        "suite": cards[0].get("suite"), "attack": attack_description(cards),
+        "columns": [{"key": k, "header": h} for k, h, _ in COLUMNS + TIME_COLUMNS], "rows": rows,
+    }
+
+
+def fmt(stat: dict[str, Any], decimals: int) -> str:
+    """'91.31 ± 0.42', '91.31' for one seed, '—' without a value."""
+    if stat["mean"] is None:
+        return "—"
+    if isinstance(stat["mean"], float) and math.isinf(stat["mean"]):
+        return "∞"
+    text = f"{stat['mean']:.{decimals}f}"
+    return text if stat["std"] is None else f"{text} ± {stat['std']:.{decimals}f}"
+
+
+def _md_table(header: list[str], rows: list[list[str]]) -> list[str]:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    return lines + ["| " + " | ".join(r) + " |" for r in rows]
+
+
+def render_markdown(summary: dict[str, Any]) -> str:
+    """The markdown report: the paper's columns, then wall time per run, then notes and warnings."""
+    rows = summary["rows"]
+
+    def table(cols: tuple[tuple[str, str, int], ...], lead: Callable[[dict[str, Any]], list[str]],
+              lead_head: list[str]) -> list[str]:
+        body = [lead(r) + [fmt(r["metrics"][k], d) for k, _, d in cols] for r in rows]
+        return _md_table(lead_head + [h for _, h, _ in cols], body)
+
+    lines = [f"# {summary.get('suite') or 'comparison'}", "",
+             f"Evaluation: {summary['attack']}; mean ± sample std over seeds.", ""]
+    lines += table(COLUMNS, lambda r: [r["run_id"], r["method"], str(len(r["seeds"]))], ["run", "method", "seeds"])
+    lines += ["", "## Wall time", ""]
+    lines += table(TIME_COLUMNS, lambda r: [r["run_id"], str(r["device"] or "?")], ["run", "device"])
+    sources = sorted({s for r in rows for s in r["sources"]})
+    lines += ["", "Notes:",
+              f"- black-box: the same attack crafted on {', '.join(sources) or '—'} and transferred.",
+              "- vulnerability: mean |F(x) − F(x_adv)| over latent layers and the test set (DESIGN §3).",
+              "- memory % and FLOPs ×: the paper's accounting on active units (DESIGN §5).",
+              "- train minutes exclude the run a method starts from (init_from)."]
+    warns = [w for r in rows for w in r["warnings"]]
+    if warns:
+        lines += ["", "Warnings:"] + [f"- {w}" for w in warns]
+    return "\n".join(lines) + "\n"

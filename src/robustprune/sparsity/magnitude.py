@@ -1,0 +1,164 @@
+"""Weight masks for unstructured pruning: magnitude rounds (Guo et al. 2018), ADMM, HYDRA.
+
+A prunable layer (conv or linear) carries a binary buffer ``weight_mask`` of its weight's shape,
+so the mask is saved with the weights and ``load_run`` rebuilds it. Pruned weights are kept at
+exactly zero by two things together (methods reference §3):
+
+- the weight's gradient is multiplied by the mask (a tensor hook), so neither the loss nor the
+  optimiser's coupled weight decay moves a pruned weight;
+- :func:`apply_masks` re-zeroes pruned weights after every optimiser step, which also cancels
+  momentum (SGD) or Adam's running averages accumulated before the weight was pruned.
+
+>>> layers = install_weight_masks(model, keep_first_last=True)
+>>> prune_by_magnitude(model, fraction=1 / 3)          # one round: 1/3 of the remaining weights
+>>> apply_masks(model)
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable
+from typing import Literal
+
+import torch
+from torch import Tensor, nn
+
+MASK_BUFFER = "weight_mask"
+Scope = Literal["layer", "global"]
+WEIGHT_LAYERS = (nn.modules.conv._ConvNd, nn.Linear)
+
+
+def prunable_layers(model: nn.Module, *, keep_first_last: bool = False) -> list[tuple[str, nn.Module]]:
+    """Conv and linear layers in registration (forward) order; without the first and last one
+    when ``keep_first_last`` (Guo et al. keep them dense on CIFAR-10).
+
+    Raises ``ValueError`` when nothing is left to prune.
+    """
+    layers = [(n, m) for n, m in model.named_modules() if isinstance(m, WEIGHT_LAYERS)]
+    if keep_first_last:
+        layers = layers[1:-1]
+    if not layers:
+        raise ValueError(f"model {type(model).__name__} has no prunable layer (keep_first_last={keep_first_last})")
+    return layers
+
+
+def masked_layers(model: nn.Module) -> list[tuple[str, nn.Module]]:
+    """The layers that carry a ``weight_mask`` buffer, in order."""
+    return [(n, m) for n, m in model.named_modules() if isinstance(getattr(m, MASK_BUFFER, None), Tensor)]
+
+
+def _mask_grad(module: nn.Module) -> None:
+    def hook(grad: Tensor) -> Tensor:
+        return grad * getattr(module, MASK_BUFFER)
+
+    module.weight.register_hook(hook)
+
+
+def install_weight_masks(model: nn.Module, *, keep_first_last: bool = False) -> list[str]:
+    """Give every prunable layer an all-ones ``weight_mask`` buffer and a gradient-masking hook.
+
+    Idempotent per layer. Returns the names of the masked layers.
+    """
+    names = []
+    for name, module in prunable_layers(model, keep_first_last=keep_first_last):
+        if not isinstance(getattr(module, MASK_BUFFER, None), Tensor):
+            module.register_buffer(MASK_BUFFER, torch.ones_like(module.weight, dtype=torch.float32))
+            _mask_grad(module)
+        names.append(name)
+    return names
+
+
+def fresh_state_keys(model: nn.Module) -> set[str]:
+    """State-dict keys of masks (and HYDRA scores) that a method adds to a model: ``init_from`` may
+    start them fresh when the source run has none."""
+    keys = {f"{n}.{MASK_BUFFER}" for n, _ in masked_layers(model)}
+    keys |= {n for n, _ in model.named_parameters() if n.endswith(".scores")}
+    return keys
+
+
+@torch.no_grad()
+def apply_masks(model: nn.Module) -> None:
+    """Set every pruned weight to exactly 0 (call after each optimiser step)."""
+    for _, m in masked_layers(model):
+        m.weight.mul_(getattr(m, MASK_BUFFER).to(m.weight.dtype))
+
+
+def _keep_top(values: Tensor, alive: Tensor, keep: int) -> Tensor:
+    """Mask keeping the ``keep`` largest ``values`` among ``alive`` entries (ties: lowest index)."""
+    mask = torch.zeros_like(alive, dtype=torch.float32).flatten()
+    if keep > 0:
+        v = torch.where(alive.flatten(), values.flatten().float(), torch.tensor(-math.inf, device=values.device))
+        mask[torch.topk(v, keep, sorted=False).indices] = 1.0
+    return mask.view_as(alive)
+
+
+@torch.no_grad()
+def prune_by_magnitude(model: nn.Module, *, fraction: float, scope: Scope = "layer") -> list[float]:
+    """Remove ``fraction`` of the *remaining* weights with the smallest |w| in every masked layer
+    (``scope="layer"``) or over all masked layers at once (``"global"``); updates the masks and
+    zeroes the pruned weights. Returns each layer's sparsity afterwards (fractions).
+
+    The number removed from a layer with n alive weights is round(fraction·n), so after t rounds
+    a layer keeps ≈ (1 − fraction)^t of its weights.
+    """
+    if not 0.0 <= fraction < 1.0:
+        raise ValueError(f"fraction must be in [0, 1), got {fraction}")
+    if scope not in ("layer", "global"):
+        raise ValueError(f"scope must be 'layer' or 'global', got {scope!r}")
+    layers = [m for _, m in masked_layers(model)]
+    if not layers:
+        raise ValueError("model has no weight masks; call install_weight_masks first")
+    if scope == "layer":
+        for m in layers:
+            alive = m.weight_mask.bool()
+            n = int(alive.sum())
+            m.weight_mask.copy_(_keep_top(m.weight.abs(), alive, n - round(fraction * n)))
+    else:
+        alive = torch.cat([m.weight_mask.bool().flatten() for m in layers])
+        values = torch.cat([m.weight.abs().flatten() for m in layers])
+        n = int(alive.sum())
+        flat = _keep_top(values, alive, n - round(fraction * n))
+        for m, part in zip(layers, torch.split(flat, [m.weight.numel() for m in layers]), strict=True):
+            m.weight_mask.copy_(part.view_as(m.weight))
+    apply_masks(model)
+    return layer_sparsities(model)
+
+
+def layer_sparsities(model: nn.Module) -> list[float]:
+    """Fraction of masked-out weights per masked layer, in order."""
+    return [1.0 - int(m.weight_mask.sum()) / m.weight_mask.numel() for _, m in masked_layers(model)]
+
+
+def expected_sparsity(fraction: float, rounds: int) -> float:
+    """Layer sparsity after ``rounds`` layer-wise rounds: 1 − (1 − fraction)^rounds."""
+    return 1.0 - (1.0 - fraction) ** rounds
+
+
+@torch.no_grad()
+def set_masks(model: nn.Module, masks: Iterable[Tensor]) -> None:
+    """Overwrite the masks of the masked layers (in order) and zero the pruned weights."""
+    layers = masked_layers(model)
+    masks = list(masks)
+    if len(masks) != len(layers):
+        raise ValueError(f"got {len(masks)} masks for {len(layers)} masked layers")
+    for (name, m), mask in zip(layers, masks, strict=True):
+        if mask.shape != m.weight.shape:
+            raise ValueError(f"mask for {name!r} has shape {tuple(mask.shape)}, weight {tuple(m.weight.shape)}")
+        m.weight_mask.copy_((mask != 0).float())
+    apply_masks(model)
+
+
+def sparsity_mask(values: Tensor, *, sparsity: float, structure: str = "irregular") -> Tensor:
+    """The support of the projection onto {at most (1 − sparsity)·n non-zeros}: a 0/1 mask keeping
+    the round((1 − sparsity)·n) largest |values| (``"irregular"``), or the largest-L2 filters
+    (output rows, dim 0) for ``"filter"`` — the sets of ADMM (Ye et al. 2019) and HYDRA's top-k."""
+    if not 0.0 <= sparsity < 1.0:
+        raise ValueError(f"sparsity must be in [0, 1), got {sparsity}")
+    if structure == "irregular":
+        keep = max(1, round((1.0 - sparsity) * values.numel()))
+        return _keep_top(values.abs(), torch.ones_like(values, dtype=torch.bool), keep)
+    if structure == "filter":
+        norms = values.detach().flatten(1).norm(dim=1)
+        rows = _keep_top(norms, torch.ones_like(norms, dtype=torch.bool), max(1, round((1.0 - sparsity) * len(norms))))
+        return rows.view(-1, *([1] * (values.dim() - 1))).expand_as(values).clone()
+    raise ValueError(f"structure must be 'irregular' or 'filter', got {structure!r}")
