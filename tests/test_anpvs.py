@@ -143,3 +143,16 @@ def test_trades_attack_maximises_kl_from_a_small_gaussian_start() -> None:
     atk = m.attack_for(p)  # type: ignore[attr-defined]
     assert atk.random_start == "normal" and atk.start_radius == pytest.approx(0.001)
     assert m.beta == 6.0  # type: ignore[attr-defined]
+
+
+def test_fast_variant_defaults_and_mask_warmup_freezes_masks() -> None:
+    m = build_method("anp-vs-fast", ctx=CTX)
+    assert m.beta == 12.0 and m.mask_lr == 5e-2 and m.mask_warmup == 0.3  # type: ignore[attr-defined]
+    model, m, groups, _ = setup("anp-vs-fast")
+    for layer in bbd_layers(model):
+        assert layer.expected_keep().mean().item() == pytest.approx(0.75, abs=0.01)
+    losses, _ = m.loss(model, *batch())  # type: ignore[attr-defined]
+    assert all(g.abs().sum() == 0 for g in torch.autograd.grad(losses["masks"], groups[0].params))
+    m.after_step(model, 5)  # past 30 % of 10 steps: the masks learn
+    losses, _ = m.loss(model, *batch())  # type: ignore[attr-defined]
+    assert any(g.abs().sum() > 0 for g in torch.autograd.grad(losses["masks"], groups[0].params))

@@ -190,6 +190,7 @@ def audit_run(run_dir: str | Path, *, out: str | Path, limit: int | None = 1000,
 
     >>> audit_run("runs/at", out="runs/at/audit", limit=1000, source="runs/at-seed1")   # doctest: +SKIP
     """
+    from robustprune.config import to_dict
     from robustprune.eval.card import EVAL_STEP
     from robustprune.reports.audit_plots import plot_curve
     from robustprune.reports.audit_report import render_audit_markdown
@@ -208,7 +209,8 @@ def audit_run(run_dir: str | Path, *, out: str | Path, limit: int | None = 1000,
                  device=dev, progress=progress)
     meta = {"run": str(run_dir), "method": run.cfg.method, "model": run.cfg.model, "dataset": run.cfg.dataset,
             "source": None if source is None else str(source), "limit": limit}
-    card = {**meta, **card, **provenance(dev), "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+    card = {**meta, "train_seed": run.cfg.seed, **card, "config": to_dict(run.cfg), **provenance(dev),
+            "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
     out = Path(out)
     curve = {**meta, **card["curve"], "default_eps": eps, "marks": [
         {"label": e["name"], "eps": eps, "robust_acc": e["robust_acc"]} for e in card["ladder"]]}
