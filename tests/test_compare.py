@@ -289,6 +289,16 @@ def test_mean_std_over_seeds_from_cards(tmp_path: Path) -> None:
     assert "| anp-vs | anp-vs | 2 | 98.00 ± 1.41 | 91.00 ± 1.41 | 94.50 ± 0.71 |" in md
     assert "| at | at | 1 | 99.50 | 88.00 | 94.50 |" in md
     assert "PGD-40, ε 0.3, step 0.01, n 100" in md
+    assert anp["measured_params"]["mean"] is None  # no compaction measured in these cards
+
+
+def test_measured_compaction_columns() -> None:
+    card = _card("anp-vs", 0, 97.0, 92.0, 94.0, 8.0)
+    card["eval"]["measured"] = {"params_compact": 12000, "flops_speedup": 3.5, "speedup_b256": 2.0}
+    row = summarize([card])["rows"][0]["metrics"]
+    assert (row["measured_params"]["mean"], row["measured_flops"]["mean"], row["latency_speedup"]["mean"]) == (
+        12000, 3.5, 2.0)
+    assert "| 12000 | 3.50 | 2.00 |" in render_markdown(summarize([card]))
 
 
 def test_plots_from_hand_made_cards(tmp_path: Path) -> None:

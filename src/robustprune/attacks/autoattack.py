@@ -15,6 +15,7 @@ import contextlib
 import importlib.util
 import logging
 import sys
+import time
 from collections.abc import Iterator
 from importlib import metadata
 from typing import Any
@@ -130,15 +131,16 @@ class AutoAttack(Attack):
         self._n = 0
         self._clean = 0
         self._robust: dict[str, int] = {}
+        self._seconds: dict[str, float] = {}
         self._versions: set[str] = set()
         self._flags: list[str] = []
 
     def breakdown(self) -> dict[str, Any]:
-        """Robust accuracy (%) after each stage over every point attacked since :meth:`reset`."""
+        """Robust accuracy (%) after each stage (and its seconds) over every point attacked since :meth:`reset`."""
         pct = (lambda c: 100.0 * c / self._n) if self._n else (lambda c: 0.0)
         return {
             "versions": sorted(self._versions), "n": self._n, "clean_acc": pct(self._clean),
-            "stages": [{"name": k, "robust_acc": pct(v)} for k, v in self._robust.items()],
+            "stages": [{"name": k, "robust_acc": pct(v), "wall_s": self._seconds[k]} for k, v in self._robust.items()],
             "flags": list(self._flags),
         }
 
@@ -201,6 +203,7 @@ class AutoAttack(Attack):
         self._clean += int(robust.sum())
         x_adv = x.clone()
         for stage in stages:
+            t0 = time.perf_counter()
             idx = robust.nonzero().squeeze(1)
             if idx.numel():
                 aa.attacks_to_run = [stage]
@@ -211,6 +214,7 @@ class AutoAttack(Attack):
                 x_adv[idx[fooled]] = cand[fooled]
                 robust[idx[fooled]] = False
             self._robust[stage] = self._robust.get(stage, 0) + int(robust.sum())
+            self._seconds[stage] = self._seconds.get(stage, 0.0) + time.perf_counter() - t0
         return x_adv
 
 

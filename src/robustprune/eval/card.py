@@ -81,8 +81,12 @@ def evaluate_run(
     seed: int = 0,
     out: str | Path | None = None,
     progress: bool = True,
+    measure: bool = True,
 ) -> dict[str, Any]:
     """Evaluate run ``run_dir`` on its test set and write the card (default ``RUN/eval/<attacks>.json``).
+
+    For a run whose masks prune units, ``measure`` adds ``card["measured"]``: the compacted
+    network's parameters, FLOPs and CPU latency against the dense original.
 
     ``sap=k`` wraps the model in SAP-k% (``sap_mode`` exact|fast; no fine-tuning), ``bnn_sample``
     keeps an at-bnn run sampling its weights in eval mode; both make the model random at test time.
@@ -123,6 +127,7 @@ def evaluate_run(
     if run.compact is None:
         card["sparsity"] = model_cost(run.cfg.model, run.model, info)
         card["compact"] = None
+        card["measured"] = measured_compaction(run.model, info) if measure else None
     else:  # a compacted run: the masked source's sparsity, plus what compaction recorded (measured cost)
         from robustprune.sparsity.compact import compact_summary
 
@@ -159,6 +164,23 @@ def eval_model(run: Any, *, sap: float | None, sap_mode: str, bnn_sample: bool) 
         model = SAPModel(model, pct=sap, mode=sap_mode)
         fields["defense"] = model.describe()
     return model, fields
+
+
+def measured_compaction(model: nn.Module, info: Any) -> dict[str, Any] | None:
+    """Measured cost of the compacted network against the dense original (params, FLOPs, CPU
+    latency at batch 1 and 256; ``robustprune.metrics.measured``), for models whose masks prune
+    units; ``None`` for models without masks or architectures compaction does not know."""
+    from robustprune.metrics.measured import measured_cost
+    from robustprune.models import installed_masks
+    from robustprune.sparsity.compact import compact_model
+
+    if not installed_masks(model):
+        return None
+    try:
+        small = compact_model(model)
+    except ValueError:  # an architecture compaction does not support
+        return None
+    return measured_cost(model, small, (info.in_channels, info.image_size, info.image_size), repeats=5)
 
 
 def model_cost(model_name: str, model: nn.Module, info: Any) -> dict[str, Any]:

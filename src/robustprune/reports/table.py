@@ -25,6 +25,9 @@ COLUMNS = (
     ("memory_pct", "memory %", 2),
     ("flops_speedup", "FLOPs ×", 2),
     ("unit_sparsity", "unit sparsity %", 2),
+    ("measured_params", "params (compacted)", 0),
+    ("measured_flops", "measured FLOPs ×", 2),
+    ("latency_speedup", "latency × (b256)", 2),
 )
 #: (key, header, decimals) of the wall-time table
 TIME_COLUMNS = (
@@ -71,6 +74,9 @@ def card_metrics(card: dict[str, Any]) -> dict[str, float | None]:
         "memory_pct": _get(ev, "sparsity", "paper", "memory_pct"),
         "flops_speedup": _get(ev, "sparsity", "paper", "flops_speedup"),
         "unit_sparsity": _get(ev, "sparsity", "unit_sparsity"),
+        "measured_params": _get(ev, "measured", "params_compact"),
+        "measured_flops": _get(ev, "measured", "flops_speedup"),
+        "latency_speedup": _get(ev, "measured", "speedup_b256"),
         "train_min": None if train.get("wall_s") is None else train["wall_s"] / 60,
         "min_per_epoch": sum(epoch_times) / len(epoch_times) / 60 if epoch_times else None,
         "epochs": train.get("epochs"),
