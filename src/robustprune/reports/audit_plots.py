@@ -36,7 +36,8 @@ def plot_curve(curve: dict[str, Any], path: str | Path) -> Path:
     fig = Figure(figsize=(6.0, 4.0))
     ax = fig.add_subplot()
     atk = curve.get("attack", {})
-    label = f"PGD-{atk.get('steps', '?')}" + (f", EOT-{atk['eot']}" if atk.get("eot", 1) > 1 else "")
+    steps = atk.get("steps", "?")
+    label = f"PGD-{steps} sweep, step 2.5·ε/{steps}" + (f", EOT-{atk['eot']}" if atk.get("eot", 1) > 1 else "")
     ax.plot([p["eps"] for p in pts], [p["robust_acc"] for p in pts], "-o", color="C0", label=label, zorder=3)
     for i, mark in enumerate(curve.get("marks", [])):
         ax.plot([mark["eps"]], [mark["robust_acc"]], MARKERS[i % len(MARKERS)], color=f"C{i + 1}", markersize=8,
