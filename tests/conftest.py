@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import gzip
 import struct
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from torch import nn
 
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 
@@ -50,3 +52,26 @@ def tiny_mnist(tmp_path: Path) -> Path:
 @pytest.fixture(autouse=True)
 def _threads() -> None:
     torch.set_num_threads(2)
+
+
+@pytest.fixture
+def one_thread() -> Iterator[None]:
+    """Tiny tensors: one thread avoids OpenMP hand-offs that made such ops up to ~50x slower on a
+    loaded 2-core machine (used by the audit tests through ``pytestmark``)."""
+    prev = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(prev)
+
+
+@pytest.fixture(scope="module")
+def plain() -> nn.Module:
+    """The plain trained MLP of tests/robust_toys.py (trained once per module, one thread)."""
+    from robust_toys import trained_mlp
+
+    prev = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        return trained_mlp()
+    finally:
+        torch.set_num_threads(prev)

@@ -6,7 +6,6 @@ Models and data in robust_toys.py. AutoAttack's part of the audit is tested in t
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -22,28 +21,9 @@ from robustprune.eval.audit import audit
 from robustprune.eval.surface import loss_surface
 from robustprune.reports.audit_plots import plot_curve, plot_surface
 
+pytestmark = pytest.mark.usefixtures("one_thread")
 EPS = 0.04  # the plain model keeps ~80 % of its ~95 % clean accuracy here: a non-trivial operating point
 PNG = b"\x89PNG\r\n\x1a\n"
-
-
-@pytest.fixture(autouse=True)
-def _one_thread() -> Iterator[None]:
-    """Tiny tensors: one thread avoids OpenMP hand-offs that made these ops up to ~50x slower on a
-    loaded 2-core machine."""
-    prev = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(prev)
-
-
-@pytest.fixture(scope="module")
-def plain() -> nn.Module:
-    prev = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        return trained_mlp()
-    finally:
-        torch.set_num_threads(prev)
 
 
 def statuses(card: dict[str, Any]) -> dict[str, str]:

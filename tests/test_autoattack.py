@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -19,31 +18,14 @@ from torch import nn
 
 pytest.importorskip("pyautoattack")
 
-from robust_toys import Noisy, Quantised, levels, trained_mlp  # noqa: E402
+from robust_toys import Noisy, Quantised, levels  # noqa: E402
 from robustprune.attacks.autoattack import AutoAttack  # noqa: E402
 from robustprune.cli import main  # noqa: E402
 from robustprune.eval.audit import audit  # noqa: E402
 
+pytestmark = pytest.mark.usefixtures("one_thread")
 EPS = 0.04
 QUICK = {"n_iter": 20, "n_queries": 300}
-
-
-@pytest.fixture(autouse=True)
-def _one_thread() -> Iterator[None]:
-    prev = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(prev)
-
-
-@pytest.fixture(scope="module")
-def plain() -> nn.Module:
-    prev = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        return trained_mlp()
-    finally:
-        torch.set_num_threads(prev)
 
 
 def accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> float:
