@@ -14,6 +14,9 @@ from typing import Any
 
 import yaml
 
+#: mixed-precision modes of training (``TrainConfig.amp``)
+AMP_MODES = ("none", "bf16")
+
 
 @dataclass
 class TrainConfig:
@@ -52,7 +55,17 @@ class TrainConfig:
     )
     resume: bool = field(default=False, metadata={"help": "continue from the last finished epoch in --out"})
     device: str = field(default="auto", metadata={"help": "auto, cpu or cuda"})
-    channels_last: bool = field(default=True, metadata={"help": "channels_last memory format for conv models"})
+    channels_last: bool = field(
+        default=True,
+        metadata={"help": "channels_last memory format for conv models (CPU: measured faster; CUDA: unmeasured)"},
+    )
+    amp: str = field(
+        default="none",
+        metadata={"help": "none or bf16: the training loss's forward (and so its backward) under "
+                          "torch.autocast(bfloat16); the attack crafting training examples stays float32 "
+                          "(bf16 input gradients lose precision; PGD's sign step may not care, unmeasured). "
+                          "CUDA: the GPU path; CPU: CPU autocast, slower than float32 without native bf16"},
+    )
     progress: bool = field(default=True, metadata={"help": "show progress bars"})
 
     def validate(self) -> None:
@@ -76,6 +89,7 @@ class TrainConfig:
                 self.adv_step_size is None or self.adv_step_size > 0,
                 f"adv_step_size must be > 0, got {self.adv_step_size}",
             ),
+            (self.amp in AMP_MODES, f"amp must be one of {', '.join(AMP_MODES)}, got {self.amp!r}"),
             (
                 self.device in ("auto", "cpu", "cuda") or self.device.startswith("cuda:"),
                 f"device must be auto, cpu or cuda, got {self.device!r}",

@@ -9,7 +9,10 @@ does:
   restored afterwards, also when the attack raises;
 - parameters' ``.grad`` are left exactly as they were (the same tensor objects, untouched values);
 - the result lies in the ε-ball around ``x`` (``"linf"``: clamp, ``"l2"``: per-example renorm) and
-  in [0, 1], has the shape, dtype and device of ``x`` and is detached; ε = 0 returns ``x``.
+  in [0, 1], has the shape, dtype and device of ``x`` and is detached; ε = 0 returns ``x``;
+- inside a ``torch.autocast`` region (bf16 training, ``TrainConfig.amp``) the attack still runs in
+  float32: bf16 input gradients keep ~3 significant digits, and whether PGD's sign step minds is
+  unmeasured (``Attack.full_precision``).
 """
 
 from __future__ import annotations
@@ -139,6 +142,9 @@ class Attack:
     """
 
     name: str = ""
+    #: compute in float32 even inside an autocast region; an instance may set it to False to let
+    #: the region's lower precision through (bench/throughput.py measures that variant)
+    full_precision: bool = True
 
     def __init__(self, *, eps: float, norm: str = "linf", eval_mode: bool = True) -> None:
         self.eps = check_eps(eps)
@@ -155,10 +161,17 @@ class Attack:
         if self.eps == 0:
             return x.clone()
         with model_mode(model, eval_mode=self.eval_mode), grads_untouched(model):
-            with torch.enable_grad():
+            with torch.enable_grad(), self._precision(x):
                 x_adv = self.perturb(model, x, y)
         x_adv = project(x_adv.detach().to(x.dtype), x, eps=self.eps, norm=self.norm)
         return x_adv.contiguous() if x.is_contiguous() else x_adv
+
+    def _precision(self, x: Tensor) -> contextlib.AbstractContextManager[Any]:
+        """Leave an enclosing autocast region (float32 attack) unless ``full_precision`` is off."""
+        kind = x.device.type
+        if self.full_precision and torch.is_autocast_enabled(kind):
+            return torch.autocast(kind, enabled=False)
+        return contextlib.nullcontext()
 
     def params(self) -> dict[str, Any]:
         """JSON-able description of the attack for result cards."""

@@ -11,6 +11,9 @@ import torch
 import torch.nn.functional as F
 
 CROP_PADDING = 4
+#: a CPU dataset up to this size (images + labels) is copied to a CUDA target device once and
+#: batched there; MNIST (47 MB as uint8) and CIFAR-10/100 (150 MB) always fit
+DEVICE_CACHE_BYTES = 2 * 1024**3
 
 
 def _generator(*key: int) -> torch.Generator:
@@ -50,6 +53,13 @@ class TensorLoader:
     wrapping around. ``augment=True`` applies the standard CIFAR augmentation (zero-pad 4, random
     crop, random horizontal flip), deterministic given seed, epoch and rank.
 
+    Placement (:func:`data_placement`, the ``placement`` attribute): with a CUDA ``device`` and
+    CPU tensors, a dataset of at most ``device_cache_bytes`` (default 2 GiB) is copied to the GPU
+    once and batched there (``"resident"``); a larger one is gathered per batch into pinned
+    memory and copied with ``non_blocking=True`` (``"pinned"``, when ``pin_memory``). Otherwise
+    (CPU device, or no CUDA) batches are gathered and moved as they are (``"direct"``), so
+    ``pin_memory=True`` is harmless on a CPU-only machine. Batches are the same in every placement.
+
     >>> loader = TensorLoader(images, labels, batch_size=128, shuffle=True, seed=0)  # doctest: +SKIP
     >>> for epoch in range(10):  # doctest: +SKIP
     ...     loader.set_epoch(epoch)
@@ -69,6 +79,8 @@ class TensorLoader:
         device: torch.device | str | None = None,
         rank: int = 0,
         world_size: int = 1,
+        pin_memory: bool = True,
+        device_cache_bytes: int = DEVICE_CACHE_BYTES,
     ) -> None:
         _check_data(images, labels)
         if not _is_int(batch_size) or batch_size < 1:
@@ -77,6 +89,8 @@ class TensorLoader:
             raise ValueError(f"seed must be a non-negative int, got {seed!r}")
         if not (_is_int(world_size) and _is_int(rank) and 0 <= rank < world_size):
             raise ValueError(f"need 0 <= rank < world_size, got rank={rank!r}, world_size={world_size!r}")
+        if not _is_int(device_cache_bytes) or device_cache_bytes < 0:
+            raise ValueError(f"device_cache_bytes must be a non-negative int, got {device_cache_bytes!r}")
         self.images = images
         self.labels = labels.long()
         self.batch_size = int(batch_size)
@@ -88,6 +102,11 @@ class TensorLoader:
         self.rank = int(rank)
         self.world_size = int(world_size)
         self.epoch = 0
+        nbytes = images.nelement() * images.element_size() + self.labels.nelement() * 8
+        self.placement = data_placement(nbytes, source=images.device, target=self.device, pin_memory=pin_memory,
+                                        cache_bytes=int(device_cache_bytes))
+        if self.placement == "resident":
+            self.images, self.labels = self.images.to(self.device), self.labels.to(self.device)
 
     def set_epoch(self, epoch: int) -> None:
         """Choose the epoch whose shuffling order (and augmentation) the next iteration uses."""
@@ -121,11 +140,26 @@ class TensorLoader:
         gen = _generator(self.seed, self.epoch, 1, self.rank) if self.augment else None
         for i in range(len(self)):
             idx = order[i * self.batch_size : (i + 1) * self.batch_size]
-            x = self.images[idx.to(self.images.device)].to(self.device, non_blocking=True)
-            y = self.labels[idx.to(self.labels.device)].to(self.device, non_blocking=True)
+            x, y = self.images[idx.to(self.images.device)], self.labels[idx.to(self.labels.device)]
+            if self.placement == "pinned":  # the caching host allocator keeps the pages until the copy ends
+                x, y = x.pin_memory(), y.pin_memory()
+            x, y = x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
             if gen is not None:
                 x = augment_batch(x, gen)
             yield (x.float().div_(255) if x.dtype == torch.uint8 else x.float()), y
+
+
+def data_placement(nbytes: int, *, source: torch.device, target: torch.device, pin_memory: bool,
+                   cache_bytes: int = DEVICE_CACHE_BYTES) -> str:
+    """How :class:`TensorLoader` moves ``nbytes`` of data from ``source`` to ``target``:
+    ``"resident"`` (copied to the CUDA target once), ``"pinned"`` (per-batch pinned host memory
+    and asynchronous copies) or ``"direct"`` (plain gathering; CPU targets, data already on the
+    target, or no CUDA to pin for)."""
+    if target.type != "cuda" or source.type != "cpu":
+        return "direct"
+    if nbytes <= cache_bytes:
+        return "resident"
+    return "pinned" if pin_memory and torch.cuda.is_available() else "direct"
 
 
 def _is_int(v: object) -> bool:

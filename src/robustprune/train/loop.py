@@ -28,7 +28,7 @@ from robustprune.train.distributed import (
     reduce_mean,
     shard_batch_size,
 )
-from robustprune.train.run import build_model_for, init_from, method_context, use_channels_last
+from robustprune.train.run import amp_context, build_model_for, init_from, method_context, use_channels_last
 from robustprune.utils import atomic_write_json, provenance, resolve_device
 
 
@@ -85,10 +85,14 @@ def resolve_resume(cfg: TrainConfig) -> TrainConfig:
 
 
 def step(method: Method, model: nn.Module, groups: list[ParamGroup], opts: list[torch.optim.Optimizer],
-         x: Tensor, y: Tensor, dist_info: DistInfo | None = None) -> dict[str, Tensor]:
+         x: Tensor, y: Tensor, dist_info: DistInfo | None = None, *, amp: str = "none") -> dict[str, Tensor]:
     """One optimisation step: each group's parameters get the gradient of their own loss
-    (averaged over processes when training is distributed)."""
-    losses, logs = method.loss(model, x, y)
+    (averaged over processes when training is distributed). ``amp="bf16"`` computes the losses
+    under bf16 autocast (the attack inside stays float32) and takes the gradients outside it."""
+    with amp_context(amp, x.device):
+        losses, logs = method.loss(model, x, y)
+    if amp != "none":
+        logs = {k: v.float() for k, v in logs.items()}
     missing = [g.name for g in groups if g.name not in losses]
     if missing:
         raise RuntimeError(f"method {method.name!r} returned no loss for parameter groups {missing}")
@@ -120,6 +124,9 @@ class Trainer:
         info = dataset_info(cfg.dataset)
         self.dist = init_distributed(resolve_device(cfg.device))
         self.device = rank_device(resolve_device(cfg.device), self.dist)
+        if cfg.amp == "bf16" and self.device.type == "cpu":
+            warnings.warn("amp='bf16' on a CPU runs under CPU autocast: usually slower than float32 unless the CPU "
+                          "has native bf16 (AMX / AVX512-BF16); meant for CUDA", stacklevel=3)
         if latest_checkpoint(self.out) is not None and not cfg.resume:
             raise ValueError(f"{self.out} already holds a run; pass --resume to continue it or choose another --out")
         images, labels = train_split(cfg)
@@ -217,7 +224,7 @@ def run_epoch(tr: Trainer, epoch: int) -> dict[str, float]:
                dynamic_ncols=True)
     n = 0
     for i, (x, y) in enumerate(bar):
-        logs = step(tr.method, tr.model, tr.groups, tr.opts, x, y, tr.dist)
+        logs = step(tr.method, tr.model, tr.groups, tr.opts, x, y, tr.dist, amp=cfg.amp)
         for s in tr.scheds:
             s.step()
         tr.method.after_step(tr.model, tr.global_step + i + 1)

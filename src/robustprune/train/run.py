@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -51,10 +52,25 @@ def build_model_for(cfg: TrainConfig) -> nn.Module:
 
 
 def use_channels_last(model: nn.Module, device: torch.device, enabled: bool) -> nn.Module:
-    """Put conv weights in channels_last on CPU, where it measured faster (bench/RESULTS.md)."""
-    if enabled and device.type == "cpu" and any(isinstance(m, nn.Conv2d) for m in model.modules()):
+    """Put conv weights in channels_last on CPU, where it measured faster (bench/RESULTS.md), and
+    on CUDA, where cuDNN's NHWC kernels are generally the faster ones for bf16 (not measured
+    here: ``bench/throughput.py`` on a GPU is the check). The training attack follows the
+    weights' layout (``PGD(memory_format="auto")``)."""
+    if enabled and device.type in ("cpu", "cuda") and any(isinstance(m, nn.Conv2d) for m in model.modules()):
         model.to(memory_format=torch.channels_last)
     return model
+
+
+def amp_context(amp: str, device: torch.device) -> contextlib.AbstractContextManager[Any]:
+    """The context the training loss runs in: ``torch.autocast(bfloat16)`` on ``device``'s type for
+    ``amp="bf16"`` (CUDA, or CPU autocast on a CPU), else nothing. Attacks called inside it still
+    compute in float32 (``Attack.full_precision``). bf16 keeps float32's exponent range, so no
+    loss scaling is needed; the caller takes gradients outside the context, as autocast advises."""
+    if amp == "none":
+        return contextlib.nullcontext()
+    if amp != "bf16":
+        raise ValueError(f"amp must be none or bf16, got {amp!r}")
+    return torch.autocast(device.type, dtype=torch.bfloat16)
 
 
 def init_from(model: nn.Module, source: str | Path) -> None:
