@@ -49,6 +49,21 @@ def tiny_mnist(tmp_path: Path) -> Path:
     return root
 
 
+#: training flags of the tiny CLI runs (64 images, batch 32, PGD-2 of 0.1)
+TINY = ["--limit-train", "64", "--batch-size", "32", "--adv-steps", "2", "--adv-step-size", "0.1", "--no_progress"]
+
+
+@pytest.fixture
+def at_run(tiny_mnist: Path, tmp_path: Path) -> Path:
+    """A tiny AT run of LeNet5-Caffe on ``tiny_mnist``, trained through the CLI."""
+    from robustprune.cli import main
+
+    out = tmp_path / "at"
+    assert main(["train", "--method", "at", "--model", "lenet5-caffe", "--dataset", "mnist", "--epochs", "1",
+                 "--out", str(out), "--data-dir", str(tiny_mnist), *TINY]) == 0
+    return out
+
+
 @pytest.fixture(autouse=True)
 def _threads() -> None:
     torch.set_num_threads(2)

@@ -40,7 +40,8 @@ def test_plain_model_passes_every_check(plain: nn.Module) -> None:
     card = audit(plain, x, y, eps=EPS, step_size=2.5 * EPS / 40, source=source, autoattack="no", progress=False)
     st = statuses(card)
     assert st == {"deterministic": "pass", "gradients": "pass", "monotone_eps": "pass", "unbounded": "pass",
-                  "multistep_vs_single": "pass", "whitebox_vs_blackbox": "pass", "autoattack_vs_pgd": "skip"}, card
+                  "multistep_vs_single": "pass", "whitebox_vs_blackbox": "pass", "autoattack_vs_pgd": "skip",
+                  "single_sample_vs_eot": "skip"}, card
     acc = {e["name"]: e["robust_acc"] for e in card["ladder"]}
     assert 20 < acc["pgd-40"] < card["clean_acc"] - 5, "the operating point must be non-trivial"
     assert acc["pgd-100x5"] <= acc["pgd-40"] and card["verdict"] == "pass"
@@ -68,6 +69,9 @@ def test_randomised_model_is_detected_and_attacked_with_eot(plain: nn.Module) ->
     assert statuses(card)["deterministic"] == "pass"
     assert evidence(card, "deterministic")["eot_attacks"] == ["eot-pgd-40"]
     assert evidence(card, "multistep_vs_single")["multi_step"] == "eot-pgd-40"
+    pair = evidence(card, "single_sample_vs_eot")
+    assert (pair["single_sample"], pair["eot"]) == ("pgd-40", "eot-pgd-40")
+    assert statuses(card)["single_sample_vs_eot"] == ("warn" if pair["gap"] > pair["tolerance"] else "pass")
     # evaluate()'s own warning about the plain (non-EOT) PGD rungs is kept in the card, not printed
     assert any("stochastic" in w for w in next(e for e in card["ladder"] if e["name"] == "pgd-40")["warnings"])
 
@@ -171,15 +175,8 @@ def test_autoattack_missing_is_a_clear_error(monkeypatch: pytest.MonkeyPatch, pl
 
 # ---- the command line, on a tiny trained run ----------------------------------------------------
 
-TINY = ["--limit-train", "64", "--batch-size", "32", "--adv-steps", "2", "--adv-step-size", "0.1", "--no_progress"]
 
 
-@pytest.fixture
-def at_run(tiny_mnist: Path, tmp_path: Path) -> Path:
-    out = tmp_path / "at"
-    assert main(["train", "--method", "at", "--model", "lenet5-caffe", "--dataset", "mnist", "--epochs", "1",
-                 "--out", str(out), "--data-dir", str(tiny_mnist), *TINY]) == 0
-    return out
 
 
 def test_cli_audit_curve_surface(at_run: Path, tiny_mnist: Path, tmp_path: Path,
@@ -190,7 +187,7 @@ def test_cli_audit_curve_surface(at_run: Path, tiny_mnist: Path, tmp_path: Path,
     assert rc == 0, capsys.readouterr().err
     card = json.loads((out / "audit.json").read_text())
     assert card["kind"] == "audit" and card["n"] == 12 and card["method"] == "at" and card["eps"] == 0.3
-    assert [p["eps"] for p in card["curve"]["points"]] == [0, 0.1, 0.3] and len(card["checks"]) == 7
+    assert [p["eps"] for p in card["curve"]["points"]] == [0, 0.1, 0.3] and len(card["checks"]) == 8
     for name in ("audit.md", "curve.png", "curve.json", "surface.png", "surface.json"):
         assert (out / name).stat().st_size > 0, name
     assert "## Checks" in capsys.readouterr().out
@@ -225,3 +222,12 @@ def test_gradient_stats_counts_zero_gradients(plain: nn.Module) -> None:
     assert C.gradient_stats(plain, TensorLoader(x, y, batch_size=4))["zero"] == 0
     stats = C.gradient_stats(Quantised(plain), TensorLoader(x, y, batch_size=4))
     assert stats["zero"] == 8 and stats["n"] == 8 and stats["nonfinite"] == 0
+
+
+def test_single_sample_attacks_on_a_random_model_are_flagged_when_they_overstate() -> None:
+    tol = C.tolerance(1000)
+    flagged = C.check_single_vs_eot(("pgd-40", 51.3), ("eot-pgd-40", 45.7), stochastic=True, tol=tol)
+    assert flagged.status == "warn" and "5.60 points" in flagged.summary
+    assert C.check_single_vs_eot(("pgd-40", 45.8), ("eot-pgd-40", 45.7), stochastic=True, tol=tol).status == "pass"
+    assert C.check_single_vs_eot(("pgd-40", 60.0), None, stochastic=True, tol=tol).status == "skip"
+    assert C.check_single_vs_eot(("pgd-40", 60.0), ("eot-pgd-40", 10.0), stochastic=False, tol=tol).status == "skip"

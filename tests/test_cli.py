@@ -11,17 +11,6 @@ import pytest
 
 from robustprune.cli import main
 
-TINY = ["--limit-train", "64", "--batch-size", "32", "--adv-steps", "2", "--adv-step-size", "0.1", "--no_progress"]
-
-
-@pytest.fixture
-def at_run(tiny_mnist: Path, tmp_path: Path) -> Path:
-    out = tmp_path / "at"
-    rc = main(["train", "--method", "at", "--model", "lenet5-caffe", "--dataset", "mnist", "--epochs", "1",
-               "--out", str(out), "--data-dir", str(tiny_mnist), *TINY])
-    assert rc == 0
-    return out
-
 
 def test_train_then_eval_writes_a_card(at_run: Path, tiny_mnist: Path, tmp_path: Path,
                                        capsys: pytest.CaptureFixture[str]) -> None:

@@ -13,6 +13,7 @@ import pytest
 import torch
 from torch import Tensor, nn
 
+from conftest import TINY
 from robustprune.cli import main
 from robustprune.metrics.measured import count_params, measured_cost
 from robustprune.models import build_model, mask_slots
@@ -24,7 +25,6 @@ from robustprune.train import CheckpointError, load_run
 from robustprune.train.checkpoint import load_weights, save_weights
 
 SHAPES = {"lenet-300-100": (1, 28, 28), "lenet5-caffe": (1, 28, 28), "vgg16": (3, 32, 32), "resnet18": (3, 32, 32)}
-TINY = ["--limit-train", "64", "--batch-size", "32", "--adv-steps", "2", "--adv-step-size", "0.1", "--no_progress"]
 
 
 def random_masked(name: str, seed: int = 0) -> nn.Module:

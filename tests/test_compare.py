@@ -124,7 +124,8 @@ def test_shipped_suites_parse() -> None:
         assert suite.eval.steps == 40 and suite.eval.eps == 0.3 and suite.eval.step_size == 0.01
     small = load_suite(SUITES / "mnist_table_small.yaml")
     methods = {r.train["method"] for r in small.runs if r.report}
-    assert methods == {"standard", "bp", "at", "pretrained-at", "trades", "anp", "anp-vs", "anp-vs-fast"}
+    assert methods == {"standard", "bp", "at", "pretrained-at", "trades", "anp", "anp-vs", "anp-vs-fast", "admm",
+                       "hydra"}
     trainers = [r for r in small.runs if r.train["method"] != "standard"]
     assert len({(r.train["adv_steps"], r.train["adv_step_size"], r.train["epochs"]) for r in trainers}) == 1
     assert small.eval.limit is None

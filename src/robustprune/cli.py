@@ -26,7 +26,8 @@ def _eval_parser() -> ArgumentParser:
     p = ArgumentParser(description="Evaluate a run: clean and robust accuracy, vulnerability; writes a JSON card.")
     p.add_argument("run", type=str, help="run directory")
     p.add_argument("--attack", type=str, default="pgd",
-                   help="none, fgsm, rfgsm, pgd, eot-pgd, transfer, autoattack; comma-separated for several")
+                   help="none, fgsm, rfgsm, pgd, eot-pgd, transfer, autoattack, and the minimum-norm "
+                        "deepfool, cw (r2 instead of accuracy); comma-separated for several")
     p.add_argument("--eps", type=float | None, default=None, help="L-inf radius in pixel units (default: dataset's)")
     p.add_argument("--steps", type=int, default=40, help="attack iterations")
     p.add_argument("--step-size", dest="step_size", type=float | None, default=None,
@@ -45,6 +46,7 @@ def _eval_parser() -> ArgumentParser:
     p.add_argument("--data-dir", dest="data_dir", type=str | None, default=None, help="dataset directory")
     p.add_argument("--device", type=str, default="auto", help="auto, cpu or cuda")
     p.add_argument("--seed", type=int, default=0, help="seed of the attacks' random starts")
+    p.add_argument("--threads", type=int | None, default=None, help="torch CPU threads (default: torch's)")
     p.add_argument("--out", type=str | None, default=None, help="card path (default RUN/eval/<attack>.json)")
     p.add_argument("--progress", action=ActionYesNo, default=True, help="show a progress bar")
     p.add_argument("--json", action=ActionYesNo, default=False, help="print the card as JSON instead of a table")
@@ -59,6 +61,10 @@ def _compare_parser() -> ArgumentParser:
     p.add_argument("--data-dir", dest="data_dir", type=str | None, default=None,
                    help="dataset directory for every run (else the suite's, $ROBUSTPRUNE_DATA, the cache)")
     p.add_argument("--device", type=str | None, default=None, help="auto, cpu or cuda for every run")
+    p.add_argument("--jobs", type=int, default=1,
+                   help="tasks run at once, in worker processes, each after the runs it needs (1: one by one)")
+    p.add_argument("--threads", type=int | None, default=None,
+                   help="torch threads per task (default: the CPUs shared out over --jobs; torch's for --jobs 1)")
     p.add_argument("--progress", action=ActionYesNo, default=True, help="show progress bars")
     return p
 
@@ -202,9 +208,19 @@ def cmd_train(ns: Namespace) -> int:
     return 0
 
 
+def _at_least_one(flag: str, value: int | None) -> None:
+    if value is not None and value < 1:
+        raise ValueError(f"{flag} must be >= 1, got {value}")
+
+
 def cmd_eval(ns: Namespace) -> int:
+    import torch
+
     from robustprune.eval import evaluate_run, format_table
 
+    _at_least_one("--threads", ns.threads)
+    if ns.threads is not None:
+        torch.set_num_threads(ns.threads)
     card = evaluate_run(
         ns.run, attacks=[a.strip() for a in ns.attack.split(",") if a.strip()], eps=ns.eps, steps=ns.steps,
         step_size=ns.step_size, restarts=ns.restarts, eot=ns.eot, source=ns.source, sap=ns.sap,
@@ -233,7 +249,10 @@ def cmd_list(_: Any) -> int:
 def cmd_compare(ns: Namespace) -> int:
     from robustprune.compare import load_suite, run_suite
 
-    written = run_suite(load_suite(ns.suite), ns.out, data_dir=ns.data_dir, device=ns.device, progress=ns.progress)
+    _at_least_one("--jobs", ns.jobs)
+    _at_least_one("--threads", ns.threads)
+    written = run_suite(load_suite(ns.suite), ns.out, data_dir=ns.data_dir, device=ns.device, progress=ns.progress,
+                        jobs=ns.jobs, threads=ns.threads)
     print(written[0].read_text())
     print("written: " + ", ".join(str(w) for w in written), file=sys.stderr)
     return 0

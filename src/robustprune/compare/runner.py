@@ -31,7 +31,7 @@ from typing import Any
 
 from tqdm.auto import tqdm
 
-from robustprune.compare.suite import RunEntry, Suite, init_order
+from robustprune.compare.suite import EvalSpec, RunEntry, Suite, init_order
 from robustprune.config import TrainConfig, load_train_config, save_yaml, to_dict
 from robustprune.utils import atomic_write_json, atomic_write_text
 
@@ -50,10 +50,21 @@ class RunSpec:
     order: int
     cfg: TrainConfig
     source_key: str | None
+    eval: EvalSpec
 
     @property
     def key(self) -> str:
         return f"{self.run.id}-s{self.seed}"
+
+    @property
+    def trains(self) -> bool:
+        """False for a ``model_of`` row: it evaluates another run's model."""
+        return self.run.model_of is None
+
+    @property
+    def model_key(self) -> str:
+        """The run whose trained model this spec evaluates."""
+        return self.key if self.trains else run_key(self.run.model_of, self.seed)  # type: ignore[arg-type]
 
     @property
     def out(self) -> Path:
@@ -87,28 +98,32 @@ def plan_runs(suite: Suite, out_dir: str | Path, *, data_dir: str | None = None,
         run = suite.run(run_id)
         for seed in run.seeds:
             init = None if run.init_from is None else str(runs_dir / run_key(run.init_from, seed))
-            cfg = run.config(seed, out=str(runs_dir / run_key(run.id, seed)), init_from=init)
+            trained_by = run.id if run.model_of is None else run.model_of
+            cfg = run.config(seed, out=str(runs_dir / run_key(trained_by, seed)), init_from=init)
             if data_dir is not None:
                 cfg = dataclasses.replace(cfg, data_dir=data_dir)
             if device is not None:
                 cfg = dataclasses.replace(cfg, device=device)
             src = suite.source_seed(run, seed) if run.report else None
             specs.append(RunSpec(run=run, seed=seed, order=position[run.id], cfg=cfg,
-                                 source_key=None if src is None else run_key(*src)))
+                                 source_key=None if src is None else run_key(*src), eval=suite.eval_of(run)))
     return specs
 
 
 def plan_suite(suite: Suite, out_dir: str | Path, *, data_dir: str | None = None,
                device: str | None = None) -> list[Task]:
-    """Training tasks in dependency order, then evaluation tasks (each after its run and source)."""
+    """Training tasks in dependency order, then evaluation tasks (each after its run and source);
+    ``model_of`` rows have only an evaluation task, after the run whose model they evaluate."""
     specs = plan_runs(suite, out_dir, data_dir=data_dir, device=device)
     tasks = []
+    needs: tuple[str, ...]
     for s in specs:
-        needs = () if s.run.init_from is None else (f"train:{run_key(s.run.init_from, s.seed)}",)
-        tasks.append(Task("train", s, needs))
+        if s.trains:
+            needs = () if s.run.init_from is None else (f"train:{run_key(s.run.init_from, s.seed)}",)
+            tasks.append(Task("train", s, needs))
     for s in specs:
         if s.run.report:
-            needs = (f"train:{s.key}",) + (() if s.source_key is None else (f"train:{s.source_key}",))
+            needs = (f"train:{s.model_key}",) + (() if s.source_key is None else (f"train:{s.source_key}",))
             tasks.append(Task("evaluate", s, tuple(dict.fromkeys(needs))))
     return tasks
 
@@ -158,7 +173,7 @@ def train_task(spec: RunSpec, *, progress: bool = True) -> str:
 
 
 def eval_settings(suite: Suite, spec: RunSpec) -> dict[str, Any]:
-    return {**suite.eval.settings(), "source": spec.source_key}
+    return {**spec.eval.settings(), "source": spec.source_key}
 
 
 def card_path(suite: Suite, spec: RunSpec) -> Path:
@@ -186,9 +201,10 @@ def eval_task(suite: Suite, spec: RunSpec, *, runs_dir: Path, progress: bool = T
     models = [spec.out / "model.safetensors"] + ([] if source is None else [source / "model.safetensors"])
     if _card_fresh(path, models):
         return "reused"
-    ev = suite.eval
+    ev = spec.eval
     evaluate_run(spec.out, attacks=list(ev.attacks), eps=ev.eps, steps=ev.steps, step_size=ev.step_size,
-                 restarts=ev.restarts, eot=ev.eot, source=source, limit=ev.limit, batch_size=ev.batch_size,
+                 restarts=ev.restarts, eot=ev.eot, source=source, sap=ev.sap, sap_mode=ev.sap_mode,
+                 bnn_sample=ev.bnn_sample, limit=ev.limit, batch_size=ev.batch_size,
                  passes=ev.passes, data_dir=spec.cfg.data_dir, device=spec.cfg.device, seed=ev.seed, out=path,
                  progress=progress)
     return "evaluated"
@@ -198,16 +214,28 @@ def suite_card(suite: Suite, spec: RunSpec) -> dict[str, Any]:
     """A run's record for the report: its training record (run.json) joined to its evaluation card."""
     info = json.loads((spec.out / "run.json").read_text())
     card = json.loads(card_path(suite, spec).read_text())
+    train = {"wall_s": info.get("wall_s"), "epochs": info.get("epochs_done"),
+             "epoch_time_s": [h.get("time_s") for h in info.get("history", [])],
+             "train_size": info.get("train_size"), "device": info.get("device_name", info.get("device"))}
+    if not spec.trains:  # its training time is the other row's; keep only where it ran
+        train = {"device": train["device"], "epochs": train["epochs"]}
     return {
         "kind": "suite-run", "suite": suite.name, "run_id": spec.run.id, "seed": spec.seed, "order": spec.order,
-        "method": spec.cfg.method, "model": spec.cfg.model, "dataset": spec.cfg.dataset,
+        "method": spec.cfg.method, "label": method_label(spec), "model": spec.cfg.model, "dataset": spec.cfg.dataset,
         "init_from": None if spec.run.init_from is None else run_key(spec.run.init_from, spec.seed),
-        "source": spec.source_key,
-        "train": {"wall_s": info.get("wall_s"), "epochs": info.get("epochs_done"),
-                  "epoch_time_s": [h.get("time_s") for h in info.get("history", [])],
-                  "train_size": info.get("train_size"), "device": info.get("device_name", info.get("device"))},
-        "eval": card,
+        "model_of": None if spec.trains else spec.model_key,
+        "source": spec.source_key, "train": train, "eval": card,
     }
+
+
+def method_label(spec: RunSpec) -> str:
+    """The method with its test-time defense: ``at``, ``at + SAP-100``, ``at-bnn (sampled weights)``."""
+    label = spec.cfg.method
+    if spec.eval.sap is not None:
+        label += f" + SAP-{spec.eval.sap:g}" + ("" if spec.eval.sap_mode == "exact" else f" ({spec.eval.sap_mode})")
+    if spec.eval.bnn_sample:
+        label += " (sampled weights)"
+    return label
 
 
 def run_task(task: Task, suite: Suite, out_dir: Path, *, progress: bool = True) -> str:
@@ -220,14 +248,29 @@ def run_task(task: Task, suite: Suite, out_dir: Path, *, progress: bool = True) 
 
 
 def run_suite(suite: Suite, out_dir: str | Path, *, data_dir: str | None = None, device: str | None = None,
-              progress: bool = True, report: bool = True) -> list[Path]:
-    """Train, evaluate and report every run of ``suite`` in ``out_dir``; returns the report files."""
+              progress: bool = True, report: bool = True, jobs: int = 1, threads: int | None = None) -> list[Path]:
+    """Train, evaluate and report every run of ``suite`` in ``out_dir``; returns the report files.
+
+    ``jobs > 1`` runs independent tasks in that many worker processes, each with ``threads`` torch
+    threads (see :mod:`robustprune.compare.parallel`); the results are those of ``jobs == 1``, which
+    runs the tasks here one after another (with ``threads`` torch threads meanwhile, when given).
+    """
+    if jobs < 1:
+        raise ValueError(f"jobs must be >= 1, got {jobs}")
+    if threads is not None and threads < 1:
+        raise ValueError(f"threads must be >= 1, got {threads}")
     out_dir = Path(out_dir)
     tasks = plan_suite(suite, out_dir, data_dir=data_dir, device=device)
     out_dir.mkdir(parents=True, exist_ok=True)
     with suite_lock(out_dir):
         save_yaml(suite_to_dict(suite), out_dir / "suite.yaml")
-        _run_tasks(tasks, suite, out_dir, progress=progress)
+        _drop_stale_cards(out_dir, {t.spec.key for t in tasks if t.kind == "evaluate"})
+        if jobs == 1:
+            _run_tasks(tasks, suite, out_dir, progress=progress, threads=threads)
+        else:
+            from robustprune.compare.parallel import run_tasks_parallel
+
+            run_tasks_parallel(tasks, suite, out_dir, jobs=jobs, progress=progress, threads=threads)
     if not report:
         return []
     from robustprune.reports import render_report
@@ -235,8 +278,12 @@ def run_suite(suite: Suite, out_dir: str | Path, *, data_dir: str | None = None,
     return render_report(out_dir)
 
 
-def _run_tasks(tasks: list[Task], suite: Suite, out_dir: Path, *, progress: bool) -> None:
-    _drop_stale_cards(out_dir, {t.spec.key for t in tasks if t.kind == "evaluate"})
+def _run_tasks(tasks: list[Task], suite: Suite, out_dir: Path, *, progress: bool, threads: int | None = None) -> None:
+    import torch
+
+    prev_threads = torch.get_num_threads()
+    if threads is not None:
+        torch.set_num_threads(threads)
     bar = tqdm(total=len(tasks), desc=suite.name, unit="task", disable=not progress, dynamic_ncols=True)
     try:
         for i, task in enumerate(tasks):
@@ -250,6 +297,7 @@ def _run_tasks(tasks: list[Task], suite: Suite, out_dir: Path, *, progress: bool
             bar.update(1)
     finally:
         bar.close()
+        torch.set_num_threads(prev_threads)
 
 
 @contextmanager
@@ -297,6 +345,7 @@ def suite_to_dict(suite: Suite) -> dict[str, Any]:
     return {
         "name": suite.name, "description": suite.description,
         "runs": [{"id": r.id, "seeds": list(r.seeds), **r.train, "init_from": r.init_from, "source": r.source,
-                  "report": r.report} for r in suite.runs],
+                  "report": r.report, "model_of": r.model_of,
+                  "eval": None if r.eval is None else r.eval.settings()} for r in suite.runs],
         "eval": {**suite.eval.settings(), "source": suite.eval.source},
     }

@@ -28,6 +28,18 @@ seed; otherwise the i-th seed of the target is attacked from the i-th seed of ID
 be seeded apart from the targets). A run may not be its own source, nor a copy of itself (same
 config and seed). ``report: false`` runs are trained (as dependencies) but neither evaluated nor
 tabled. Every error raises ``ValueError`` naming the run and the value at fault.
+
+Evaluation variants. A run may carry its own ``eval:`` mapping, merged key by key over the suite's
+(``limit``, ``attacks``, ...). ``model_of: ID`` makes a row that trains nothing and evaluates run
+ID's models (every seed) with its own ``eval``: test-time defenses that need no fine-tuning, so the
+table shows them beside the model they wrap::
+
+      - {id: at+sap, model_of: at, eval: {sap: 100, attacks: [pgd, eot-pgd], limit: 1000}}
+      - {id: at-bnn-sampled, model_of: at-bnn, eval: {bnn_sample: true, attacks: [pgd, eot-pgd]}}
+
+``sap: PCT`` wraps the model in SAP-PCT% (``sap_mode`` exact|fast), ``bnn_sample: true`` keeps an
+``at-bnn`` run sampling its weights; both make the model random, so its rows should list ``pgd``
+(single-sample, the original papers' evaluation) beside ``eot-pgd`` (the adaptive one).
 """
 
 from __future__ import annotations
@@ -46,9 +58,11 @@ from robustprune.config import TrainConfig
 
 #: TrainConfig fields a suite does not set: the runner owns them
 RUNNER_FIELDS = ("out", "resume", "seed", "progress")
-RUN_KEYS = ("id", "seeds", "source", "report", "init_from")
+RUN_KEYS = ("id", "seeds", "source", "report", "init_from", "eval", "model_of")
+#: the keys a ``model_of`` row may set (it trains nothing, so no training fields)
+MODEL_OF_KEYS = ("id", "model_of", "eval", "source", "report")
 TOP_KEYS = ("name", "description", "seeds", "defaults", "runs", "eval")
-ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]*$")
 
 
 @dataclass(frozen=True)
@@ -66,12 +80,23 @@ class EvalSpec:
     passes: int = 10
     seed: int = 0
     source: str | None = None
+    sap: float | None = None
+    sap_mode: str = "exact"
+    bnn_sample: bool = False
 
     def settings(self) -> dict[str, Any]:
-        """The values that decide a card's numbers (``source`` is resolved per run instead)."""
+        """The values that decide a card's numbers (``source`` is resolved per run instead).
+
+        The test-time defense keys appear only when set, so suites written before they existed
+        keep their cards."""
         out = dataclasses.asdict(self)
         out.pop("source")
         out["attacks"] = list(self.attacks)
+        if self.sap is None:
+            out.pop("sap")
+            out.pop("sap_mode")
+        if not self.bnn_sample:
+            out.pop("bnn_sample")
         return out
 
 
@@ -85,6 +110,8 @@ class RunEntry:
     init_from: str | None = None
     source: str | None = None
     report: bool = True
+    eval: EvalSpec | None = None
+    model_of: str | None = None
 
     def config(self, seed: int, *, out: str, init_from: str | None = None) -> TrainConfig:
         """The run's TrainConfig for one seed, written to ``out``."""
@@ -106,9 +133,14 @@ class Suite:
                 return r
         raise ValueError(f"suite {self.name!r} has no run {run_id!r}")
 
+    def eval_of(self, run: RunEntry) -> EvalSpec:
+        """How ``run`` is evaluated: its own ``eval`` (merged over the suite's) or the suite's."""
+        return self.eval if run.eval is None else run.eval
+
     def source_seed(self, run: RunEntry, seed: int) -> tuple[str, int] | None:
-        """(source run id, its seed) whose examples attack ``run``'s seed ``seed``; None without source."""
-        if run.source is None:
+        """(source run id, its seed) whose examples attack ``run``'s seed ``seed``; None without a
+        source or when the run's evaluation has no transfer attack."""
+        if run.source is None or "transfer" not in self.eval_of(run).attacks:
             return None
         src = self.run(run.source)
         if len(src.seeds) == 1:
@@ -142,8 +174,10 @@ def parse_suite(data: Any, *, default_name: str = "suite", where: str = "suite")
     runs_data = data.get("runs")
     if not isinstance(runs_data, list) or not runs_data:
         raise ValueError(f"{where}: 'runs' must be a non-empty list of runs, got {runs_data!r}")
-    ev = _eval_spec(data.get("eval") or {}, where)
-    runs = tuple(_run_entry(r, i, defaults, seeds, ev.source, train_keys, where) for i, r in enumerate(runs_data))
+    eval_data = data.get("eval") or {}
+    ev = _eval_spec(eval_data, where)
+    runs = tuple(_run_entry(r, i, defaults, seeds, eval_data, train_keys, where) for i, r in enumerate(runs_data))
+    runs = _resolve_model_of(runs, where)
     suite = Suite(name=str(data.get("name", default_name)), runs=runs, eval=ev,
                   description=str(data.get("description", "")))
     validate_suite(suite, where=where)
@@ -194,19 +228,40 @@ def _eval_spec(data: Any, where: str) -> EvalSpec:
     for ok, msg in checks:
         if not ok:
             raise ValueError(f"{where}: {msg}")
+    if ev.sap is not None or ev.sap_mode != "exact":
+        from robustprune.defenses.sap import check_sap
+
+        try:
+            check_sap(100.0 if ev.sap is None else ev.sap, ev.sap_mode)
+        except ValueError as e:
+            raise ValueError(f"{where}: eval: {e}") from None
     return ev
 
 
-def _run_entry(data: Any, index: int, defaults: dict[str, Any], seeds: tuple[int, ...], source: str | None,
+def _run_entry(data: Any, index: int, defaults: dict[str, Any], seeds: tuple[int, ...], eval_data: dict[str, Any],
                train_keys: tuple[str, ...], where: str) -> RunEntry:
     if not isinstance(data, dict):
         raise ValueError(f"{where}: runs[{index}] must be a mapping, got {data!r}")
     run_id = data.get("id")
     if not isinstance(run_id, str) or not ID_PATTERN.match(run_id):
-        raise ValueError(f"{where}: runs[{index}] needs an id of letters, digits, '.', '_', '-', got {run_id!r}")
+        raise ValueError(f"{where}: runs[{index}] needs an id of letters, digits, '.', '_', '+', '-', got {run_id!r}")
     here = f"{where}: run {run_id!r}"
     if "seed" in data:
         raise ValueError(f"{here}: use 'seeds: [{data['seed']}]' instead of 'seed'")
+    run_eval = data.get("eval") or {}
+    if not isinstance(run_eval, dict):
+        raise ValueError(f"{here}: eval must be a mapping, got {run_eval!r}")
+    ev = _eval_spec({**eval_data, **run_eval}, here) if run_eval else None
+    source = data.get("source", eval_data.get("source"))
+    report = data.get("report", True)
+    if not isinstance(report, bool):
+        raise ValueError(f"{here}: report must be true or false, got {report!r}")
+    if "model_of" in data:
+        _no_unknown(data, MODEL_OF_KEYS, f"{here} (a model_of row trains nothing)")
+        if not isinstance(data["model_of"], str):
+            raise ValueError(f"{here}: model_of must be a run id, got {data['model_of']!r}")
+        return RunEntry(id=run_id, seeds=(), train={}, source=source, report=report, eval=ev,
+                        model_of=data["model_of"])
     _no_unknown(data, RUN_KEYS + tuple(k for k in train_keys if k != "init_from"), here)
     train = {**defaults, **{k: v for k, v in data.items() if k not in RUN_KEYS}}
     train["method_args"] = {**(defaults.get("method_args") or {}), **(data.get("method_args") or {})}
@@ -216,11 +271,26 @@ def _run_entry(data: Any, index: int, defaults: dict[str, Any], seeds: tuple[int
     for key in ("init_from", "source"):
         if data.get(key) is not None and not isinstance(data[key], str):
             raise ValueError(f"{here}: {key} must be a run id, got {data[key]!r}")
-    report = data.get("report", True)
-    if not isinstance(report, bool):
-        raise ValueError(f"{here}: report must be true or false, got {report!r}")
     return RunEntry(id=run_id, seeds=_seeds(data.get("seeds", list(seeds)), f"{here}: seeds"), train=train,
-                    init_from=data.get("init_from"), source=data.get("source", source), report=report)
+                    init_from=data.get("init_from"), source=source, report=report, eval=ev)
+
+
+def _resolve_model_of(runs: tuple[RunEntry, ...], where: str) -> tuple[RunEntry, ...]:
+    """A ``model_of`` row takes its target's training fields and seeds (it evaluates those models)."""
+    by_id = {r.id: r for r in runs}
+    out = []
+    for r in runs:
+        if r.model_of is not None:
+            target = by_id.get(r.model_of)
+            if target is None:
+                raise ValueError(f"{where}: run {r.id!r}: model_of names run {r.model_of!r}, which the suite "
+                                 "does not define")
+            if target.model_of is not None:
+                raise ValueError(f"{where}: run {r.id!r}: model_of must name a trained run, but {target.id!r} is "
+                                 f"itself a model_of row")
+            r = dataclasses.replace(r, train=dict(target.train), seeds=target.seeds, init_from=target.init_from)
+        out.append(r)
+    return tuple(out)
 
 
 def _check_type(value: Any, hint: Any, where: str) -> None:
@@ -278,6 +348,9 @@ def _validate_run(suite: Suite, run: RunEntry, *, where: str) -> None:
         build_method(cfg.method, ctx=method_context(cfg, train_size=1), **cfg.method_args)
     except ValueError as e:
         raise ValueError(f"{where}: {e}") from None
+    ev = suite.eval_of(run)
+    if ev.bnn_sample and cfg.method != "at-bnn":
+        raise ValueError(f"{where}: eval.bnn_sample samples the weights of an at-bnn run; method is {cfg.method!r}")
     for kind, dep_id in (("init_from", run.init_from), ("source", run.source)):
         if dep_id is None:
             continue
@@ -296,9 +369,9 @@ def _validate_run(suite: Suite, run: RunEntry, *, where: str) -> None:
 
 
 def _validate_source(suite: Suite, run: RunEntry, *, where: str) -> None:
-    if "transfer" in suite.eval.attacks and run.source is None:
+    if "transfer" in suite.eval_of(run).attacks and run.source is None:
         raise ValueError(f"{where}: the transfer attack needs a source run (eval.source or the run's source)")
-    if run.source is None:
+    if run.source is None or "transfer" not in suite.eval_of(run).attacks:
         return
     src = suite.run(run.source)
     if len(src.seeds) not in (1, len(run.seeds)):

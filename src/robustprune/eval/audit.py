@@ -169,6 +169,9 @@ def run_checks(card: dict[str, Any], *, autoattack_reason: str = "") -> list[C.C
     return [
         C.check_determinism(card["determinism"], eot_attacks=eot),
         C.check_gradients(card["gradients"]),
+        C.check_single_vs_eot(("pgd-40", acc["pgd-40"]) if "pgd-40" in acc else None,
+                              ("eot-pgd-40", acc["eot-pgd-40"]) if "eot-pgd-40" in acc else None,
+                              stochastic=card["stochastic"], tol=tol),
         C.check_monotone([p["eps"] for p in points], [p["robust_acc"] for p in points], tol=tol),
         C.check_unbounded(unb["points"][0]["robust_acc"], n=card["n"],
                           attack=f"PGD-100 at eps=1, step 0.025, random start, EOT-{unb['attack']['eot']}"),

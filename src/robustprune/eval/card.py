@@ -18,7 +18,9 @@ from robustprune.train.run import load_run
 from robustprune.utils import atomic_write_json, provenance, resolve_device
 
 PAPER_ARCHS = ("lenet5-caffe", "lenet-300-100", "vgg16")
-ATTACK_NAMES = ("none", "fgsm", "rfgsm", "pgd", "eot-pgd", "transfer", "autoattack")
+#: minimum-norm attacks: no ε; they report r₂ (mean ‖δ‖₂ over correct points), not an accuracy
+MINNORM_NAMES = ("deepfool", "cw")
+ATTACK_NAMES = ("none", "fgsm", "rfgsm", "pgd", "eot-pgd", "transfer", "autoattack") + MINNORM_NAMES
 #: evaluation PGD step size per dataset when --step-size is not given
 EVAL_STEP = {"mnist": 0.01, "fashion-mnist": 0.01, "cifar10": 2 / 255, "cifar100": 2 / 255}
 
@@ -34,8 +36,10 @@ def build_eval_attack(
     source: nn.Module | None = None,
 ) -> Attack | None:
     """One evaluation attack by name (``none`` -> ``None``); bad values raise ``ValueError``."""
-    if name not in ATTACK_NAMES:
-        raise ValueError(f"unknown attack {name!r}; known: {', '.join(ATTACK_NAMES)}")
+    if name not in ATTACK_NAMES or name in MINNORM_NAMES:
+        known = [n for n in ATTACK_NAMES if n not in MINNORM_NAMES]
+        raise ValueError(f"unknown attack {name!r}; known: {', '.join(known)} (and the minimum-norm "
+                         f"{', '.join(MINNORM_NAMES)} through evaluate_run)")
     if eps < 0:
         raise ValueError(f"eps must be >= 0, got {eps}")
     if steps < 1:
@@ -90,6 +94,10 @@ def evaluate_run(
 
     ``sap=k`` wraps the model in SAP-k% (``sap_mode`` exact|fast; no fine-tuning), ``bnn_sample``
     keeps an at-bnn run sampling its weights in eval mode; both make the model random at test time.
+
+    ``deepfool`` and ``cw`` (C&W-L2, 1000 Adam steps × 9 binary-search steps per point: use ``limit``)
+    are minimum-norm attacks: they add ``card["minnorm"]``, one r₂ summary each
+    (:func:`robustprune.metrics.minnorm.minnorm_robustness`), instead of a robust accuracy.
     """
     if limit is not None and limit < 1:
         raise ValueError(f"limit must be >= 1, got {limit}")
@@ -97,6 +105,10 @@ def evaluate_run(
         from robustprune.defenses.sap import check_sap
 
         check_sap(sap, sap_mode)
+    minnorm = [n for n in attacks if n in MINNORM_NAMES]
+    if minnorm and (sap is not None or bnn_sample):
+        raise ValueError(f"minimum-norm attacks {minnorm} need a deterministic model; drop --sap/--bnn-sample")
+    attacks_bounded = [n for n in attacks if n not in MINNORM_NAMES]
     dev = resolve_device(device)
     run = load_run(run_dir, device=dev)
     model, defense = eval_model(run, sap=sap, sap_mode=sap_mode, bnn_sample=bnn_sample)
@@ -105,7 +117,7 @@ def evaluate_run(
     step_size = EVAL_STEP[info.name] if step_size is None else step_size
     src_model = load_run(source, device=dev).model if source is not None else None
     built = [(n, build_eval_attack(n, eps=eps, steps=steps, step_size=step_size, restarts=restarts, eot=eot,
-                                   source=src_model)) for n in attacks]
+                                   source=src_model)) for n in attacks_bounded]
     named = [(n, a) for n, a in built if a is not None]
     from robustprune.defenses.cas import cas_objective_attacks
 
@@ -117,8 +129,12 @@ def evaluate_run(
     torch.manual_seed(seed)
     t0 = time.perf_counter()
     res = evaluate(model, loader, named, passes=passes, progress=progress)
+    if minnorm:
+        minnorm_cards = [minnorm_entry(n, model, loader, progress=progress) for n in minnorm]
     card = make_card(run.cfg, res, run_dir=Path(run_dir), source=source, seed=seed, device=dev,
                      wall_s=time.perf_counter() - t0)
+    if minnorm:
+        card["minnorm"] = minnorm_cards
     card.update(defense)
     for (_, atk), entry in zip(named, card["attacks"], strict=True):
         if hasattr(atk, "breakdown"):  # AutoAttack: robust accuracy after each stage, its self-check flags
@@ -139,6 +155,16 @@ def evaluate_run(
     atomic_write_json(path, card)
     card["card_path"] = str(path)
     return card
+
+
+def minnorm_entry(name: str, model: nn.Module, loader: TensorLoader, *, progress: bool) -> dict[str, Any]:
+    """r₂ of ``model`` under the minimum-norm attack ``name`` (``deepfool`` or ``cw``), with its defaults."""
+    from robustprune.attacks.cw import CarliniWagnerL2
+    from robustprune.attacks.deepfool import DeepFool
+    from robustprune.metrics.minnorm import minnorm_robustness
+
+    attack = DeepFool() if name == "deepfool" else CarliniWagnerL2()
+    return {"name": name, **minnorm_robustness(model, loader, attack, progress=progress)}
 
 
 def eval_model(run: Any, *, sap: float | None, sap_mode: str, bnn_sample: bool) -> tuple[nn.Module, dict[str, Any]]:
@@ -239,6 +265,10 @@ def format_table(card: dict[str, Any]) -> str:
         head += f"  [stochastic: accuracy averaged over {card['passes']} passes]"
     lines = [head, "", "| attack | parameters | accuracy % | vulnerability |", "|---|---|---|---|"]
     lines += [f"| {a} | {b} | {c} | {d} |" for a, b, c, d in rows]
+    for m in card.get("minnorm", []):
+        r2 = "—" if m["r2"] is None else f"r2 {m['r2']:.4f} (normalised {m['r2_normalised']:.4f})"
+        rate = "—" if m["success_rate"] is None else f"{m['success_rate']:.2f} %"
+        lines.append(f"| {m['name']} | minimum-norm L2, success {rate} of {m['n_correct']} correct points | {r2} | - |")
     for w in card.get("warnings", []):
         lines.append(f"WARNING: {w}")
     return "\n".join(lines)

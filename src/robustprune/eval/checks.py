@@ -118,6 +118,25 @@ def check_determinism(stats: dict[str, Any], *, eot_attacks: list[str]) -> Check
     return Check("deterministic", "warn", "model is random in eval mode but no EOT attack was run", ev)
 
 
+def check_single_vs_eot(single: tuple[str, float] | None, eot: tuple[str, float] | None, *, stochastic: bool,
+                        tol: float) -> Check:
+    """For a model random in eval mode: warn when single-sample PGD leaves more than ``tol`` points
+    above EOT-PGD, i.e. the randomness hides the gradient and a non-EOT number overstates robustness."""
+    if not stochastic:
+        return Check("single_sample_vs_eot", "skip", "the model is deterministic in eval mode", {})
+    if single is None or eot is None:
+        return Check("single_sample_vs_eot", "skip", "no single-sample/EOT pair of attacks in the ladder", {})
+    (s_name, s_acc), (e_name, e_acc) = single, eot
+    ev = {"single_sample": s_name, "single_acc": s_acc, "eot": e_name, "eot_acc": e_acc, "gap": s_acc - e_acc,
+          "tolerance": tol}
+    if s_acc <= e_acc + tol:
+        return Check("single_sample_vs_eot", "pass", f"the model is random, but single-sample {s_name} "
+                     f"({s_acc:.2f} %) is no weaker than {e_name} ({e_acc:.2f} %)", ev)
+    return Check("single_sample_vs_eot", "warn",
+                 f"the model is random in eval mode and single-sample {s_name} overstates its robustness by "
+                 f"{s_acc - e_acc:.2f} points ({s_acc:.2f} % vs {e_name} {e_acc:.2f} %): report EOT attacks only", ev)
+
+
 def check_gradients(stats: dict[str, Any]) -> Check:
     """Warn when any input gradient of the margin loss is exactly zero or not finite."""
     bad = stats["zero"] + stats["nonfinite"]

@@ -15,20 +15,26 @@ import math
 from collections.abc import Callable
 from typing import Any
 
-#: (key, header, decimals) of the main table, in the paper's order
+#: (key, header, decimals) of the main table, in the paper's order; the OPTIONAL ones are printed
+#: only when some row has them (adaptive attacks, weight sparsity)
 COLUMNS = (
     ("clean", "clean %", 2),
     ("white_box", "white-box (PGD) %", 2),
     ("black_box", "black-box (transfer) %", 2),
+    ("eot_pgd", "EOT-PGD %", 2),
+    ("autoattack", "AutoAttack %", 2),
+    ("worst_white_box", "strongest white-box %", 2),
     ("vuln_white_box", "vuln. WB", 4),
     ("vuln_black_box", "vuln. BB", 4),
     ("memory_pct", "memory %", 2),
     ("flops_speedup", "FLOPs ×", 2),
     ("unit_sparsity", "unit sparsity %", 2),
+    ("weight_sparsity", "weight sparsity %", 2),
     ("measured_params", "params (compacted)", 0),
     ("measured_flops", "measured FLOPs ×", 2),
     ("latency_speedup", "latency × (b256)", 2),
 )
+OPTIONAL = ("eot_pgd", "autoattack", "worst_white_box", "weight_sparsity")
 #: (key, header, decimals) of the wall-time table
 TIME_COLUMNS = (
     ("train_min", "train min", 2),
@@ -39,10 +45,22 @@ TIME_COLUMNS = (
 
 
 def _attack(card: dict[str, Any], transfer: bool) -> dict[str, Any] | None:
-    for a in card["eval"].get("attacks", []):
-        if bool(a.get("params", {}).get("transfer")) == transfer:
-            return a
-    return None
+    """The white-box column's attack (the one named ``pgd``, else the first white-box one), or the
+    first transfer attack."""
+    found = [a for a in card["eval"].get("attacks", []) if bool(a.get("params", {}).get("transfer")) == transfer]
+    if not transfer:
+        found.sort(key=lambda a: a["name"] != "pgd")
+    return found[0] if found else None
+
+
+def _named(card: dict[str, Any], name: str) -> float | None:
+    return next((a["robust_acc"] for a in card["eval"].get("attacks", []) if a["name"] == name), None)
+
+
+def _worst_white_box(card: dict[str, Any]) -> float | None:
+    """The lowest robust accuracy over the card's white-box attacks, when it has more than one."""
+    accs = [a["robust_acc"] for a in card["eval"].get("attacks", []) if not a.get("params", {}).get("transfer")]
+    return min(accs) if len(accs) > 1 else None
 
 
 def _vuln(attack: dict[str, Any] | None) -> float | None:
@@ -69,11 +87,15 @@ def card_metrics(card: dict[str, Any]) -> dict[str, float | None]:
         "clean": ev.get("clean_acc"),
         "white_box": None if wb is None else wb["robust_acc"],
         "black_box": None if bb is None else bb["robust_acc"],
+        "eot_pgd": _named(card, "eot-pgd"),
+        "autoattack": _named(card, "autoattack"),
+        "worst_white_box": _worst_white_box(card),
         "vuln_white_box": _vuln(wb),
         "vuln_black_box": _vuln(bb),
         "memory_pct": _get(ev, "sparsity", "paper", "memory_pct"),
         "flops_speedup": _get(ev, "sparsity", "paper", "flops_speedup"),
         "unit_sparsity": _get(ev, "sparsity", "unit_sparsity"),
+        "weight_sparsity": _weight_sparsity(ev),
         "measured_params": _get(ev, "measured", "params_compact"),
         "measured_flops": _get(ev, "measured", "flops_speedup"),
         "latency_speedup": _get(ev, "measured", "speedup_b256"),
@@ -82,6 +104,12 @@ def card_metrics(card: dict[str, Any]) -> dict[str, float | None]:
         "epochs": train.get("epochs"),
         "eval_min": None if ev.get("total_wall_s") is None else ev["total_wall_s"] / 60,
     }
+
+
+def _weight_sparsity(ev: dict[str, Any]) -> float | None:
+    """Weight sparsity in %, only for runs with zero weights (pruned), so dense tables stay narrow."""
+    value = _get(ev, "sparsity", "weight_sparsity")
+    return value if value else None
 
 
 def mean_std(values: list[float]) -> dict[str, Any]:
@@ -126,7 +154,8 @@ def summarize(cards: list[dict[str, Any]]) -> dict[str, Any]:
         for key, _, _ in COLUMNS + TIME_COLUMNS:
             metrics[key] = mean_std([m[key] for m in per_seed if m[key] is not None])
         rows.append({
-            "run_id": run_id, "method": group[0]["method"], "model": group[0]["model"],
+            "run_id": run_id, "method": group[0]["method"], "label": group[0].get("label", group[0]["method"]),
+            "model_of": group[0].get("model_of"), "model": group[0]["model"],
             "dataset": group[0]["dataset"], "seeds": [c["seed"] for c in group],
             "sources": sorted({c["source"] for c in group if c.get("source")}),
             "device": group[0].get("train", {}).get("device"), "metrics": metrics,
@@ -164,7 +193,9 @@ def render_markdown(summary: dict[str, Any]) -> str:
 
     lines = [f"# {summary.get('suite') or 'comparison'}", "",
              f"Evaluation: {summary['attack']}; mean ± sample std over seeds.", ""]
-    lines += table(COLUMNS, lambda r: [r["run_id"], r["method"], str(len(r["seeds"]))], ["run", "method", "seeds"])
+    shown = tuple(c for c in COLUMNS if c[0] not in OPTIONAL or any(r["metrics"][c[0]]["mean"] is not None
+                                                                     for r in rows))
+    lines += table(shown, lambda r: [r["run_id"], r["label"], str(len(r["seeds"]))], ["run", "method", "seeds"])
     lines += ["", "## Wall time", ""]
     lines += table(TIME_COLUMNS, lambda r: [r["run_id"], str(r["device"] or "?")], ["run", "device"])
     sources = sorted({s for r in rows for s in r["sources"]})
@@ -173,6 +204,12 @@ def render_markdown(summary: dict[str, Any]) -> str:
               "- vulnerability: mean |F(x) − F(x_adv)| over latent layers and the test set (DESIGN §3).",
               "- memory % and FLOPs ×: the paper's accounting on active units (DESIGN §5).",
               "- train minutes exclude the run a method starts from (init_from)."]
+    if any(r["model_of"] for r in rows):
+        lines.append("- rows evaluating another row's model (test-time defenses: SAP, sampled BNN weights) train "
+                     "nothing; their white-box (PGD) column is single-sample, as in the original papers, and "
+                     "EOT-PGD / AutoAttack (rand) are the adaptive attacks on the same random model.")
+    if any(r["metrics"]["worst_white_box"]["mean"] is not None for r in rows):
+        lines.append("- strongest white-box: the lowest accuracy over the row's white-box attacks (the honest number).")
     warns = [w for r in rows for w in r["warnings"]]
     if warns:
         lines += ["", "Warnings:"] + [f"- {w}" for w in warns]
