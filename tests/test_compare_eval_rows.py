@@ -174,3 +174,16 @@ def test_eval_reports_minimum_norm_r2(at_run: Path, tiny_mnist: Path, tmp_path: 
     assert "| deepfool | minimum-norm L2" in format_table(card)
     with pytest.raises(ValueError, match="need a deterministic model"):
         evaluate_run(at_run, attacks=["deepfool"], sap=100, data_dir=str(tiny_mnist), progress=False)
+
+
+def test_a_run_with_dataset_default_attack_settings_is_the_same_run(tmp_path: Path) -> None:
+    import dataclasses
+
+    from robustprune.compare.runner import config_diff
+
+    suite = parse_suite(sap_suite(tmp_path))
+    spelled = suite.run("standard").config(0, out="-")
+    implicit = dataclasses.replace(spelled, adv_eps=None, adv_steps=None, adv_step_size=None)
+    explicit = dataclasses.replace(spelled, adv_eps=0.3, adv_steps=20, adv_step_size=0.01)
+    assert config_diff(implicit, explicit) == []  # MNIST's training-attack defaults
+    assert config_diff(implicit, dataclasses.replace(explicit, adv_eps=0.1)) == ["adv_eps: 0.3 -> 0.1"]

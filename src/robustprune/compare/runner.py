@@ -129,11 +129,20 @@ def plan_suite(suite: Suite, out_dir: str | Path, *, data_dir: str | None = None
 
 
 def comparable(cfg: TrainConfig) -> dict[str, Any]:
-    """The parts of a config that define the trained model (paths, devices, bars left out)."""
+    """The parts of a config that define the trained model (paths, devices, bars left out), with the
+    training attack's dataset defaults filled in (``adv_eps: null`` and ``adv_eps: 0.3`` are one MNIST run)."""
+    from robustprune.data import dataset_info
+    from robustprune.train.run import TRAIN_ATTACK
+
     d = to_dict(cfg)
     init = d["init_from"]
     d = {k: v for k, v in d.items() if k not in IGNORED_FIELDS}
     d["init_from"] = None if init is None else Path(init).name
+    info = dataset_info(cfg.dataset)
+    steps, step_size = TRAIN_ATTACK[info.name]
+    for key, default in (("adv_eps", info.default_eps), ("adv_steps", steps), ("adv_step_size", step_size)):
+        if d.get(key) is None:
+            d[key] = default
     return d
 
 

@@ -52,6 +52,16 @@ def pooled_units(cards: list[dict[str, Any]]) -> list[tuple[str, list[list[float
     return out
 
 
+#: run colours: matplotlib's cycle without its grey (C7, which reads as "pruned"), then darker ones
+RUN_COLORS = ("C0", "C1", "C2", "C3", "C4", "C5", "C6", "C8", "C9",
+              "#1b4f72", "#7e5109", "#145a32", "#78281f", "#4a235a", "#0e6251", "#7b7d2a")
+
+
+def run_color(i: int) -> str:
+    """The i-th run's colour (distinct for the first 16 runs)."""
+    return RUN_COLORS[i % len(RUN_COLORS)]
+
+
 def plot_vulnerability(cards: list[dict[str, Any]], path: str | Path, *, bins: int = 30) -> Path | None:
     """Write the per-layer histograms of per-unit vulnerability; None when no card has per-unit data."""
     import numpy as np
@@ -61,7 +71,7 @@ def plot_vulnerability(cards: list[dict[str, Any]], path: str | Path, *, bins: i
     if not data:
         return None
     n_layers = max(len(layers) for _, layers in data)
-    fig = Figure(figsize=(3.6 * n_layers, 2.2 * len(data) + 0.6))
+    fig = Figure(figsize=(3.6 * n_layers, 2.2 * len(data) + 0.6), layout="constrained")
     axes = fig.subplots(len(data), n_layers, squeeze=False, sharex="col")
     for col in range(n_layers):
         top = max((max(layers[col]) for _, layers in data if col < len(layers) and layers[col]), default=1.0)
@@ -75,10 +85,10 @@ def plot_vulnerability(cards: list[dict[str, Any]], path: str | Path, *, bins: i
             v = np.asarray(layers[col])
             zero = v <= ZERO
             weight = 100.0 / len(v)
-            ax.hist(v[~zero], bins=edges, weights=np.full((~zero).sum(), weight), color=f"C{row}",
+            ax.hist(v[~zero], bins=edges, weights=np.full((~zero).sum(), weight), color=run_color(row),
                     label=f"active: {(~zero).sum()}")
-            ax.bar([-1.25 * width], [zero.sum() * weight], width=width, align="edge", color="0.55",
-                   label=f"zero (pruned/dead): {zero.sum()}")  # left of 0, apart from the smallest bin
+            ax.bar([-1.25 * width], [zero.sum() * weight], width=width, align="edge", color="white", edgecolor="k",
+                   hatch="///", label=f"zero (pruned/dead): {zero.sum()}")  # left of 0, apart from the smallest bin
             ax.legend(fontsize=7, loc="upper right", frameon=False)
             if row == 0:
                 ax.set_title(f"latent layer {col + 1} ({len(layers[col]) // max(1, _seeds(cards, run_id))} units)",
@@ -104,18 +114,17 @@ def plot_robust_vs_memory(cards: list[dict[str, Any]], path: str | Path) -> Path
     rows = [r for r in summarize(cards)["rows"] if r["metrics"]["memory_pct"]["mean"] is not None]
     if not rows:
         return None
-    fig = Figure(figsize=(6.0, 4.2))
+    fig = Figure(figsize=(7.0, 4.8))
     ax = fig.subplots()
     for i, r in enumerate(rows):
         m = r["metrics"]
         x, xerr = m["memory_pct"]["mean"], m["memory_pct"]["std"] or 0.0
-        for key, marker, fill, label in (("white_box", "o", f"C{i}", "white-box"),
+        for key, marker, fill, label in (("white_box", "o", run_color(i), "white-box"),
                                          ("black_box", "^", "none", "black-box")):
             if m[key]["mean"] is None:
                 continue
-            ax.errorbar(x, m[key]["mean"], xerr=xerr, yerr=m[key]["std"] or 0.0, fmt=marker, color=f"C{i}",
-                        markerfacecolor=fill, markersize=7, capsize=3,
-                        label=f"{r['run_id']} ({label})")
+            ax.errorbar(x, m[key]["mean"], xerr=xerr, yerr=m[key]["std"] or 0.0, fmt=marker, color=run_color(i),
+                        markerfacecolor=fill, markersize=7, capsize=3, label=label if i == 0 else None)
         ax.annotate(r["run_id"], (x, m["white_box"]["mean"] or m["black_box"]["mean"] or 0.0),
                     textcoords="offset points", xytext=(6, -10), fontsize=8)
     ax.set_xscale("log")
@@ -127,5 +136,5 @@ def plot_robust_vs_memory(cards: list[dict[str, Any]], path: str | Path) -> Path
     ax.set_ylabel("robust accuracy %")
     ax.set_title("Robustness vs memory (● white-box PGD, △ black-box transfer)", fontsize=10)
     ax.grid(True, which="both", alpha=0.3)
-    ax.legend(fontsize=7, loc="best")
+    ax.legend(fontsize=7, loc="center")  # the marker kinds; runs are named beside their points
     return _save(fig, Path(path))
