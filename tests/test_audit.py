@@ -231,3 +231,21 @@ def test_single_sample_attacks_on_a_random_model_are_flagged_when_they_overstate
     assert C.check_single_vs_eot(("pgd-40", 45.8), ("eot-pgd-40", 45.7), stochastic=True, tol=tol).status == "pass"
     assert C.check_single_vs_eot(("pgd-40", 60.0), None, stochastic=True, tol=tol).status == "skip"
     assert C.check_single_vs_eot(("pgd-40", 60.0), ("eot-pgd-40", 10.0), stochastic=False, tol=tol).status == "skip"
+
+
+def test_cli_audit_of_a_sap_wrapped_run_runs_the_eot_rung(at_run: Path, tiny_mnist: Path, tmp_path: Path,
+                                                          capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "audit-sap"
+    rc = main(["audit", str(at_run), "--sap", "100", "--sap-mode", "fast", "--limit", "8", "--autoattack", "no",
+               "--passes", "2", "--eps-sweep", "0,0.3", "--no_surface", "--data-dir", str(tiny_mnist),
+               "--out", str(out), "--no_progress"])
+    assert rc == 0, capsys.readouterr().err
+    card = json.loads((out / "audit.json").read_text())
+    assert card["defense"]["defense"] == "sap" and card["stochastic"]
+    assert "eot-pgd-40" in [e["name"] for e in card["ladder"]]
+    assert statuses(card)["single_sample_vs_eot"] in ("pass", "warn")
+    assert "+ SAP-100 (fast)" in (out / "audit.md").read_text()
+    assert main(["audit", str(at_run), "--sap", "-1", "--out", str(tmp_path / "bad"), "--data-dir",
+                 str(tiny_mnist), "--no_progress"]) == 2
+    assert "SAP percentage must be a number > 0, got -1" in capsys.readouterr().err
+    assert not (tmp_path / "bad").exists()

@@ -107,6 +107,11 @@ def _audit_parser() -> ArgumentParser:
     p.add_argument("--surface", action=ActionYesNo, default=True, help="also draw the loss surface")
     p.add_argument("--batch-size", dest="batch_size", type=int, default=256, help="evaluation batch size")
     p.add_argument("--passes", type=int, default=10, help="forward passes averaged for a stochastic model")
+    p.add_argument("--sap", type=float | None, default=None,
+                   help="audit the run wrapped in SAP-PCT (random at test time: the EOT rung and checks apply)")
+    p.add_argument("--sap-mode", dest="sap_mode", type=str, default="exact", help="SAP sampling: exact or fast")
+    p.add_argument("--bnn-sample", dest="bnn_sample", action=ActionYesNo, default=False,
+                   help="at-bnn runs: audit with sampled weights instead of the means")
     _data_flags(p, limit=1000)
     p.add_argument("--progress", action=ActionYesNo, default=True, help="show progress bars")
     return p
@@ -295,7 +300,7 @@ def cmd_audit(ns: Namespace) -> int:
     card = audit_run(ns.run, out=ns.out, limit=ns.limit, source=ns.source, eps=ns.eps, step_size=ns.step_size,
                      eps_sweep=_floats(ns.eps_sweep), autoattack=ns.autoattack, batch_size=ns.batch_size,
                      passes=ns.passes, surface=ns.surface, data_dir=ns.data_dir, device=ns.device, seed=ns.seed,
-                     progress=ns.progress)
+                     sap=ns.sap, sap_mode=ns.sap_mode, bnn_sample=ns.bnn_sample, progress=ns.progress)
     print(render_audit_markdown(card, surface=ns.surface))
     print(f"written: {ns.out}/audit.json, audit.md, curve.json, curve.png"
           + (", surface.json, surface.png" if ns.surface else ""), file=sys.stderr)

@@ -185,16 +185,19 @@ def audit_run(run_dir: str | Path, *, out: str | Path, limit: int | None = 1000,
               eps: float | None = None, step_size: float | None = None, eps_sweep: list[float] | None = None,
               autoattack: str = "auto", aa_options: dict[str, Any] | None = None, batch_size: int = 256,
               passes: int = 10, surface: bool = True, data_dir: str | None = None, device: str = "auto",
-              seed: int = 0, progress: bool = True) -> dict[str, Any]:
+              seed: int = 0, sap: float | None = None, sap_mode: str = "exact", bnn_sample: bool = False,
+              progress: bool = True) -> dict[str, Any]:
     """Audit run ``run_dir`` on its first ``limit`` test points; write into ``out``: ``audit.json``,
     ``audit.md``, ``curve.json``/``curve.png`` and (``surface=True``) ``surface.json``/``surface.png``.
 
     ``eps``/``step_size`` default to the dataset's (MNIST 0.3 / 0.01, CIFAR 8/255 / 2/255).
+    ``sap``/``sap_mode``/``bnn_sample`` audit the model as ``robustprune eval`` would wrap it (SAP,
+    sampled BNN weights): random at test time, so the EOT rung runs and the card records the defense.
 
     >>> audit_run("runs/at", out="runs/at/audit", limit=1000, source="runs/at-seed1")   # doctest: +SKIP
     """
     from robustprune.config import to_dict
-    from robustprune.eval.card import EVAL_STEP
+    from robustprune.eval.card import EVAL_STEP, eval_model
     from robustprune.reports.audit_plots import plot_curve
     from robustprune.reports.audit_report import render_audit_markdown
     from robustprune.train.run import load_run
@@ -202,16 +205,21 @@ def audit_run(run_dir: str | Path, *, out: str | Path, limit: int | None = 1000,
     if eps_sweep is not None:
         check_eps_list(eps_sweep)
     _autoattack_mode(autoattack)
+    if sap is not None:
+        from robustprune.defenses.sap import check_sap
+
+        check_sap(sap, sap_mode)
     run, images, labels, dev = run_test_points(run_dir, limit=limit, data_dir=data_dir, device=device)
+    model, defense = eval_model(run, sap=sap, sap_mode=sap_mode, bnn_sample=bnn_sample)
     info = dataset_info(run.cfg.dataset)
     eps = info.default_eps if eps is None else eps
     step_size = EVAL_STEP[info.name] if step_size is None else step_size
     src = load_run(source, device=dev).model if source is not None else None
-    card = audit(run.model, images, labels, eps=eps, step_size=step_size, source=src, eps_sweep=eps_sweep,
+    card = audit(model, images, labels, eps=eps, step_size=step_size, source=src, eps_sweep=eps_sweep,
                  autoattack=autoattack, aa_options=aa_options, batch_size=batch_size, passes=passes, seed=seed,
                  device=dev, progress=progress)
     meta = {"run": str(run_dir), "method": run.cfg.method, "model": run.cfg.model, "dataset": run.cfg.dataset,
-            "source": None if source is None else str(source), "limit": limit}
+            "source": None if source is None else str(source), "limit": limit, **defense}
     card = {**meta, "train_seed": run.cfg.seed, **card, "config": to_dict(run.cfg), **provenance(dev),
             "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
     out = Path(out)
@@ -223,7 +231,7 @@ def audit_run(run_dir: str | Path, *, out: str | Path, limit: int | None = 1000,
         from robustprune.eval.surface import surface_of, write_surface
 
         card["surface_wall_s"] = -time.perf_counter()
-        write_surface({**meta, **surface_of(run.model, images, labels, points=4, eps=eps, seed=seed)}, out)
+        write_surface({**meta, **surface_of(model, images, labels, points=4, eps=eps, seed=seed)}, out)
         card["surface_wall_s"] += time.perf_counter()
     atomic_write_json(out / "audit.json", card)
     atomic_write_text(out / "audit.md", render_audit_markdown(card, surface=surface))
