@@ -599,23 +599,28 @@ def mnist(split: str, n: int) -> tuple[Tensor, Tensor]:
     return torch.from_numpy(images.copy()).float().div_(255).unsqueeze(1), torch.from_numpy(labels.astype(np.int64))
 
 
+def mnist_lenet5(n: int) -> nn.Module:
+    """LeNet5-Caffe trained one epoch (seed 0, Adam 1e-3, batch 64) on the first ``n`` MNIST images, in eval mode."""
+    from robustprune.models import build_model
+
+    torch.manual_seed(0)
+    model = build_model("lenet5-caffe", num_classes=10, in_channels=1, image_size=28)
+    x_train, y_train = mnist("train", n)
+    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+    model.train()
+    for i in torch.randperm(n).split(64):
+        opt.zero_grad()
+        F.cross_entropy(model(x_train[i]), y_train[i]).backward()
+        opt.step()
+    return model.eval()
+
+
 @pytest.mark.slow
 def test_pgd_agrees_with_torchattacks_on_mnist_lenet5() -> None:
     torchattacks = pytest.importorskip("torchattacks")
     if not (MNIST_RAW / "t10k-labels-idx1-ubyte.gz").exists():
         pytest.skip(f"MNIST IDX files not found under {MNIST_RAW}")
-    from robustprune.models import build_model
-
-    torch.manual_seed(0)
-    model = build_model("lenet5-caffe", num_classes=10, in_channels=1, image_size=28)
-    x_train, y_train = mnist("train", 5000)
-    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
-    model.train()
-    for i in torch.randperm(5000).split(64):
-        opt.zero_grad()
-        F.cross_entropy(model(x_train[i]), y_train[i]).backward()
-        opt.step()
-    model.eval()
+    model = mnist_lenet5(5000)
     x, y = mnist("t10k", 500)
     clean = accuracy(model, x, y)
     assert clean > 0.9

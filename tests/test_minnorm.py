@@ -7,7 +7,6 @@ from collections.abc import Callable, Iterator
 
 import pytest
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from robust_toys import Quantised, levels, trained_mlp
@@ -225,21 +224,11 @@ def test_minnorm_robustness_over_a_loader() -> None:
 @pytest.mark.slow
 def test_deepfool_and_cw_agree_with_torchattacks_on_mnist_lenet5() -> None:
     torchattacks = pytest.importorskip("torchattacks")
-    from test_attacks import MNIST_RAW, mnist
+    from test_attacks import MNIST_RAW, mnist, mnist_lenet5
 
     if not (MNIST_RAW / "t10k-labels-idx1-ubyte.gz").exists():
         pytest.skip(f"MNIST IDX files not found under {MNIST_RAW}")
-    from robustprune.models import build_model
-
-    torch.manual_seed(0)
-    model = build_model("lenet5-caffe", num_classes=10, in_channels=1, image_size=28)
-    x_train, y_train = mnist("train", 3000)
-    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
-    for i in torch.randperm(3000).split(64):
-        opt.zero_grad()
-        F.cross_entropy(model(x_train[i]), y_train[i]).backward()
-        opt.step()
-    model.eval()
+    model = mnist_lenet5(3000)
     x, y = mnist("t10k", 40)
     ok = model(x).argmax(1) == y
     x, y = x[ok], y[ok]

@@ -35,11 +35,7 @@ def _eval_parser() -> ArgumentParser:
     p.add_argument("--restarts", type=int, default=1, help="random restarts (worst case kept per example)")
     p.add_argument("--eot", type=int | None, default=None, help="gradient samples per step (eot-pgd default 10)")
     p.add_argument("--source", type=str | None, default=None, help="run the transfer attack is crafted on")
-    p.add_argument("--sap", type=float | None, default=None,
-                   help="wrap the model in Stochastic Activation Pruning SAP-PCT (e.g. 100); random at test time")
-    p.add_argument("--sap-mode", dest="sap_mode", type=str, default="exact", help="SAP sampling: exact or fast")
-    p.add_argument("--bnn-sample", dest="bnn_sample", action=ActionYesNo, default=False,
-                   help="at-bnn runs: sample weights in eval mode (stochastic; use eot-pgd) instead of the means")
+    _random_model_flags(p)
     p.add_argument("--limit", type=int | None, default=None, help="evaluate the first N test examples")
     p.add_argument("--batch-size", dest="batch_size", type=int, default=256, help="evaluation batch size")
     p.add_argument("--passes", type=int, default=10, help="forward passes averaged for a stochastic model")
@@ -86,6 +82,16 @@ def _report_parser() -> ArgumentParser:
     return p
 
 
+def _random_model_flags(p: ArgumentParser) -> None:
+    """--sap / --sap-mode / --bnn-sample: evaluate the run as a model that is random at test time."""
+    p.add_argument("--sap", type=float | None, default=None,
+                   help="wrap the model in Stochastic Activation Pruning SAP-PCT (e.g. 100); random at test time, "
+                        "so attack it with EOT (eot-pgd; the audit adds its EOT rung and checks)")
+    p.add_argument("--sap-mode", dest="sap_mode", type=str, default="exact", help="SAP sampling: exact or fast")
+    p.add_argument("--bnn-sample", dest="bnn_sample", action=ActionYesNo, default=False,
+                   help="at-bnn runs: sample weights in eval mode (random; use EOT) instead of the means")
+
+
 def _data_flags(p: ArgumentParser, *, limit: int | None) -> None:
     p.add_argument("--limit", type=int | None, default=limit, help="use the first N test examples")
     p.add_argument("--data-dir", dest="data_dir", type=str | None, default=None, help="dataset directory")
@@ -107,11 +113,7 @@ def _audit_parser() -> ArgumentParser:
     p.add_argument("--surface", action=ActionYesNo, default=True, help="also draw the loss surface")
     p.add_argument("--batch-size", dest="batch_size", type=int, default=256, help="evaluation batch size")
     p.add_argument("--passes", type=int, default=10, help="forward passes averaged for a stochastic model")
-    p.add_argument("--sap", type=float | None, default=None,
-                   help="audit the run wrapped in SAP-PCT (random at test time: the EOT rung and checks apply)")
-    p.add_argument("--sap-mode", dest="sap_mode", type=str, default="exact", help="SAP sampling: exact or fast")
-    p.add_argument("--bnn-sample", dest="bnn_sample", action=ActionYesNo, default=False,
-                   help="at-bnn runs: audit with sampled weights instead of the means")
+    _random_model_flags(p)
     _data_flags(p, limit=1000)
     p.add_argument("--progress", action=ActionYesNo, default=True, help="show progress bars")
     return p

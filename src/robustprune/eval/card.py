@@ -129,11 +129,10 @@ def evaluate_run(
     torch.manual_seed(seed)
     t0 = time.perf_counter()
     res = evaluate(model, loader, named, passes=passes, progress=progress)
-    if minnorm:
-        minnorm_cards = [minnorm_entry(n, model, loader, progress=progress) for n in minnorm]
+    minnorm_cards = [minnorm_entry(n, model, loader, progress=progress) for n in minnorm]
     card = make_card(run.cfg, res, run_dir=Path(run_dir), source=source, seed=seed, device=dev,
                      wall_s=time.perf_counter() - t0)
-    if minnorm:
+    if minnorm_cards:
         card["minnorm"] = minnorm_cards
     card.update(defense)
     for (_, atk), entry in zip(named, card["attacks"], strict=True):

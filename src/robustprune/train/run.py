@@ -11,7 +11,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from robustprune.config import TrainConfig, load_train_config
+from robustprune.config import AMP_MODES, TrainConfig, load_train_config
 from robustprune.data import dataset_info
 from robustprune.defenses import Method, MethodContext, build_method
 from robustprune.models import build_model, mask_parameters
@@ -66,10 +66,10 @@ def amp_context(amp: str, device: torch.device) -> contextlib.AbstractContextMan
     ``amp="bf16"`` (CUDA, or CPU autocast on a CPU), else nothing. Attacks called inside it still
     compute in float32 (``Attack.full_precision``). bf16 keeps float32's exponent range, so no
     loss scaling is needed; the caller takes gradients outside the context, as autocast advises."""
+    if amp not in AMP_MODES:
+        raise ValueError(f"amp must be one of {', '.join(AMP_MODES)}, got {amp!r}")
     if amp == "none":
         return contextlib.nullcontext()
-    if amp != "bf16":
-        raise ValueError(f"amp must be none or bf16, got {amp!r}")
     return torch.autocast(device.type, dtype=torch.bfloat16)
 
 
