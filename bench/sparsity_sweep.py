@@ -53,12 +53,18 @@ def run_sweeps(args: argparse.Namespace) -> dict[str, Any]:
         ref = reference(args, model, Path(args.out) / model / "standard")
         res = sweep_sparsity(ref, rounds=args.rounds, limit=args.limit, cw_steps=args.cw_steps,
                              cw_search=args.cw_search, cw_const=args.cw_const, cw_lr=args.cw_lr,
-                             eps=args.eps, device="cpu",
+                             eps=args.eps, device="cpu", control=args.control,
                              progress=False)
         results[model] = {"peaks": res["peaks"], "points": [
             {k: p[k] for k in ("round", "weight_sparsity", "clean_acc", "fgsm_acc", "rfgsm_acc", "deepfool_r2",
                                "cw_r2", "cw_failed", "activation_zero_fraction")} for p in res["points"]],
             "wall_s": time.perf_counter() - t0, "plot": str(ref / "sparsity-sweep" / "sweep.png")}
+        if args.control:
+            results[model]["control"] = [{k: p[k] for k in ("round", "weight_sparsity", "clean_acc", "fgsm_acc",
+                                                            "rfgsm_acc", "deepfool_r2", "cw_r2")}
+                                         for p in res["control"]]
+            results[model]["vs_control"] = {k: {kk: v[kk] for kk in ("best_round", "best_sparsity", "best_diff")}
+                                            for k, v in res["vs_control"].items()}
         print(json.dumps({model: results[model]}, indent=1), flush=True)
     return results
 
@@ -105,6 +111,8 @@ def main() -> None:
     p.add_argument("--adv-steps", type=int, default=20, help="training PGD steps (AT and ADMM)")
     p.add_argument("--adv-step-size", type=float, default=0.01)
     p.add_argument("--from-at", action="store_true", help="admm: start ADMM and a continued dense AT from the AT run")
+    p.add_argument("--control", action="store_true", help="sweep: also a dense run per round with the same "
+                   "training (separates sparsity from the extra epochs)")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--data-dir", default=DATA)
     p.add_argument("--out", default="bench/out/sparsity_sweep")

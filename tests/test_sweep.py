@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import yaml
 
 import robustprune.eval.sweep as sweep_mod
 from robustprune.cli import main
@@ -50,6 +51,40 @@ def test_sweep_writes_json_and_plot_and_resumes(linear_run: Path, tmp_path: Path
     monkeypatch.undo()
     more = sweep_sparsity(linear_run, rounds=3, out=out, rho=0.5, **FAST)  # one new round only
     assert [p["weight_sparsity"] for p in more["points"]] == pytest.approx([0.0, 50.0, 75.0, 87.5], abs=0.5)
+
+
+def test_sweep_control_trains_dense_runs_with_the_same_history(linear_run: Path, tmp_path: Path,
+                                                                monkeypatch: pytest.MonkeyPatch,
+                                                                capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "sweep"
+    res = sweep_sparsity(linear_run, rounds=2, out=out, rho=0.5, control=True, **FAST)
+    assert [c["round"] for c in res["control"]] == [0, 1, 2]
+    assert [c["weight_sparsity"] for c in res["control"]] == [0.0, 0.0, 0.0]
+    assert res["control"][0] == res["points"][0]  # both start from the same dense run
+    for t in (1, 2):  # control t continues control t - 1 for the same epochs, pruning switched off
+        cfg = yaml.safe_load((out / f"control-{t:02d}" / "config.yaml").read_text())
+        pruned = yaml.safe_load((out / f"round-{t:02d}" / "config.yaml").read_text())
+        assert cfg["method_args"]["max_rounds"] == 0 and pruned["method_args"]["max_rounds"] == 1
+        assert cfg["init_from"] == str(linear_run if t == 1 else out / f"control-{t - 1:02d}")
+        assert {k: v for k, v in cfg.items() if k not in ("out", "init_from", "method_args", "resume")} == \
+               {k: v for k, v in pruned.items() if k not in ("out", "init_from", "method_args", "resume")}
+    diffs = res["vs_control"]["fgsm_acc"]["rounds"]
+    assert [d["round"] for d in diffs] == [0, 1, 2] and diffs[0]["diff"] == 0.0
+    for d, p, c in zip(diffs, res["points"], res["control"], strict=True):
+        assert d["diff"] == pytest.approx(p["fgsm_acc"] - c["fgsm_acc"])
+    assert res["vs_control"]["fgsm_acc"]["best_diff"] == max(d["diff"] for d in diffs)
+    assert json.loads((out / "sweep.json").read_text())["settings"]["control"] is True
+    monkeypatch.setattr(sweep_mod, "fit", lambda cfg: pytest.fail("a finished round was retrained"))
+    assert sweep_sparsity(linear_run, rounds=2, out=out, rho=0.5, control=True, **FAST)["control"] == res["control"]
+    assert "control" not in sweep_sparsity(linear_run, rounds=2, out=out, rho=0.5, **FAST)
+    argv = ["sweep-sparsity", str(linear_run), "--rounds", "2", "--out", str(out), "--rho", "0.5", "--control",
+            "--limit", "16", "--deepfool-steps", "5", "--cw-steps", "5", "--cw-search", "1", "--no_progress"]
+    assert main(argv) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert "FGSM % (dense)" in lines[0] and len(lines) == 2 + 3
+    last = [c.strip() for c in lines[-1].strip("|").split("|")]
+    assert last[:3] == ["2", f"{res['points'][2]['weight_sparsity']:.1f}", f"{res['points'][2]['clean_acc']:.2f}"]
+    assert last[7] == f"{res['control'][2]['clean_acc']:.2f}"
 
 
 def test_sweep_bad_args_leave_no_file(linear_run: Path, tmp_path: Path) -> None:

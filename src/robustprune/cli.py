@@ -183,6 +183,9 @@ def _sweep_parser() -> ArgumentParser:
     p.add_argument("--cw-search", dest="cw_search", type=int, default=5, help="C&W binary-search rounds")
     p.add_argument("--cw-const", dest="cw_const", type=float, default=0.1, help="C&W initial constant c")
     p.add_argument("--cw-lr", dest="cw_lr", type=float, default=0.01, help="C&W Adam learning rate")
+    p.add_argument("--control", action=ActionYesNo, default=False,
+                   help="also train and measure a dense run per round with the same training (separates "
+                        "sparsity from extra epochs; about doubles the cost)")
     p.add_argument("--data-dir", dest="data_dir", type=str | None, default=None, help="dataset directory")
     p.add_argument("--device", type=str, default="auto", help="auto, cpu or cuda")
     p.add_argument("--progress", action=ActionYesNo, default=True, help="show progress bars")
@@ -351,12 +354,19 @@ def cmd_sweep_sparsity(ns: Namespace) -> int:
 
     kw = {k: ns[k] for k in ("out", "rho", "epochs_per_round", "adversarial", "scope", "keep_first_last", "eps",
                              "limit", "limit_train", "deepfool_steps", "cw_steps", "cw_search", "cw_const", "cw_lr",
-                             "data_dir", "device", "progress")}
+                             "data_dir", "device", "control", "progress")}
     res = sweep_sparsity(ns.run, rounds=ns.rounds, **kw)
-    print("| round | weight sparsity % | clean % | FGSM % | R+FGSM % | DeepFool r2 | C&W r2 |\n"
-          "|---|---|---|---|---|---|---|")
-    print("\n".join(f"| {p['round']} | {p['weight_sparsity']:.1f} | {p['clean_acc']:.2f} | {p['fgsm_acc']:.2f} | "
-                    f"{p['rfgsm_acc']:.2f} | {_num(p['deepfool_r2'])} | {_num(p['cw_r2'])} |" for p in res["points"]))
+
+    def cells(p: dict[str, Any]) -> str:
+        return (f"{p['clean_acc']:.2f} | {p['fgsm_acc']:.2f} | {p['rfgsm_acc']:.2f} | {_num(p['deepfool_r2'])} | "
+                f"{_num(p['cw_r2'])}")
+
+    dense = {c["round"]: c for c in res.get("control", [])}
+    head = "clean % | FGSM % | R+FGSM % | DeepFool r2 | C&W r2"
+    extra = f" {head.replace(' |', ' (dense) |')} (dense) |" if dense else ""
+    print(f"| round | weight sparsity % | {head} |{extra}\n|{'---|' * (7 + 5 * bool(dense))}")
+    print("\n".join(f"| {p['round']} | {p['weight_sparsity']:.1f} | {cells(p)} |"
+                    + (f" {cells(dense[p['round']])} |" if p["round"] in dense else "") for p in res["points"]))
     return 0
 
 

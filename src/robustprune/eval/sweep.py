@@ -7,6 +7,12 @@ dense start and every round: clean accuracy, FGSM and R+FGSM accuracy at ε (Guo
 L2 norms of minimal DeepFool and C&W-L2 perturbations on correctly classified points (r₂),
 weight sparsity and the zero fraction of the activations feeding the last layer. It writes
 ``OUT/sweep.json`` and ``OUT/sweep.png`` (each metric against sparsity, peaks marked).
+
+Each round also trains for ``epochs_per_round`` more epochs, so a rise over the dense start can be
+extra training rather than sparsity. ``control=True`` separates the two: for every round t it also
+trains a dense run (``OUT/control-XX``, the same method, loss, data and epochs with pruning switched
+off) and measures it, so round t is compared with a dense model of the same training history; the
+JSON gets ``control`` (its points) and ``vs_control`` (pruned − dense per metric and round).
 Resumable: finished rounds (``run.json``) and their measurements (``metrics-XX.json`` with the
 same evaluation settings) are reused; an interrupted round resumes from its last checkpoint.
 
@@ -68,9 +74,10 @@ def _check(rounds: int, rho: float, epochs_per_round: int, limit: int | None) ->
 
 def train_round(run_dir: Path, prev: Path, out: Path, *, rho: float, epochs_per_round: int, adversarial: bool,
                 scope: str, keep_first_last: bool, limit_train: int | None, data_dir: str | None, device: str,
-                progress: bool) -> None:
+                progress: bool, prune: bool = True) -> None:
     """One pruning round: a ``magnitude`` run from ``prev`` (resumed when interrupted, skipped when done),
-    with the base run's config otherwise (optimiser, lr held constant, batch size, seed, data)."""
+    with the base run's config otherwise (optimiser, lr held constant, batch size, seed, data).
+    ``prune=False`` is the dense control: the same run with ``max_rounds`` 0, so nothing is removed."""
     if (out / "run.json").is_file():
         return
     base = load_train_config(run_dir / "config.yaml")
@@ -78,7 +85,7 @@ def train_round(run_dir: Path, prev: Path, out: Path, *, rho: float, epochs_per_
         base, method="magnitude", epochs=epochs_per_round, out=str(out), init_from=str(prev), schedule="constant",
         resume=latest_checkpoint(out) is not None, device=device, progress=progress, data_dir=data_dir or base.data_dir,
         limit_train=base.limit_train if limit_train is None else limit_train,
-        method_args={"rho": rho, "epochs_per_round": epochs_per_round, "max_rounds": 1, "scope": scope,
+        method_args={"rho": rho, "epochs_per_round": epochs_per_round, "max_rounds": int(prune), "scope": scope,
                      "keep_first_last": keep_first_last, "adversarial": adversarial},
     )
     fit(cfg)
@@ -131,17 +138,35 @@ def peaks(points: list[dict[str, Any]]) -> dict[str, Any]:
     return out
 
 
+def vs_control(points: list[dict[str, Any]], control: list[dict[str, Any]]) -> dict[str, Any]:
+    """Per metric: pruned − dense control at each round (same training), and the round (and
+    sparsity) where that difference is largest."""
+    dense = {c["round"]: c for c in control}
+    out: dict[str, Any] = {}
+    for key, _ in METRICS:
+        rows = [{"round": p["round"], "weight_sparsity": p["weight_sparsity"], "pruned": p[key],
+                 "control": dense[p["round"]][key], "diff": p[key] - dense[p["round"]][key]}
+                for p in points if p["round"] in dense and p.get(key) is not None
+                and dense[p["round"]].get(key) is not None]
+        if rows:
+            best = max(rows, key=lambda r: r["diff"])
+            out[key] = {"rounds": rows, "best_round": best["round"], "best_sparsity": best["weight_sparsity"],
+                        "best_diff": best["diff"]}
+    return out
+
+
 def sweep_sparsity(run_dir: str | Path, *, rounds: int, out: str | Path | None = None, rho: float = 1 / 3,
                    epochs_per_round: int = 1, adversarial: bool = False, scope: str = "layer",
                    keep_first_last: bool = False, eps: float | None = None, limit: int | None = 1000,
                    limit_train: int | None = None, deepfool_steps: int = 50, cw_steps: int = 100, cw_search: int = 5,
                    cw_const: float = 0.1, cw_lr: float = 0.01, data_dir: str | None = None, device: str = "auto",
-                   progress: bool = True) -> dict[str, Any]:
+                   control: bool = False, progress: bool = True) -> dict[str, Any]:
     """Run (or resume) the sweep; returns the JSON data (also written to ``OUT/sweep.json``).
 
     Defaults: ρ = 1/3, one retraining epoch per round, ε = the dataset's, 1000 test points,
     DeepFool 50 steps, C&W 100 steps × 5 binary-search rounds from c = 0.1 (few steps need a larger
-    starting c than C&W's 1e-3 to succeed at all); ``OUT`` = ``RUN/sparsity-sweep``.
+    starting c than C&W's 1e-3 to succeed at all); ``OUT`` = ``RUN/sparsity-sweep``. ``control``
+    adds the dense same-training runs (about doubles the cost).
     """
     _check(rounds, rho, epochs_per_round, limit)
     run_dir = Path(run_dir)
@@ -154,20 +179,30 @@ def sweep_sparsity(run_dir: str | Path, *, rounds: int, out: str | Path | None =
     images, labels = load_split(cfg.dataset, "test", data_dir=data_dir or cfg.data_dir)
     data = (images[:limit], labels[:limit]) if limit is not None else (images, labels)
     points = [dict(measured(run_dir, out / "metrics-00.json", ev, data, device=dev, progress=progress), round=0)]
-    prev = run_dir
+    dense = [dict(points[0])] if control else []
+    train: dict[str, Any] = {"rho": rho, "epochs_per_round": epochs_per_round, "adversarial": adversarial,
+                             "scope": scope, "keep_first_last": keep_first_last, "limit_train": limit_train,
+                             "data_dir": data_dir, "device": device, "progress": progress}
+    prev, prev_dense = run_dir, run_dir
     for t in range(1, rounds + 1):
         rd = out / f"round-{t:02d}"
-        train_round(run_dir, prev, rd, rho=rho, epochs_per_round=epochs_per_round, adversarial=adversarial,
-                    scope=scope, keep_first_last=keep_first_last, limit_train=limit_train, data_dir=data_dir,
-                    device=device, progress=progress)
+        train_round(run_dir, prev, rd, **train)
         points.append(dict(measured(rd, out / f"metrics-{t:02d}.json", ev, data, device=dev, progress=progress),
                            round=t))
         prev = rd
+        if control:
+            cd = out / f"control-{t:02d}"
+            train_round(run_dir, prev_dense, cd, prune=False, **train)
+            dense.append(dict(measured(cd, out / f"control-metrics-{t:02d}.json", ev, data, device=dev,
+                                       progress=progress), round=t))
+            prev_dense = cd
     result = {
         "kind": "sparsity-sweep", "run": str(run_dir), "model": cfg.model, "dataset": cfg.dataset,
         "settings": {"rounds": rounds, "rho": rho, "epochs_per_round": epochs_per_round, "adversarial": adversarial,
-                     "scope": scope, "keep_first_last": keep_first_last, "limit_train": limit_train, **asdict(ev)},
-        "points": points, "peaks": peaks(points), **provenance(dev),
+                     "scope": scope, "keep_first_last": keep_first_last, "limit_train": limit_train, "control": control,
+                     **asdict(ev)},
+        "points": points, "peaks": peaks(points),
+        **({"control": dense, "vs_control": vs_control(points, dense)} if control else {}), **provenance(dev),
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
     atomic_write_json(out / "sweep.json", result)
@@ -180,6 +215,8 @@ def plot_sweep(result: dict[str, Any], path: Path) -> None:
     from matplotlib.figure import Figure
 
     pts = result["points"]
+    dense = result.get("control", [])
+    sparsity = {p["round"]: p["weight_sparsity"] for p in pts}
     fig = Figure(figsize=(10, 4))
     axes = fig.subplots(1, 2)
     for ax, keys, ylabel in ((axes[0], METRICS[:3], "accuracy % (r∞: FGSM, R+FGSM at ε)"),
@@ -192,10 +229,17 @@ def plot_sweep(result: dict[str, Any], path: Path) -> None:
             (line,) = ax.plot(xs, ys, marker="o", label=label)
             i = max(range(len(ys)), key=ys.__getitem__)
             ax.scatter([xs[i]], [ys[i]], s=140, facecolors="none", edgecolors=line.get_color())
+            if dense:  # the dense model of each round's training history, drawn at that round's sparsity
+                cx = [sparsity[c["round"]] for c in dense if c.get(key) is not None and c["round"] in sparsity]
+                cy = [c[key] for c in dense if c.get(key) is not None and c["round"] in sparsity]
+                ax.plot(cx, cy, linestyle="--", marker="x", color=line.get_color(), alpha=0.7,
+                        label=f"{label}, dense control")
         ax.set_xlabel("weight sparsity %")
         ax.set_ylabel(ylabel)
         ax.grid(alpha=0.3)
-        ax.legend()
-    fig.suptitle(f"{result['model']} / {result['dataset']}: robustness vs sparsity (ε = {result['settings']['eps']:g})")
+        ax.legend(fontsize="small")
+    note = " (dashed: dense, same training epochs)" if dense else ""
+    fig.suptitle(f"{result['model']} / {result['dataset']}: robustness vs sparsity "
+                 f"(ε = {result['settings']['eps']:g}){note}")
     fig.tight_layout()
     atomic_write(path, lambda p: fig.savefig(p, format="png", dpi=110))
