@@ -14,7 +14,7 @@ from typing import Any
 import torch
 
 
-def atomic_write(path: str | os.PathLike, write: Callable[[Path], None]) -> None:
+def atomic_write(path: str | os.PathLike, write: Callable[[Path], object]) -> None:
     """Call ``write(tmp)`` on a temp file beside ``path`` and rename it over ``path``.
 
     A crash at any moment leaves either the old file or the new one, never half a file. The file

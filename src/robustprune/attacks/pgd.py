@@ -10,7 +10,7 @@ worst case. Each norm adds three small pieces (start, step, projection), as in f
 from __future__ import annotations
 
 import warnings
-from typing import Any
+from typing import Any, cast
 
 import torch
 import torch.nn.functional as F
@@ -124,7 +124,8 @@ class PGD(Attack):
         self.loss_fn: LossFn = cross_entropy_loss if loss is None else loss
 
     def _check_start(self, random_start: bool | str) -> str:
-        start = {True: "uniform", False: "none"}.get(random_start, random_start)  # type: ignore[call-overload]
+        starts: dict[bool | str, str] = {True: "uniform", False: "none"}
+        start = starts.get(random_start, cast(str, random_start))  # a bool maps to its name, a name stays
         if start not in STARTS:
             raise ValueError(f"random_start must be a bool or one of {STARTS}, got {random_start!r}")
         if start == "sign" and self.norm != "linf":

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any, ClassVar
+from typing import Any, ClassVar, cast
 
 import torch
 from torch import Tensor, nn
@@ -13,10 +13,12 @@ from robustprune.registry import METHODS
 from robustprune.sparsity.magnitude import (
     apply_masks,
     install_weight_masks,
+    mask_of,
     masked_layers,
     prunable_layers,
     set_masks,
     sparsity_mask,
+    weight_of,
 )
 
 
@@ -89,7 +91,8 @@ class ADMMPruning(Method):
     def loss(self, model: nn.Module, x: Tensor, y: Tensor) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
         loss, logs = robust_or_clean_loss(self, model, x, y, adversarial=True, adv_weight=self.adv_weight)
         if not self.pruned and self.Z:
-            penalty = sum(((m.weight - self.Z[n] + self.U[n]) ** 2).sum() for n, (m, _) in self.targets(model).items())
+            penalty = cast(Tensor, sum(((weight_of(m) - self.Z[n] + self.U[n]) ** 2).sum()
+                                       for n, (m, _) in self.targets(model).items()))
             loss = loss + 0.5 * self.rho * penalty
             logs["admm_penalty"] = penalty.detach()
         return {"weights": loss}, logs
@@ -99,14 +102,15 @@ class ADMMPruning(Method):
         targets = self.targets(model)
         if not self.Z and not self.pruned:  # a fresh run: Z = Proj_S(W), U = 0
             for n, (m, r) in targets.items():
-                self.Z[n] = self.project(m.weight.detach().clone(), r)
-                self.U[n] = torch.zeros_like(m.weight)
+                self.Z[n] = self.project(weight_of(m).detach().clone(), r)
+                self.U[n] = torch.zeros_like(weight_of(m))
         for n, (m, _) in targets.items():  # resumed state comes back on the CPU
             if n in self.Z:
-                self.Z[n], self.U[n] = self.Z[n].to(m.weight), self.U[n].to(m.weight)
+                w = weight_of(m)
+                self.Z[n], self.U[n] = self.Z[n].to(w), self.U[n].to(w)
         if epoch >= self.prune_epoch and not self.pruned:
-            set_masks(model, [sparsity_mask(m.weight, sparsity=targets[n][1], structure=self.structure)
-                              if n in targets else m.weight_mask
+            set_masks(model, [sparsity_mask(weight_of(m), sparsity=targets[n][1], structure=self.structure)
+                              if n in targets else mask_of(m)
                               for n, m in masked_layers(model)])
             self.pruned = True
 
@@ -120,10 +124,11 @@ class ADMMPruning(Method):
             return {"admm_phase": "retrain" if self.pruned else "admm", "admm_rho": self.rho}
         gap, total = 0.0, 0.0
         for n, (m, r) in self.targets(model).items():
-            self.Z[n] = self.project(m.weight + self.U[n], r)
-            self.U[n] += m.weight - self.Z[n]
-            gap += float(((m.weight - self.Z[n]) ** 2).sum())
-            total += float((m.weight**2).sum())
+            w = weight_of(m)
+            self.Z[n] = self.project(w + self.U[n], r)
+            self.U[n] += w - self.Z[n]
+            gap += float(((w - self.Z[n]) ** 2).sum())
+            total += float((w**2).sum())
         self.rho *= self.rho_growth
         return {"admm_phase": "admm", "admm_rho": self.rho, "admm_gap": (gap / max(total, 1e-30)) ** 0.5}
 

@@ -57,7 +57,7 @@ class Method:
     #: the method needs ``--init-from`` a finished run (ANP-VS starts from a standard model)
     needs_init: ClassVar[bool] = False
     #: eval-mode outputs are random (evaluate with EOT and averaged passes)
-    stochastic: ClassVar[bool] = False
+    stochastic: bool = False
 
     def __init__(self, *, ctx: MethodContext) -> None:
         self.ctx = ctx

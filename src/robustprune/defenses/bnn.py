@@ -23,7 +23,7 @@ numbers (μ, ρ) per weight, so the card reports ``memory_factor`` 2.
 from __future__ import annotations
 
 import math
-from typing import ClassVar
+from typing import ClassVar, cast
 
 import torch
 import torch.nn.functional as F
@@ -97,9 +97,15 @@ def set_sampling(model: nn.Module, sample: bool) -> int:
     return len(pairs)
 
 
+def _mean(layer: nn.Module) -> Tensor:
+    """μ of a Gaussian weight: ``layer.parametrizations.weight.original``."""
+    plist = cast(nn.Module, layer.parametrizations).weight
+    return cast(parametrize.ParametrizationList, plist).original
+
+
 def model_kl(model: nn.Module, prior_sigma: float) -> Tensor:
     """KL of all Gaussian weights of ``model`` against ``N(0, σ_p²)``."""
-    terms = [gaussian_kl(m.parametrizations.weight.original, p.sigma(), prior_sigma) for m, p in bayes_layers(model)]
+    terms = [gaussian_kl(_mean(m), p.sigma(), prior_sigma) for m, p in bayes_layers(model)]
     return torch.stack(terms).sum()
 
 
@@ -128,7 +134,7 @@ class ATBNN(Method):
             raise ValueError(f"adv_weight must be >= 0, got {adv_weight}")
         self.rho_init, self.prior_sigma = rho_init, prior_sigma
         self.kl_scale, self.adv_weight, self.eval_sample = kl_scale, adv_weight, eval_sample
-        self.stochastic = eval_sample  # type: ignore[misc]  (this run is random at test time)
+        self.stochastic = eval_sample  # this run is random at test time
         self.attack = ctx.train_attack()
 
     def param_groups(self, model: nn.Module) -> list[ParamGroup]:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from typing import Any, ClassVar
+from typing import Any, ClassVar, cast
 
 import torch
 import torch.nn.functional as F
@@ -14,14 +14,16 @@ from robustprune.defenses.magnitude import robust_or_clean_loss
 from robustprune.registry import METHODS
 from robustprune.sparsity.magnitude import MASK_BUFFER, apply_masks, prunable_layers, sparsity_mask
 
+_Pair = tuple[int, int]  # a Conv2d's kernel_size, stride, padding and dilation
+
 
 class Scored:
     """Mixin of a conv/linear layer whose forward uses W ⊙ m: in the score phase m = top-k(|scores|)
     with a straight-through gradient to ``scores`` and W (and bias) frozen (detached); after
     :meth:`fix_mask`, m is the ``weight_mask`` buffer and W trains (its pruned entries are 0)."""
 
-    weight: nn.Parameter
-    bias: nn.Parameter | None
+    weight: Tensor
+    bias: Tensor | None
 
     def init_scored(self, sparsity: float) -> None:
         self.sparsity, self.score_phase = sparsity, True
@@ -50,7 +52,7 @@ class Scored:
         self.score_phase = False
 
 
-class ScoredLinear(Scored, nn.Linear):
+class ScoredLinear(Scored, nn.Linear):  # type: ignore[misc]  # torch types Linear.bias Parameter, not Parameter | None
     def forward(self, x: Tensor) -> Tensor:
         w, b = self.effective()
         return F.linear(x, w, b)
@@ -64,14 +66,15 @@ class ScoredConv2d(Scored, nn.Conv2d):
 
 def _scored_copy(m: nn.Module, sparsity: float) -> nn.Module:
     if isinstance(m, nn.Linear):
-        new: nn.Module = ScoredLinear(m.in_features, m.out_features, bias=m.bias is not None)
-    elif isinstance(m, nn.Conv2d):
-        new = ScoredConv2d(m.in_channels, m.out_channels, m.kernel_size, stride=m.stride, padding=m.padding,
-                           dilation=m.dilation, groups=m.groups, bias=m.bias is not None, padding_mode=m.padding_mode)
+        new: ScoredLinear | ScoredConv2d = ScoredLinear(m.in_features, m.out_features, bias=m.bias is not None)
+    elif isinstance(m, nn.Conv2d):  # a Conv2d's sizes are pairs (torch types them tuple[int, ...])
+        new = ScoredConv2d(m.in_channels, m.out_channels, cast(_Pair, m.kernel_size), stride=cast(_Pair, m.stride),
+                           padding=cast("str | _Pair", m.padding), dilation=cast(_Pair, m.dilation), groups=m.groups,
+                           bias=m.bias is not None, padding_mode=m.padding_mode)
     else:
         raise ValueError(f"HYDRA cannot score a {type(m).__name__} layer")
     new.weight, new.bias = m.weight, m.bias
-    new.init_scored(sparsity)  # type: ignore[operator]
+    new.init_scored(sparsity)
     return new.to(m.weight.device)
 
 

@@ -173,6 +173,7 @@ def eval_model(run: Any, *, sap: float | None, sap_mode: str, bnn_sample: bool) 
     from robustprune.defenses.cas import cas_modules
     from robustprune.defenses.sap import SAPModel
 
+    fields: dict[str, Any]
     model, fields = run.model, {}
     if bnn_sample:
         set_sampling(model, True)

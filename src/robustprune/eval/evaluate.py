@@ -21,7 +21,7 @@ from robustprune.metrics import VulnerabilityMeter
 class AttackResult:
     name: str
     params: dict[str, Any]
-    correct: int = 0
+    correct: float = 0
     total: int = 0
     wall_s: float = 0.0
     vulnerability: VulnerabilityMeter | None = None

@@ -21,7 +21,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from robustprune.sparsity.magnitude import MASK_BUFFER, WEIGHT_LAYERS
+from robustprune.sparsity.magnitude import MASK_BUFFER, WEIGHT_LAYERS, weight_of
 
 NOTE = ("theoretical: MACs count only non-zero weights and CSR bytes assume a sparse format; dense kernels "
         "compute the zeros, so no speed-up is claimed")
@@ -29,7 +29,7 @@ NOTE = ("theoretical: MACs count only non-zero weights and CSR bytes assume a sp
 
 def effective_weight(m: nn.Module) -> Tensor:
     mask = getattr(m, MASK_BUFFER, None)
-    return m.weight.detach() if mask is None else m.weight.detach() * mask
+    return weight_of(m).detach() if mask is None else weight_of(m).detach() * mask
 
 
 def _positions(model: nn.Module, input_shape: tuple[int, ...]) -> dict[str, int]:

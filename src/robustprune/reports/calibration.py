@@ -131,6 +131,7 @@ def calibration_run(runs: list[str | Path], *, out: str | Path, sap: float | Non
             torch.manual_seed(seed)
             res = calibration_of(model, images, labels, passes=passes, bins=bins)
             entries.append({"label": label, "run": str(run_dir), "model": run.cfg.model, **res})
+    assert dev is not None  # runs is not empty
     data = {"kind": "calibration", "sap": sap, "sap_mode": sap_mode, "limit": limit, "seed": seed,
             "models": entries, **provenance(dev)}
     out = Path(out)

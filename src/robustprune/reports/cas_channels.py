@@ -10,7 +10,7 @@ in plain AT; CAS suppresses the redundant ones. Reads models only; writes JSON +
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import torch
 import torch.nn.functional as F
@@ -43,7 +43,7 @@ def channel_magnitudes(model: nn.Module, images: Tensor, labels: Tensor, *, atta
 
     was_training = model.training
     model.eval()
-    sums = {"natural": 0.0, "adversarial": 0.0}
+    sums: dict[str, float | Tensor] = {"natural": 0.0, "adversarial": 0.0}
     try:
         for i in range(0, len(images), batch_size):
             x, y = images[i:i + batch_size], labels[i:i + batch_size]
@@ -59,7 +59,7 @@ def channel_magnitudes(model: nn.Module, images: Tensor, labels: Tensor, *, atta
                 handle.remove()
     finally:
         model.train(was_training)
-    nat, adv = sums["natural"] / len(images), sums["adversarial"] / len(images)
+    nat, adv = cast(Tensor, sums["natural"]) / len(images), cast(Tensor, sums["adversarial"]) / len(images)
     order = torch.argsort(nat, descending=True)
     return {"layer": name, "n": len(images), "attack": attack.params(), "order": order.tolist(),
             "natural": nat[order].tolist(), "adversarial": adv[order].tolist()}

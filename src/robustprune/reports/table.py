@@ -152,7 +152,7 @@ def summarize(cards: list[dict[str, Any]]) -> dict[str, Any]:
         per_seed = [card_metrics(c) for c in group]
         metrics = {}
         for key, _, _ in COLUMNS + TIME_COLUMNS:
-            metrics[key] = mean_std([m[key] for m in per_seed if m[key] is not None])
+            metrics[key] = mean_std([v for m in per_seed if (v := m[key]) is not None])
         rows.append({
             "run_id": run_id, "method": group[0]["method"], "label": group[0].get("label", group[0]["method"]),
             "model_of": group[0].get("model_of"), "model": group[0]["model"],

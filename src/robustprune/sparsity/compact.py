@@ -24,7 +24,7 @@ import shutil
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch import nn
@@ -33,7 +33,7 @@ from robustprune.data import dataset_info
 from robustprune.metrics import paper_cost, sparsity_summary
 from robustprune.metrics.cost import ARCHS
 from robustprune.metrics.measured import count_params, measured_cost
-from robustprune.models.base import mask_slots
+from robustprune.models.base import UnitMask, mask_slots
 from robustprune.sparsity.compact_net import COMPACT_FILE, FORMAT, VERSION, CompactNet, read_compact
 from robustprune.sparsity.fold import fold_model
 from robustprune.train.checkpoint import save_weights
@@ -88,7 +88,7 @@ def compact_model(model: nn.Module, *, check: bool = True, input_shape: Sequence
 def _widths(model: nn.Module) -> dict[str, dict[str, int]]:
     out = {}
     for name, slot in mask_slots(model):
-        n = slot.units if slot.mask is None else int(slot.mask.n_active())
+        n = slot.units if slot.mask is None else int(cast(UnitMask, slot.mask).n_active())
         out[name] = {"units": slot.units, "active": n}
     return out
 

@@ -30,7 +30,7 @@ from __future__ import annotations
 import json
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import torch
 import torch.nn.functional as F
@@ -82,6 +82,7 @@ class Select(nn.Module):
     def __init__(self, n_in: int, n_out: int) -> None:
         super().__init__()
         self.n_in = n_in
+        self.index: Tensor
         self.register_buffer("index", torch.arange(n_out))
 
     def forward(self, x: Tensor) -> Tensor:
@@ -93,6 +94,8 @@ class Feature(nn.Module):
 
     def __init__(self, units: int, kept: int) -> None:
         super().__init__()
+        self.index: Tensor
+        self.fill: Tensor
         self.register_buffer("index", torch.arange(kept))
         self.register_buffer("fill", torch.zeros(units))
 
@@ -210,6 +213,6 @@ def read_compact(run_dir: str | Path) -> tuple[CompactNet, dict[str, Any]]:
     if info.get("version") != VERSION:
         raise ValueError(f"{path} has compact format version {info.get('version')!r}; this robustprune reads {VERSION}")
     try:
-        return CompactNet(info.get("layers")), info
+        return CompactNet(cast("list[dict[str, Any]]", info.get("layers"))), info  # CompactNet checks it
     except ValueError as e:
         raise ValueError(f"{path}: {e}") from e

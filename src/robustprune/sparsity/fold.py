@@ -27,8 +27,9 @@ distortion no longer affects anything, and it no longer counts in the vulnerabil
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from typing import Any, cast
 
 import torch
 import torch.nn.functional as F
@@ -36,9 +37,10 @@ from torch import Tensor, nn
 
 from robustprune.models.base import MaskSlot, UnitMask
 from robustprune.models.lenet import LeNet5Caffe, LeNet300100
-from robustprune.models.resnet import ResNet18
-from robustprune.models.vgg import VGG16
+from robustprune.models.resnet import BasicBlock, ResNet18
+from robustprune.models.vgg import VGG16, VGGBlock
 from robustprune.sparsity.compact_net import CompactNet
+from robustprune.sparsity.magnitude import weight_of
 
 D = torch.float64  # folding precision; the result takes the model's dtype
 
@@ -126,13 +128,14 @@ def select_wire(wire: Wire, need: Tensor) -> tuple[Wire, Tensor | None]:
 def layer_weight(layer: nn.Module) -> Tensor:
     """The weight in float64, times the layer's ``weight_mask`` buffer when it has one (unstructured
     pruning: magnitude, ADMM, HYDRA keep such a buffer; compaction keeps those zeros as they are)."""
-    w = layer.weight.detach().to("cpu", D)
+    w = weight_of(layer).detach().to("cpu", D)
     mask = getattr(layer, "weight_mask", None)
     return w if not isinstance(mask, Tensor) else w * mask.detach().to("cpu", D)
 
 
 def conv_size(conv: nn.Conv2d, size: int) -> int:
-    return (size + 2 * conv.padding[0] - conv.kernel_size[0]) // conv.stride[0] + 1
+    padding = cast("tuple[int, ...]", conv.padding)  # conv_tensors rejects a str padding
+    return (size + 2 * padding[0] - conv.kernel_size[0]) // conv.stride[0] + 1
 
 
 def conv_tensors(conv: nn.Conv2d, wire: Wire, size: int, *, scale: Tensor | None = None,
@@ -181,8 +184,10 @@ class Builder:
     def conv(self, conv: nn.Conv2d, wire: Wire, size: int, **fold: Tensor | None) -> int:
         """Add a folded conv (see :func:`conv_tensors`); returns its output size."""
         t = conv_tensors(conv, wire, size, **fold)
-        hw = None if t["bias_map"] is None else list(t["bias_map"].shape[1:])
-        self.add({"op": "conv", "in": len(wire.kept), "out": t["weight"].shape[0], "kernel": conv.kernel_size[0],
+        bias_map = t["bias_map"]
+        hw = None if bias_map is None else list(bias_map.shape[1:])
+        out = cast(Tensor, t["weight"]).shape[0]  # conv_tensors always gives a weight
+        self.add({"op": "conv", "in": len(wire.kept), "out": out, "kernel": conv.kernel_size[0],
                   "stride": conv.stride[0], "padding": conv.padding[0], "bias_map": hw}, **t)
         return conv_size(conv, size)
 
@@ -260,7 +265,7 @@ def _vgg16(model: VGG16, net: Builder) -> tuple[int, ...]:
     mf1, af1 = slot_scale("mask_fc1", model.mask_fc1)
     mf2, af2 = slot_scale("mask_fc2", model.mask_fc2)
     wire, size = Wire.dense(len(mean)), 32
-    for i, block in enumerate(model.blocks):
+    for i, block in enumerate(cast("Iterable[VGGBlock]", model.blocks)):
         m, a = slot_scale(f"blocks.{i}.mask", block.mask)
         s, t = bn_affine(block.bn)
         last = i == len(model.blocks) - 1
@@ -293,30 +298,32 @@ def _resnet18(model: ResNet18, net: Builder) -> tuple[int, ...]:
     s, t = bn_affine(model.bn1)
     net.conv(model.conv1, Wire.dense(mean.numel()), 32, scale=s, shift=t)
     net.add({"op": "relu"})
-    for i, block in enumerate(model.blocks):
+    for i, block in enumerate(cast("Iterable[BasicBlock]", model.blocks)):
         m, a = slot_scale(f"blocks.{i}.mask", block.mask)
         keep = kept_units(a)
         s1, t1 = bn_affine(block.bn1)  # mask after bn1: m·(s1·conv1(x) + t1); pruned channels give 0
         cin = block.conv1.in_channels
-        t = {f"conv1.{k}": v for k, v in conv_tensors(block.conv1, Wire.dense(cin), 1, scale=m * s1, shift=m * t1,
-                                                    keep=keep).items()}
+        tensors = {f"conv1.{k}": v for k, v in conv_tensors(block.conv1, Wire.dense(cin), 1, scale=m * s1,
+                                                          shift=m * t1, keep=keep).items()}
         s2, t2 = bn_affine(block.bn2)
         mid = Wire(keep, torch.zeros(len(a), dtype=D), torch.ones(len(a), dtype=torch.bool))
-        t.update({f"conv2.{k}": v for k, v in conv_tensors(block.conv2, mid, 1, scale=s2, shift=t2).items()})
+        tensors.update({f"conv2.{k}": v for k, v in conv_tensors(block.conv2, mid, 1, scale=s2, shift=t2).items()})
         if isinstance(block.shortcut, nn.Sequential):
-            ss, ts = bn_affine(block.shortcut[1])
-            t.update({f"shortcut.{k}": v for k, v in conv_tensors(block.shortcut[0], Wire.dense(cin), 1, scale=ss,
-                                                                  shift=ts).items()})
+            conv, bn = cast(nn.Conv2d, block.shortcut[0]), cast(nn.BatchNorm2d, block.shortcut[1])
+            ss, ts = bn_affine(bn)
+            tensors.update({f"shortcut.{k}": v for k, v in conv_tensors(conv, Wire.dense(cin), 1, scale=ss,
+                                                                        shift=ts).items()})
         cout = block.conv2.out_channels
         net.add({"op": "resblock", "in": cin, "mid": len(keep), "out": cout, "stride": block.conv1.stride[0],
-                 "shortcut": isinstance(block.shortcut, nn.Sequential)}, **t)
+                 "shortcut": isinstance(block.shortcut, nn.Sequential)}, **tensors)
         net.feature(Wire.dense(cout))
     net.add({"op": "avgpool"})
     net.linear(model.fc, Wire.dense(model.fc.in_features))
     return (mean.numel(), 32, 32)
 
 
-COMPACTORS: dict[type, Callable[[nn.Module, Builder], tuple[int, ...]]] = {
+#: each function takes an instance of its key
+COMPACTORS: dict[type, Callable[[Any, Builder], tuple[int, ...]]] = {
     LeNet300100: _lenet300, LeNet5Caffe: _lenet5, VGG16: _vgg16, ResNet18: _resnet18,
 }
 

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable
-from typing import Literal
+from typing import Literal, cast
 
 import torch
 from torch import Tensor, nn
@@ -26,9 +26,10 @@ from torch import Tensor, nn
 MASK_BUFFER = "weight_mask"
 Scope = Literal["layer", "global"]
 WEIGHT_LAYERS = (nn.modules.conv._ConvNd, nn.Linear)
+WeightLayer = nn.modules.conv._ConvNd | nn.Linear
 
 
-def prunable_layers(model: nn.Module, *, keep_first_last: bool = False) -> list[tuple[str, nn.Module]]:
+def prunable_layers(model: nn.Module, *, keep_first_last: bool = False) -> list[tuple[str, WeightLayer]]:
     """Conv and linear layers in registration (forward) order; without the first and last one
     when ``keep_first_last`` (Guo et al. keep them dense on CIFAR-10).
 
@@ -47,11 +48,21 @@ def masked_layers(model: nn.Module) -> list[tuple[str, nn.Module]]:
     return [(n, m) for n, m in model.named_modules() if isinstance(getattr(m, MASK_BUFFER, None), Tensor)]
 
 
+def weight_of(module: nn.Module) -> Tensor:
+    """``module.weight`` (torch types a module attribute as ``Tensor | Module``)."""
+    return cast(Tensor, module.weight)
+
+
+def mask_of(module: nn.Module) -> Tensor:
+    """The ``weight_mask`` buffer of a masked layer."""
+    return cast(Tensor, getattr(module, MASK_BUFFER))
+
+
 def _mask_grad(module: nn.Module) -> None:
     def hook(grad: Tensor) -> Tensor:
         return grad * getattr(module, MASK_BUFFER)
 
-    module.weight.register_hook(hook)
+    weight_of(module).register_hook(hook)
 
 
 def install_weight_masks(model: nn.Module, *, keep_first_last: bool = False) -> list[str]:
@@ -80,7 +91,7 @@ def fresh_state_keys(model: nn.Module) -> set[str]:
 def apply_masks(model: nn.Module) -> None:
     """Set every pruned weight to exactly 0 (call after each optimiser step)."""
     for _, m in masked_layers(model):
-        m.weight.mul_(getattr(m, MASK_BUFFER).to(m.weight.dtype))
+        weight_of(m).mul_(getattr(m, MASK_BUFFER).to(weight_of(m).dtype))
 
 
 def _keep_top(values: Tensor, alive: Tensor, keep: int) -> Tensor:
@@ -110,23 +121,23 @@ def prune_by_magnitude(model: nn.Module, *, fraction: float, scope: Scope = "lay
         raise ValueError("model has no weight masks; call install_weight_masks first")
     if scope == "layer":
         for m in layers:
-            alive = m.weight_mask.bool()
+            alive = mask_of(m).bool()
             n = int(alive.sum())
-            m.weight_mask.copy_(_keep_top(m.weight.abs(), alive, n - round(fraction * n)))
+            mask_of(m).copy_(_keep_top(weight_of(m).abs(), alive, n - round(fraction * n)))
     else:
-        alive = torch.cat([m.weight_mask.bool().flatten() for m in layers])
-        values = torch.cat([m.weight.abs().flatten() for m in layers])
+        alive = torch.cat([mask_of(m).bool().flatten() for m in layers])
+        values = torch.cat([weight_of(m).abs().flatten() for m in layers])
         n = int(alive.sum())
         flat = _keep_top(values, alive, n - round(fraction * n))
-        for m, part in zip(layers, torch.split(flat, [m.weight.numel() for m in layers]), strict=True):
-            m.weight_mask.copy_(part.view_as(m.weight))
+        for m, part in zip(layers, torch.split(flat, [weight_of(m).numel() for m in layers]), strict=True):
+            mask_of(m).copy_(part.view_as(weight_of(m)))
     apply_masks(model)
     return layer_sparsities(model)
 
 
 def layer_sparsities(model: nn.Module) -> list[float]:
     """Fraction of masked-out weights per masked layer, in order."""
-    return [1.0 - int(m.weight_mask.sum()) / m.weight_mask.numel() for _, m in masked_layers(model)]
+    return [1.0 - int(mask_of(m).sum()) / mask_of(m).numel() for _, m in masked_layers(model)]
 
 
 def expected_sparsity(fraction: float, rounds: int) -> float:
@@ -142,9 +153,9 @@ def set_masks(model: nn.Module, masks: Iterable[Tensor]) -> None:
     if len(masks) != len(layers):
         raise ValueError(f"got {len(masks)} masks for {len(layers)} masked layers")
     for (name, m), mask in zip(layers, masks, strict=True):
-        if mask.shape != m.weight.shape:
-            raise ValueError(f"mask for {name!r} has shape {tuple(mask.shape)}, weight {tuple(m.weight.shape)}")
-        m.weight_mask.copy_((mask != 0).float())
+        if mask.shape != weight_of(m).shape:
+            raise ValueError(f"mask for {name!r} has shape {tuple(mask.shape)}, weight {tuple(weight_of(m).shape)}")
+        mask_of(m).copy_((mask != 0).float())
     apply_masks(model)
 
 

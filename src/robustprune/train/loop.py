@@ -157,7 +157,8 @@ class Trainer:
         ckpt = load_checkpoint(self.out)
         self.model.load_state_dict(ckpt.weights)
         states = ckpt.state["optimizers"] + ckpt.state["schedulers"]
-        for obj, state in zip(self.opts + self.scheds, states, strict=True):
+        stateful: list[torch.optim.Optimizer | torch.optim.lr_scheduler.LambdaLR] = self.opts + self.scheds
+        for obj, state in zip(stateful, states, strict=True):
             obj.load_state_dict(state)
         self.method.load_state_dict(ckpt.state.get("method", {}))
         self.history, self.start = list(ckpt.state["history"]), ckpt.epoch

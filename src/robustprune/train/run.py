@@ -122,6 +122,7 @@ def load_run(run_dir: str | Path, *, device: torch.device | str = "cpu") -> Load
     cfg = load_train_config(cfg_path)
     info = dataset_info(cfg.dataset)
     method = build_method(cfg.method, ctx=method_context(cfg, train_size=info.train_size), **cfg.method_args)
+    model: nn.Module
     compact = None
     if (run_dir / COMPACT_FILE).is_file():  # a compacted run rebuilds its own (smaller) architecture
         model, compact = read_compact(run_dir)
