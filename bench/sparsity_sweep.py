@@ -55,14 +55,12 @@ def run_sweeps(args: argparse.Namespace) -> dict[str, Any]:
                              cw_search=args.cw_search, cw_const=args.cw_const, cw_lr=args.cw_lr,
                              eps=args.eps, device="cpu", control=args.control,
                              progress=False)
-        results[model] = {"peaks": res["peaks"], "points": [
-            {k: p[k] for k in ("round", "weight_sparsity", "clean_acc", "fgsm_acc", "rfgsm_acc", "deepfool_r2",
-                               "cw_r2", "cw_failed", "activation_zero_fraction")} for p in res["points"]],
+        keys = ("round", "weight_sparsity", "clean_acc", "fgsm_acc", "rfgsm_acc", "deepfool_r2", "cw_r2", "cw_failed",
+                "activation_zero_fraction")
+        results[model] = {"peaks": res["peaks"], "points": [{k: p[k] for k in keys} for p in res["points"]],
             "wall_s": time.perf_counter() - t0, "plot": str(ref / "sparsity-sweep" / "sweep.png")}
         if args.control:
-            results[model]["control"] = [{k: p[k] for k in ("round", "weight_sparsity", "clean_acc", "fgsm_acc",
-                                                            "rfgsm_acc", "deepfool_r2", "cw_r2")}
-                                         for p in res["control"]]
+            results[model]["control"] = [{k: p[k] for k in keys} for p in res["control"]]
             results[model]["vs_control"] = {k: {kk: v[kk] for kk in ("best_round", "best_sparsity", "best_diff")}
                                             for k, v in res["vs_control"].items()}
         print(json.dumps({model: results[model]}, indent=1), flush=True)

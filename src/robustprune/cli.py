@@ -361,12 +361,13 @@ def cmd_sweep_sparsity(ns: Namespace) -> int:
         return (f"{p['clean_acc']:.2f} | {p['fgsm_acc']:.2f} | {p['rfgsm_acc']:.2f} | {_num(p['deepfool_r2'])} | "
                 f"{_num(p['cw_r2'])}")
 
-    dense = {c["round"]: c for c in res.get("control", [])}
-    head = "clean % | FGSM % | R+FGSM % | DeepFool r2 | C&W r2"
-    extra = f" {head.replace(' |', ' (dense) |')} (dense) |" if dense else ""
-    print(f"| round | weight sparsity % | {head} |{extra}\n|{'---|' * (7 + 5 * bool(dense))}")
-    print("\n".join(f"| {p['round']} | {p['weight_sparsity']:.1f} | {cells(p)} |"
-                    + (f" {cells(dense[p['round']])} |" if p["round"] in dense else "") for p in res["points"]))
+    dense = res.get("control")
+    cols = ["round", "weight sparsity %", "clean %", "FGSM %", "R+FGSM %", "DeepFool r2", "C&W r2"]
+    cols += [f"{c} (dense)" for c in cols[2:]] if dense else []
+    print(f"| {' | '.join(cols)} |\n|{'---|' * len(cols)}")
+    for i, p in enumerate(res["points"]):
+        extra = f" {cells(dense[i])} |" if dense else ""
+        print(f"| {p['round']} | {p['weight_sparsity']:.1f} | {cells(p)} |{extra}")
     return 0
 
 

@@ -139,15 +139,13 @@ def peaks(points: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 def vs_control(points: list[dict[str, Any]], control: list[dict[str, Any]]) -> dict[str, Any]:
-    """Per metric: pruned − dense control at each round (same training), and the round (and
-    sparsity) where that difference is largest."""
-    dense = {c["round"]: c for c in control}
+    """Per metric: pruned − dense control at each round (same training; the two lists run round
+    by round), and the round (and sparsity) where that difference is largest."""
     out: dict[str, Any] = {}
     for key, _ in METRICS:
-        rows = [{"round": p["round"], "weight_sparsity": p["weight_sparsity"], "pruned": p[key],
-                 "control": dense[p["round"]][key], "diff": p[key] - dense[p["round"]][key]}
-                for p in points if p["round"] in dense and p.get(key) is not None
-                and dense[p["round"]].get(key) is not None]
+        rows = [{"round": p["round"], "weight_sparsity": p["weight_sparsity"], "pruned": p[key], "control": c[key],
+                 "diff": p[key] - c[key]}
+                for p, c in zip(points, control, strict=True) if p.get(key) is not None and c.get(key) is not None]
         if rows:
             best = max(rows, key=lambda r: r["diff"])
             out[key] = {"rounds": rows, "best_round": best["round"], "best_sparsity": best["weight_sparsity"],
@@ -216,7 +214,6 @@ def plot_sweep(result: dict[str, Any], path: Path) -> None:
 
     pts = result["points"]
     dense = result.get("control", [])
-    sparsity = {p["round"]: p["weight_sparsity"] for p in pts}
     fig = Figure(figsize=(10, 4))
     axes = fig.subplots(1, 2)
     for ax, keys, ylabel in ((axes[0], METRICS[:3], "accuracy % (r∞: FGSM, R+FGSM at ε)"),
@@ -230,8 +227,8 @@ def plot_sweep(result: dict[str, Any], path: Path) -> None:
             i = max(range(len(ys)), key=ys.__getitem__)
             ax.scatter([xs[i]], [ys[i]], s=140, facecolors="none", edgecolors=line.get_color())
             if dense:  # the dense model of each round's training history, drawn at that round's sparsity
-                cx = [sparsity[c["round"]] for c in dense if c.get(key) is not None and c["round"] in sparsity]
-                cy = [c[key] for c in dense if c.get(key) is not None and c["round"] in sparsity]
+                cx = [p["weight_sparsity"] for p, c in zip(pts, dense, strict=True) if c.get(key) is not None]
+                cy = [c[key] for c in dense if c.get(key) is not None]
                 ax.plot(cx, cy, linestyle="--", marker="x", color=line.get_color(), alpha=0.7,
                         label=f"{label}, dense control")
         ax.set_xlabel("weight sparsity %")
