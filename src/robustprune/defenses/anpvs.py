@@ -10,12 +10,18 @@ train two parameter groups with their own Adam optimisers, stepped together each
 with x_adv from PGD against the eval-mode model (deterministic masks). The clean and adversarial
 passes share one mask sample, so V is exactly 0 when x_adv = x, and every latent layer (layer 1
 included) gets gradient. BP trains without attack: both groups on CE + KL/N.
+
+N is the data set's whole training split by default (``kl_n="dataset"``: MNIST 60,000), so β/N is
+the paper's weight per example whatever subset a run trains on; ``kl_n="train"`` divides by the
+examples this run trains on instead (the ELBO of that subset: on a 20k subset the prior is 3×
+stronger per example). The effective β/N is on every run's card (``run.json["method_info"]``).
 """
 
 from __future__ import annotations
 
 from typing import Any, ClassVar
 
+import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
@@ -26,6 +32,8 @@ from robustprune.models import base_parameters, mask_parameters
 from robustprune.registry import METHODS
 from robustprune.sparsity.bbdropout import install_bbd, model_kl, shared_noise
 
+#: how N of β·KL/N is chosen (see the module docstring)
+KL_N_RULES = ("dataset", "train")
 #: (β, λ) of the paper's runs per dataset (ANP-VS README)
 PAPER_BETA_LAMBDA = {"mnist": (4.0, 1e-3), "fashion-mnist": (4.0, 1e-3), "cifar10": (2.0, 1e-4), "cifar100": (1.0, 0.1)}
 
@@ -43,12 +51,28 @@ class MaskedMethod(Method):
         a_init_fc: float = -1.0,
         a_init_conv: float | None = None,
         threshold: float = 1e-3,
+        kl_n: str = "dataset",
     ) -> None:
         super().__init__(ctx=ctx)
         if mask_lr <= 0:
             raise ValueError(f"mask_lr must be > 0, got {mask_lr}")
+        if kl_n not in KL_N_RULES:
+            raise ValueError(f"kl_n must be one of {', '.join(KL_N_RULES)}, got {kl_n!r}")
         self.mask_lr = mask_lr
+        self.kl_n = kl_n
         self.mask_kw: dict[str, Any] = {"a_init_fc": a_init_fc, "a_init_conv": a_init_conv, "threshold": threshold}
+
+    @property
+    def kl_size(self) -> int:
+        """N of β·KL/N: the whole training split (``kl_n="dataset"``) or this run's examples (``"train"``)."""
+        if self.kl_n == "train" or self.ctx.dataset_size is None:
+            return self.ctx.train_size
+        return self.ctx.dataset_size
+
+    def card_fields(self) -> dict[str, Any]:
+        beta = float(getattr(self, "beta", 1.0))
+        return {"beta": beta, "kl_n": self.kl_n, "kl_size": self.kl_size, "train_size": self.ctx.train_size,
+                "kl_weight": beta / self.kl_size}
 
     def prepare(self, model: nn.Module) -> nn.Module:
         return install_bbd(model, **self.mask_kw)
@@ -81,7 +105,7 @@ class BayesianPruning(MaskedMethod):
     def loss(self, model: nn.Module, x: Tensor, y: Tensor) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
         logits = model(x)
         kl = model_kl(model)
-        loss = F.cross_entropy(logits, y) + self.beta * kl / self.ctx.train_size
+        loss = F.cross_entropy(logits, y) + self.beta * kl / self.kl_size
         return {"masks": loss, "weights": loss}, {"loss": loss.detach(), "acc": accuracy(logits, y), "kl": kl.detach()}
 
 
@@ -93,11 +117,18 @@ class ANPVS(MaskedMethod):
     1e-2, masks initialised at a' = −1 (fc, LeNet conv) or 2 (VGG conv), adversarial weight 2.
     Start it from a standard run: ``--init-from RUN``.
 
-    Options for short budgets (off by default, the faithful recipe): ``kl_warmup`` ramps β/N from
-    0 over that fraction of training; ``mask_warmup`` freezes the masks for that fraction, so the
-    weights become robust before the masks can trade accuracy for a lower adversarial loss;
-    ``mask_loss="mixed"`` gives the masks the weights' [CE + 2·CE_adv]/3 instead of CE_adv alone,
-    so pruning everything (a constant output, which caps CE_adv at ln K) stops paying off.
+    Options (off by default, the faithful recipe):
+
+    - ``mask_warmup``: the masks do not step for that fraction of training (their optimiser does
+      not run, so its first step afterwards is a fresh Adam's), while the weights adapt.
+    - ``mask_hold``: the masks do not step until the running mean (EMA, 0.98) of the training
+      batches' adversarial accuracy reaches this value, then learn for the rest of the run. The
+      remedy for a training attack that reaches the ε-ball's boundary from the first batch
+      (PGD-5 of 0.1 on MNIST): the weights then sit at CE_adv ≈ ln 10, CE_adv gives the masks no
+      signal, and the one-signed KL gradient, which Adam scales to about one learning rate per
+      step, shuts every mask (measured in bench/RESULTS.md, "Why the faithful recipe collapsed").
+    - ``kl_warmup`` ramps β/N from 0 over that fraction of training.
+    - ``mask_loss="mixed"`` gives the masks the weights' [CE + 2·CE_adv]/3 instead of CE_adv alone.
 
     >>> method = ANPVS(ctx=ctx)            # beta, lam from the paper for ctx.dataset
     """
@@ -114,6 +145,7 @@ class ANPVS(MaskedMethod):
         adv_weight: float = 2.0,
         kl_warmup: float = 0.0,
         mask_warmup: float = 0.0,
+        mask_hold: float = 0.0,
         mask_loss: str = "adv",
         **mask_kw: Any,
     ) -> None:
@@ -127,7 +159,13 @@ class ANPVS(MaskedMethod):
         for key, frac in (("kl_warmup", kl_warmup), ("mask_warmup", mask_warmup)):
             if not 0 <= frac < 1:
                 raise ValueError(f"{key} must be a fraction in [0, 1), got {frac}")
+        if not 0 <= mask_hold <= 1:
+            raise ValueError(f"mask_hold must be an accuracy in [0, 1], got {mask_hold}")
         self.mask_warmup = mask_warmup
+        self.mask_hold = mask_hold
+        self.adv_acc_ema: float | None = None
+        self.released = mask_hold == 0
+        self.released_at: int | None = None
         if mask_loss not in ("adv", "mixed"):
             raise ValueError(f"mask_loss must be 'adv' or 'mixed', got {mask_loss!r}")
         self.mask_loss = mask_loss
@@ -141,7 +179,7 @@ class ANPVS(MaskedMethod):
         ramp = 1.0
         if self.kl_warmup > 0:
             ramp = min(1.0, self.step_no / (self.kl_warmup * self.ctx.total_steps))
-        return ramp * self.beta / self.ctx.train_size
+        return ramp * self.beta / self.kl_size
 
     def loss(self, model: nn.Module, x: Tensor, y: Tensor) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
         x_adv = self.attack(model, x, y)
@@ -153,8 +191,6 @@ class ANPVS(MaskedMethod):
         loss_weights = mixed_ce(logits, logits_adv, y, adv_weight=self.adv_weight)
         mask_ce = loss_weights if self.mask_loss == "mixed" else ce_adv
         loss_masks = mask_ce + self.kl_weight() * kl
-        if self.step_no < self.mask_warmup * self.ctx.total_steps:
-            loss_masks = loss_masks * 0.0  # masks frozen while the weights adapt to the attack
         vs = vulnerability(feats, feats_adv)
         if self.lam > 0:
             loss_weights = loss_weights + self.lam * vs
@@ -167,11 +203,37 @@ class ANPVS(MaskedMethod):
     def after_step(self, model: nn.Module, step: int) -> None:
         self.step_no = step
 
+    def observe(self, logs: dict[str, torch.Tensor]) -> None:
+        if self.released or "adv_acc" not in logs:
+            return
+        acc = float(logs["adv_acc"])
+        self.adv_acc_ema = acc if self.adv_acc_ema is None else 0.98 * self.adv_acc_ema + 0.02 * acc
+        if self.adv_acc_ema >= self.mask_hold:
+            self.released = True
+            self.released_at = self.step_no
+
+    def frozen_groups(self) -> frozenset[str]:
+        """The masks while ``mask_warmup`` lasts or ``mask_hold`` holds them."""
+        if self.step_no < self.mask_warmup * self.ctx.total_steps or not self.released:
+            return frozenset({"masks"})
+        return frozenset()
+
+    def card_fields(self) -> dict[str, Any]:
+        out = super().card_fields()
+        out.update({"lam": self.lam, "mask_warmup": self.mask_warmup, "mask_hold": self.mask_hold})
+        if self.mask_hold > 0:
+            out["mask_hold_released_at_step"] = self.released_at
+        return out
+
     def state_dict(self) -> dict[str, Any]:
-        return {"step_no": self.step_no}
+        return {"step_no": self.step_no, "adv_acc_ema": self.adv_acc_ema, "released": self.released,
+                "released_at": self.released_at}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.step_no = int(state.get("step_no", 0))
+        self.adv_acc_ema = state.get("adv_acc_ema")
+        self.released = bool(state.get("released", self.mask_hold == 0))
+        self.released_at = None if state.get("released_at") is None else int(state["released_at"])
 
 
 @METHODS.register("anp")

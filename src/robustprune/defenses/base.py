@@ -29,6 +29,9 @@ class MethodContext:
     lr: float = 1e-3
     weight_decay: float = 1e-4
     total_steps: int = 1
+    #: size of the data set's whole training split (MNIST 60,000), whatever subset this run trains
+    #: on; None means ``train_size``. Priors weighted per example use it (``MaskedMethod.kl_n``).
+    dataset_size: int | None = None
 
     def train_attack(self) -> PGD:
         """PGD with random start against the eval-mode model (DESIGN §3)."""
@@ -50,7 +53,8 @@ class Method:
     """Base class: plain cross-entropy on all parameters with one optimiser.
 
     Subclasses set ``name`` and override ``loss`` (and, when needed, ``prepare``,
-    ``param_groups``, ``after_step``, ``on_epoch_end``, ``state_dict``).
+    ``param_groups``, ``after_step``, ``observe``, ``frozen_groups``, ``on_epoch_end``,
+    ``card_fields``, ``state_dict``).
     """
 
     name: ClassVar[str] = "standard"
@@ -81,6 +85,19 @@ class Method:
 
     def after_step(self, model: nn.Module, step: int) -> None:
         """Called after every optimiser step."""
+
+    def observe(self, logs: dict[str, Tensor]) -> None:
+        """Called after every optimiser step with that step's logs (``loss``'s second value)."""
+
+    def frozen_groups(self) -> frozenset[str]:
+        """Parameter groups that must not move at the next step. The loop neither computes their
+        gradient nor steps their optimiser, so a frozen Adam's moments and step count stay untouched
+        (a zero loss would still count the steps and distort the first real ones). Default: none."""
+        return frozenset()
+
+    def card_fields(self) -> dict[str, Any]:
+        """Effective hyper-parameters worth a line on the run's card (``run.json["method_info"]``)."""
+        return {}
 
     def on_epoch_end(self, model: nn.Module, epoch: int) -> dict[str, Any]:
         """Called after every epoch; returns logs for the run history."""

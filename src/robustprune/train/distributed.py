@@ -80,6 +80,16 @@ def broadcast_buffers(model: nn.Module, info: DistInfo) -> None:
             dist.broadcast(b, src=0)
 
 
+def broadcast_flags(flags: list[bool], info: DistInfo) -> list[bool]:
+    """Rank 0's booleans on every rank (on the current CUDA device under nccl)."""
+    if not info.enabled:
+        return list(flags)
+    device = torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else torch.device("cpu")
+    t = torch.tensor([int(f) for f in flags], dtype=torch.int32, device=device)
+    dist.broadcast(t, src=0)
+    return [bool(v) for v in t.tolist()]
+
+
 def reduce_mean(values: dict[str, float], info: DistInfo, device: torch.device) -> dict[str, float]:
     """Average per-rank epoch logs over ranks."""
     if not info.enabled or not values:

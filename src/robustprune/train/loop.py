@@ -22,6 +22,7 @@ from robustprune.train.distributed import (
     average_gradients,
     barrier,
     broadcast_buffers,
+    broadcast_flags,
     epoch_seed,
     init_distributed,
     rank_device,
@@ -87,8 +88,12 @@ def resolve_resume(cfg: TrainConfig) -> TrainConfig:
 def step(method: Method, model: nn.Module, groups: list[ParamGroup], opts: list[torch.optim.Optimizer],
          x: Tensor, y: Tensor, dist_info: DistInfo | None = None, *, amp: str = "none") -> dict[str, Tensor]:
     """One optimisation step: each group's parameters get the gradient of their own loss
-    (averaged over processes when training is distributed). ``amp="bf16"`` computes the losses
-    under bf16 autocast (the attack inside stays float32) and takes the gradients outside it."""
+    (averaged over processes when training is distributed). Groups the method declares frozen
+    (``Method.frozen_groups``) get no gradient and their optimiser does not step, so its state
+    (Adam's moments and step count) is that of an optimiser that has not run yet.
+    ``amp="bf16"`` computes the losses under bf16 autocast (the attack inside stays float32) and
+    takes the gradients outside it."""
+    frozen = agree_frozen(method.frozen_groups(), [g.name for g in groups], dist_info)
     with amp_context(amp, x.device):
         losses, logs = method.loss(model, x, y)
     if amp != "none":
@@ -96,23 +101,42 @@ def step(method: Method, model: nn.Module, groups: list[ParamGroup], opts: list[
     missing = [g.name for g in groups if g.name not in losses]
     if missing:
         raise RuntimeError(f"method {method.name!r} returned no loss for parameter groups {missing}")
-    if len(groups) == 1:
+    live = [i for i, g in enumerate(groups) if g.name not in frozen]
+    for i, g in enumerate(groups):
+        if i not in live:
+            for p in g.params:
+                p.grad = None
+    if len(groups) == 1 and live:
         opts[0].zero_grad(set_to_none=True)
         losses[groups[0].name].backward()
     else:
-        for i, g in enumerate(groups):
+        for n, i in enumerate(live):
+            g = groups[i]
             grads = torch.autograd.grad(
-                losses[g.name], g.params, retain_graph=i < len(groups) - 1, allow_unused=True
+                losses[g.name], g.params, retain_graph=n < len(live) - 1, allow_unused=True
             )
             for p, gr in zip(g.params, grads, strict=True):
                 p.grad = gr
     if dist_info is not None and dist_info.enabled:
-        average_gradients([p for g in groups for p in g.params], dist_info)
-    for opt in opts:
-        opt.step()
+        average_gradients([p for i in live for p in groups[i].params], dist_info)
+    for i in live:
+        opts[i].step()
     if dist_info is not None:
         broadcast_buffers(model, dist_info)
+    method.observe(logs)
     return logs
+
+
+def agree_frozen(frozen: frozenset[str], names: list[str], dist_info: DistInfo | None) -> frozenset[str]:
+    """The frozen groups, rank 0's answer on every rank (a decision taken from local batch
+    statistics could otherwise differ between processes and desynchronise them)."""
+    unknown = sorted(set(frozen) - set(names))
+    if unknown:
+        raise RuntimeError(f"frozen_groups names unknown parameter groups {unknown}; groups: {names}")
+    if dist_info is None or not dist_info.enabled:
+        return frozen
+    flags = broadcast_flags([n in frozen for n in names], dist_info)
+    return frozenset(n for n, f in zip(names, flags, strict=True) if f)
 
 
 class Trainer:
@@ -190,6 +214,7 @@ class Trainer:
         atomic_write_json(self.out / "run.json", {
             "status": "complete", "config": to_dict(self.cfg), "epochs_done": len(self.history),
             "history": self.history, "train_size": self.train_size, "wall_s": self.wall,
+            "method_info": self.method.card_fields(),
             "world_size": self.dist.world_size, **provenance(self.device),
         })
 

@@ -36,6 +36,7 @@ def method_context(cfg: TrainConfig, *, train_size: int, total_steps: int = 1) -
         lr=cfg.lr,
         weight_decay=cfg.weight_decay,
         total_steps=total_steps,
+        dataset_size=info.train_size,
     )
 
 
