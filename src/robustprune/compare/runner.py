@@ -112,20 +112,30 @@ def plan_runs(suite: Suite, out_dir: str | Path, *, data_dir: str | None = None,
 
 def plan_suite(suite: Suite, out_dir: str | Path, *, data_dir: str | None = None,
                device: str | None = None) -> list[Task]:
-    """Training tasks in dependency order, then evaluation tasks (each after its run and source);
-    ``model_of`` rows have only an evaluation task, after the run whose model they evaluate."""
+    """Training tasks in dependency order, each evaluation task as soon as its run and source are
+    trained; ``model_of`` rows have only an evaluation task, after the run whose model they evaluate."""
     specs = plan_runs(suite, out_dir, data_dir=data_dir, device=device)
-    tasks = []
+    trains, evals = [], []
     needs: tuple[str, ...]
     for s in specs:
         if s.trains:
             needs = () if s.run.init_from is None else (f"train:{run_key(s.run.init_from, s.seed)}",)
-            tasks.append(Task("train", s, needs))
+            trains.append(Task("train", s, needs))
     for s in specs:
         if s.run.report:
             needs = (f"train:{s.model_key}",) + (() if s.source_key is None else (f"train:{s.source_key}",))
-            tasks.append(Task("evaluate", s, tuple(dict.fromkeys(needs))))
-    return tasks
+            evals.append(Task("evaluate", s, tuple(dict.fromkeys(needs))))
+    # each evaluation right after the last training it needs, so a long suite's first rows have
+    # their numbers while later runs still train
+    tasks: list[Task] = []
+    done: set[str] = set()
+    for t in trains:
+        tasks.append(t)
+        done.add(t.name)
+        ready = [e for e in evals if set(e.needs) <= done]
+        tasks += ready
+        evals = [e for e in evals if e not in ready]
+    return tasks + evals
 
 
 def comparable(cfg: TrainConfig) -> dict[str, Any]:
