@@ -160,7 +160,10 @@ def test_runner_trains_evaluates_reports_then_reuses(tiny_mnist: Path, tmp_path:
     anp = table["rows"][1]["metrics"]
     assert anp["clean"]["values"] == [card["eval"]["clean_acc"]]
     assert anp["memory_pct"]["mean"] is not None and anp["black_box"]["mean"] is not None
-    assert "| anp-vs | anp-vs | 1 |" in (out / "table.md").read_text()
+    text = (out / "table.md").read_text()
+    assert "| anp-vs | anp-vs | PGD-2 of 0.1 (ε 0.3) | 1 |" in text and "| standard | standard | — | 1 |" in text
+    info = card["train"]["method_info"]  # the effective prior weight and the training protocol on the card
+    assert info["kl_weight"] == pytest.approx(info["beta"] / 60_000) and info["train_attack"]["steps"] == 2
 
     # second invocation: nothing is trained or evaluated again
     runs_before, cards_before = _mtimes(out / "runs", "run.json"), _mtimes(out / "runs", "suite-*.json")
@@ -177,7 +180,7 @@ def test_runner_trains_evaluates_reports_then_reuses(tiny_mnist: Path, tmp_path:
     # `robustprune report DIR` re-renders from the cards alone
     (out / "table.md").unlink()
     assert main(["report", str(out)]) == 0
-    assert "| standard | standard | 1 |" in (out / "table.md").read_text()
+    assert "| standard | standard | — | 1 |" in (out / "table.md").read_text()
 
 
 def test_changed_eval_settings_reevaluate_and_changed_config_is_refused(tiny_mnist: Path, tmp_path: Path,

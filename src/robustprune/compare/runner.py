@@ -235,9 +235,10 @@ def suite_card(suite: Suite, spec: RunSpec) -> dict[str, Any]:
     card = json.loads(card_path(suite, spec).read_text())
     train = {"wall_s": info.get("wall_s"), "epochs": info.get("epochs_done"),
              "epoch_time_s": [h.get("time_s") for h in info.get("history", [])],
-             "train_size": info.get("train_size"), "device": info.get("device_name", info.get("device"))}
+             "train_size": info.get("train_size"), "device": info.get("device_name", info.get("device")),
+             "method_info": info.get("method_info")}
     if not spec.trains:  # its training time is the other row's; keep only where it ran
-        train = {"device": train["device"], "epochs": train["epochs"]}
+        train = {"device": train["device"], "epochs": train["epochs"], "method_info": train["method_info"]}
     return {
         "kind": "suite-run", "suite": suite.name, "run_id": spec.run.id, "seed": spec.seed, "order": spec.order,
         "method": spec.cfg.method, "label": method_label(spec), "model": spec.cfg.model, "dataset": spec.cfg.dataset,

@@ -71,8 +71,8 @@ class MaskedMethod(Method):
 
     def card_fields(self) -> dict[str, Any]:
         beta = float(getattr(self, "beta", 1.0))
-        return {"beta": beta, "kl_n": self.kl_n, "kl_size": self.kl_size, "train_size": self.ctx.train_size,
-                "kl_weight": beta / self.kl_size}
+        return {**super().card_fields(), "beta": beta, "kl_n": self.kl_n, "kl_size": self.kl_size,
+                "train_size": self.ctx.train_size, "kl_weight": beta / self.kl_size}
 
     def prepare(self, model: nn.Module) -> nn.Module:
         return install_bbd(model, **self.mask_kw)

@@ -3,7 +3,8 @@
 A suite card (``DIR/cards/<id>-s<seed>.json``, written by ``robustprune compare``) joins one run's
 training record to its evaluation card. :func:`summarize` groups cards by run id and reduces each
 metric over seeds to mean ± sample standard deviation (n − 1; a single seed has no std);
-:func:`render_markdown` prints the paper's columns (DESIGN §6) and a wall-time table.
+:func:`render_markdown` prints AutoAttack (when evaluated) and the paper's columns, and a wall-time
+table.
 
 >>> summary = summarize(cards)
 >>> print(render_markdown(summary))
@@ -15,14 +16,15 @@ import math
 from collections.abc import Callable
 from typing import Any
 
-#: (key, header, decimals) of the main table, in the paper's order; the OPTIONAL ones are printed
-#: only when some row has them (adaptive attacks, weight sparsity)
+#: (key, header, decimals) of the main table: AutoAttack (when evaluated) leads as the white-box
+#: headline, then the paper's columns; the OPTIONAL ones are printed only when some row has them
+#: (adaptive attacks, weight sparsity)
 COLUMNS = (
     ("clean", "clean %", 2),
+    ("autoattack", "AutoAttack %", 2),
     ("white_box", "white-box (PGD) %", 2),
     ("black_box", "black-box (transfer) %", 2),
     ("eot_pgd", "EOT-PGD %", 2),
-    ("autoattack", "AutoAttack %", 2),
     ("worst_white_box", "strongest white-box %", 2),
     ("vuln_white_box", "vuln. WB", 4),
     ("vuln_black_box", "vuln. BB", 4),
@@ -75,6 +77,12 @@ def _get(data: dict[str, Any], *keys: str) -> Any:
             return None
         data = data[k]
     return data
+
+
+def train_attack_label(card: dict[str, Any]) -> str:
+    """The training attack a row was trained under ('PGD-5 of 0.04 (ε 0.3)'), '—' without one."""
+    info = _get(card, "train", "method_info", "train_attack")
+    return "—" if not info else str(info["label"])
 
 
 def card_metrics(card: dict[str, Any]) -> dict[str, float | None]:
@@ -156,6 +164,7 @@ def summarize(cards: list[dict[str, Any]]) -> dict[str, Any]:
         rows.append({
             "run_id": run_id, "method": group[0]["method"], "label": group[0].get("label", group[0]["method"]),
             "model_of": group[0].get("model_of"), "model": group[0]["model"],
+            "train_attack": train_attack_label(group[0]),
             "dataset": group[0]["dataset"], "seeds": [c["seed"] for c in group],
             "sources": sorted({c["source"] for c in group if c.get("source")}),
             "device": group[0].get("train", {}).get("device"), "metrics": metrics,
@@ -195,19 +204,27 @@ def render_markdown(summary: dict[str, Any]) -> str:
              f"Evaluation: {summary['attack']}; mean ± sample std over seeds.", ""]
     shown = tuple(c for c in COLUMNS if c[0] not in OPTIONAL or any(r["metrics"][c[0]]["mean"] is not None
                                                                      for r in rows))
-    lines += table(shown, lambda r: [r["run_id"], r["label"], str(len(r["seeds"]))], ["run", "method", "seeds"])
+    if any(r.get("train_attack", "—") != "—" for r in rows):
+        lines += table(shown, lambda r: [r["run_id"], r["label"], r.get("train_attack", "—"), str(len(r["seeds"]))],
+                       ["run", "method", "training attack", "seeds"])
+    else:
+        lines += table(shown, lambda r: [r["run_id"], r["label"], str(len(r["seeds"]))], ["run", "method", "seeds"])
     lines += ["", "## Wall time", ""]
     lines += table(TIME_COLUMNS, lambda r: [r["run_id"], str(r["device"] or "?")], ["run", "device"])
     sources = sorted({s for r in rows for s in r["sources"]})
     lines += ["", "Notes:",
               f"- black-box: the same attack crafted on {', '.join(sources) or '—'} and transferred.",
-              "- vulnerability: mean |F(x) − F(x_adv)| over latent layers and the test set (DESIGN §3).",
-              "- memory % and FLOPs ×: the paper's accounting on active units (DESIGN §5).",
+              "- vulnerability: mean |F(x) − F(x_adv)| over latent layers and the evaluated test points, "
+              "under the white-box (PGD) attack.",
+              "- memory % and FLOPs ×: the paper's accounting on active units (docs/anp_vs.md, Metrics).",
               "- train minutes exclude the run a method starts from (init_from)."]
     if any(r["model_of"] for r in rows):
         lines.append("- rows evaluating another row's model (test-time defenses: SAP, sampled BNN weights) train "
                      "nothing; their white-box (PGD) column is single-sample, as in the original papers, and "
                      "EOT-PGD / AutoAttack (rand) are the adaptive attacks on the same random model.")
+    if any(r["metrics"]["autoattack"]["mean"] is not None for r in rows):
+        lines.append("- AutoAttack (the authors' standard version: APGD-CE, APGD-T, FAB-T, Square) is the white-box "
+                     "headline; PGD stands beside it for comparison with papers and is an upper bound.")
     if any(r["metrics"]["worst_white_box"]["mean"] is not None for r in rows):
         lines.append("- strongest white-box: the lowest accuracy over the row's white-box attacks (the honest number).")
     warns = [w for r in rows for w in r["warnings"]]
