@@ -1,24 +1,41 @@
-"""Search for an ANP-VS variant that reaches the paper's trade-off on a small CPU budget.
+"""Choose an ANP-VS variant's defaults on a validation split carved from the training set.
 
-Trains one standard LeNet5-Caffe (the starting point), one AT run, and ANP-VS variants (method
-arguments given as JSON), all with the same training attack and budget, then evaluates each with
-PGD-40 (ε 0.3, step 0.01) on a test prefix: clean and robust accuracy, white-box vulnerability,
-unit sparsity, paper memory %, seconds per epoch.
+Every run (one standard start, one AT reference, one ANP-VS run per candidate) trains on the
+first ``--limit-train`` examples of the training set *after* the last ``--val-size`` examples are
+held out (``TrainConfig.val_size``); every run is then scored on the first ``--val-points`` of
+those held-out examples with PGD-40 (ε 0.3, step 0.01): clean and robust accuracy, white-box
+latent vulnerability, unit sparsity, paper memory %. No test image is read.
 
-    python bench/anpvs_variants.py --out /tmp/variants --limit-train 20000 --epochs 2 \
-        --variant faithful='{}' --variant keep75='{"a_init_fc": 2.95, "a_init_conv": 2.95}'
+Selection rule (fixed before any run): among the candidates whose validation PGD-40 accuracy is
+within ``--tolerance`` points of the AT reference's, the one with the highest unit sparsity (ties:
+the lower vulnerability); when none is within the tolerance, the most robust candidate.
+
+    python bench/anpvs_variants.py --out /tmp/select --data-dir DIR --limit-train 20000 --val-size 5000 \\
+        --epochs 2 --adv-steps 5 --adv-step-size 0.04 --method anp-vs-fast \\
+        --variant b12='{"beta": 12}' --variant b40='{"beta": 40}'
+
+writes ``OUT/selection.json``: the command, the split, every candidate's scores and the choice.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import sys
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
+import torch
+
+from robustprune.attacks import build_attack
 from robustprune.config import TrainConfig
-from robustprune.eval import evaluate_run
+from robustprune.data import TensorLoader, load_split
+from robustprune.eval.evaluate import evaluate
+from robustprune.metrics import unit_sparsity
+from robustprune.metrics.cost import paper_cost
 from robustprune.train import fit
+from robustprune.train.run import load_run
 
 
 def train(cfg: TrainConfig) -> Path:
@@ -28,51 +45,76 @@ def train(cfg: TrainConfig) -> Path:
     return fit(replace(cfg, resume=(out / "checkpoints").exists()))
 
 
-def row(name: str, run: Path, args: argparse.Namespace) -> dict:
-    card = evaluate_run(run, attacks=["pgd"], eps=0.3, steps=40, step_size=0.01, limit=args.eval_limit,
-                        data_dir=args.data_dir, progress=False)
+def validation_points(args: argparse.Namespace) -> tuple[torch.Tensor, torch.Tensor]:
+    """The first ``val_points`` of the ``val_size`` training examples that no run trains on."""
+    images, labels = load_split("mnist", "train", data_dir=args.data_dir)
+    held_images, held_labels = images[-args.val_size:], labels[-args.val_size:]
+    return held_images[: args.val_points], held_labels[: args.val_points]
+
+
+def score(name: str, run: Path, val: tuple[torch.Tensor, torch.Tensor]) -> dict[str, Any]:
+    loaded = load_run(run)
+    pgd = build_attack("pgd", eps=0.3, steps=40, step_size=0.01)
+    torch.manual_seed(0)
+    res = evaluate(loaded.model, TensorLoader(*val, batch_size=256), [("pgd", pgd)], progress=False).summary()
+    attack = res["attacks"][0]
+    paper = paper_cost("lenet5-caffe", loaded.model, in_channels=1, num_classes=10, image_size=28)
     hist = json.loads((run / "run.json").read_text())["history"]
-    pgd = card["attacks"][0]
-    paper = card["sparsity"].get("paper", {})
     return {
-        "name": name, "clean": card["clean_acc"], "pgd40": pgd["robust_acc"],
-        "vuln": pgd.get("vulnerability", {}).get("mean"), "unit_sparsity": card["sparsity"]["unit_sparsity"],
-        "memory_pct": paper.get("memory_pct"), "flops_x": paper.get("flops_speedup"),
-        "s_per_epoch": sum(h["time_s"] for h in hist) / len(hist),
+        "name": name, "val_clean": res["clean_acc"], "val_pgd40": attack["robust_acc"],
+        "val_vuln": attack.get("vulnerability", {}).get("mean"), "unit_sparsity": unit_sparsity(loaded.model),
+        "memory_pct": paper.get("memory_pct"), "s_per_epoch": sum(h["time_s"] for h in hist) / len(hist),
     }
+
+
+def choose(reference: dict[str, Any], candidates: list[dict[str, Any]], tolerance: float) -> dict[str, Any]:
+    close = [c for c in candidates if c["val_pgd40"] >= reference["val_pgd40"] - tolerance]
+    if close:
+        return max(close, key=lambda c: (c["unit_sparsity"], -(c["val_vuln"] or 0.0)))
+    return max(candidates, key=lambda c: c["val_pgd40"])
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", required=True)
     ap.add_argument("--data-dir", default=None)
-    ap.add_argument("--limit-train", type=int, default=None)
+    ap.add_argument("--limit-train", type=int, default=20000)
+    ap.add_argument("--val-size", type=int, default=5000, help="last training examples held out for validation")
+    ap.add_argument("--val-points", type=int, default=1000, help="held-out examples scored")
     ap.add_argument("--epochs", type=int, default=2)
     ap.add_argument("--adv-steps", type=int, default=5)
-    ap.add_argument("--adv-step-size", type=float, default=0.1)
-    ap.add_argument("--eval-limit", type=int, default=1000)
-    ap.add_argument("--variant", action="append", default=[], help="NAME=JSON method_args for anp-vs")
-    ap.add_argument("--method", default="anp-vs", help="method of the variants")
-    ap.add_argument("--standard", default=None, help="reuse this finished standard run")
-    ap.add_argument("--at", default=None, help="reuse this finished AT run (same budget)")
+    ap.add_argument("--adv-step-size", type=float, default=0.04)
+    ap.add_argument("--tolerance", type=float, default=3.0, help="points of validation PGD-40 below AT allowed")
+    ap.add_argument("--variant", action="append", default=[], help="NAME=JSON method_args")
+    ap.add_argument("--method", default="anp-vs-fast", help="method of the candidates")
     args = ap.parse_args()
+    if args.val_points > args.val_size:
+        ap.error(f"--val-points {args.val_points} exceeds --val-size {args.val_size}")
     root = Path(args.out)
     base = TrainConfig(model="lenet5-caffe", dataset="mnist", data_dir=args.data_dir, limit_train=args.limit_train,
-                       epochs=args.epochs, adv_steps=args.adv_steps, adv_step_size=args.adv_step_size,
-                       progress=False)
-    std = Path(args.standard) if args.standard else train(replace(base, method="standard", out=str(root / "standard")))
-    rows = [row("standard", std, args)]
-    print(json.dumps(rows[-1]), flush=True)
-    at = Path(args.at) if args.at else train(replace(base, method="at", out=str(root / "at")))
-    rows.append(row("at", at, args))
-    print(json.dumps(rows[-1]), flush=True)
+                       val_size=args.val_size, epochs=args.epochs, adv_steps=args.adv_steps,
+                       adv_step_size=args.adv_step_size, progress=False)
+    val = validation_points(args)
+    std = train(replace(base, method="standard", out=str(root / "standard")))
+    at = score("at", train(replace(base, method="at", out=str(root / "at"))), val)
+    print(json.dumps(at), flush=True)
+    candidates = []
     for spec in args.variant:
         name, _, js = spec.partition("=")
         cfg = replace(base, method=args.method, init_from=str(std), method_args=json.loads(js or "{}"),
                       out=str(root / name))
-        rows.append({**row(name, train(cfg), args), "method_args": cfg.method_args})
-        print(json.dumps(rows[-1]), flush=True)
-    (root / "variants.json").write_text(json.dumps(rows, indent=2) + "\n")
+        candidates.append({**score(name, train(cfg), val), "method_args": cfg.method_args})
+        print(json.dumps(candidates[-1]), flush=True)
+    chosen = choose(at, candidates, args.tolerance) if candidates else None
+    report = {
+        "command": " ".join(["python", "bench/anpvs_variants.py", *sys.argv[1:]]),
+        "split": {"train": f"training examples 0..{args.limit_train - 1}",
+                  "validation": f"the first {args.val_points} of the last {args.val_size} training examples"},
+        "rule": f"highest unit sparsity within {args.tolerance} points of AT's validation PGD-40, else most robust",
+        "reference": at, "candidates": candidates, "chosen": None if chosen is None else chosen["name"],
+    }
+    (root / "selection.json").write_text(json.dumps(report, indent=2) + "\n")
+    print(f"chosen: {report['chosen']}", flush=True)
 
 
 if __name__ == "__main__":

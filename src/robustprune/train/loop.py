@@ -251,8 +251,10 @@ def run_epoch(tr: Trainer, epoch: int) -> dict[str, float]:
     n = 0
     for i, (x, y) in enumerate(bar):
         logs = step(tr.method, tr.model, tr.groups, tr.opts, x, y, tr.dist, amp=cfg.amp)
-        for s in tr.scheds:
-            s.step()
+        with warnings.catch_warnings():  # a frozen group's scheduler steps before its optimiser ever has
+            warnings.filterwarnings("ignore", message="Detected call of `lr_scheduler.step", category=UserWarning)
+            for s in tr.scheds:
+                s.step()
         tr.method.after_step(tr.model, tr.global_step + i + 1)
         for k, v in logs.items():
             sums[k] = sums[k] + v if k in sums else v.clone()
