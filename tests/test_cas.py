@@ -114,7 +114,8 @@ def test_bad_arguments_are_refused() -> None:
 
 def test_loaded_run_has_cas_and_channel_plot(tiny_mnist: Path, tmp_path: Path) -> None:
     from robustprune.config import TrainConfig
-    from robustprune.reports.cas_channels import channel_magnitudes, plot_channels
+    from robustprune.defenses.cas import channel_magnitudes
+    from robustprune.reports.cas_channels import plot_channels
     from robustprune.train import fit, load_run
 
     out = fit(TrainConfig(method="at+cas", model="lenet5-caffe", dataset="mnist", epochs=1, out=str(tmp_path / "r"),
@@ -134,3 +135,18 @@ def test_loaded_run_has_cas_and_channel_plot(tiny_mnist: Path, tmp_path: Path) -
     assert card["attacks"][0]["params"]["loss"] == "cross_entropy_loss"
     assert card["attacks"][1]["params"]["loss"] == "cas_total(beta=2)"
     assert "final-logit cross-entropy" in card["attack_objective"]
+
+
+def test_trades_cas_evaluation_objective_weights_the_auxiliary_ce_by_cr_beta(tiny_mnist: Path, tmp_path: Path) -> None:
+    """The '[cas-total]' twin maximises the objective the model trained with: trades+cas weights its
+    auxiliary CE by ``cr_beta`` (here 1.5), not by its TRADES ``beta`` (6)."""
+    from robustprune.config import TrainConfig
+    from robustprune.eval import evaluate_run
+    from robustprune.train import fit
+
+    out = fit(TrainConfig(method="trades+cas", model="lenet5-caffe", dataset="mnist", epochs=1,
+                          out=str(tmp_path / "r"), data_dir=str(tiny_mnist), limit_train=32, batch_size=32,
+                          adv_steps=1, adv_step_size=0.3, method_args={"beta": 6.0, "cr_beta": 1.5}, progress=False))
+    card = evaluate_run(out, attacks=["pgd"], steps=2, limit=8, progress=False)
+    assert [a["name"] for a in card["attacks"]] == ["pgd", "pgd[cas-total]"]
+    assert card["attacks"][1]["params"]["loss"] == "cas_total(beta=1.5)"

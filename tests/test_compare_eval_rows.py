@@ -13,6 +13,7 @@ import pytest
 
 from robustprune.compare import parse_suite, plan_suite, run_suite
 from robustprune.compare.runner import card_path
+from robustprune.defenses import TestTimeSpec
 from robustprune.reports import render_markdown, summarize
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -38,7 +39,8 @@ def test_model_of_row_takes_its_targets_training_and_merges_its_eval(tmp_path: P
     row, target = suite.run("standard+sap"), suite.run("standard")
     assert row.model_of == "standard" and row.seeds == (0, 1) and row.train == target.train
     ev = suite.eval_of(row)
-    assert (ev.sap, ev.sap_mode, ev.attacks, ev.passes) == (100, "fast", ("pgd", "eot-pgd"), 2)
+    assert (ev.defense, ev.attacks, ev.passes) == (TestTimeSpec("sap", (("mode", "fast"), ("pct", 100))),
+                                                   ("pgd", "eot-pgd"), 2)
     assert (ev.steps, ev.limit) == (2, 32)  # the suite's values where the row is silent
     assert suite.eval_of(target) is suite.eval
 
@@ -150,7 +152,7 @@ def test_shipped_activation_suite_pairs_single_sample_with_adaptive_attacks() ->
     from robustprune.compare import load_suite
 
     suite = load_suite(Path(__file__).resolve().parents[1] / "configs" / "suites" / "mnist_activation_small.yaml")
-    random_rows = [r for r in suite.runs if suite.eval_of(r).sap is not None or suite.eval_of(r).bnn_sample]
+    random_rows = [r for r in suite.runs if suite.eval_of(r).defense is not None]
     assert {r.id for r in random_rows} == {"standard+sap", "at+sap", "at+sap-aa", "at-bnn-sampled"}
     for row in random_rows:
         attacks = suite.eval_of(row).attacks

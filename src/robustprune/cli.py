@@ -82,14 +82,20 @@ def _report_parser() -> ArgumentParser:
     return p
 
 
-def _random_model_flags(p: ArgumentParser) -> None:
-    """--sap / --sap-mode / --bnn-sample: evaluate the run as a model that is random at test time."""
-    p.add_argument("--sap", type=float | None, default=None,
-                   help="wrap the model in Stochastic Activation Pruning SAP-PCT (e.g. 100); random at test time, "
-                        "so attack it with EOT (eot-pgd; the audit adds its EOT rung and checks)")
-    p.add_argument("--sap-mode", dest="sap_mode", type=str, default="exact", help="SAP sampling: exact or fast")
-    p.add_argument("--bnn-sample", dest="bnn_sample", action=ActionYesNo, default=False,
-                   help="at-bnn runs: sample weights in eval mode (random; use EOT) instead of the means")
+def _random_model_flags(p: ArgumentParser, *, bnn: bool = True) -> None:
+    """--defense NAME[:key=value,...]: evaluate the run wrapped in a registered test-time defense;
+    --sap / --sap-mode / --bnn-sample are its older spelling."""
+    p.add_argument("--defense", type=str | None, default=None,
+                   help="test-time defense NAME[:key=value,...] wrapping the model (see `robustprune list`), e.g. "
+                        "sap:pct=100,mode=fast (Stochastic Activation Pruning) or bnn-sample (at-bnn runs sample "
+                        "their weights); random at test time, so attack it with EOT (eot-pgd; the audit adds its "
+                        "EOT rung and checks)")
+    p.add_argument("--sap", type=float | None, default=None, help="same as --defense sap:pct=PCT")
+    p.add_argument("--sap-mode", dest="sap_mode", type=str | None, default=None,
+                   help="with --sap: SAP sampling, exact or fast")
+    if bnn:
+        p.add_argument("--bnn-sample", dest="bnn_sample", action=ActionYesNo, default=False,
+                       help="same as --defense bnn-sample")
 
 
 def _data_flags(p: ArgumentParser, *, limit: int | None) -> None:
@@ -154,8 +160,7 @@ def _calibration_parser() -> ArgumentParser:
                                    "and ECE; writes calibration.json, calibration.png into --out.")
     p.add_argument("runs", type=str, nargs="+", help="run directories")
     p.add_argument("--out", type=str, required=True, help="output directory")
-    p.add_argument("--sap", type=float | None, default=None, help="also evaluate each run wrapped in SAP-PCT")
-    p.add_argument("--sap-mode", dest="sap_mode", type=str, default="exact", help="SAP sampling: exact or fast")
+    _random_model_flags(p, bnn=False)
     p.add_argument("--bins", type=int, default=10, help="equal-width confidence bins")
     p.add_argument("--passes", type=int, default=10, help="forward passes averaged for a stochastic model")
     _data_flags(p, limit=1000)
@@ -233,8 +238,8 @@ def cmd_eval(ns: Namespace) -> int:
         torch.set_num_threads(ns.threads)
     card = evaluate_run(
         ns.run, attacks=[a.strip() for a in ns.attack.split(",") if a.strip()], eps=ns.eps, steps=ns.steps,
-        step_size=ns.step_size, restarts=ns.restarts, eot=ns.eot, source=ns.source, sap=ns.sap,
-        sap_mode=ns.sap_mode, bnn_sample=ns.bnn_sample, limit=ns.limit,
+        step_size=ns.step_size, restarts=ns.restarts, eot=ns.eot, source=ns.source, defense=ns.defense,
+        sap=ns.sap, sap_mode=ns.sap_mode, bnn_sample=ns.bnn_sample, limit=ns.limit,
         batch_size=ns.batch_size, passes=ns.passes, data_dir=ns.data_dir, device=ns.device, seed=ns.seed,
         out=ns.out, progress=ns.progress,
     )
@@ -248,10 +253,11 @@ def cmd_list(_: Any) -> int:
     import robustprune.defenses  # noqa: F401
     import robustprune.models  # noqa: F401
     from robustprune.data import dataset_names
-    from robustprune.registry import ATTACKS, METHODS, MODELS
+    from robustprune.registry import ATTACKS, METHODS, MODELS, TEST_TIME
 
     for kind, names in (("models", MODELS.names()), ("methods", METHODS.names()),
-                        ("attacks", ATTACKS.names()), ("datasets", dataset_names())):
+                        ("test-time defenses", TEST_TIME.names()), ("attacks", ATTACKS.names()),
+                        ("datasets", dataset_names())):
         print(f"{kind}: {', '.join(names)}")
     return 0
 
@@ -305,7 +311,8 @@ def cmd_audit(ns: Namespace) -> int:
     card = audit_run(ns.run, out=ns.out, limit=ns.limit, source=ns.source, eps=ns.eps, step_size=ns.step_size,
                      eps_sweep=_floats(ns.eps_sweep), autoattack=ns.autoattack, batch_size=ns.batch_size,
                      passes=ns.passes, surface=ns.surface, data_dir=ns.data_dir, device=ns.device, seed=ns.seed,
-                     sap=ns.sap, sap_mode=ns.sap_mode, bnn_sample=ns.bnn_sample, progress=ns.progress)
+                     defense=ns.defense, sap=ns.sap, sap_mode=ns.sap_mode, bnn_sample=ns.bnn_sample,
+                     progress=ns.progress)
     print(render_audit_markdown(card, surface=ns.surface))
     print(f"written: {ns.out}/audit.json, audit.md, curve.json, curve.png"
           + (", surface.json, surface.png" if ns.surface else ""), file=sys.stderr)
@@ -336,8 +343,8 @@ def cmd_surface(ns: Namespace) -> int:
 def cmd_calibration(ns: Namespace) -> int:
     from robustprune.reports.calibration import calibration_run
 
-    data = calibration_run(ns.runs, out=ns.out, sap=ns.sap, sap_mode=ns.sap_mode, limit=ns.limit, bins=ns.bins,
-                           passes=ns.passes, data_dir=ns.data_dir, device=ns.device, seed=ns.seed)
+    data = calibration_run(ns.runs, out=ns.out, defense=ns.defense, sap=ns.sap, sap_mode=ns.sap_mode, limit=ns.limit,
+                           bins=ns.bins, passes=ns.passes, data_dir=ns.data_dir, device=ns.device, seed=ns.seed)
     print("| model | accuracy % | mean confidence % | ECE % |\n|---|---|---|---|")
     print("\n".join(f"| {m['label']} | {100 * m['accuracy']:.2f} | {100 * m['mean_confidence']:.2f} | "
                     f"{100 * m['ece']:.2f} |" for m in data["models"]))

@@ -1,4 +1,4 @@
-"""One tiny registry used for models, attacks, methods and datasets."""
+"""One tiny registry used for models, attacks, training methods and test-time defenses."""
 
 from __future__ import annotations
 
@@ -53,3 +53,4 @@ class Registry(Generic[T]):
 MODELS: Registry[Any] = Registry("model")
 ATTACKS: Registry[Any] = Registry("attack")
 METHODS: Registry[Any] = Registry("method")
+TEST_TIME: Registry[Any] = Registry("test-time defense")

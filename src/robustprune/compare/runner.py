@@ -222,8 +222,8 @@ def eval_task(suite: Suite, spec: RunSpec, *, runs_dir: Path, progress: bool = T
         return "reused"
     ev = spec.eval
     evaluate_run(spec.out, attacks=list(ev.attacks), eps=ev.eps, steps=ev.steps, step_size=ev.step_size,
-                 restarts=ev.restarts, eot=ev.eot, source=source, sap=ev.sap, sap_mode=ev.sap_mode,
-                 bnn_sample=ev.bnn_sample, limit=ev.limit, batch_size=ev.batch_size,
+                 restarts=ev.restarts, eot=ev.eot, source=source, defense=ev.defense, limit=ev.limit,
+                 batch_size=ev.batch_size,
                  passes=ev.passes, data_dir=spec.cfg.data_dir, device=spec.cfg.device, seed=ev.seed, out=path,
                  progress=progress)
     return "evaluated"
@@ -250,12 +250,8 @@ def suite_card(suite: Suite, spec: RunSpec) -> dict[str, Any]:
 
 def method_label(spec: RunSpec) -> str:
     """The method with its test-time defense: ``at``, ``at + SAP-100``, ``at-bnn (sampled weights)``."""
-    label = spec.cfg.method
-    if spec.eval.sap is not None:
-        label += f" + SAP-{spec.eval.sap:g}" + ("" if spec.eval.sap_mode == "exact" else f" ({spec.eval.sap_mode})")
-    if spec.eval.bnn_sample:
-        label += " (sampled weights)"
-    return label
+    defense = spec.eval.defense
+    return spec.cfg.method if defense is None else defense.build().row_label(spec.cfg.method)
 
 
 def run_task(task: Task, suite: Suite, out_dir: Path, *, progress: bool = True) -> str:

@@ -34,12 +34,14 @@ Evaluation variants. A run may carry its own ``eval:`` mapping, merged key by ke
 ID's models (every seed) with its own ``eval``: test-time defenses that need no fine-tuning, so the
 table shows them beside the model they wrap::
 
-      - {id: at+sap, model_of: at, eval: {sap: 100, attacks: [pgd, eot-pgd], limit: 1000}}
-      - {id: at-bnn-sampled, model_of: at-bnn, eval: {bnn_sample: true, attacks: [pgd, eot-pgd]}}
+      - {id: at+sap, model_of: at, eval: {defense: {name: sap, pct: 100}, attacks: [pgd, eot-pgd], limit: 1000}}
+      - {id: at-bnn-sampled, model_of: at-bnn, eval: {defense: bnn-sample, attacks: [pgd, eot-pgd]}}
 
-``sap: PCT`` wraps the model in SAP-PCT% (``sap_mode`` exact|fast), ``bnn_sample: true`` keeps an
-``at-bnn`` run sampling its weights; both make the model random, so its rows should list ``pgd``
-(single-sample, the original papers' evaluation) beside ``eot-pgd`` (the adaptive one).
+``defense`` names a registered test-time defense with its options (``sap`` with ``pct`` and
+``mode``; ``bnn-sample`` for an ``at-bnn`` run; see ``robustprune list``); the older keys ``sap: PCT``,
+``sap_mode`` and ``bnn_sample: true`` still work and keep their cards. Both defenses make the model
+random, so their rows should list ``pgd`` (single-sample, the original papers' evaluation) beside
+``eot-pgd`` (the adaptive one).
 """
 
 from __future__ import annotations
@@ -55,6 +57,7 @@ from typing import Any
 import yaml
 
 from robustprune.config import TrainConfig
+from robustprune.defenses import TestTimeSpec, legacy_test_time
 
 #: TrainConfig fields a suite does not set: the runner owns them
 RUNNER_FIELDS = ("out", "resume", "seed", "progress")
@@ -80,23 +83,17 @@ class EvalSpec:
     passes: int = 10
     seed: int = 0
     source: str | None = None
-    sap: float | None = None
-    sap_mode: str = "exact"
-    bnn_sample: bool = False
+    defense: TestTimeSpec | None = None
 
     def settings(self) -> dict[str, Any]:
         """The values that decide a card's numbers (``source`` is resolved per run instead).
 
-        The test-time defense keys appear only when set, so suites written before they existed
-        keep their cards."""
-        out = dataclasses.asdict(self)
-        out.pop("source")
+        The test-time defense adds its own keys (``TestTimeDefense.settings``) only when set, so
+        suites written before it existed keep their cards."""
+        out = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name not in ("source", "defense")}
         out["attacks"] = list(self.attacks)
-        if self.sap is None:
-            out.pop("sap")
-            out.pop("sap_mode")
-        if not self.bnn_sample:
-            out.pop("bnn_sample")
+        if self.defense is not None:
+            out.update(self.defense.build().settings())
         return out
 
 
@@ -201,16 +198,31 @@ def _seeds(value: Any, where: str) -> tuple[int, ...]:
     return tuple(value)
 
 
+#: the older spelling of ``defense`` in an ``eval`` mapping, with their types
+LEGACY_DEFENSE_KEYS: dict[str, Any] = {"sap": float | None, "sap_mode": str, "bnn_sample": bool}
+
+
 def _eval_spec(data: Any, where: str) -> EvalSpec:
     from robustprune.eval.card import ATTACK_NAMES
 
     if not isinstance(data, dict):
         raise ValueError(f"{where}: eval must be a mapping, got {data!r}")
-    known = tuple(f.name for f in dataclasses.fields(EvalSpec))
+    known = tuple(f.name for f in dataclasses.fields(EvalSpec)) + tuple(LEGACY_DEFENSE_KEYS)
     _no_unknown(data, known, f"{where}: eval")
+    hints = {**typing.get_type_hints(EvalSpec), **LEGACY_DEFENSE_KEYS}
     for key, value in data.items():
-        _check_type(value, typing.get_type_hints(EvalSpec)[key], f"{where}: eval.{key}")
-    kw = dict(data)
+        if key != "defense":
+            _check_type(value, hints[key], f"{where}: eval.{key}")
+    kw = {k: v for k, v in data.items() if k not in LEGACY_DEFENSE_KEYS}
+    legacy = {k: data[k] for k in LEGACY_DEFENSE_KEYS if k in data}
+    try:
+        kw["defense"] = TestTimeSpec.parse(data.get("defense"))
+        old = legacy_test_time(**legacy)
+    except ValueError as e:
+        raise ValueError(f"{where}: eval: {e}") from None
+    if old is not None and kw["defense"] is not None and old != kw["defense"]:
+        raise ValueError(f"{where}: eval names the test-time defense twice: defense {kw['defense']} and {old}")
+    kw["defense"] = kw["defense"] or old
     if "attacks" in kw:
         kw["attacks"] = tuple(kw["attacks"])
     ev = EvalSpec(**kw)
@@ -228,13 +240,6 @@ def _eval_spec(data: Any, where: str) -> EvalSpec:
     for ok, msg in checks:
         if not ok:
             raise ValueError(f"{where}: {msg}")
-    if ev.sap is not None or ev.sap_mode != "exact":
-        from robustprune.defenses.sap import check_sap
-
-        try:
-            check_sap(100.0 if ev.sap is None else ev.sap, ev.sap_mode)
-        except ValueError as e:
-            raise ValueError(f"{where}: eval: {e}") from None
     return ev
 
 
@@ -345,12 +350,15 @@ def _validate_run(suite: Suite, run: RunEntry, *, where: str) -> None:
         raise ValueError(f"{where}: unknown model {cfg.model!r}; known: {', '.join(MODELS.names())}")
     try:
         cfg.validate()
-        build_method(cfg.method, ctx=method_context(cfg, train_size=1), **cfg.method_args)
+        method = build_method(cfg.method, ctx=method_context(cfg, train_size=1), **cfg.method_args)
     except ValueError as e:
         raise ValueError(f"{where}: {e}") from None
-    ev = suite.eval_of(run)
-    if ev.bnn_sample and cfg.method != "at-bnn":
-        raise ValueError(f"{where}: eval.bnn_sample samples the weights of an at-bnn run; method is {cfg.method!r}")
+    defense = suite.eval_of(run).defense
+    if defense is not None:
+        try:
+            defense.build().check(method)
+        except ValueError as e:
+            raise ValueError(f"{where}: eval: {e}") from None
     for kind, dep_id in (("init_from", run.init_from), ("source", run.source)):
         if dep_id is None:
             continue

@@ -1,14 +1,31 @@
-"""Training methods. Importing this package registers every method in ``METHODS``."""
+"""Training methods and test-time defenses. Importing this package registers every method in
+``METHODS`` and every test-time defense in ``TEST_TIME``.
+
+Code outside ``defenses/`` uses only what this module exports: the method contract
+(:class:`Method`, :func:`build_method`) and the test-time defense contract
+(:class:`TestTimeDefense`, :class:`TestTimeSpec`, :func:`resolve_test_time`)."""
 
 from __future__ import annotations
 
 from typing import Any
 
-from robustprune.defenses import admm, anpvs, bnn, cas, hydra, magnitude, standard, trades  # noqa: F401  (registration)
+from robustprune.defenses import (  # noqa: F401  (registration)
+    admm,
+    anpvs,
+    bnn,
+    cas,
+    hydra,
+    magnitude,
+    sap,
+    standard,
+    trades,
+)
 from robustprune.defenses.base import Method, MethodContext, ParamGroup
-from robustprune.registry import METHODS
+from robustprune.defenses.testtime import TestTimeDefense, TestTimeSpec, legacy_test_time, resolve_test_time
+from robustprune.registry import METHODS, TEST_TIME
 
-__all__ = ["METHODS", "Method", "MethodContext", "ParamGroup", "build_method"]
+__all__ = ["METHODS", "TEST_TIME", "Method", "MethodContext", "ParamGroup", "TestTimeDefense", "TestTimeSpec",
+           "build_method", "legacy_test_time", "resolve_test_time"]
 
 
 def build_method(name: str, *, ctx: MethodContext, **kwargs: Any) -> Method:

@@ -3,6 +3,12 @@
 ``Method.loss(model, x, y)`` returns one loss per parameter group and detached logs; it has no
 hidden side effects (it never zeroes an optimiser or leaves the model's mode changed). Methods that
 act between steps override ``after_step`` / ``on_epoch_end``; the one training loop calls them.
+
+What a method's runs need at test time is part of the contract too, so evaluation never guesses
+a method's attributes: ``eval_attacks`` adds attacks on the method's own objective (CAS's total
+loss) beside the named ones, ``eval_fields`` says what an evaluation card records about the method
+(AT-BNN's memory factor). Wrappers applied at test time only (SAP) are
+:class:`~robustprune.defenses.testtime.TestTimeDefense` classes.
 """
 
 from __future__ import annotations
@@ -13,7 +19,7 @@ from typing import Any, ClassVar
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from robustprune.attacks import PGD
+from robustprune.attacks import PGD, Attack
 
 
 @dataclass(frozen=True)
@@ -42,7 +48,8 @@ class MethodContext:
                 "travel_eps": travel, "label": f"PGD-{self.adv_steps} of {self.adv_step_size:g} (ε {self.adv_eps:g})"}
 
     def train_attack(self) -> PGD:
-        """PGD with random start against the eval-mode model (DESIGN §3)."""
+        """PGD with random start against the eval-mode model (the training attack of every
+        adversarial method here)."""
         return PGD(eps=self.adv_eps, steps=self.adv_steps, step_size=self.adv_step_size, random_start=True)
 
 
@@ -62,7 +69,7 @@ class Method:
 
     Subclasses set ``name`` and override ``loss`` (and, when needed, ``prepare``,
     ``param_groups``, ``after_step``, ``observe``, ``frozen_groups``, ``on_epoch_end``,
-    ``card_fields``, ``state_dict``).
+    ``card_fields``, ``eval_attacks``, ``eval_fields``, ``state_dict``).
     """
 
     name: ClassVar[str] = "standard"
@@ -112,6 +119,16 @@ class Method:
         """Effective hyper-parameters worth a line on the run's card (``run.json["method_info"]``):
         by default the training attack, when the method uses one."""
         return {"train_attack": self.ctx.attack_info()} if self.uses_train_attack else {}
+
+    def eval_attacks(self, model: nn.Module, attacks: list[tuple[str, Attack]]) -> list[tuple[str, Attack]]:
+        """Evaluation attacks to run beside ``attacks`` (named ``(name, attack)`` pairs) on ``model``,
+        this method's loaded model: attacks on the method's own objective. Default: none."""
+        return []
+
+    def eval_fields(self, model: nn.Module) -> dict[str, Any]:
+        """Fields an evaluation card of ``model`` (this method's loaded model) records about the
+        method, e.g. ``memory_factor`` or ``attack_objective``. Default: none."""
+        return {}
 
     def on_epoch_end(self, model: nn.Module, epoch: int) -> dict[str, Any]:
         """Called after every epoch; returns logs for the run history."""

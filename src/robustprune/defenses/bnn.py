@@ -7,8 +7,9 @@ rebuilds it; μ is the layer's ``parametrizations.weight.original``, ρ its ``..
 Biases and BatchNorm stay deterministic (the reference's VGG also has a Bayesian BN; not here).
 
 A training-mode forward samples fresh weights; eval mode uses the means μ (deterministic, the
-reference's test forward) unless sampling is switched on (:func:`set_sampling`, ``robustprune eval
---bnn-sample``) — then the model is random at test time and must be attacked with EOT.
+reference's test forward) unless sampling is switched on (:func:`set_sampling`; the test-time
+defense ``bnn-sample``: ``robustprune eval RUN --defense bnn-sample``) — then the model is random
+at test time and must be attacked with EOT.
 
 Loss ``[CE(x) + 2·CE(x_adv)] / 3 + KL(q ‖ p) / (100·N)`` with the Gaussian prior ``N(0, σ_p²)``
 and no weight decay (as the reference). The training attack is the run's PGD on the eval-mode
@@ -23,7 +24,7 @@ numbers (μ, ρ) per weight, so the card reports ``memory_factor`` 2.
 from __future__ import annotations
 
 import math
-from typing import ClassVar, cast
+from typing import Any, ClassVar, cast
 
 import torch
 import torch.nn.functional as F
@@ -31,7 +32,8 @@ from torch import Tensor, nn
 from torch.nn.utils import parametrize
 
 from robustprune.defenses.base import Method, MethodContext, ParamGroup, accuracy, mixed_ce
-from robustprune.registry import METHODS
+from robustprune.defenses.testtime import TestTimeDefense
+from robustprune.registry import METHODS, TEST_TIME
 
 #: (ρ₀, σ_p) for the large CIFAR networks; every other model gets the LeNet values
 LARGE = {"VGG16": (-5.0, 0.1), "ResNet18": (-5.0, 0.1)}
@@ -161,3 +163,42 @@ class ATBNN(Method):
         logs = {"loss": loss.detach(), "acc": accuracy(logits, y), "adv_acc": accuracy(logits_adv, y),
                 "kl": kl.detach()}
         return {"weights": loss}, logs
+
+    def eval_fields(self, model: nn.Module) -> dict[str, Any]:
+        return {"memory_factor": self.memory_factor}
+
+
+@TEST_TIME.register("bnn-sample")
+class BNNSample(TestTimeDefense):
+    """Keep an at-bnn run sampling its weights in eval mode (random at test time; attack with EOT).
+
+    >>> BNNSample().row_label("at-bnn")
+    'at-bnn (sampled weights)'
+    """
+
+    name: ClassVar[str] = "bnn-sample"
+
+    def check(self, method: Method) -> None:
+        if not isinstance(method, ATBNN):
+            raise ValueError(f"bnn_sample samples the weights of an at-bnn run; method is {method.name!r}")
+
+    def wrap(self, model: nn.Module, method: Method) -> nn.Module:
+        self.check(method)
+        set_sampling(model, True)
+        return model
+
+    def label(self) -> str:
+        return "sampled weights"
+
+    def row_label(self, method: str) -> str:
+        return f"{method} (sampled weights)"
+
+    def tag(self) -> str:
+        return "-bnnsample"
+
+    def card_fields(self) -> dict[str, Any]:
+        return {"bnn_sample": True, **super().card_fields()}
+
+    def settings(self) -> dict[str, Any]:
+        """``bnn_sample``: the key suites used before defenses were named as data (same card hashes)."""
+        return {"bnn_sample": True}

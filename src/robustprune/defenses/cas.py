@@ -23,13 +23,13 @@ from __future__ import annotations
 import copy
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Any, ClassVar
+from typing import Any, ClassVar, cast
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from robustprune.attacks import PGD
+from robustprune.attacks import PGD, Attack
 from robustprune.defenses.base import Method, MethodContext, accuracy
 from robustprune.registry import METHODS
 
@@ -197,6 +197,13 @@ class ATCAS(Method):
     def prepare(self, model: nn.Module) -> nn.Module:
         return install_cas(model, num_classes=self.ctx.num_classes)
 
+    def eval_attacks(self, model: nn.Module, attacks: list[tuple[str, Attack]]) -> list[tuple[str, Attack]]:
+        """A ``[cas-total]`` twin of every PGD-family attack, with this run's ``beta``."""
+        return cas_objective_attacks(model, attacks, beta=self.beta)
+
+    def eval_fields(self, model: nn.Module) -> dict[str, Any]:
+        return cas_eval_fields(model)
+
     def loss(self, model: nn.Module, x: Tensor, y: Tensor) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
         x_adv = self.attack(model, x, y)
         logits_adv, aux_adv = _cas_forward(model, x_adv, y)
@@ -239,6 +246,14 @@ class TRADESCAS(Method):
     def prepare(self, model: nn.Module) -> nn.Module:
         return install_cas(model, num_classes=self.ctx.num_classes)
 
+    def eval_attacks(self, model: nn.Module, attacks: list[tuple[str, Attack]]) -> list[tuple[str, Attack]]:
+        """A ``[cas-total]`` twin of every PGD-family attack. Its auxiliary weight is ``cr_beta``, the
+        one in this run's CAS total loss; ``beta`` weighs TRADES' KL term, not the auxiliary CE."""
+        return cas_objective_attacks(model, attacks, beta=self.cr_beta)
+
+    def eval_fields(self, model: nn.Module) -> dict[str, Any]:
+        return cas_eval_fields(model)
+
     def _robust(self, logits_adv: Tensor, aux_adv: list[Tensor], p: Tensor, p_aux: list[Tensor]) -> Tensor:
         aux = torch.stack([_kl(a, q) for a, q in zip(aux_adv, p_aux, strict=True)]).mean(0)
         return _kl(logits_adv, p) + self.cr_beta * aux
@@ -269,8 +284,9 @@ class TRADESCAS(Method):
 
 def cas_objective_attacks(model: nn.Module, named: list[tuple[str, Any]], *, beta: float) -> list[tuple[str, Any]]:
     """For a model with CAS modules: a copy of every gradient attack (PGD family, not transfer)
-    that maximises the CAS total loss instead of the final CE, named ``"<name>[cas-total]"``, so the
-    card shows both objectives side by side. Empty for a model without CAS."""
+    that maximises the CAS total loss (auxiliary CE weighted by ``beta``) instead of the final CE,
+    named ``"<name>[cas-total]"``, so the card shows both objectives side by side. Empty for a
+    model without CAS."""
     if not cas_modules(model):
         return []
     out = []
@@ -280,3 +296,67 @@ def cas_objective_attacks(model: nn.Module, named: list[tuple[str, Any]], *, bet
             twin.loss_fn = CASLoss(beta=beta)
             out.append((f"{name}[cas-total]", twin))
     return out
+
+
+#: what an evaluation card of a CAS model says about the objectives its attacks maximise
+ATTACK_OBJECTIVE = ("PGD/FGSM/EOT-PGD maximise the final-logit cross-entropy, their '[cas-total]' twins CE + "
+                    "beta * mean auxiliary CE (beta: the auxiliary weight the model trained with); AutoAttack its "
+                    "own CE/DLR losses on the final logits; CAS modules gate by their own predicted label (eval "
+                    "mode), as deployed")
+
+
+def cas_eval_fields(model: nn.Module) -> dict[str, Any]:
+    """``attack_objective`` for a model with CAS modules, else nothing."""
+    return {"attack_objective": ATTACK_OBJECTIVE} if cas_modules(model) else {}
+
+
+# ---- analysis -----------------------------------------------------------------------------------
+
+
+def _channel_layer(model: nn.Module) -> tuple[nn.Module, bool, str]:
+    kind = type(model).__name__
+    if kind not in PLACEMENTS:
+        raise ValueError(f"no CAS placement (hence no channel layer) for model class {kind!r}")
+    name, _, rectify = PLACEMENTS[kind][-1]
+    return dict(model.named_modules())[name], rectify, name
+
+
+def channel_magnitudes(model: nn.Module, images: Tensor, labels: Tensor, *, attack: Attack,
+                       batch_size: int = 256) -> dict[str, Any]:
+    """Mean |activation| per channel at the last CAS placement (after CAS when installed), for
+    natural and ``attack``-ed inputs; channels sorted by natural magnitude (descending). Adversarial
+    examples activate more (and more uniform) channels in plain AT; CAS suppresses the redundant
+    ones (Bai et al. 2021, Fig. 1/3). ``robustprune.reports.cas_channels.plot_channels`` draws it.
+
+    >>> data = channel_magnitudes(model, x, y, attack=PGD(eps=0.3, steps=40, step_size=0.01))  # doctest: +SKIP
+    """
+    target, rectify, name = _channel_layer(model)
+    grabbed: list[Tensor] = []
+
+    def grab(_m: nn.Module, _i: Any, out: Any) -> None:
+        h = out[0] if isinstance(out, tuple) else out
+        h = F.relu(h) if rectify else h
+        grabbed.append(h.detach().abs().mean(dim=(2, 3)) if h.dim() == 4 else h.detach().abs())
+
+    was_training = model.training
+    model.eval()
+    sums: dict[str, float | Tensor] = {"natural": 0.0, "adversarial": 0.0}
+    try:
+        for i in range(0, len(images), batch_size):
+            x, y = images[i:i + batch_size], labels[i:i + batch_size]
+            x_adv = attack(model, x, y)
+            handle = target.register_forward_hook(grab)
+            try:
+                with torch.no_grad():
+                    for key, inp in (("natural", x), ("adversarial", x_adv)):
+                        grabbed.clear()
+                        model(inp)
+                        sums[key] = sums[key] + grabbed[-1].sum(0)
+            finally:
+                handle.remove()
+    finally:
+        model.train(was_training)
+    nat, adv = cast(Tensor, sums["natural"]) / len(images), cast(Tensor, sums["adversarial"]) / len(images)
+    order = torch.argsort(nat, descending=True)
+    return {"layer": name, "n": len(images), "attack": attack.params(), "order": order.tolist(),
+            "natural": nat[order].tolist(), "adversarial": adv[order].tolist()}

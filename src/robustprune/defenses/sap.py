@@ -16,6 +16,9 @@ with EOT attacks and averaged passes (``evaluate()`` detects this). The mask and
 scale are sampled without gradient (stop-gradient through ``q``, Athalye et al.'s numerical fix);
 the gradient of the kept units flows through ``h``.
 
+Registered as the test-time defense ``sap`` (options ``pct``, ``mode``): ``robustprune eval RUN
+--defense sap:pct=100,mode=fast``, or ``eval: {defense: {name: sap, pct: 100}}`` in a suite.
+
 Modes: ``"exact"`` (multinomial draws, the paper) and ``"fast"`` (independent Bernoulli(``q_j``)
 keeps with the exact marginal ``q_j`` — same expectation, no per-draw sampling).
 
@@ -31,6 +34,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.overrides import TorchFunctionMode
+
+from robustprune.defenses.base import Method
+from robustprune.defenses.testtime import TestTimeDefense
+from robustprune.registry import TEST_TIME
 
 SAP_MODES = ("exact", "fast")
 _RELUS = (F.relu, torch.relu, torch.relu_, F.relu_, Tensor.relu, Tensor.relu_)
@@ -131,5 +138,42 @@ class SAPModel(nn.Module):
 
     def describe(self) -> dict[str, Any]:
         """What a result card records about the wrapper."""
-        return {"defense": "sap", "pct": self.pct, "mode": self.mode,
-                "paper": "Dhillon et al. 2018, Stochastic Activation Pruning"}
+        return SAPDefense(pct=self.pct, mode=self.mode).card_fields()["defense"]
+
+
+@TEST_TIME.register("sap")
+class SAPDefense(TestTimeDefense):
+    """SAP-``pct`` around any trained model (no fine-tuning); random at test time.
+
+    >>> SAPDefense(pct=100, mode="fast").row_label("at")
+    'at + SAP-100 (fast)'
+    """
+
+    name: ClassVar[str] = "sap"
+
+    def __init__(self, *, pct: float = 100.0, mode: str = "exact") -> None:
+        check_sap(pct, mode)
+        super().__init__(pct=pct, mode=mode)
+        self.pct, self.mode = pct, mode
+
+    def wrap(self, model: nn.Module, method: Method) -> nn.Module:
+        return SAPModel(model, pct=self.pct, mode=self.mode)
+
+    def label(self) -> str:
+        return f"SAP-{self.pct:g}"
+
+    def row_label(self, method: str) -> str:
+        return f"{method} + {self.label()}" + ("" if self.mode == "exact" else f" ({self.mode})")
+
+    def tag(self) -> str:
+        return f"-sap{self.pct:g}-{self.mode}"
+
+    def card_fields(self) -> dict[str, Any]:
+        describe = {"defense": "sap", "pct": float(self.pct), "mode": self.mode,
+                    "paper": "Dhillon et al. 2018, Stochastic Activation Pruning"}
+        test_time = {**super().card_fields()["test_time"], "label": f"{self.label()} ({self.mode})"}
+        return {"defense": describe, "test_time": test_time}
+
+    def settings(self) -> dict[str, Any]:
+        """``sap``/``sap_mode``: the keys suites used before defenses were named as data (same card hashes)."""
+        return {"sap": self.pct, "sap_mode": self.mode}

@@ -23,6 +23,7 @@ from tqdm.auto import tqdm
 
 from robustprune.attacks import EOTPGD, FGSM, PGD, Attack, TransferAttack
 from robustprune.data import TensorLoader, dataset_info
+from robustprune.defenses import resolve_test_time
 from robustprune.eval import checks as C
 from robustprune.eval.curve import check_eps_list, default_sweep, robust_curve, run_test_points
 from robustprune.eval.evaluate import evaluate
@@ -185,14 +186,15 @@ def audit_run(run_dir: str | Path, *, out: str | Path, limit: int | None = 1000,
               eps: float | None = None, step_size: float | None = None, eps_sweep: list[float] | None = None,
               autoattack: str = "auto", aa_options: dict[str, Any] | None = None, batch_size: int = 256,
               passes: int = 10, surface: bool = True, data_dir: str | None = None, device: str = "auto",
-              seed: int = 0, sap: float | None = None, sap_mode: str = "exact", bnn_sample: bool = False,
-              progress: bool = True) -> dict[str, Any]:
+              seed: int = 0, defense: Any = None, sap: float | None = None, sap_mode: str | None = None,
+              bnn_sample: bool = False, progress: bool = True) -> dict[str, Any]:
     """Audit run ``run_dir`` on its first ``limit`` test points; write into ``out``: ``audit.json``,
     ``audit.md``, ``curve.json``/``curve.png`` and (``surface=True``) ``surface.json``/``surface.png``.
 
     ``eps``/``step_size`` default to the dataset's (MNIST 0.3 / 0.01, CIFAR 8/255 / 2/255).
-    ``sap``/``sap_mode``/``bnn_sample`` audit the model as ``robustprune eval`` would wrap it (SAP,
-    sampled BNN weights): random at test time, so the EOT rung runs and the card records the defense.
+    ``defense`` (a test-time defense as data, e.g. ``"sap:pct=100"``; ``sap``/``sap_mode``/``bnn_sample``
+    are its older spelling) audits the model as ``robustprune eval`` would wrap it: random at test
+    time, so the EOT rung runs and the card records the defense.
 
     >>> audit_run("runs/at", out="runs/at/audit", limit=1000, source="runs/at-seed1")   # doctest: +SKIP
     """
@@ -205,12 +207,9 @@ def audit_run(run_dir: str | Path, *, out: str | Path, limit: int | None = 1000,
     if eps_sweep is not None:
         check_eps_list(eps_sweep)
     _autoattack_mode(autoattack)
-    if sap is not None:
-        from robustprune.defenses.sap import check_sap
-
-        check_sap(sap, sap_mode)
+    test_time = resolve_test_time(defense, sap=sap, sap_mode=sap_mode, bnn_sample=bnn_sample)
     run, images, labels, dev = run_test_points(run_dir, limit=limit, data_dir=data_dir, device=device)
-    model, defense = eval_model(run, sap=sap, sap_mode=sap_mode, bnn_sample=bnn_sample)
+    model, fields = eval_model(run, test_time)
     info = dataset_info(run.cfg.dataset)
     eps = info.default_eps if eps is None else eps
     step_size = EVAL_STEP[info.name] if step_size is None else step_size
@@ -219,7 +218,7 @@ def audit_run(run_dir: str | Path, *, out: str | Path, limit: int | None = 1000,
                  autoattack=autoattack, aa_options=aa_options, batch_size=batch_size, passes=passes, seed=seed,
                  device=dev, progress=progress)
     meta = {"run": str(run_dir), "method": run.cfg.method, "model": run.cfg.model, "dataset": run.cfg.dataset,
-            "source": None if source is None else str(source), "limit": limit, **defense}
+            "source": None if source is None else str(source), "limit": limit, **fields}
     card = {**meta, "train_seed": run.cfg.seed, **card, "config": to_dict(run.cfg), **provenance(dev),
             "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
     out = Path(out)

@@ -12,6 +12,7 @@ from torch import nn
 from robustprune.attacks import Attack, TransferAttack, build_attack
 from robustprune.config import to_dict
 from robustprune.data import TensorLoader, dataset_info, load_split
+from robustprune.defenses import TestTimeDefense, resolve_test_time
 from robustprune.eval.evaluate import EvalResult, evaluate
 from robustprune.metrics import paper_cost, sparsity_summary
 from robustprune.train.run import load_run
@@ -74,8 +75,9 @@ def evaluate_run(
     restarts: int = 1,
     eot: int | None = None,
     source: str | Path | None = None,
+    defense: Any = None,
     sap: float | None = None,
-    sap_mode: str = "exact",
+    sap_mode: str | None = None,
     bnn_sample: bool = False,
     limit: int | None = None,
     batch_size: int = 256,
@@ -92,8 +94,11 @@ def evaluate_run(
     For a run whose masks prune units, ``measure`` adds ``card["measured"]``: the compacted
     network's parameters, FLOPs and CPU latency against the dense original.
 
-    ``sap=k`` wraps the model in SAP-k% (``sap_mode`` exact|fast; no fine-tuning), ``bnn_sample``
-    keeps an at-bnn run sampling its weights in eval mode; both make the model random at test time.
+    ``defense`` names a registered test-time defense and its options (``"sap:pct=100,mode=fast"``,
+    ``{"name": "bnn-sample"}``, see :class:`robustprune.defenses.TestTimeSpec`) that wraps the model
+    for this evaluation; ``sap``/``sap_mode``/``bnn_sample`` are the older spelling of the same.
+    The run's method adds its own evaluation attacks and card fields (``Method.eval_attacks``,
+    ``Method.eval_fields``).
 
     ``deepfool`` and ``cw`` (C&W-L2, 1000 Adam steps × 9 binary-search steps per point: use ``limit``)
     are minimum-norm attacks: they add ``card["minnorm"]``, one r₂ summary each
@@ -101,17 +106,15 @@ def evaluate_run(
     """
     if limit is not None and limit < 1:
         raise ValueError(f"limit must be >= 1, got {limit}")
-    if sap is not None:
-        from robustprune.defenses.sap import check_sap
-
-        check_sap(sap, sap_mode)
+    test_time = resolve_test_time(defense, sap=sap, sap_mode=sap_mode, bnn_sample=bnn_sample)
     minnorm = [n for n in attacks if n in MINNORM_NAMES]
-    if minnorm and (sap is not None or bnn_sample):
-        raise ValueError(f"minimum-norm attacks {minnorm} need a deterministic model; drop --sap/--bnn-sample")
+    if minnorm and test_time is not None and test_time.stochastic:
+        raise ValueError(f"minimum-norm attacks {minnorm} need a deterministic model; drop the test-time "
+                         f"defense {test_time.name!r}")
     attacks_bounded = [n for n in attacks if n not in MINNORM_NAMES]
     dev = resolve_device(device)
     run = load_run(run_dir, device=dev)
-    model, defense = eval_model(run, sap=sap, sap_mode=sap_mode, bnn_sample=bnn_sample)
+    model, fields = eval_model(run, test_time)
     info = dataset_info(run.cfg.dataset)
     eps = info.default_eps if eps is None else eps
     step_size = EVAL_STEP[info.name] if step_size is None else step_size
@@ -119,9 +122,7 @@ def evaluate_run(
     built = [(n, build_eval_attack(n, eps=eps, steps=steps, step_size=step_size, restarts=restarts, eot=eot,
                                    source=src_model)) for n in attacks_bounded]
     named = [(n, a) for n, a in built if a is not None]
-    from robustprune.defenses.cas import cas_objective_attacks
-
-    named += cas_objective_attacks(run.model, named, beta=getattr(run.method, "beta", 2.0))
+    named += run.method.eval_attacks(run.model, named)
     images, labels = load_split(run.cfg.dataset, "test", data_dir=data_dir or run.cfg.data_dir)
     if limit is not None:
         images, labels = images[:limit], labels[:limit]
@@ -134,7 +135,7 @@ def evaluate_run(
                      wall_s=time.perf_counter() - t0)
     if minnorm_cards:
         card["minnorm"] = minnorm_cards
-    card.update(defense)
+    card.update(fields)
     for (_, atk), entry in zip(named, card["attacks"], strict=True):
         if hasattr(atk, "breakdown"):  # AutoAttack: robust accuracy after each stage, its self-check flags
             entry["breakdown"] = atk.breakdown()
@@ -148,8 +149,7 @@ def evaluate_run(
 
         card["sparsity"] = run.compact.get("source_cost")
         card["compact"] = compact_summary(run.compact)
-    tag = "+".join(attacks) + (f"-sap{sap:g}-{sap_mode}" if sap is not None else "")
-    tag += "-bnnsample" if bnn_sample else ""
+    tag = "+".join(attacks) + ("" if test_time is None else test_time.tag())
     path = Path(out) if out is not None else Path(run_dir) / "eval" / f"{tag}.json"
     atomic_write_json(path, card)
     card["card_path"] = str(path)
@@ -166,29 +166,14 @@ def minnorm_entry(name: str, model: nn.Module, loader: TensorLoader, *, progress
     return {"name": name, **minnorm_robustness(model, loader, attack, progress=progress)}
 
 
-def eval_model(run: Any, *, sap: float | None, sap_mode: str, bnn_sample: bool) -> tuple[nn.Module, dict[str, Any]]:
-    """The model to attack (SAP wrapper, BNN sampling switched on) and the card fields saying so:
-    ``defense`` (SAP), ``bnn_sample``, ``memory_factor`` (at-bnn: 2), ``attack_objective`` (CAS)."""
-    from robustprune.defenses.bnn import set_sampling
-    from robustprune.defenses.cas import cas_modules
-    from robustprune.defenses.sap import SAPModel
-
-    fields: dict[str, Any]
-    model, fields = run.model, {}
-    if bnn_sample:
-        set_sampling(model, True)
-        fields["bnn_sample"] = True
-    factor = getattr(run.method, "memory_factor", 1.0)
-    if factor != 1.0:
-        fields["memory_factor"] = factor
-    if cas_modules(model):
-        fields["attack_objective"] = ("PGD/FGSM/EOT-PGD maximise the final-logit cross-entropy, their "
-                                      "'[cas-total]' twins CE + beta * mean auxiliary CE; AutoAttack its own "
-                                      "CE/DLR losses on the final logits; CAS modules gate by their own "
-                                      "predicted label (eval mode), as deployed")
-    if sap is not None:
-        model = SAPModel(model, pct=sap, mode=sap_mode)
-        fields["defense"] = model.describe()
+def eval_model(run: Any, test_time: TestTimeDefense | None = None) -> tuple[nn.Module, dict[str, Any]]:
+    """The model to attack (``run.model``, wrapped by the test-time defense when given) and the
+    card fields saying so: the method's ``eval_fields`` and the defense's ``card_fields``."""
+    model, fields = run.model, dict(run.method.eval_fields(run.model))
+    if test_time is not None:
+        test_time.check(run.method)
+        model = test_time.wrap(model, run.method)
+        fields.update(test_time.card_fields())
     return model, fields
 
 
@@ -224,8 +209,8 @@ def model_cost(model_name: str, model: nn.Module, info: Any) -> dict[str, Any]:
 
 def make_card(cfg: Any, res: EvalResult, *, run_dir: Path, source: Any, seed: int, device: torch.device,
               wall_s: float) -> dict[str, Any]:
-    """The JSON result card (DESIGN §2: method, model, data, seed, attack parameters, config,
-    versions, device, wall time)."""
+    """The JSON result card: method, model, data, seeds, attack parameters, config, versions,
+    device, wall time."""
     return {
         "kind": "eval",
         "run": str(run_dir),
@@ -257,10 +242,8 @@ def format_table(card: dict[str, Any]) -> str:
     head = f"{card['method']} / {card['model']} / {card['dataset']}  (n={card['n']})"
     if card.get("compact"):
         head += "  [compacted]"
-    if card.get("defense", {}).get("defense") == "sap":
-        head += f"  [SAP-{card['defense']['pct']:g} {card['defense']['mode']}]"
-    if card.get("bnn_sample"):
-        head += "  [sampled weights]"
+    if card.get("test_time"):
+        head += f"  [{card['test_time']['label']}]"
     if card.get("stochastic"):
         head += f"  [stochastic: accuracy averaged over {card['passes']} passes]"
     lines = [head, "", "| attack | parameters | accuracy % | vulnerability |", "|---|---|---|---|"]

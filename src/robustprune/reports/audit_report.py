@@ -47,10 +47,8 @@ def render_audit_markdown(card: dict[str, Any], *, surface: bool = True) -> str:
     >>> print(render_audit_markdown(json.load(open("audit/audit.json"))))    # doctest: +SKIP
     """
     head = " / ".join(str(card.get(k, "?")) for k in ("method", "model", "dataset"))
-    if card.get("defense", {}).get("defense") == "sap":
-        head += f" + SAP-{card['defense']['pct']:g} ({card['defense']['mode']})"
-    if card.get("bnn_sample"):
-        head += " (sampled weights)"
+    if card.get("test_time"):
+        head += f" + {card['test_time']['label']}"
     n_warn = len(card.get("warned", []))
     verdict = (f"**WARN** — {n_warn} of {len(card['checks'])} checks warn: {', '.join(card['warned'])}"
                if n_warn else f"PASS — no check warns ({len(card['checks'])} checks)")

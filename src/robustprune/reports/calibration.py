@@ -1,14 +1,15 @@
 """Calibration (confidence vs accuracy): reliability diagrams and expected calibration error.
 
 The SAP paper (Dhillon et al. 2018) compares the calibration of dense, SAP, adversarially trained
-and AT+SAP models; :func:`calibration_run` does that for any runs: each run as trained and, with
-``sap=k``, also wrapped in SAP-k%. A stochastic model's confidence is the top probability of its
-softmax averaged over ``passes`` forward passes (≥ 10). Writes ``calibration.json`` (per model:
-bins, ECE, accuracy, mean confidence) and ``calibration.png`` (one reliability diagram per model).
+and AT+SAP models; :func:`calibration_run` does that for any runs: each run as trained and, with a
+test-time ``defense`` (``"sap:pct=100"``), also wrapped in it. A stochastic model's confidence is
+the top probability of its softmax averaged over ``passes`` forward passes (≥ 10). Writes
+``calibration.json`` (per model: bins, ECE, accuracy, mean confidence) and ``calibration.png`` (one
+reliability diagram per model).
 
 ECE (Guo et al. 2017) with ``bins`` equal-width confidence bins: ``Σ_b (n_b/n)·|acc_b − conf_b|``.
 
->>> calibration_run(["runs/std", "runs/at"], sap=100.0, out="calib")     # doctest: +SKIP
+>>> calibration_run(["runs/std", "runs/at"], defense="sap:pct=100", out="calib")     # doctest: +SKIP
 """
 
 from __future__ import annotations
@@ -106,33 +107,34 @@ def plot_reliability(entries: list[dict[str, Any]], path: str | Path) -> Path:
     return Path(path)
 
 
-def calibration_run(runs: list[str | Path], *, out: str | Path, sap: float | None = None, sap_mode: str = "exact",
-                    limit: int | None = 1000, bins: int = 10, passes: int = 10, data_dir: str | None = None,
-                    device: str = "auto", seed: int = 0) -> dict[str, Any]:
-    """Calibration of each run (and of its SAP-``sap`` wrapper); writes ``out/calibration.json`` and
+def calibration_run(runs: list[str | Path], *, out: str | Path, defense: Any = None, sap: float | None = None,
+                    sap_mode: str | None = None, limit: int | None = 1000, bins: int = 10, passes: int = 10,
+                    data_dir: str | None = None, device: str = "auto", seed: int = 0) -> dict[str, Any]:
+    """Calibration of each run (and of it wrapped in the test-time ``defense``, e.g. ``"sap:pct=100"``;
+    ``sap``/``sap_mode`` are the older spelling); writes ``out/calibration.json`` and
     ``out/calibration.png``; returns the JSON data. Arguments are checked before anything runs."""
-    from robustprune.defenses.sap import SAPModel, check_sap
+    from robustprune.defenses import resolve_test_time
     from robustprune.eval.curve import run_test_points
     from robustprune.utils import provenance
 
     if not runs:
         raise ValueError("calibration needs at least one run directory, got none")
-    if sap is not None:
-        check_sap(sap, sap_mode)
+    test_time = resolve_test_time(defense, sap=sap, sap_mode=sap_mode)
     if isinstance(passes, bool) or not isinstance(passes, int) or passes < 1:
         raise ValueError(f"passes must be an integer >= 1, got {passes!r}")
     entries, dev = [], None
     for run_dir in runs:
         run, images, labels, dev = run_test_points(run_dir, limit=limit, data_dir=data_dir, device=device)
         models = [(run.cfg.method, run.model)]
-        if sap is not None:
-            models.append((f"{run.cfg.method}+SAP-{sap:g}", SAPModel(run.model, pct=sap, mode=sap_mode)))
+        if test_time is not None:
+            test_time.check(run.method)
+            models.append((f"{run.cfg.method}+{test_time.label()}", test_time.wrap(run.model, run.method)))
         for label, model in models:
             torch.manual_seed(seed)
             res = calibration_of(model, images, labels, passes=passes, bins=bins)
             entries.append({"label": label, "run": str(run_dir), "model": run.cfg.model, **res})
     assert dev is not None  # runs is not empty
-    data = {"kind": "calibration", "sap": sap, "sap_mode": sap_mode, "limit": limit, "seed": seed,
+    data = {"kind": "calibration", **(test_time.card_fields() if test_time else {}), "limit": limit, "seed": seed,
             "models": entries, **provenance(dev)}
     out = Path(out)
     atomic_write_json(out / "calibration.json", data)

@@ -1,0 +1,150 @@
+"""Test-time defenses: wrappers that change how a trained model is evaluated, without training.
+
+A test-time defense (SAP, sampled BNN weights, ...) is a class registered in ``TEST_TIME`` that
+says, for one evaluation, how the model is wrapped, what the result card records about it, how a
+table labels the row and whether the wrapped model is random. Evaluation code (``eval``, ``audit``,
+``calibration``, suites) knows only this contract and a :class:`TestTimeSpec`, the defense as data:
+a name and its options, written ``sap:pct=100,mode=fast`` on the command line and
+``{name: sap, pct: 100, mode: fast}`` in a suite file.
+
+>>> spec = TestTimeSpec.parse("sap:pct=100,mode=fast")
+>>> defense = spec.build()
+>>> model = defense.wrap(run.model, run.method)                     # doctest: +SKIP
+>>> defense.card_fields()["test_time"]["label"]
+'SAP-100 (fast)'
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import yaml
+from torch import nn
+
+from robustprune.defenses.base import Method
+from robustprune.registry import TEST_TIME
+
+
+class TestTimeDefense:
+    """Base class: subclasses set ``name``, take their options as keyword arguments (validated in
+    ``__init__``, ``ValueError`` naming the bad value) and implement :meth:`wrap` and :meth:`label`.
+
+    ``stochastic``: the wrapped model is random in eval mode (minimum-norm attacks refuse it; the
+    audit adds its EOT rung). ``options``: the constructor's keywords as given, for the card hash.
+    """
+
+    __test__ = False  # not a pytest class
+    name: ClassVar[str] = ""
+    stochastic: ClassVar[bool] = True
+
+    def __init__(self, **options: Any) -> None:
+        self.options = dict(options)
+
+    def check(self, method: Method) -> None:
+        """Raise ``ValueError`` when the runs of ``method`` cannot be evaluated this way. Default: any."""
+
+    def wrap(self, model: nn.Module, method: Method) -> nn.Module:
+        """The model to attack (a wrapper, or ``model`` itself switched into the defended mode)."""
+        raise NotImplementedError
+
+    def label(self) -> str:
+        """How a table names the defense, e.g. ``SAP-100 (fast)``."""
+        raise NotImplementedError
+
+    def row_label(self, method: str) -> str:
+        """A table row's method column: ``at + SAP-100``. Override for another form."""
+        return f"{method} + {self.label()}"
+
+    def tag(self) -> str:
+        """A file-name suffix of the evaluation card, e.g. ``-sap100-exact``."""
+        opts = "".join(f"-{k}{v}" for k, v in sorted(self.options.items()))
+        return f"-{self.name}{opts}"
+
+    def card_fields(self) -> dict[str, Any]:
+        """What a result card records about the defense (``test_time``: name, options, label)."""
+        return {"test_time": {"name": self.name, **self.options, "label": self.label()}}
+
+    def settings(self) -> dict[str, Any]:
+        """The evaluation-setting keys that identify this defense in a suite's card hash."""
+        return {"defense": {"name": self.name, **self.options}}
+
+
+@dataclass(frozen=True)
+class TestTimeSpec:
+    """A test-time defense as data: its registered ``name`` and ``options`` (sorted key/value pairs).
+
+    >>> TestTimeSpec.parse({"name": "sap", "pct": 100})
+    TestTimeSpec(name='sap', options=(('pct', 100),))
+    """
+
+    __test__ = False  # not a pytest class
+    name: str
+    options: tuple[tuple[str, Any], ...] = ()
+
+    @classmethod
+    def parse(cls, value: Any) -> TestTimeSpec | None:
+        """From ``None``, a spec, a mapping ``{name: ..., **options}`` or text ``name[:k=v,k=v]``
+        (values read as YAML scalars); the defense is built once to validate it."""
+        if value is None or isinstance(value, TestTimeSpec):
+            spec = value
+        elif isinstance(value, dict):
+            opts = {k: v for k, v in value.items() if k != "name"}
+            if not isinstance(value.get("name"), str):
+                raise ValueError(f"a test-time defense needs a name, got {value!r}")
+            spec = cls(value["name"], tuple(sorted(opts.items())))
+        elif isinstance(value, str):
+            spec = cls._from_text(value)
+        else:
+            raise ValueError(f"a test-time defense is a name, 'name:key=value,...' or a mapping, got {value!r}")
+        if spec is not None:
+            spec.build()
+        return spec
+
+    @classmethod
+    def _from_text(cls, text: str) -> TestTimeSpec:
+        name, _, rest = text.strip().partition(":")
+        opts: dict[str, Any] = {}
+        for item in filter(None, (i.strip() for i in rest.split(","))):
+            key, eq, raw = item.partition("=")
+            if not eq or not key.strip():
+                raise ValueError(f"test-time defense option {item!r} in {text!r} is not key=value")
+            opts[key.strip()] = yaml.safe_load(raw)
+        return cls(name.strip(), tuple(sorted(opts.items())))
+
+    def build(self) -> TestTimeDefense:
+        """The registered defense with these options; unknown names or options raise ``ValueError``."""
+        cls = TEST_TIME.get(self.name)
+        try:
+            return cls(**dict(self.options))
+        except TypeError as e:
+            raise ValueError(f"bad options for test-time defense {self.name!r}: {dict(self.options)} ({e})") from e
+
+    def __str__(self) -> str:
+        return self.name + (":" + ",".join(f"{k}={v}" for k, v in self.options) if self.options else "")
+
+
+def legacy_test_time(*, sap: float | None = None, sap_mode: str | None = None,
+                     bnn_sample: bool = False) -> TestTimeSpec | None:
+    """The defense named by the older separate settings ``sap``/``sap_mode``/``bnn_sample``
+    (still accepted by suites, the command line and the library), or ``None``."""
+    if sap is not None and bnn_sample:
+        raise ValueError("choose one test-time defense: sap or bnn_sample, not both")
+    if sap is not None:
+        opts: dict[str, Any] = {"pct": sap} if sap_mode is None else {"pct": sap, "mode": sap_mode}
+        return TestTimeSpec.parse({"name": "sap", **opts})
+    if sap_mode is not None and sap_mode != "exact":
+        TestTimeSpec.parse({"name": "sap", "pct": 100.0, "mode": sap_mode})  # report a bad mode
+    return TestTimeSpec("bnn-sample") if bnn_sample else None
+
+
+def resolve_test_time(defense: Any = None, *, sap: float | None = None, sap_mode: str | None = None,
+                      bnn_sample: bool = False) -> TestTimeDefense | None:
+    """One built defense from ``defense`` (anything :meth:`TestTimeSpec.parse` takes) or the
+    older settings; both at once raise ``ValueError``."""
+    legacy = legacy_test_time(sap=sap, sap_mode=sap_mode, bnn_sample=bnn_sample)
+    spec = TestTimeSpec.parse(defense)
+    if spec is not None and legacy is not None:
+        raise ValueError(f"name the test-time defense once: got defense {spec} and {legacy}")
+    spec = spec or legacy
+    return None if spec is None else spec.build()
