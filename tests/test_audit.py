@@ -17,8 +17,8 @@ from robust_toys import Interval, Noisy, Quantised, Trap, grey, levels, trained_
 from robustprune.cli import main
 from robustprune.data import TensorLoader
 from robustprune.eval import checks as C
-from robustprune.eval.audit import audit
-from robustprune.eval.surface import loss_surface
+from robustprune.jobs.audit import audit
+from robustprune.jobs.surface import loss_surface
 from robustprune.reports.audit_plots import plot_curve, plot_surface
 
 pytestmark = pytest.mark.usefixtures("one_thread")

@@ -21,7 +21,7 @@ pytest.importorskip("pyautoattack")
 from robust_toys import Noisy, Quantised, levels  # noqa: E402
 from robustprune.attacks.autoattack import AutoAttack  # noqa: E402
 from robustprune.cli import main  # noqa: E402
-from robustprune.eval.audit import audit  # noqa: E402
+from robustprune.jobs.audit import audit  # noqa: E402
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 EPS = 0.04

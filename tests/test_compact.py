@@ -15,10 +15,11 @@ from torch import Tensor, nn
 
 from conftest import TINY
 from robustprune.cli import main
+from robustprune.jobs.compact import compact_run
 from robustprune.metrics.measured import count_params, measured_cost
 from robustprune.models import build_model, mask_slots
 from robustprune.sparsity import install_bbd
-from robustprune.sparsity.compact import compact_model, compact_run
+from robustprune.sparsity.compact import compact_model
 from robustprune.sparsity.compact_net import BiasMapConv2d, CompactNet
 from robustprune.sparsity.fold import bn_affine
 from robustprune.train import CheckpointError, load_run
@@ -276,7 +277,7 @@ def test_compact_bad_input_leaves_nothing(pruned_run: Path, tmp_path: Path, caps
     def boom(*_: object, **__: object) -> None:
         raise OSError("disk full")
 
-    monkeypatch.setattr("robustprune.sparsity.compact.save_weights", boom)
+    monkeypatch.setattr("robustprune.jobs.compact.save_weights", boom)
     before = set(tmp_path.iterdir())
     with pytest.raises(OSError, match="disk full"):
         compact_run(pruned_run, out=tmp_path / "o2", measure=False)

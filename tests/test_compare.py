@@ -171,8 +171,8 @@ def test_runner_trains_evaluates_reports_then_reuses(tiny_mnist: Path, tmp_path:
     def fail(*a: Any, **k: Any) -> None:
         raise AssertionError("should have been reused")
 
-    monkeypatch.setattr(train_mod, "fit", fail)
-    monkeypatch.setattr("robustprune.eval.evaluate_run", fail)
+    monkeypatch.setattr("robustprune.compare.runner.fit", fail)
+    monkeypatch.setattr("robustprune.compare.runner.evaluate_run", fail)
     run_suite(suite, out, progress=False)
     assert _mtimes(out / "runs", "run.json") == runs_before
     assert _mtimes(out / "runs", "suite-*.json") == cards_before
@@ -192,10 +192,10 @@ def test_changed_eval_settings_reevaluate_and_changed_config_is_refused(tiny_mni
     run_suite(parse_suite(data), out, progress=False)
     data["eval"]["limit"] = 16
     calls: list[Any] = []
-    import robustprune.eval as eval_mod
+    import robustprune.compare.runner as runner_mod
 
-    orig = eval_mod.evaluate_run
-    monkeypatch.setattr(eval_mod, "evaluate_run", lambda *a, **k: calls.append(k) or orig(*a, **k))
+    orig = runner_mod.evaluate_run
+    monkeypatch.setattr(runner_mod, "evaluate_run", lambda *a, **k: calls.append(k) or orig(*a, **k))
     run_suite(parse_suite(data), out, progress=False)
     assert [c["limit"] for c in calls] == [16]
     assert len(list((out / "runs" / "standard-s0" / "eval").glob("suite-*.json"))) == 2
@@ -251,7 +251,7 @@ def test_interrupted_run_is_resumed_not_restarted(tiny_mnist: Path, tmp_path: Pa
 
     kill["on"] = False
     resumes: list[bool] = []
-    monkeypatch.setattr(train_mod, "fit", lambda cfg: resumes.append(cfg.resume) or orig_fit(cfg))
+    monkeypatch.setattr("robustprune.compare.runner.fit", lambda cfg: resumes.append(cfg.resume) or orig_fit(cfg))
     run_suite(suite, out, progress=False)
     assert resumes == [True]
     assert epochs == [0, 1]  # epoch 0 once (before the kill), then only epoch 1

@@ -10,11 +10,11 @@ import pytest
 import torch
 import yaml
 
-import robustprune.eval.sweep as sweep_mod
+import robustprune.jobs.sweep as sweep_mod
 from robustprune.cli import main
 from robustprune.config import TrainConfig
 from robustprune.eval.card import evaluate_run
-from robustprune.eval.sweep import peaks, sweep_sparsity
+from robustprune.jobs.sweep import peaks, sweep_sparsity
 from robustprune.metrics.unstructured import unstructured_cost
 from robustprune.models import build_model
 from robustprune.sparsity.magnitude import install_weight_masks, prune_by_magnitude

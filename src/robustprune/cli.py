@@ -284,7 +284,7 @@ def cmd_report(ns: Namespace) -> int:
 
 
 def cmd_compact(ns: Namespace) -> int:
-    from robustprune.sparsity.compact import compact_run, format_compact
+    from robustprune.jobs.compact import compact_run, format_compact
 
     out = compact_run(ns.run, out=ns.out, onnx=ns.onnx, measure=ns.measure, repeats=ns.repeats)
     print(format_compact(out))
@@ -305,7 +305,7 @@ def _floats(text: str | None) -> list[float] | None:
 
 
 def cmd_audit(ns: Namespace) -> int:
-    from robustprune.eval.audit import audit_run
+    from robustprune.jobs.audit import audit_run
     from robustprune.reports.audit_report import render_audit_markdown
 
     card = audit_run(ns.run, out=ns.out, limit=ns.limit, source=ns.source, eps=ns.eps, step_size=ns.step_size,
@@ -320,7 +320,7 @@ def cmd_audit(ns: Namespace) -> int:
 
 
 def cmd_curve(ns: Namespace) -> int:
-    from robustprune.eval.curve import curve_run
+    from robustprune.jobs.curve import curve_run
 
     curve = curve_run(ns.run, out=ns.out, eps_list=_floats(ns.eps), steps=ns.steps, eot=ns.eot, limit=ns.limit,
                       batch_size=ns.batch_size, passes=ns.passes, data_dir=ns.data_dir, device=ns.device,
@@ -332,7 +332,7 @@ def cmd_curve(ns: Namespace) -> int:
 
 
 def cmd_surface(ns: Namespace) -> int:
-    from robustprune.eval.surface import surface_run
+    from robustprune.jobs.surface import surface_run
 
     surface_run(ns.run, out=ns.out, points=ns.points, eps=ns.eps, span=ns.span, resolution=ns.resolution,
                 samples=ns.samples, data_dir=ns.data_dir, device=ns.device, seed=ns.seed)
@@ -341,7 +341,7 @@ def cmd_surface(ns: Namespace) -> int:
 
 
 def cmd_calibration(ns: Namespace) -> int:
-    from robustprune.reports.calibration import calibration_run
+    from robustprune.jobs.calibration import calibration_run
 
     data = calibration_run(ns.runs, out=ns.out, defense=ns.defense, sap=ns.sap, sap_mode=ns.sap_mode, limit=ns.limit,
                            bins=ns.bins, passes=ns.passes, data_dir=ns.data_dir, device=ns.device, seed=ns.seed)
@@ -357,7 +357,7 @@ def _num(v: float | None) -> str:
 
 
 def cmd_sweep_sparsity(ns: Namespace) -> int:
-    from robustprune.eval.sweep import sweep_sparsity
+    from robustprune.jobs.sweep import sweep_sparsity
 
     kw = {k: ns[k] for k in ("out", "rho", "epochs_per_round", "adversarial", "scope", "keep_first_last", "eps",
                              "limit", "limit_train", "deepfool_steps", "cw_steps", "cw_search", "cw_const", "cw_lr",

@@ -14,6 +14,9 @@ from typing import Any
 
 import yaml
 
+from robustprune.data import check_eps
+from robustprune.utils import atomic_write_text
+
 #: mixed-precision modes of training (``TrainConfig.amp``)
 AMP_MODES = ("none", "bf16")
 
@@ -83,7 +86,8 @@ class TrainConfig:
                 f"schedule must be step, cosine or constant, got {self.schedule!r}",
             ),
             (all(0 < m < 1 for m in self.milestones), f"milestones must be fractions in (0, 1), got {self.milestones}"),
-            (self.adv_eps is None or self.adv_eps >= 0, f"adv_eps must be >= 0, got {self.adv_eps}"),
+            (self.adv_eps is None or eps_ok(self.adv_eps),
+             f"adv_eps must be a number in [0, 1] (pixel units), got {self.adv_eps}"),
             (self.adv_steps is None or self.adv_steps >= 1, f"adv_steps must be >= 1, got {self.adv_steps}"),
             (
                 self.adv_step_size is None or self.adv_step_size > 0,
@@ -106,7 +110,6 @@ def to_dict(cfg: Any) -> dict[str, Any]:
 
 def save_yaml(data: dict[str, Any], path: Path) -> None:
     """Write YAML atomically (temp file + rename)."""
-    from robustprune.utils import atomic_write_text
 
     atomic_write_text(path, yaml.safe_dump(data, sort_keys=False))
 
@@ -146,3 +149,12 @@ def add_dataclass_flags(parser: Any, cls: type, *, skip: tuple[str, ...] = ()) -
             parser.add_argument(flag, dest=f.name, action=ActionYesNo, default=default, help=helptext)
         else:
             parser.add_argument(flag, dest=f.name, type=hints[f.name], default=default, help=helptext)
+
+
+def eps_ok(eps: float) -> bool:
+    """Whether ``eps`` passes :func:`robustprune.data.check_eps` (the one rule for an L∞ radius)."""
+    try:
+        check_eps(eps)
+    except ValueError:
+        return False
+    return True

@@ -13,6 +13,8 @@ from typing import Any
 
 import torch
 
+from robustprune import __version__
+
 
 def atomic_write(path: str | os.PathLike, write: Callable[[Path], object]) -> None:
     """Call ``write(tmp)`` on a temp file beside ``path`` and rename it over ``path``.
@@ -83,7 +85,6 @@ def git_sha() -> str:
 
 def provenance(device: torch.device | str) -> dict[str, Any]:
     """What every result records about the software and hardware that produced it."""
-    from robustprune import __version__
 
     dev = torch.device(device)
     name = torch.cuda.get_device_name(dev) if dev.type == "cuda" else f"cpu ({torch.get_num_threads()} threads)"

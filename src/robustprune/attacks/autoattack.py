@@ -23,7 +23,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from robustprune.attacks.base import Attack, check_count
+from robustprune.attacks.base import Attack, check_count, is_stochastic
 
 _LOG = logging.getLogger(__name__)
 VERSIONS = ("auto", "standard", "rand")
@@ -77,7 +77,7 @@ class AutoAttack(Attack):
     ``version="standard"`` runs APGD-CE → APGD-T (9 target classes) → FAB-T (9 targets) → Square
     (5000 queries), each on the points the previous stages left robust; ``"rand"`` (for models
     that are random in eval mode) runs APGD-CE and APGD-DLR with EOT over 20 samples.
-    ``"auto"`` (default) picks ``rand`` when :func:`robustprune.eval.is_stochastic` says the
+    ``"auto"`` (default) picks ``rand`` when :func:`robustprune.attacks.is_stochastic` says the
     model is random, else ``standard``. With fewer than 10 classes the number of target classes
     is lowered to ``classes - 1``. After each call, :meth:`breakdown` holds the robust accuracy
     after every stage, summed over all batches since construction (or :meth:`reset`), and the
@@ -163,8 +163,6 @@ class AutoAttack(Attack):
     def _resolve(self, model: nn.Module, x: Tensor) -> str:
         if self.version != "auto":
             return self.version
-        from robustprune.eval.evaluate import is_stochastic  # late: robustprune.eval imports attacks
-
         return "rand" if is_stochastic(model, x) else "standard"
 
     def _build(self, model: nn.Module, x: Tensor, y: Tensor, version: str, collector: _Collect) -> Any:

@@ -1,4 +1,4 @@
-"""The attack contract and the invariants every attack keeps (DESIGN §2, STYLE examples 1-2).
+"""The attack contract and the invariants every attack keeps.
 
 An attack is a small object with one call, ``attack(model, x, y) -> x_adv``. Subclasses implement
 :meth:`Attack.perturb`; :meth:`Attack.__call__` wraps it and guarantees, whatever the subclass
@@ -103,6 +103,13 @@ def model_mode(model: nn.Module, *, eval_mode: bool) -> Iterator[None]:
     finally:
         for m, training in flags:
             m.training = training
+
+
+def is_stochastic(model: nn.Module, x: Tensor) -> bool:
+    """Two passes of ``model`` in its current mode on the same input differ: in eval mode, the model
+    is random at test time (attack it with EOT, average accuracies over passes)."""
+    with torch.no_grad():
+        return not torch.equal(model(x), model(x))
 
 
 @contextlib.contextmanager

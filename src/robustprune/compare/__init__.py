@@ -5,7 +5,8 @@
 """
 
 from robustprune.compare.parallel import TaskFailed, run_tasks_parallel
-from robustprune.compare.runner import RunSpec, Task, plan_runs, plan_suite, run_suite, run_task
+from robustprune.compare.plan import RunSpec, Task, plan_runs, plan_suite
+from robustprune.compare.runner import run_suite, run_task
 from robustprune.compare.suite import EvalSpec, RunEntry, Suite, load_suite, parse_suite
 
 __all__ = [

@@ -24,13 +24,19 @@ import multiprocessing
 import os
 import sys
 import time
+from collections.abc import Callable
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from pathlib import Path
 
+import torch
 from tqdm.auto import tqdm
 
-from robustprune.compare.runner import Task, run_task
+from robustprune.compare.plan import Task
 from robustprune.compare.suite import Suite
+from robustprune.data import load_split
+
+#: runs one task in a worker: ``run(task, suite, out_dir, progress=False) -> what happened``
+TaskFn = Callable[..., str]
 
 
 class TaskFailed(RuntimeError):
@@ -52,21 +58,17 @@ def default_threads(jobs: int) -> int:
 
 
 def _init_worker(threads: int) -> None:
-    import torch
-
     torch.set_num_threads(threads)
 
 
-def _work(task: Task, suite: Suite, out_dir: Path) -> tuple[str, float]:
+def _work(run: TaskFn, task: Task, suite: Suite, out_dir: Path) -> tuple[str, float]:
     t0 = time.perf_counter()
-    result = run_task(task, suite, out_dir, progress=False)
+    result = run(task, suite, out_dir, progress=False)
     return result, time.perf_counter() - t0
 
 
 def _prefetch_data(tasks: list[Task]) -> None:
     """Load every dataset the tasks use once, here: a missing one is downloaded by one process only."""
-    from robustprune.data import load_split
-
     for dataset, data_dir in dict.fromkeys((t.spec.cfg.dataset, t.spec.cfg.data_dir) for t in tasks):
         for split in ("train", "test"):
             load_split(dataset, split, data_dir=data_dir)
@@ -82,9 +84,11 @@ def _check_plan(tasks: list[Task]) -> None:
             raise ValueError(f"task {t.name} needs {missing}, which the plan does not hold")
 
 
-def run_tasks_parallel(tasks: list[Task], suite: Suite, out_dir: Path, *, jobs: int, progress: bool,
+def run_tasks_parallel(tasks: list[Task], suite: Suite, out_dir: Path, *, run: TaskFn, jobs: int, progress: bool,
                        threads: int | None = None) -> None:
-    """Run ``tasks`` in up to ``jobs`` worker processes, each once every task in its ``needs`` is done.
+    """Run ``tasks`` in up to ``jobs`` worker processes, each once every task in its ``needs`` is done;
+    ``run`` does one task (:func:`robustprune.compare.runner.run_task`; a module-level function, so
+    the spawned workers can unpickle it).
 
     ``threads`` is each worker's torch thread count (default :func:`default_threads`). Raises
     :class:`TaskFailed` after the running tasks finish when one fails.
@@ -107,7 +111,7 @@ def run_tasks_parallel(tasks: list[Task], suite: Suite, out_dir: Path, *, jobs: 
     try:
         while pending or running:
             if failed is None:
-                _submit_ready(pool, pending, running, done, suite, out_dir, jobs=jobs)
+                _submit_ready(pool, pending, running, done, suite, out_dir, run=run, jobs=jobs)
             if not running:
                 if failed is None:  # cannot happen for a plan from plan_suite: a cycle in ``needs``
                     raise ValueError(f"tasks {[t.name for t in pending]} wait on each other")
@@ -137,10 +141,10 @@ def run_tasks_parallel(tasks: list[Task], suite: Suite, out_dir: Path, *, jobs: 
 
 
 def _submit_ready(pool: ProcessPoolExecutor, pending: list[Task], running: dict[Future, Task], done: set[str],
-                  suite: Suite, out_dir: Path, *, jobs: int) -> None:
+                  suite: Suite, out_dir: Path, *, run: TaskFn, jobs: int) -> None:
     """Start pending tasks whose needs are done, in plan order, while fewer than ``jobs`` run."""
     for task in [t for t in pending if all(n in done for n in t.needs)]:
         if len(running) >= jobs:
             return
         pending.remove(task)
-        running[pool.submit(_work, task, suite, out_dir)] = task
+        running[pool.submit(_work, run, task, suite, out_dir)] = task

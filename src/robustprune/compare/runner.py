@@ -25,15 +25,25 @@ import sys
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import torch
 from tqdm.auto import tqdm
 
-from robustprune.compare.suite import EvalSpec, RunEntry, Suite, init_order
+from robustprune.compare.parallel import run_tasks_parallel
+from robustprune.compare.plan import RunSpec, Task, plan_runs, plan_suite, run_key
+from robustprune.compare.suite import Suite
 from robustprune.config import TrainConfig, load_train_config, save_yaml, to_dict
+from robustprune.eval import evaluate_run
+from robustprune.reports import render_report
+from robustprune.train import fit
+from robustprune.train.checkpoint import latest_checkpoint
+from robustprune.train.run import train_attack
 from robustprune.utils import atomic_write_json, atomic_write_text
+
+__all__ = ["RunSpec", "Task", "card_path", "comparable", "config_diff", "plan_runs", "plan_suite", "run_key",
+           "run_suite", "run_task", "suite_card", "suite_lock"]
 
 #: config fields that may differ between a finished run and the suite without making it another run
 IGNORED_FIELDS = ("out", "data_dir", "progress", "device", "resume", "init_from")
@@ -41,118 +51,14 @@ IGNORED_FIELDS = ("out", "data_dir", "progress", "device", "resume", "init_from"
 LOCK = ".compare.lock"
 
 
-@dataclass(frozen=True)
-class RunSpec:
-    """One seed of one suite run, placed in the suite directory."""
-
-    run: RunEntry
-    seed: int
-    order: int
-    cfg: TrainConfig
-    source_key: str | None
-    eval: EvalSpec
-
-    @property
-    def key(self) -> str:
-        return f"{self.run.id}-s{self.seed}"
-
-    @property
-    def trains(self) -> bool:
-        """False for a ``model_of`` row: it evaluates another run's model."""
-        return self.run.model_of is None
-
-    @property
-    def model_key(self) -> str:
-        """The run whose trained model this spec evaluates."""
-        return self.key if self.trains else run_key(self.run.model_of, self.seed)  # type: ignore[arg-type]
-
-    @property
-    def out(self) -> Path:
-        return Path(self.cfg.out)
-
-
-@dataclass(frozen=True)
-class Task:
-    """``train`` or ``evaluate`` one run; ``needs`` are the task names that must finish first."""
-
-    kind: str
-    spec: RunSpec
-    needs: tuple[str, ...]
-
-    @property
-    def name(self) -> str:
-        return f"{self.kind}:{self.spec.key}"
-
-
-def run_key(run_id: str, seed: int) -> str:
-    return f"{run_id}-s{seed}"
-
-
-def plan_runs(suite: Suite, out_dir: str | Path, *, data_dir: str | None = None,
-              device: str | None = None) -> list[RunSpec]:
-    """Every (run, seed) of the suite, dependencies first, with its resolved TrainConfig."""
-    runs_dir = Path(out_dir) / "runs"
-    position = {r.id: i for i, r in enumerate(suite.runs)}
-    specs = []
-    for run_id in init_order(suite):
-        run = suite.run(run_id)
-        for seed in run.seeds:
-            init = None if run.init_from is None else str(runs_dir / run_key(run.init_from, seed))
-            trained_by = run.id if run.model_of is None else run.model_of
-            cfg = run.config(seed, out=str(runs_dir / run_key(trained_by, seed)), init_from=init)
-            if data_dir is not None:
-                cfg = dataclasses.replace(cfg, data_dir=data_dir)
-            if device is not None:
-                cfg = dataclasses.replace(cfg, device=device)
-            src = suite.source_seed(run, seed) if run.report else None
-            specs.append(RunSpec(run=run, seed=seed, order=position[run.id], cfg=cfg,
-                                 source_key=None if src is None else run_key(*src), eval=suite.eval_of(run)))
-    return specs
-
-
-def plan_suite(suite: Suite, out_dir: str | Path, *, data_dir: str | None = None,
-               device: str | None = None) -> list[Task]:
-    """Training tasks in dependency order, each evaluation task as soon as its run and source are
-    trained; ``model_of`` rows have only an evaluation task, after the run whose model they evaluate."""
-    specs = plan_runs(suite, out_dir, data_dir=data_dir, device=device)
-    trains, evals = [], []
-    needs: tuple[str, ...]
-    for s in specs:
-        if s.trains:
-            needs = () if s.run.init_from is None else (f"train:{run_key(s.run.init_from, s.seed)}",)
-            trains.append(Task("train", s, needs))
-    for s in specs:
-        if s.run.report:
-            needs = (f"train:{s.model_key}",) + (() if s.source_key is None else (f"train:{s.source_key}",))
-            evals.append(Task("evaluate", s, tuple(dict.fromkeys(needs))))
-    # each evaluation right after the last training it needs, so a long suite's first rows have
-    # their numbers while later runs still train
-    tasks: list[Task] = []
-    done: set[str] = set()
-    for t in trains:
-        tasks.append(t)
-        done.add(t.name)
-        ready = [e for e in evals if set(e.needs) <= done]
-        tasks += ready
-        evals = [e for e in evals if e not in ready]
-    return tasks + evals
-
-
 def comparable(cfg: TrainConfig) -> dict[str, Any]:
     """The parts of a config that define the trained model (paths, devices, bars left out), with the
     training attack's dataset defaults filled in (``adv_eps: null`` and ``adv_eps: 0.3`` are one MNIST run)."""
-    from robustprune.data import dataset_info
-    from robustprune.train.run import TRAIN_ATTACK
-
     d = to_dict(cfg)
     init = d["init_from"]
     d = {k: v for k, v in d.items() if k not in IGNORED_FIELDS}
     d["init_from"] = None if init is None else Path(init).name
-    info = dataset_info(cfg.dataset)
-    steps, step_size = TRAIN_ATTACK[info.name]
-    for key, default in (("adv_eps", info.default_eps), ("adv_steps", steps), ("adv_step_size", step_size)):
-        if d.get(key) is None:
-            d[key] = default
+    d["adv_eps"], d["adv_steps"], d["adv_step_size"] = train_attack(cfg)
     return d
 
 
@@ -163,8 +69,6 @@ def config_diff(old: TrainConfig, new: TrainConfig) -> list[str]:
 
 def run_status(spec: RunSpec) -> str:
     """``complete``, ``partial`` (a checkpoint to resume), or ``new``; a different config is an error."""
-    from robustprune.train.checkpoint import latest_checkpoint
-
     out = spec.out
     saved = out / "config.yaml"
     if not saved.is_file():
@@ -182,8 +86,6 @@ def run_status(spec: RunSpec) -> str:
 
 def train_task(spec: RunSpec, *, progress: bool = True) -> str:
     """Train ``spec`` unless it is finished; resume it from its checkpoint if interrupted."""
-    from robustprune.train import fit
-
     status = run_status(spec)
     if status == "complete":
         return "reused"
@@ -213,8 +115,6 @@ def _card_fresh(path: Path, models: list[Path]) -> bool:
 
 def eval_task(suite: Suite, spec: RunSpec, *, runs_dir: Path, progress: bool = True) -> str:
     """Evaluate ``spec`` with the suite's settings, reusing its card while it is up to date."""
-    from robustprune.eval import evaluate_run
-
     path = card_path(suite, spec)
     source = None if spec.source_key is None else runs_dir / spec.source_key
     models = [spec.out / "model.safetensors"] + ([] if source is None else [source / "model.safetensors"])
@@ -284,19 +184,13 @@ def run_suite(suite: Suite, out_dir: str | Path, *, data_dir: str | None = None,
         if jobs == 1:
             _run_tasks(tasks, suite, out_dir, progress=progress, threads=threads)
         else:
-            from robustprune.compare.parallel import run_tasks_parallel
-
-            run_tasks_parallel(tasks, suite, out_dir, jobs=jobs, progress=progress, threads=threads)
+            run_tasks_parallel(tasks, suite, out_dir, run=run_task, jobs=jobs, progress=progress, threads=threads)
     if not report:
         return []
-    from robustprune.reports import render_report
-
     return render_report(out_dir)
 
 
 def _run_tasks(tasks: list[Task], suite: Suite, out_dir: Path, *, progress: bool, threads: int | None = None) -> None:
-    import torch
-
     prev_threads = torch.get_num_threads()
     if threads is not None:
         torch.set_num_threads(threads)

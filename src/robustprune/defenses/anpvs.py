@@ -25,6 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from robustprune.data import dataset_info
 from robustprune.defenses.base import Method, MethodContext, ParamGroup, accuracy, mixed_ce
 from robustprune.defenses.standard import AdversarialTraining
 from robustprune.metrics import unit_sparsity, vulnerability
@@ -34,8 +35,6 @@ from robustprune.sparsity.bbdropout import install_bbd, model_kl, shared_noise
 
 #: how N of β·KL/N is chosen (see the module docstring)
 KL_N_RULES = ("dataset", "train")
-#: (β, λ) of the paper's runs per dataset (ANP-VS README)
-PAPER_BETA_LAMBDA = {"mnist": (4.0, 1e-3), "fashion-mnist": (4.0, 1e-3), "cifar10": (2.0, 1e-4), "cifar100": (1.0, 0.1)}
 
 
 class MaskedMethod(Method):
@@ -150,9 +149,8 @@ class ANPVS(MaskedMethod):
         **mask_kw: Any,
     ) -> None:
         super().__init__(ctx=ctx, **mask_kw)
-        paper_beta, paper_lam = PAPER_BETA_LAMBDA[ctx.dataset]
-        self.beta = paper_beta if beta is None else beta
-        self.lam = (paper_lam if lam is None else lam) if self.use_vs else 0.0
+        self.beta, lam = dataset_info(ctx.dataset).anpvs_beta_lambda(beta=beta, lam=lam if self.use_vs else 0.0)
+        self.lam = lam if self.use_vs else 0.0
         for key, val in (("beta", self.beta), ("lam", self.lam), ("adv_weight", adv_weight)):
             if val < 0:
                 raise ValueError(f"{key} must be >= 0, got {val}")
@@ -268,7 +266,8 @@ class ANPVSFast(ANPVS):
 
     def __init__(self, *, ctx: MethodContext, **kwargs: Any) -> None:
         defaults: dict[str, Any] = {
-            "beta": 3.0 * PAPER_BETA_LAMBDA[ctx.dataset][0], "mask_warmup": 0.3, "mask_lr": 5e-2,
+            "beta": 3.0 * dataset_info(ctx.dataset).anpvs_beta_lambda(beta=kwargs.get("beta"), lam=0.0)[0],
+            "mask_warmup": 0.3, "mask_lr": 5e-2,
             "a_init_fc": 2.95, "a_init_conv": 2.95,
         }
         super().__init__(ctx=ctx, **{**defaults, **kwargs})

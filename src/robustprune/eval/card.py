@@ -9,12 +9,18 @@ from typing import Any
 import torch
 from torch import nn
 
-from robustprune.attacks import Attack, TransferAttack, build_attack
+from robustprune.attacks import Attack, CarliniWagnerL2, DeepFool, TransferAttack, build_attack
+from robustprune.attacks import autoattack as aa
 from robustprune.config import to_dict
-from robustprune.data import TensorLoader, dataset_info, load_split
+from robustprune.data import TensorLoader, check_eps, dataset_info, load_split
 from robustprune.defenses import TestTimeDefense, resolve_test_time
 from robustprune.eval.evaluate import EvalResult, evaluate
 from robustprune.metrics import paper_cost, sparsity_summary
+from robustprune.metrics.measured import measured_cost
+from robustprune.metrics.minnorm import minnorm_robustness
+from robustprune.metrics.unstructured import unstructured_cost
+from robustprune.models import installed_masks
+from robustprune.sparsity.compact import compact_model, compact_summary
 from robustprune.train.run import load_run
 from robustprune.utils import atomic_write_json, provenance, resolve_device
 
@@ -22,8 +28,6 @@ PAPER_ARCHS = ("lenet5-caffe", "lenet-300-100", "vgg16")
 #: minimum-norm attacks: no ε; they report r₂ (mean ‖δ‖₂ over correct points), not an accuracy
 MINNORM_NAMES = ("deepfool", "cw")
 ATTACK_NAMES = ("none", "fgsm", "rfgsm", "pgd", "eot-pgd", "transfer", "autoattack") + MINNORM_NAMES
-#: evaluation PGD step size per dataset when --step-size is not given
-EVAL_STEP = {"mnist": 0.01, "fashion-mnist": 0.01, "cifar10": 2 / 255, "cifar100": 2 / 255}
 
 
 def build_eval_attack(
@@ -41,8 +45,7 @@ def build_eval_attack(
         known = [n for n in ATTACK_NAMES if n not in MINNORM_NAMES]
         raise ValueError(f"unknown attack {name!r}; known: {', '.join(known)} (and the minimum-norm "
                          f"{', '.join(MINNORM_NAMES)} through evaluate_run)")
-    if eps < 0:
-        raise ValueError(f"eps must be >= 0, got {eps}")
+    eps = check_eps(eps)
     if steps < 1:
         raise ValueError(f"steps must be >= 1, got {steps}")
     if name == "none":
@@ -52,9 +55,7 @@ def build_eval_attack(
     if name == "rfgsm":
         return build_attack("rfgsm", eps=eps)
     if name == "autoattack":  # the optional extra; standard, or rand (EOT-20) when the model is random
-        from robustprune.attacks.autoattack import AutoAttack
-
-        return AutoAttack(eps=eps, version="auto", seed=0)
+        return aa.AutoAttack(eps=eps, version="auto", seed=0)
     pgd_kw: dict[str, Any] = {"eps": eps, "steps": steps, "step_size": step_size, "restarts": restarts}
     if name == "eot-pgd":
         return build_attack("eot-pgd", eot=10 if eot is None else eot, **pgd_kw)
@@ -116,8 +117,7 @@ def evaluate_run(
     run = load_run(run_dir, device=dev)
     model, fields = eval_model(run, test_time)
     info = dataset_info(run.cfg.dataset)
-    eps = info.default_eps if eps is None else eps
-    step_size = EVAL_STEP[info.name] if step_size is None else step_size
+    eps, step_size = info.eps(eps), info.step(step_size)
     src_model = load_run(source, device=dev).model if source is not None else None
     built = [(n, build_eval_attack(n, eps=eps, steps=steps, step_size=step_size, restarts=restarts, eot=eot,
                                    source=src_model)) for n in attacks_bounded]
@@ -145,8 +145,6 @@ def evaluate_run(
         card["compact"] = None
         card["measured"] = measured_compaction(run.model, info) if measure else None
     else:  # a compacted run: the masked source's sparsity, plus what compaction recorded (measured cost)
-        from robustprune.sparsity.compact import compact_summary
-
         card["sparsity"] = run.compact.get("source_cost")
         card["compact"] = compact_summary(run.compact)
     tag = "+".join(attacks) + ("" if test_time is None else test_time.tag())
@@ -158,10 +156,6 @@ def evaluate_run(
 
 def minnorm_entry(name: str, model: nn.Module, loader: TensorLoader, *, progress: bool) -> dict[str, Any]:
     """r₂ of ``model`` under the minimum-norm attack ``name`` (``deepfool`` or ``cw``), with its defaults."""
-    from robustprune.attacks.cw import CarliniWagnerL2
-    from robustprune.attacks.deepfool import DeepFool
-    from robustprune.metrics.minnorm import minnorm_robustness
-
     attack = DeepFool() if name == "deepfool" else CarliniWagnerL2()
     return {"name": name, **minnorm_robustness(model, loader, attack, progress=progress)}
 
@@ -181,10 +175,6 @@ def measured_compaction(model: nn.Module, info: Any) -> dict[str, Any] | None:
     """Measured cost of the compacted network against the dense original (params, FLOPs, CPU
     latency at batch 1 and 256; ``robustprune.metrics.measured``), for models whose masks prune
     units; ``None`` for models without masks or architectures compaction does not know."""
-    from robustprune.metrics.measured import measured_cost
-    from robustprune.models import installed_masks
-    from robustprune.sparsity.compact import compact_model
-
     if not installed_masks(model):
         return None
     try:
@@ -198,8 +188,6 @@ def model_cost(model_name: str, model: nn.Module, info: Any) -> dict[str, Any]:
     """Unit/weight sparsity and, for the paper's architectures, its memory/FLOPs accounting."""
     out: dict[str, Any] = sparsity_summary(model)
     if out["weight_sparsity"] > 0:  # unstructured zeros: nnz, CSR bytes, theoretical MACs
-        from robustprune.metrics.unstructured import unstructured_cost
-
         out["unstructured"] = unstructured_cost(model, input_shape=(info.in_channels, info.image_size, info.image_size))
     if model_name in PAPER_ARCHS:
         out["paper"] = paper_cost(model_name, model, in_channels=info.in_channels, num_classes=info.num_classes,

@@ -12,7 +12,7 @@ import torch
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
-from robustprune.attacks import Attack
+from robustprune.attacks import Attack, is_stochastic
 from robustprune.data import TensorLoader
 from robustprune.metrics import VulnerabilityMeter
 
@@ -59,12 +59,6 @@ class EvalResult:
         }
 
 
-def is_stochastic(model: nn.Module, x: Tensor) -> bool:
-    """Two eval-mode passes on the same input differ: the model is random at test time."""
-    with torch.no_grad():
-        return not torch.equal(model(x), model(x))
-
-
 def correct_count(model: nn.Module, x: Tensor, y: Tensor, passes: int) -> Tensor:
     """Per-example correctness, averaged over ``passes`` forward passes (1 for deterministic models)."""
     with torch.no_grad():
@@ -85,8 +79,9 @@ def evaluate(
 
     A point counts as robust only if it is classified correctly both clean and attacked. For a
     model that is random in eval mode, accuracies are averaged over ``passes`` forward passes and a
-    warning is recorded for every attack that does not use EOT. Latent vulnerability (DESIGN §3)
-    is accumulated over the whole set when the model exposes latent maps.
+    warning is recorded for every attack that does not use EOT. Latent vulnerability (the mean
+    distance between the latent features of clean and attacked inputs) is accumulated over the
+    whole set when the model exposes latent maps.
     """
     was_training = model.training
     model.eval()

@@ -19,20 +19,23 @@ from robustprune.sparsity.compact_net import COMPACT_FILE, read_compact
 from robustprune.sparsity.magnitude import fresh_state_keys
 from robustprune.train.checkpoint import CheckpointError, load_checkpoint, load_weights
 
-#: training-attack defaults per dataset family: (steps, step size)
-TRAIN_ATTACK = {"mnist": (20, 0.01), "fashion-mnist": (20, 0.01), "cifar10": (10, 2 / 255), "cifar100": (10, 2 / 255)}
+
+def train_attack(cfg: TrainConfig) -> tuple[float, int, float]:
+    """The run's training PGD (ε, steps, step size): the config's values, the dataset's threat model
+    (:meth:`~robustprune.data.DatasetInfo.train_attack`) where they are ``None``."""
+    return dataset_info(cfg.dataset).train_attack(eps=cfg.adv_eps, steps=cfg.adv_steps, step_size=cfg.adv_step_size)
 
 
 def method_context(cfg: TrainConfig, *, train_size: int, total_steps: int = 1) -> MethodContext:
     info = dataset_info(cfg.dataset)
-    steps, step_size = TRAIN_ATTACK[info.name]
+    eps, steps, step_size = train_attack(cfg)
     return MethodContext(
         dataset=info.name,
         train_size=train_size,
         num_classes=info.num_classes,
-        adv_eps=info.default_eps if cfg.adv_eps is None else cfg.adv_eps,
-        adv_steps=steps if cfg.adv_steps is None else cfg.adv_steps,
-        adv_step_size=step_size if cfg.adv_step_size is None else cfg.adv_step_size,
+        adv_eps=eps,
+        adv_steps=steps,
+        adv_step_size=step_size,
         lr=cfg.lr,
         weight_decay=cfg.weight_decay,
         total_steps=total_steps,

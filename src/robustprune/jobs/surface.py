@@ -19,7 +19,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from robustprune.attacks import is_stochastic
 from robustprune.data import dataset_info
+from robustprune.jobs.curve import run_test_points
+from robustprune.reports.audit_plots import plot_surface
 from robustprune.utils import atomic_write_json, provenance
 
 
@@ -91,8 +94,6 @@ def surface_of(model: nn.Module, images: Tensor, labels: Tensor, *, points: int 
     (uint8 or [0, 1] floats), topped up with misclassified ones when too few are correct;
     ``samples=None``: 10 passes per grid point for a model random in eval mode, else 1.
     ``test_index`` and each point's ``correct`` record which examples were used."""
-    from robustprune.eval.evaluate import is_stochastic
-
     _check(points, resolution, span, eps)
     dev = next(iter(model.parameters())).device
     x = images[: max(256, 4 * points)].to(dev).float()
@@ -122,11 +123,9 @@ def surface_run(run_dir: str | Path, *, out: str | Path, points: int = 4, eps: f
 
     >>> surface_run("runs/at", out="runs/at/surface", points=4)    # doctest: +SKIP
     """
-    from robustprune.eval.curve import run_test_points
-
     _check(points, resolution, span, 1.0 if eps is None else eps)
     run, images, labels, dev = run_test_points(run_dir, limit=max(256, 4 * points), data_dir=data_dir, device=device)
-    eps = dataset_info(run.cfg.dataset).default_eps if eps is None else eps
+    eps = dataset_info(run.cfg.dataset).eps(eps)
     t0 = time.perf_counter()
     surf = surface_of(run.model, images, labels, points=points, eps=eps, span=span, resolution=resolution,
                       samples=samples, seed=seed)
@@ -138,8 +137,6 @@ def surface_run(run_dir: str | Path, *, out: str | Path, points: int = 4, eps: f
 
 def write_surface(surf: dict[str, Any], out: str | Path) -> None:
     """``surface.json`` and ``surface.png`` into directory ``out``."""
-    from robustprune.reports.audit_plots import plot_surface
-
     out = Path(out)
     atomic_write_json(out / "surface.json", surf)
     plot_surface(surf, out / "surface.png")

@@ -39,9 +39,8 @@ from robustprune.eval.evaluate import evaluate
 from robustprune.metrics.minnorm import minnorm_robustness
 from robustprune.metrics.sparsity import weight_sparsity
 from robustprune.metrics.unstructured import activation_zero_fraction
+from robustprune.train import fit, load_run
 from robustprune.train.checkpoint import latest_checkpoint
-from robustprune.train.loop import fit
-from robustprune.train.run import load_run
 from robustprune.utils import atomic_write, atomic_write_json, provenance, resolve_device
 
 METRICS = (("clean_acc", "clean"), ("fgsm_acc", "FGSM"), ("rfgsm_acc", "R+FGSM"), ("deepfool_r2", "DeepFool r2"),
@@ -171,7 +170,7 @@ def sweep_sparsity(run_dir: str | Path, *, rounds: int, out: str | Path | None =
     cfg = load_run(run_dir).cfg  # names a missing or broken run clearly
     out = Path(out) if out is not None else run_dir / "sparsity-sweep"
     dev = resolve_device(device)
-    ev = SweepEval(eps=dataset_info(cfg.dataset).default_eps if eps is None else eps, limit=limit,
+    ev = SweepEval(eps=dataset_info(cfg.dataset).eps(eps), limit=limit,
                    deepfool_steps=deepfool_steps, cw_steps=cw_steps, cw_search=cw_search, cw_const=cw_const,
                    cw_lr=cw_lr)
     images, labels = load_split(cfg.dataset, "test", data_dir=data_dir or cfg.data_dir)

@@ -1,4 +1,4 @@
-"""Robust accuracy as a function of ε: the standard picture that nothing is masked.
+"""``robustprune curve``: robust accuracy as a function of ε, the standard picture that nothing is masked.
 
 For an honestly evaluated model the curve starts at the clean accuracy, falls monotonically and
 reaches ~0 % well before ε = 1 (Carlini et al. 2019, "On evaluating adversarial robustness"). Each
@@ -8,7 +8,6 @@ heuristic), with EOT for models that are random in eval mode.
 
 from __future__ import annotations
 
-import math
 import time
 from pathlib import Path
 from typing import Any
@@ -17,9 +16,11 @@ import torch
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
-from robustprune.attacks import PGD
-from robustprune.data import TensorLoader, dataset_info, load_split
-from robustprune.eval.evaluate import evaluate, is_stochastic
+from robustprune.attacks import PGD, is_stochastic
+from robustprune.data import TensorLoader, check_eps, dataset_info, load_split
+from robustprune.eval.evaluate import evaluate
+from robustprune.reports.audit_plots import plot_curve
+from robustprune.train import load_run
 from robustprune.utils import atomic_write_json, provenance, resolve_device
 
 #: default sweep, as multiples of the dataset's ε (capped at 1)
@@ -32,13 +33,10 @@ def default_sweep(eps: float) -> list[float]:
 
 
 def check_eps_list(eps_list: list[float]) -> list[float]:
-    """``ValueError`` naming the bad value unless every ε is a finite number in [0, 1]."""
+    """``ValueError`` naming the bad value unless every ε passes :func:`~robustprune.data.check_eps`."""
     if not eps_list:
         raise ValueError("eps list is empty")
-    for e in eps_list:
-        if not isinstance(e, int | float) or not math.isfinite(e) or not 0 <= e <= 1:
-            raise ValueError(f"every eps must be a number in [0, 1] (pixel units), got {e!r}")
-    return [float(e) for e in eps_list]
+    return [check_eps(e, what="every eps") for e in eps_list]
 
 
 def sweep_attack(eps: float, *, steps: int = 40, eot: int = 1, restarts: int = 1) -> PGD:
@@ -78,8 +76,6 @@ def robust_curve(model: nn.Module, loader: TensorLoader, eps_list: list[float], 
 def run_test_points(run_dir: str | Path, *, limit: int | None, data_dir: str | None,
                     device: str | torch.device) -> tuple[Any, Tensor, Tensor, torch.device]:
     """``(loaded run, test images, test labels, device)``: the first ``limit`` test points of a run."""
-    from robustprune.train.run import load_run  # late: keeps `import robustprune.eval` light
-
     if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
         raise ValueError(f"limit must be an integer >= 1, got {limit!r}")
     dev = resolve_device(device)
@@ -100,8 +96,6 @@ def curve_run(run_dir: str | Path, *, out: str | Path, eps_list: list[float] | N
 
     >>> curve_run("runs/at", out="runs/at/curve", eps_list=[0, 0.1, 0.2, 0.3, 0.4])   # doctest: +SKIP
     """
-    from robustprune.reports.audit_plots import plot_curve
-
     if eps_list is not None:
         check_eps_list(eps_list)
     if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:

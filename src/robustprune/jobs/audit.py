@@ -22,11 +22,18 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from robustprune.attacks import EOTPGD, FGSM, PGD, Attack, TransferAttack
-from robustprune.data import TensorLoader, dataset_info
+from robustprune.attacks import autoattack as aa
+from robustprune.config import to_dict
+from robustprune.data import TensorLoader, check_eps, dataset_info
 from robustprune.defenses import resolve_test_time
 from robustprune.eval import checks as C
-from robustprune.eval.curve import check_eps_list, default_sweep, robust_curve, run_test_points
+from robustprune.eval.card import eval_model
 from robustprune.eval.evaluate import evaluate
+from robustprune.jobs.curve import check_eps_list, default_sweep, robust_curve, run_test_points
+from robustprune.jobs.surface import surface_of, write_surface
+from robustprune.reports.audit_plots import plot_curve
+from robustprune.reports.audit_report import render_audit_markdown
+from robustprune.train import load_run
 from robustprune.utils import atomic_write_json, atomic_write_text, provenance
 
 AUTOATTACK_MODES = ("auto", "yes", "no")
@@ -52,9 +59,7 @@ def build_ladder(*, eps: float, step_size: float, stochastic: bool, source: nn.M
     if stochastic:
         rungs.append(Rung("eot-pgd-40", "eot", EOTPGD(eps=eps, steps=40, step_size=step_size, eot=10)))
     if autoattack:
-        from robustprune.attacks.autoattack import AutoAttack
-
-        rungs.append(Rung("autoattack", "autoattack", AutoAttack(eps=eps, version="auto", **(aa_options or {}))))
+        rungs.append(Rung("autoattack", "autoattack", aa.AutoAttack(eps=eps, version="auto", **(aa_options or {}))))
     if source is not None:
         inner = PGD(eps=eps, steps=40, step_size=step_size)
         rungs.append(Rung("transfer-pgd-40", "transfer", TransferAttack(source=source, attack=inner)))
@@ -80,15 +85,13 @@ def run_rung(model: nn.Module, loader: TensorLoader, rung: Rung, *, passes: int,
 
 def _autoattack_mode(mode: str) -> tuple[bool, str]:
     """(run AutoAttack?, why not) for ``"auto"``/``"yes"``/``"no"``."""
-    from robustprune.attacks.autoattack import MissingExtraError, autoattack_available
-
     if mode not in AUTOATTACK_MODES:
         raise ValueError(f"autoattack must be one of {AUTOATTACK_MODES}, got {mode!r}")
     if mode == "no":
         return False, "AutoAttack disabled (--autoattack no)"
-    if not autoattack_available():
+    if not aa.autoattack_available():
         if mode == "yes":
-            raise MissingExtraError("--autoattack yes needs pyautoattack: pip install 'robustprune[eval]'")
+            raise aa.MissingExtraError("--autoattack yes needs pyautoattack: pip install 'robustprune[eval]'")
         return False, "pyautoattack is not installed (pip install 'robustprune[eval]'); AutoAttack skipped"
     return True, ""
 
@@ -102,7 +105,7 @@ def audit(model: nn.Module, images: Tensor, labels: Tensor, *, eps: float, step_
     Args:
         eps, step_size: the threat model's L∞ radius and the ladder's PGD step.
         source: model the transfer attack is crafted on (skipped when ``None``).
-        eps_sweep: ε values of the curve (default :func:`~robustprune.eval.curve.default_sweep`).
+        eps_sweep: ε values of the curve (default :func:`~robustprune.jobs.curve.default_sweep`).
         autoattack: ``"auto"`` (run when installed), ``"yes"`` (required) or ``"no"``.
         aa_options: ``n_iter``/``n_queries`` for a quick AutoAttack (recorded in the card).
         passes: forward passes averaged for models random in eval mode.
@@ -113,8 +116,7 @@ def audit(model: nn.Module, images: Tensor, labels: Tensor, *, eps: float, step_
     >>> card = audit(model, x, y, eps=0.3, step_size=0.01)          # doctest: +SKIP
     >>> [(c["name"], c["status"]) for c in card["checks"]]          # doctest: +SKIP
     """
-    if not 0 < eps <= 1:
-        raise ValueError(f"eps must be in (0, 1], got {eps!r}")
+    eps = check_eps(eps)
     if not step_size > 0:
         raise ValueError(f"step_size must be > 0, got {step_size!r}")
     sweep = check_eps_list(default_sweep(eps) if eps_sweep is None else eps_sweep)
@@ -198,12 +200,6 @@ def audit_run(run_dir: str | Path, *, out: str | Path, limit: int | None = 1000,
 
     >>> audit_run("runs/at", out="runs/at/audit", limit=1000, source="runs/at-seed1")   # doctest: +SKIP
     """
-    from robustprune.config import to_dict
-    from robustprune.eval.card import EVAL_STEP, eval_model
-    from robustprune.reports.audit_plots import plot_curve
-    from robustprune.reports.audit_report import render_audit_markdown
-    from robustprune.train.run import load_run
-
     if eps_sweep is not None:
         check_eps_list(eps_sweep)
     _autoattack_mode(autoattack)
@@ -211,8 +207,7 @@ def audit_run(run_dir: str | Path, *, out: str | Path, limit: int | None = 1000,
     run, images, labels, dev = run_test_points(run_dir, limit=limit, data_dir=data_dir, device=device)
     model, fields = eval_model(run, test_time)
     info = dataset_info(run.cfg.dataset)
-    eps = info.default_eps if eps is None else eps
-    step_size = EVAL_STEP[info.name] if step_size is None else step_size
+    eps, step_size = info.eps(eps), info.step(step_size)
     src = load_run(source, device=dev).model if source is not None else None
     card = audit(model, images, labels, eps=eps, step_size=step_size, source=src, eps_sweep=eps_sweep,
                  autoattack=autoattack, aa_options=aa_options, batch_size=batch_size, passes=passes, seed=seed,
@@ -227,8 +222,6 @@ def audit_run(run_dir: str | Path, *, out: str | Path, limit: int | None = 1000,
     atomic_write_json(out / "curve.json", curve)
     plot_curve(curve, out / "curve.png")
     if surface:
-        from robustprune.eval.surface import surface_of, write_surface
-
         card["surface_wall_s"] = -time.perf_counter()
         write_surface({**meta, **surface_of(model, images, labels, points=4, eps=eps, seed=seed)}, out)
         card["surface_wall_s"] += time.perf_counter()
