@@ -12,7 +12,18 @@ import pytest
 import torch
 from torch import nn
 
-SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+
+def real_mnist(split: str, n: int | None = None, *, download: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+    """Real MNIST (``train`` or ``test``; the first ``n`` points) as [0, 1] floats, from the package's
+    own data location ($ROBUSTPRUNE_DATA, else the cache; fetched there when ``download`` and a
+    source is reachable). Skips the calling test, naming why, when it cannot be had."""
+    from robustprune.data import DataError, load_split
+
+    try:
+        x, y = load_split("mnist", split, download=download)
+    except DataError as e:
+        pytest.skip(f"real MNIST not available (set ROBUSTPRUNE_DATA to a directory holding it): {e}")
+    return x[:n].float().div_(255), y[:n]
 
 
 def write_idx(path: Path, array: np.ndarray, *, gz: bool = True) -> None:

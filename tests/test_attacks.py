@@ -5,11 +5,8 @@ Tiny models on 1x8x8 inputs; one slow cross-check against torchattacks on MNIST 
 
 from __future__ import annotations
 
-import gzip
 from collections.abc import Callable
-from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -582,21 +579,11 @@ def test_transfer_returns_the_inner_attack_on_the_source() -> None:
 
 # ---- slow cross-check against torchattacks on MNIST ----------------------------------------------
 
-MNIST_RAW = Path(__file__).resolve().parents[2] / "shared" / "data" / "MNIST" / "raw"
-
-
-def read_idx(path: Path) -> np.ndarray:
-    with gzip.open(path, "rb") as f:
-        data = f.read()
-    dims = data[3]
-    shape = [int.from_bytes(data[4 + 4 * i : 8 + 4 * i], "big") for i in range(dims)]
-    return np.frombuffer(data, dtype=np.uint8, offset=4 + 4 * dims).reshape(shape)
-
-
 def mnist(split: str, n: int) -> tuple[Tensor, Tensor]:
-    images = read_idx(MNIST_RAW / f"{split}-images-idx3-ubyte.gz")[:n]
-    labels = read_idx(MNIST_RAW / f"{split}-labels-idx1-ubyte.gz")[:n]
-    return torch.from_numpy(images.copy()).float().div_(255).unsqueeze(1), torch.from_numpy(labels.astype(np.int64))
+    """The first ``n`` real MNIST points of ``train`` or ``t10k`` (the test split); skips without them."""
+    from conftest import real_mnist
+
+    return real_mnist("test" if split == "t10k" else split, n)
 
 
 def mnist_lenet5(n: int) -> nn.Module:
@@ -618,8 +605,6 @@ def mnist_lenet5(n: int) -> nn.Module:
 @pytest.mark.slow
 def test_pgd_agrees_with_torchattacks_on_mnist_lenet5() -> None:
     torchattacks = pytest.importorskip("torchattacks")
-    if not (MNIST_RAW / "t10k-labels-idx1-ubyte.gz").exists():
-        pytest.skip(f"MNIST IDX files not found under {MNIST_RAW}")
     model = mnist_lenet5(5000)
     x, y = mnist("t10k", 500)
     clean = accuracy(model, x, y)

@@ -79,4 +79,33 @@ def test_config_file_and_flags(tiny_mnist: Path, tmp_path: Path) -> None:
 def test_python_dash_m_works() -> None:
     res = subprocess.run([sys.executable, "-m", "robustprune", "list"], capture_output=True, text=True, timeout=120)
     assert res.returncode == 0, res.stderr
-    assert "lenet5-caffe" in res.stdout and "at" in res.stdout
+    listed = dict(line.split(": ", 1) for line in res.stdout.splitlines())
+    assert "lenet5-caffe" in listed["models"].split(", ") and "at" in listed["methods"].split(", ")
+    assert {"sap", "bnn-sample"} <= set(listed["test-time defenses"].split(", "))
+
+
+def test_one_flag_spelling_and_the_old_one_with_a_note(capsys: pytest.CaptureFixture[str]) -> None:
+    from robustprune.cli import modern_flags
+
+    assert modern_flags(["eval", "RUN", "--no_progress", "--no-json", "--limit", "8"]) == [
+        "eval", "RUN", "--no-progress", "--no-json", "--limit", "8"]
+    assert "--no_progress is deprecated; use --no-progress" in capsys.readouterr().err
+
+
+def test_a_bug_reaches_the_user_with_its_type(monkeypatch: pytest.MonkeyPatch,
+                                             capsys: pytest.CaptureFixture[str]) -> None:
+    import robustprune.cli as cli
+
+    def bug(_: object) -> int:
+        raise RuntimeError("an internal invariant broke")
+
+    monkeypatch.setitem(cli.COMMANDS, "list", bug)
+    with pytest.raises(RuntimeError, match="invariant"):
+        main(["list"])
+
+    def user_error(_: object) -> int:
+        raise ValueError("bad --eps 7")
+
+    monkeypatch.setitem(cli.COMMANDS, "list", user_error)
+    assert main(["list"]) == 2
+    assert capsys.readouterr().err.strip() == "robustprune list: error: bad --eps 7"

@@ -39,8 +39,8 @@ def test_model_of_row_takes_its_targets_training_and_merges_its_eval(tmp_path: P
     row, target = suite.run("standard+sap"), suite.run("standard")
     assert row.model_of == "standard" and row.seeds == (0, 1) and row.train == target.train
     ev = suite.eval_of(row)
-    assert (ev.defense, ev.attacks, ev.passes) == (TestTimeSpec("sap", (("mode", "fast"), ("pct", 100))),
-                                                   ("pgd", "eot-pgd"), 2)
+    sap = TestTimeSpec("sap", (("mode", "fast"), ("pct", 100)))
+    assert (TestTimeSpec.parse(ev.defense), ev.attacks, ev.passes) == (sap, ("pgd", "eot-pgd"), 2)
     assert (ev.steps, ev.limit) == (2, 32)  # the suite's values where the row is silent
     assert suite.eval_of(target) is suite.eval
 

@@ -224,10 +224,8 @@ def test_minnorm_robustness_over_a_loader() -> None:
 @pytest.mark.slow
 def test_deepfool_and_cw_agree_with_torchattacks_on_mnist_lenet5() -> None:
     torchattacks = pytest.importorskip("torchattacks")
-    from test_attacks import MNIST_RAW, mnist, mnist_lenet5
+    from test_attacks import mnist, mnist_lenet5
 
-    if not (MNIST_RAW / "t10k-labels-idx1-ubyte.gz").exists():
-        pytest.skip(f"MNIST IDX files not found under {MNIST_RAW}")
     model = mnist_lenet5(3000)
     x, y = mnist("t10k", 40)
     ok = model(x).argmax(1) == y

@@ -70,3 +70,44 @@ def test_vgg_normalises_inside() -> None:
     model, x = make("vgg16")
     assert hasattr(model, "normalize")
     assert torch.allclose(model.normalize(x), (x - model.normalize.mean) / model.normalize.std)
+
+
+@pytest.mark.parametrize("name", MODELS.names())
+def test_declared_quirks_name_real_modules(name: str) -> None:
+    """A model's quirks are its own declarations: CAS targets exist with the declared width."""
+    from robustprune.models import model_quirk
+
+    model = build_model(name)
+    modules = dict(model.named_modules())
+    for target, channels, rectify in model_quirk(model, "cas_placements") or ():
+        assert target in modules and channels >= 1 and isinstance(rectify, bool)
+    prior = model_quirk(model, "bnn_prior")
+    assert prior is None or (prior[0] < 0 < prior[1])
+
+
+def test_a_new_model_gets_cas_and_its_bnn_prior_from_its_own_class() -> None:
+    """Adding a model touches only models/: the methods ask the model's class, not a table of names."""
+    from torch import nn
+
+    from robustprune.defenses import MethodContext, build_method
+    from robustprune.defenses.cas import cas_modules, install_cas
+
+    class Tiny(nn.Module):
+        cas_placements = (("body", 6, True),)
+        bnn_prior = (-4.0, 0.5)
+
+        def __init__(self) -> None:
+            super().__init__()
+            self.body, self.head = nn.Linear(4, 6), nn.Linear(6, 3)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.head(torch.relu(self.body(x.flatten(1))))
+
+    model = install_cas(Tiny(), num_classes=3)
+    assert len(cas_modules(model)) == 1 and model(torch.rand(2, 1, 2, 2)).shape == (2, 3)
+    ctx = MethodContext(dataset="mnist", train_size=8, num_classes=3, adv_eps=0.3, adv_steps=1, adv_step_size=0.3)
+    method = build_method("at-bnn", ctx=ctx)
+    method.prepare(Tiny())
+    assert (method.rho_init, method.prior_sigma) == (-4.0, 0.5)
+    with pytest.raises(ValueError, match="declares no cas_placements"):
+        install_cas(nn.Sequential(nn.Linear(3, 3)), num_classes=3)

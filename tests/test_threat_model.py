@@ -66,3 +66,19 @@ def test_one_eps_rule_everywhere(bad: float) -> None:
              "runs": [{"id": "a", "method": "standard"}]}
     with pytest.raises(ValueError, match="pixel units|wrong type"):
         parse_suite(suite)
+
+
+def test_jobs_leave_the_callers_random_stream_alone(at_run, tiny_mnist) -> None:  # type: ignore[no-untyped-def]
+    """Evaluation seeds its attacks' random starts, but the caller's global RNG state is untouched."""
+    from robustprune.eval import evaluate_run
+
+    torch.manual_seed(123)
+    state = torch.get_rng_state()
+    card = evaluate_run(at_run, attacks=["pgd"], steps=2, limit=8, seed=5, data_dir=str(tiny_mnist), progress=False)
+    assert torch.equal(torch.get_rng_state(), state)
+    again = evaluate_run(at_run, attacks=["pgd"], steps=2, limit=8, seed=5, data_dir=str(tiny_mnist), progress=False)
+    assert again["attacks"][0]["robust_acc"] == card["attacks"][0]["robust_acc"]  # the seed still fixes the run
+    model, x = nn.Sequential(nn.Flatten(), nn.Linear(4, 4)), torch.rand(8, 1, 2, 2)
+    state = torch.get_rng_state()
+    audit(model, x, torch.arange(8) % 4, eps=0.1, step_size=0.01, autoattack="no", progress=False)
+    assert torch.equal(torch.get_rng_state(), state)

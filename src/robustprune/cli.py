@@ -10,9 +10,10 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
-from jsonargparse import ActionConfigFile, ActionYesNo, ArgumentParser, Namespace
+from jsonargparse import ActionConfigFile, ArgumentParser, Namespace
 
-from robustprune.config import TrainConfig, add_dataclass_flags
+from robustprune.config import YES_NO, EvalConfig, TrainConfig, add_dataclass_flags, eval_config_of
+from robustprune.utils import UserError
 
 
 def _train_parser() -> ArgumentParser:
@@ -28,24 +29,15 @@ def _eval_parser() -> ArgumentParser:
     p.add_argument("--attack", type=str, default="pgd",
                    help="none, fgsm, rfgsm, pgd, eot-pgd, transfer, autoattack, and the minimum-norm "
                         "deepfool, cw (r2 instead of accuracy); comma-separated for several")
-    p.add_argument("--eps", type=float | None, default=None, help="L-inf radius in pixel units (default: dataset's)")
-    p.add_argument("--steps", type=int, default=40, help="attack iterations")
-    p.add_argument("--step-size", dest="step_size", type=float | None, default=None,
-                   help="attack step (default: 0.01 MNIST, 2/255 CIFAR)")
-    p.add_argument("--restarts", type=int, default=1, help="random restarts (worst case kept per example)")
-    p.add_argument("--eot", type=int | None, default=None, help="gradient samples per step (eot-pgd default 10)")
+    add_dataclass_flags(p, EvalConfig, skip=("attacks",))
     p.add_argument("--source", type=str | None, default=None, help="run the transfer attack is crafted on")
-    _random_model_flags(p)
-    p.add_argument("--limit", type=int | None, default=None, help="evaluate the first N test examples")
-    p.add_argument("--batch-size", dest="batch_size", type=int, default=256, help="evaluation batch size")
-    p.add_argument("--passes", type=int, default=10, help="forward passes averaged for a stochastic model")
+    _legacy_defense_flags(p)
     p.add_argument("--data-dir", dest="data_dir", type=str | None, default=None, help="dataset directory")
     p.add_argument("--device", type=str, default="auto", help="auto, cpu or cuda")
-    p.add_argument("--seed", type=int, default=0, help="seed of the attacks' random starts")
     p.add_argument("--threads", type=int | None, default=None, help="torch CPU threads (default: torch's)")
     p.add_argument("--out", type=str | None, default=None, help="card path (default RUN/eval/<attack>.json)")
-    p.add_argument("--progress", action=ActionYesNo, default=True, help="show a progress bar")
-    p.add_argument("--json", action=ActionYesNo, default=False, help="print the card as JSON instead of a table")
+    p.add_argument("--progress", action=YES_NO(), default=True, help="show a progress bar")
+    p.add_argument("--json", action=YES_NO(), default=False, help="print the card as JSON instead of a table")
     return p
 
 
@@ -61,7 +53,7 @@ def _compare_parser() -> ArgumentParser:
                    help="tasks run at once, in worker processes, each after the runs it needs (1: one by one)")
     p.add_argument("--threads", type=int | None, default=None,
                    help="torch threads per task (default: the CPUs shared out over --jobs; torch's for --jobs 1)")
-    p.add_argument("--progress", action=ActionYesNo, default=True, help="show progress bars")
+    p.add_argument("--progress", action=YES_NO(), default=True, help="show progress bars")
     return p
 
 
@@ -70,8 +62,8 @@ def _compact_parser() -> ArgumentParser:
                                    "the same logits, its measured cost, and optionally an ONNX file.")
     p.add_argument("run", type=str, help="run directory of a masked (pruned) run")
     p.add_argument("--out", type=str, required=True, help="new run directory (must not exist)")
-    p.add_argument("--onnx", action=ActionYesNo, default=False, help="also write model.onnx, checked by onnxruntime")
-    p.add_argument("--measure", action=ActionYesNo, default=True, help="measure params, FLOPs and CPU latency")
+    p.add_argument("--onnx", action=YES_NO(), default=False, help="also write model.onnx, checked by onnxruntime")
+    p.add_argument("--measure", action=YES_NO(), default=True, help="measure params, FLOPs and CPU latency")
     p.add_argument("--repeats", type=int, default=10, help="timed forward passes per latency measurement")
     return p
 
@@ -82,20 +74,19 @@ def _report_parser() -> ArgumentParser:
     return p
 
 
-def _random_model_flags(p: ArgumentParser, *, bnn: bool = True) -> None:
-    """--defense NAME[:key=value,...]: evaluate the run wrapped in a registered test-time defense;
-    --sap / --sap-mode / --bnn-sample are its older spelling."""
-    p.add_argument("--defense", type=str | None, default=None,
-                   help="test-time defense NAME[:key=value,...] wrapping the model (see `robustprune list`), e.g. "
-                        "sap:pct=100,mode=fast (Stochastic Activation Pruning) or bnn-sample (at-bnn runs sample "
-                        "their weights); random at test time, so attack it with EOT (eot-pgd; the audit adds its "
-                        "EOT rung and checks)")
+def _legacy_defense_flags(p: ArgumentParser, *, bnn: bool = True) -> None:
+    """--sap / --sap-mode / --bnn-sample: the older spelling of --defense."""
     p.add_argument("--sap", type=float | None, default=None, help="same as --defense sap:pct=PCT")
     p.add_argument("--sap-mode", dest="sap_mode", type=str | None, default=None,
                    help="with --sap: SAP sampling, exact or fast")
     if bnn:
-        p.add_argument("--bnn-sample", dest="bnn_sample", action=ActionYesNo, default=False,
+        p.add_argument("--bnn-sample", dest="bnn_sample", action=YES_NO(), default=False,
                        help="same as --defense bnn-sample")
+
+
+def _run_flags(p: ArgumentParser) -> None:
+    p.add_argument("--data-dir", dest="data_dir", type=str | None, default=None, help="dataset directory")
+    p.add_argument("--device", type=str, default="auto", help="auto, cpu or cuda")
 
 
 def _data_flags(p: ArgumentParser, *, limit: int | None) -> None:
@@ -111,17 +102,14 @@ def _audit_parser() -> ArgumentParser:
     p.add_argument("run", type=str, help="run directory")
     p.add_argument("--out", type=str, required=True, help="output directory")
     p.add_argument("--source", type=str | None, default=None, help="run the transfer attack is crafted on")
-    p.add_argument("--eps", type=float | None, default=None, help="L-inf radius in pixel units (default: dataset's)")
-    p.add_argument("--step-size", dest="step_size", type=float | None, default=None, help="PGD step of the ladder")
     p.add_argument("--eps-sweep", dest="eps_sweep", type=str | None, default=None,
                    help="comma-separated eps values of the curve (default 0..2*eps)")
     p.add_argument("--autoattack", type=str, default="auto", help="auto (run when installed), yes or no")
-    p.add_argument("--surface", action=ActionYesNo, default=True, help="also draw the loss surface")
-    p.add_argument("--batch-size", dest="batch_size", type=int, default=256, help="evaluation batch size")
-    p.add_argument("--passes", type=int, default=10, help="forward passes averaged for a stochastic model")
-    _random_model_flags(p)
-    _data_flags(p, limit=1000)
-    p.add_argument("--progress", action=ActionYesNo, default=True, help="show progress bars")
+    p.add_argument("--surface", action=YES_NO(), default=True, help="also draw the loss surface")
+    add_dataclass_flags(p, EvalConfig, skip=("attacks", "steps", "restarts", "eot"), defaults={"limit": 1000})
+    _legacy_defense_flags(p)
+    _run_flags(p)
+    p.add_argument("--progress", action=YES_NO(), default=True, help="show progress bars")
     return p
 
 
@@ -130,12 +118,9 @@ def _curve_parser() -> ArgumentParser:
     p.add_argument("run", type=str, help="run directory")
     p.add_argument("--out", type=str, required=True, help="output directory")
     p.add_argument("--eps", type=str | None, default=None, help="comma-separated eps values (default 0..2*eps)")
-    p.add_argument("--steps", type=int, default=40, help="PGD iterations per point")
-    p.add_argument("--eot", type=int | None, default=None, help="gradient samples (default 10 if stochastic, else 1)")
-    p.add_argument("--batch-size", dest="batch_size", type=int, default=256, help="evaluation batch size")
-    p.add_argument("--passes", type=int, default=10, help="forward passes averaged for a stochastic model")
-    _data_flags(p, limit=None)
-    p.add_argument("--progress", action=ActionYesNo, default=True, help="show progress bars")
+    add_dataclass_flags(p, EvalConfig, skip=("attacks", "eps", "step_size", "restarts", "defense"))
+    _run_flags(p)
+    p.add_argument("--progress", action=YES_NO(), default=True, help="show progress bars")
     return p
 
 
@@ -160,7 +145,9 @@ def _calibration_parser() -> ArgumentParser:
                                    "and ECE; writes calibration.json, calibration.png into --out.")
     p.add_argument("runs", type=str, nargs="+", help="run directories")
     p.add_argument("--out", type=str, required=True, help="output directory")
-    _random_model_flags(p, bnn=False)
+    p.add_argument("--defense", type=str | None, default=None,
+                   help="also evaluate each run wrapped in this test-time defense, e.g. sap:pct=100")
+    _legacy_defense_flags(p, bnn=False)
     p.add_argument("--bins", type=int, default=10, help="equal-width confidence bins")
     p.add_argument("--passes", type=int, default=10, help="forward passes averaged for a stochastic model")
     _data_flags(p, limit=1000)
@@ -175,9 +162,9 @@ def _sweep_parser() -> ArgumentParser:
     p.add_argument("--out", type=str | None, default=None, help="output directory (default RUN/sparsity-sweep)")
     p.add_argument("--rho", type=float, default=1 / 3, help="fraction of the remaining weights removed per round")
     p.add_argument("--epochs-per-round", dest="epochs_per_round", type=int, default=1, help="retraining epochs")
-    p.add_argument("--adversarial", action=ActionYesNo, default=False, help="retrain with the AT loss")
+    p.add_argument("--adversarial", action=YES_NO(), default=False, help="retrain with the AT loss")
     p.add_argument("--scope", type=str, default="layer", help="layer (uniform per layer) or global")
-    p.add_argument("--keep-first-last", dest="keep_first_last", action=ActionYesNo, default=False,
+    p.add_argument("--keep-first-last", dest="keep_first_last", action=YES_NO(), default=False,
                    help="keep the first and last layer dense")
     p.add_argument("--eps", type=float | None, default=None, help="FGSM / R+FGSM radius (default: dataset's)")
     p.add_argument("--limit", type=int | None, default=1000, help="evaluate on the first N test points")
@@ -188,12 +175,12 @@ def _sweep_parser() -> ArgumentParser:
     p.add_argument("--cw-search", dest="cw_search", type=int, default=5, help="C&W binary-search rounds")
     p.add_argument("--cw-const", dest="cw_const", type=float, default=0.1, help="C&W initial constant c")
     p.add_argument("--cw-lr", dest="cw_lr", type=float, default=0.01, help="C&W Adam learning rate")
-    p.add_argument("--control", action=ActionYesNo, default=False,
+    p.add_argument("--control", action=YES_NO(), default=False,
                    help="also train and measure a dense run per round with the same training (separates "
                         "sparsity from extra epochs; about doubles the cost)")
     p.add_argument("--data-dir", dest="data_dir", type=str | None, default=None, help="dataset directory")
     p.add_argument("--device", type=str, default="auto", help="auto, cpu or cuda")
-    p.add_argument("--progress", action=ActionYesNo, default=True, help="show progress bars")
+    p.add_argument("--progress", action=YES_NO(), default=True, help="show progress bars")
     return p
 
 
@@ -236,13 +223,9 @@ def cmd_eval(ns: Namespace) -> int:
     _at_least_one("--threads", ns.threads)
     if ns.threads is not None:
         torch.set_num_threads(ns.threads)
-    card = evaluate_run(
-        ns.run, attacks=[a.strip() for a in ns.attack.split(",") if a.strip()], eps=ns.eps, steps=ns.steps,
-        step_size=ns.step_size, restarts=ns.restarts, eot=ns.eot, source=ns.source, defense=ns.defense,
-        sap=ns.sap, sap_mode=ns.sap_mode, bnn_sample=ns.bnn_sample, limit=ns.limit,
-        batch_size=ns.batch_size, passes=ns.passes, data_dir=ns.data_dir, device=ns.device, seed=ns.seed,
-        out=ns.out, progress=ns.progress,
-    )
+    cfg = eval_config_of(ns, attacks=[a.strip() for a in ns.attack.split(",") if a.strip()])
+    card = evaluate_run(ns.run, cfg, source=ns.source, sap=ns.sap, sap_mode=ns.sap_mode, bnn_sample=ns.bnn_sample,
+                        data_dir=ns.data_dir, device=ns.device, out=ns.out, progress=ns.progress)
     print(json.dumps(card, indent=2) if ns.json else format_table(card))
     print(f"card: {card['card_path']}", file=sys.stderr)
     return 0
@@ -308,11 +291,9 @@ def cmd_audit(ns: Namespace) -> int:
     from robustprune.jobs.audit import audit_run
     from robustprune.reports.audit_report import render_audit_markdown
 
-    card = audit_run(ns.run, out=ns.out, limit=ns.limit, source=ns.source, eps=ns.eps, step_size=ns.step_size,
-                     eps_sweep=_floats(ns.eps_sweep), autoattack=ns.autoattack, batch_size=ns.batch_size,
-                     passes=ns.passes, surface=ns.surface, data_dir=ns.data_dir, device=ns.device, seed=ns.seed,
-                     defense=ns.defense, sap=ns.sap, sap_mode=ns.sap_mode, bnn_sample=ns.bnn_sample,
-                     progress=ns.progress)
+    card = audit_run(ns.run, eval_config_of(ns), out=ns.out, source=ns.source, eps_sweep=_floats(ns.eps_sweep),
+                     autoattack=ns.autoattack, surface=ns.surface, data_dir=ns.data_dir, device=ns.device,
+                     sap=ns.sap, sap_mode=ns.sap_mode, bnn_sample=ns.bnn_sample, progress=ns.progress)
     print(render_audit_markdown(card, surface=ns.surface))
     print(f"written: {ns.out}/audit.json, audit.md, curve.json, curve.png"
           + (", surface.json, surface.png" if ns.surface else ""), file=sys.stderr)
@@ -322,9 +303,8 @@ def cmd_audit(ns: Namespace) -> int:
 def cmd_curve(ns: Namespace) -> int:
     from robustprune.jobs.curve import curve_run
 
-    curve = curve_run(ns.run, out=ns.out, eps_list=_floats(ns.eps), steps=ns.steps, eot=ns.eot, limit=ns.limit,
-                      batch_size=ns.batch_size, passes=ns.passes, data_dir=ns.data_dir, device=ns.device,
-                      seed=ns.seed, progress=ns.progress)
+    curve = curve_run(ns.run, eval_config_of(ns, skip=("eps",)), out=ns.out, eps_list=_floats(ns.eps),
+                      data_dir=ns.data_dir, device=ns.device, progress=ns.progress)
     print("| eps | robust accuracy % |\n|---|---|")
     print("\n".join(f"| {p['eps']:g} | {p['robust_acc']:.2f} |" for p in curve["points"]))
     print(f"written: {ns.out}/curve.json, curve.png", file=sys.stderr)
@@ -384,11 +364,42 @@ COMMANDS = {"calibration": cmd_calibration,
             "sweep-sparsity": cmd_sweep_sparsity}
 
 
+#: older flag spellings still accepted, each with a note on stderr: ``--no_<flag>`` is ``--no-<flag>``
+DEPRECATED_PREFIX = "--no_"
+
+
+def modern_flags(argv: Sequence[str]) -> list[str]:
+    """``argv`` with every older spelling (``--no_progress``) replaced by the current one
+    (``--no-progress``); a deprecation note names each on stderr."""
+    out = []
+    for arg in argv:
+        if arg.startswith(DEPRECATED_PREFIX):
+            new = "--no-" + arg[len(DEPRECATED_PREFIX):]
+            print(f"robustprune: {arg} is deprecated; use {new}", file=sys.stderr)
+            arg = new
+        out.append(arg)
+    return out
+
+
+def _user_error(e: BaseException) -> bool:
+    """Errors in what the user asked for: bad values (``ValueError``), missing files, unreadable
+    runs and data, missing extras, and a suite task that failed on one of those."""
+    from robustprune.compare.parallel import TaskFailed
+
+    if isinstance(e, TaskFailed) and e.__cause__ is not None:
+        return _user_error(e.__cause__)
+    return isinstance(e, ValueError | FileNotFoundError | UserError)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    """Run one command. User errors (see :func:`_user_error`) print one line and return 2; any
+    other exception is a bug and propagates with its type and traceback."""
     parser = build_parser()
-    args = parser.parse_args(list(sys.argv[1:] if argv is None else argv))
+    args = parser.parse_args(modern_flags(sys.argv[1:] if argv is None else argv))
     try:
         return COMMANDS[args.command](args[args.command])
-    except (ValueError, FileNotFoundError, RuntimeError) as e:
+    except Exception as e:
+        if not _user_error(e):
+            raise
         print(f"robustprune {args.command}: error: {e}", file=sys.stderr)
         return 2

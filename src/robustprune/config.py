@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+from jsonargparse import ActionYesNo
 
 from robustprune.data import check_eps
 from robustprune.utils import atomic_write_text
@@ -104,6 +105,77 @@ class TrainConfig:
                 raise ValueError(msg)
 
 
+@dataclass(frozen=True)
+class EvalConfig:
+    """How a run is evaluated: the settings ``robustprune eval``, ``audit``, ``curve`` and suites
+    share (each uses those it needs). ``eps``/``step_size`` default to the dataset's threat model
+    (:class:`~robustprune.data.DatasetInfo`); ``defense`` names a test-time defense as data
+    (``sap:pct=100,mode=fast``). Field docs double as ``--help`` text.
+
+    >>> EvalConfig(attacks=("pgd", "eot-pgd"), limit=1000, defense="sap:pct=100").validate()
+    """
+
+    attacks: tuple[str, ...] = field(default=("pgd",), metadata={"help": "attack names (see `robustprune list`)"})
+    eps: float | None = field(default=None, metadata={"help": "L-inf radius in pixel units (default: dataset's)"})
+    steps: int = field(default=40, metadata={"help": "attack iterations"})
+    step_size: float | None = field(
+        default=None, metadata={"help": "attack step (default: dataset's, 0.01 MNIST, 2/255 CIFAR)"})
+    restarts: int = field(default=1, metadata={"help": "random restarts (worst case kept per example)"})
+    eot: int | None = field(default=None, metadata={"help": "gradient samples per step (eot-pgd default 10)"})
+    defense: str | None = field(
+        default=None, metadata={"help": "test-time defense NAME[:key=value,...] wrapping the model, e.g. "
+                                        "sap:pct=100,mode=fast or bnn-sample (see `robustprune list`); random "
+                                        "at test time, so attack it with EOT"})
+    limit: int | None = field(default=None, metadata={"help": "evaluate the first N test examples"})
+    batch_size: int = field(default=256, metadata={"help": "evaluation batch size"})
+    passes: int = field(default=10, metadata={"help": "forward passes averaged for a stochastic model"})
+    seed: int = field(default=0, metadata={"help": "seed of the attacks' random starts"})
+
+    def validate(self) -> None:
+        """``ValueError`` naming the first bad value (ε by :func:`robustprune.data.check_eps`)."""
+        if self.eps is not None:
+            check_eps(self.eps)
+        checks = [
+            (len(self.attacks) > 0, "attacks is empty"),
+            (self.steps >= 1, f"steps must be >= 1, got {self.steps}"),
+            (self.step_size is None or self.step_size > 0, f"step_size must be > 0, got {self.step_size}"),
+            (self.restarts >= 1, f"restarts must be >= 1, got {self.restarts}"),
+            (self.eot is None or self.eot >= 1, f"eot must be >= 1, got {self.eot}"),
+            (self.limit is None or self.limit >= 1, f"limit must be >= 1, got {self.limit}"),
+            (self.batch_size >= 1, f"batch_size must be >= 1, got {self.batch_size}"),
+            (self.passes >= 1, f"passes must be >= 1, got {self.passes}"),
+        ]
+        for ok, msg in checks:
+            if not ok:
+                raise ValueError(msg)
+
+    def fields(self) -> dict[str, Any]:
+        """The evaluation settings by name (``evaluate_run(run, **cfg.fields())``; a subclass's own
+        fields are left out)."""
+        return {f.name: getattr(self, f.name) for f in dataclasses.fields(EvalConfig)}
+
+
+def eval_config_of(ns: Any, *, skip: tuple[str, ...] = (), **settings: Any) -> EvalConfig:
+    """The :class:`EvalConfig` of parsed flags (those :func:`add_dataclass_flags` added for it, but
+    ``skip``; fields without a flag keep their defaults), with ``settings`` on top."""
+    names = [f.name for f in dataclasses.fields(EvalConfig) if f.name in ns and f.name not in skip]
+    return eval_config(None, **{**{k: ns[k] for k in names}, **settings})
+
+
+def eval_config(config: EvalConfig | None = None, **settings: Any) -> EvalConfig:
+    """``config`` (default :class:`EvalConfig`) with ``settings`` replacing its fields, validated;
+    an unknown setting raises ``ValueError`` naming it."""
+    names = {f.name for f in dataclasses.fields(EvalConfig)}
+    unknown = sorted(set(settings) - names)
+    if unknown:
+        raise ValueError(f"unknown evaluation settings {unknown}; known: {sorted(names)}")
+    if "attacks" in settings:
+        settings["attacks"] = tuple(settings["attacks"])
+    cfg = dataclasses.replace(config or EvalConfig(), **settings)
+    cfg.validate()
+    return cfg
+
+
 def to_dict(cfg: Any) -> dict[str, Any]:
     return dataclasses.asdict(cfg)
 
@@ -133,20 +205,25 @@ def from_dict(cls: type, data: dict[str, Any], *, source: str = "config") -> Any
     return cls(**data)
 
 
-def add_dataclass_flags(parser: Any, cls: type, *, skip: tuple[str, ...] = ()) -> None:
-    """Add one typed ``--kebab-case`` flag per dataclass field; jsonargparse parses each value by
-    the field's annotation (``int | None``, ``list[float]``); booleans are ``--flag``/``--no_flag``
-    switches (no ``type=bool`` trap)."""
-    from jsonargparse import ActionYesNo
+def YES_NO() -> Any:  # noqa: N802  (an action class, spelled like one)
+    """The action of a boolean flag: ``--flag`` / ``--no-flag`` (no ``type=bool`` trap)."""
+    return ActionYesNo(no_prefix="no-")
 
+
+def add_dataclass_flags(parser: Any, cls: type, *, skip: tuple[str, ...] = (),
+                        defaults: dict[str, Any] | None = None) -> None:
+    """Add one typed ``--kebab-case`` flag per dataclass field (but ``skip``); jsonargparse parses
+    each value by the field's annotation (``int | None``, ``list[float]``); booleans are
+    ``--flag``/``--no-flag`` switches (:func:`YES_NO`). ``defaults`` replace the fields' own."""
     hints = typing.get_type_hints(cls)
     for f in dataclasses.fields(cls):
         if f.name in skip:
             continue
         default = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
+        default = (defaults or {}).get(f.name, default)
         flag, helptext = "--" + f.name.replace("_", "-"), f.metadata.get("help", "")
         if hints[f.name] is bool:
-            parser.add_argument(flag, dest=f.name, action=ActionYesNo, default=default, help=helptext)
+            parser.add_argument(flag, dest=f.name, action=YES_NO(), default=default, help=helptext)
         else:
             parser.add_argument(flag, dest=f.name, type=hints[f.name], default=default, help=helptext)
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import subprocess
@@ -9,11 +10,39 @@ import tempfile
 from collections.abc import Callable
 from functools import cache
 from pathlib import Path
-from typing import Any
+from typing import Any, ParamSpec, TypeVar
 
 import torch
 
 from robustprune import __version__
+
+
+class UserError(Exception):
+    """A problem with what the user asked for or pointed at (a missing or corrupt run, a dataset
+    that cannot be read, an optional package that is not installed): the command line prints its
+    message on one line. Every other exception is a bug and reaches the user with its traceback."""
+
+
+class MissingExtraError(UserError, ImportError, RuntimeError):
+    """An optional dependency is not installed (``pip install 'robustprune[<extra>]'``)."""
+
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+
+def keeps_global_rng(fn: Callable[P, R]) -> Callable[P, R]:
+    """Decorator of a job that seeds torch's global RNG for reproducible draws (attack starts, the
+    passes of a random model): the caller's RNG state (CPU, and initialised CUDA devices) is the
+    same after the call as before, so library code never moves the caller's random stream."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
+        devices = list(range(torch.cuda.device_count())) if torch.cuda.is_initialized() else []
+        with torch.random.fork_rng(devices=devices):
+            return fn(*args, **kwargs)
+
+    return wrapper
 
 
 def atomic_write(path: str | os.PathLike, write: Callable[[Path], object]) -> None:

@@ -24,6 +24,9 @@ import torch
 from torch import Tensor, nn
 
 from robustprune.attacks.base import Attack, check_count, is_stochastic
+from robustprune.utils import MissingExtraError
+
+__all__ = ["AutoAttack", "MissingExtraError", "autoattack_available"]
 
 _LOG = logging.getLogger(__name__)
 VERSIONS = ("auto", "standard", "rand")
@@ -32,10 +35,6 @@ STAGES = {"standard": ("apgd-ce", "apgd-t", "fab-t", "square"), "rand": ("apgd-c
 #: fewest classes each version's losses are defined for (targeted DLR needs the 4th-largest logit)
 MIN_CLASSES = {"standard": 4, "rand": 3}
 PACKAGE = "pyautoattack"
-
-
-class MissingExtraError(ImportError, RuntimeError):
-    """An optional dependency is not installed (an ``ImportError`` that the CLI reports cleanly)."""
 
 
 def autoattack_available() -> bool:

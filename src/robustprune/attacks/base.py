@@ -26,6 +26,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from robustprune.models.base import model_mode
+
 #: ``(model, x_adv, y) -> per-example loss [B]`` that an attack maximises
 LossFn = Callable[[nn.Module, Tensor, Tensor], Tensor]
 
@@ -92,19 +94,6 @@ def project(x_adv: Tensor, x: Tensor, *, eps: float, norm: str) -> Tensor:
     return (x + delta * scale).clamp_(0, 1)
 
 
-@contextlib.contextmanager
-def model_mode(model: nn.Module, *, eval_mode: bool) -> Iterator[None]:
-    """Run the body with ``model.eval()`` (if ``eval_mode``); restore every module's flag after."""
-    flags = [(m, m.training) for m in model.modules()]
-    try:
-        if eval_mode:
-            model.eval()
-        yield
-    finally:
-        for m, training in flags:
-            m.training = training
-
-
 def is_stochastic(model: nn.Module, x: Tensor) -> bool:
     """Two passes of ``model`` in its current mode on the same input differ: in eval mode, the model
     is random at test time (attack it with EOT, average accuracies over passes)."""
@@ -138,7 +127,7 @@ class Attack:
     Args:
         eps: radius of the threat model in pixel units (≥ 0).
         norm: ``"linf"`` or ``"l2"``.
-        eval_mode: attack the eval-mode model (default ``True``, DESIGN §2); ``False`` attacks the
+        eval_mode: attack the eval-mode model (default ``True``); ``False`` attacks the
             model in whatever mode it is in (fast_adversarial's train-mode attack).
 
     >>> class Identity(Attack):

@@ -67,7 +67,7 @@ class MinNormAttack:
     return anything) and extend :meth:`params`. The norm is L2 (Guo et al.'s r₂).
 
     Args:
-        eval_mode: attack the eval-mode model (default ``True``, DESIGN §2).
+        eval_mode: attack the eval-mode model (default ``True``).
 
     >>> class Stay(MinNormAttack):
     ...     def perturb(self, model, x, y):

@@ -10,7 +10,7 @@ from robustprune.attacks.base import Attack
 
 
 class TransferAttack(Attack):
-    """Transfer attack (Papernot et al. 2017; ANP-VS's black-box column, DESIGN §5).
+    """Transfer attack (Papernot et al. 2017; ANP-VS's black-box column).
 
     ``attack(target, x, y)`` ignores the target's gradients: it runs the inner white-box ``attack``
     on ``source`` (an independently trained model, by default an AT model of the same

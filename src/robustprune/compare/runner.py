@@ -35,6 +35,7 @@ from robustprune.compare.parallel import run_tasks_parallel
 from robustprune.compare.plan import RunSpec, Task, plan_runs, plan_suite, run_key
 from robustprune.compare.suite import Suite
 from robustprune.config import TrainConfig, load_train_config, save_yaml, to_dict
+from robustprune.defenses import TestTimeSpec
 from robustprune.eval import evaluate_run
 from robustprune.reports import render_report
 from robustprune.train import fit
@@ -120,12 +121,8 @@ def eval_task(suite: Suite, spec: RunSpec, *, runs_dir: Path, progress: bool = T
     models = [spec.out / "model.safetensors"] + ([] if source is None else [source / "model.safetensors"])
     if _card_fresh(path, models):
         return "reused"
-    ev = spec.eval
-    evaluate_run(spec.out, attacks=list(ev.attacks), eps=ev.eps, steps=ev.steps, step_size=ev.step_size,
-                 restarts=ev.restarts, eot=ev.eot, source=source, defense=ev.defense, limit=ev.limit,
-                 batch_size=ev.batch_size,
-                 passes=ev.passes, data_dir=spec.cfg.data_dir, device=spec.cfg.device, seed=ev.seed, out=path,
-                 progress=progress)
+    evaluate_run(spec.out, source=source, data_dir=spec.cfg.data_dir, device=spec.cfg.device, out=path,
+                 progress=progress, **spec.eval.fields())
     return "evaluated"
 
 
@@ -150,7 +147,7 @@ def suite_card(suite: Suite, spec: RunSpec) -> dict[str, Any]:
 
 def method_label(spec: RunSpec) -> str:
     """The method with its test-time defense: ``at``, ``at + SAP-100``, ``at-bnn (sampled weights)``."""
-    defense = spec.eval.defense
+    defense = TestTimeSpec.parse(spec.eval.defense)
     return spec.cfg.method if defense is None else defense.build().row_label(spec.cfg.method)
 
 

@@ -14,7 +14,7 @@ A suite is YAML::
       - {id: at, method: at}
       - {id: at-source, method: at, seeds: [100], report: false}
     eval:
-      attacks: [pgd, transfer]      # white-box PGD and black-box transfer (DESIGN §5)
+      attacks: [pgd, transfer]      # white-box PGD and black-box transfer
       eps: 0.3
       steps: 40
       step_size: 0.01
@@ -56,7 +56,7 @@ from typing import Any
 
 import yaml
 
-from robustprune.config import TrainConfig, eps_ok
+from robustprune.config import EvalConfig, TrainConfig
 from robustprune.defenses import TestTimeSpec, build_method, legacy_test_time
 from robustprune.eval.card import ATTACK_NAMES
 from robustprune.models import MODELS
@@ -73,31 +73,23 @@ ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]*$")
 
 
 @dataclass(frozen=True)
-class EvalSpec:
-    """How every reported run is evaluated (the arguments of ``evaluate_run``)."""
+class EvalSpec(EvalConfig):
+    """How a reported run is evaluated: an :class:`~robustprune.config.EvalConfig` (suites default to
+    ``attacks: [pgd, transfer]``) plus ``source``, the id of the run the transfer attack is crafted on.
+    ``defense`` holds the canonical text of a :class:`~robustprune.defenses.TestTimeSpec`."""
 
     attacks: tuple[str, ...] = ("pgd", "transfer")
-    eps: float | None = None
-    steps: int = 40
-    step_size: float | None = None
-    restarts: int = 1
-    eot: int | None = None
-    limit: int | None = None
-    batch_size: int = 256
-    passes: int = 10
-    seed: int = 0
     source: str | None = None
-    defense: TestTimeSpec | None = None
 
     def settings(self) -> dict[str, Any]:
         """The values that decide a card's numbers (``source`` is resolved per run instead).
 
         The test-time defense adds its own keys (``TestTimeDefense.settings``) only when set, so
         suites written before it existed keep their cards."""
-        out = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name not in ("source", "defense")}
+        out = {f.name: getattr(self, f.name) for f in dataclasses.fields(EvalConfig) if f.name != "defense"}
         out["attacks"] = list(self.attacks)
         if self.defense is not None:
-            out.update(self.defense.build().settings())
+            out.update(TestTimeSpec.parse(self.defense).build().settings())  # type: ignore[union-attr]
         return out
 
 
@@ -218,30 +210,24 @@ def _eval_spec(data: Any, where: str) -> EvalSpec:
     kw = {k: v for k, v in data.items() if k not in LEGACY_DEFENSE_KEYS}
     legacy = {k: data[k] for k in LEGACY_DEFENSE_KEYS if k in data}
     try:
-        kw["defense"] = TestTimeSpec.parse(data.get("defense"))
+        spec = TestTimeSpec.parse(data.get("defense"))
         old = legacy_test_time(**legacy)
     except ValueError as e:
         raise ValueError(f"{where}: eval: {e}") from None
-    if old is not None and kw["defense"] is not None and old != kw["defense"]:
-        raise ValueError(f"{where}: eval names the test-time defense twice: defense {kw['defense']} and {old}")
-    kw["defense"] = kw["defense"] or old
+    if old is not None and spec is not None and old != spec:
+        raise ValueError(f"{where}: eval names the test-time defense twice: defense {spec} and {old}")
+    spec = spec or old
+    kw["defense"] = None if spec is None else str(spec)
     if "attacks" in kw:
         kw["attacks"] = tuple(kw["attacks"])
     ev = EvalSpec(**kw)
     bad = [a for a in ev.attacks if a not in ATTACK_NAMES]
-    checks = [
-        (not bad, f"unknown attacks {bad}; known: {', '.join(ATTACK_NAMES)}"),
-        (len(ev.attacks) > 0, "eval.attacks is empty"),
-        (ev.eps is None or eps_ok(ev.eps), f"eval.eps must be a number in [0, 1] (pixel units), got {ev.eps}"),
-        (ev.steps >= 1, f"eval.steps must be >= 1, got {ev.steps}"),
-        (ev.step_size is None or ev.step_size > 0, f"eval.step_size must be > 0, got {ev.step_size}"),
-        (ev.limit is None or ev.limit >= 1, f"eval.limit must be >= 1, got {ev.limit}"),
-        (ev.batch_size >= 1, f"eval.batch_size must be >= 1, got {ev.batch_size}"),
-        (ev.restarts >= 1, f"eval.restarts must be >= 1, got {ev.restarts}"),
-    ]
-    for ok, msg in checks:
-        if not ok:
-            raise ValueError(f"{where}: {msg}")
+    if bad:
+        raise ValueError(f"{where}: unknown attacks {bad}; known: {', '.join(ATTACK_NAMES)}")
+    try:
+        ev.validate()
+    except ValueError as e:
+        raise ValueError(f"{where}: eval.{e}") from None
     return ev
 
 
@@ -352,7 +338,7 @@ def _validate_run(suite: Suite, run: RunEntry, *, where: str) -> None:
     defense = suite.eval_of(run).defense
     if defense is not None:
         try:
-            defense.build().check(method)
+            TestTimeSpec.parse(defense).build().check(method)  # type: ignore[union-attr]
         except ValueError as e:
             raise ValueError(f"{where}: eval: {e}") from None
     for kind, dep_id in (("init_from", run.init_from), ("source", run.source)):

@@ -9,10 +9,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from types import MappingProxyType
 
+from robustprune.utils import UserError
+
 DATA_ENV = "ROBUSTPRUNE_DATA"
 
 
-class DataError(RuntimeError):
+class DataError(UserError, RuntimeError):
     """A dataset could not be found or read; the message names the file or value at fault."""
 
 

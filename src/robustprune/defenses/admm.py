@@ -1,4 +1,4 @@
-"""ADMM robustness-aware pruning (Ye et al., ICCV 2019; methods reference §5)."""
+"""ADMM robustness-aware pruning (Ye et al., ICCV 2019)."""
 
 from __future__ import annotations
 

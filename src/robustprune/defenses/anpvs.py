@@ -1,8 +1,7 @@
 """Beta-Bernoulli pruning methods: BP, ANP, ANP-VS (Madaan, Shin & Hwang, ICML 2020).
 
 All three install a :class:`~robustprune.sparsity.bbdropout.BBDropout` mask in every mask slot and
-train two parameter groups with their own Adam optimisers, stepped together each batch
-(DESIGN §3):
+train two parameter groups with their own Adam optimisers, stepped together each batch:
 
 - masks φ (lr 1e-2): L_φ = CE(f(x_adv), y) + β·KL/N
 - weights θ (lr 1e-3): L_θ = [CE(f(x), y) + 2·CE(f(x_adv), y)]/3 + λ·V(x, x_adv) (+ coupled L2 1e-4)
@@ -110,7 +109,7 @@ class BayesianPruning(MaskedMethod):
 
 @METHODS.register("anp-vs")
 class ANPVS(MaskedMethod):
-    """Adversarial Neural Pruning with Vulnerability Suppression (DESIGN §3, the faithful recipe).
+    """Adversarial Neural Pruning with Vulnerability Suppression (the paper's recipe, faithfully).
 
     Defaults: β and λ per dataset (MNIST 4 / 1e-3, CIFAR-10 2 / 1e-4, CIFAR-100 1 / 0.1), mask lr
     1e-2, masks initialised at a' = −1 (fc, LeNet conv) or 2 (VGG conv), adversarial weight 2.

@@ -14,8 +14,8 @@ at test time and must be attacked with EOT.
 Loss ``[CE(x) + 2·CE(x_adv)] / 3 + KL(q ‖ p) / (100·N)`` with the Gaussian prior ``N(0, σ_p²)``
 and no weight decay (as the reference). The training attack is the run's PGD on the eval-mode
 (mean-weight) model.
-Defaults by architecture: LeNet ρ₀ = −3, σ_p = 1.0; VGG/ResNet ρ₀ = −5, σ_p = 0.1. Memory: two
-numbers (μ, ρ) per weight, so the card reports ``memory_factor`` 2.
+Defaults by architecture (the model class's ``bnn_prior``): LeNet ρ₀ = −3, σ_p = 1.0; VGG/ResNet
+ρ₀ = −5, σ_p = 0.1. Memory: two numbers (μ, ρ) per weight, so the card reports ``memory_factor`` 2.
 
 >>> method = ATBNN(ctx=ctx)                 # ρ₀ and σ_p from the architecture
 >>> model = method.prepare(build_model("lenet5-caffe"))        # doctest: +SKIP
@@ -33,11 +33,11 @@ from torch.nn.utils import parametrize
 
 from robustprune.defenses.base import Method, MethodContext, ParamGroup, accuracy, mixed_ce
 from robustprune.defenses.testtime import TestTimeDefense
+from robustprune.models import model_quirk
 from robustprune.registry import METHODS, TEST_TIME
 
-#: (ρ₀, σ_p) for the large CIFAR networks; every other model gets the LeNet values
-LARGE = {"VGG16": (-5.0, 0.1), "ResNet18": (-5.0, 0.1)}
-SMALL = (-3.0, 1.0)
+#: (ρ₀, σ_p) of a model whose class declares no ``bnn_prior`` quirk (the LeNet values)
+DEFAULT_PRIOR = (-3.0, 1.0)
 
 
 class GaussianWeight(nn.Module):
@@ -146,7 +146,7 @@ class ATBNN(Method):
         return [ParamGroup("weights", params, lr=self.ctx.lr, weight_decay=0.0)]
 
     def prepare(self, model: nn.Module) -> nn.Module:
-        rho0, sigma_p = LARGE.get(type(model).__name__, SMALL)
+        rho0, sigma_p = model_quirk(model, "bnn_prior") or DEFAULT_PRIOR
         self.rho_init = rho0 if self.rho_init is None else self.rho_init
         self.prior_sigma = sigma_p if self.prior_sigma is None else self.prior_sigma
         install_gaussian(model, rho_init=self.rho_init)

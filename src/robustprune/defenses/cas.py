@@ -31,23 +31,8 @@ from torch import Tensor, nn
 
 from robustprune.attacks import PGD, Attack
 from robustprune.defenses.base import Method, MethodContext, accuracy
+from robustprune.models import model_mode, model_quirk
 from robustprune.registry import METHODS
-
-#: target module names -> (channels, apply ReLU first). LeNet5-Caffe: after fc1 (its 500 hidden
-#: units, the last hidden layer — the analogue of the paper's last stage). fc1's output is
-#: pre-activation, so the module rectifies first (the model's own ReLU that follows then clips
-#: negatively weighted units to zero). After conv2 was tried first: the GAP'd 50 conv2 channels
-#: give a weak auxiliary classifier (~30% after 100 steps) and, because eval-mode gating by the
-#: aux prediction fixes the final prediction (label leakage through the gating row), the network
-#: was no better than its aux head (a 100-step diagnostic, 2026-11-23; see bench/RESULTS.md).
-#: The VGG/ResNet targets are post-ReLU block outputs.
-#: Keyed by the model's class (``Method.prepare`` sees the model, not its registry name).
-PLACEMENTS: dict[str, list[tuple[str, int, bool]]] = {
-    "LeNet5Caffe": [("fc1", 500, True)],
-    "LeNet300100": [("mask2", 100, True)],
-    "VGG16": [("blocks.10", 512, False), ("blocks.11", 512, False), ("blocks.12", 512, False)],
-    "ResNet18": [("blocks.6", 512, False), ("blocks.7", 512, False)],
-}
 
 
 class CASModule(nn.Module):
@@ -95,19 +80,27 @@ def cas_modules(model: nn.Module) -> list[CASModule]:
     return [m for m in model.modules() if isinstance(m, CASModule)]
 
 
+def placements(model: nn.Module) -> tuple[tuple[str, int, bool], ...]:
+    """Where ``model``'s class puts CAS modules (its ``cas_placements`` quirk: target module,
+    channels, apply ReLU first); ``ValueError`` for a model that declares none."""
+    found = model_quirk(model, "cas_placements")
+    if not found:
+        raise ValueError(f"no CAS placement for model class {type(model).__name__!r} (its class declares no "
+                         "cas_placements)")
+    return tuple(found)
+
+
 def install_cas(model: nn.Module, *, num_classes: int) -> nn.Module:
-    """Attach CAS modules at ``PLACEMENTS[type(model).__name__]`` (LeNet5-Caffe: after fc1;
-    VGG-16: the last stage's three convs; ResNet-18: both blocks of the last stage); raises
-    ``ValueError`` for a model without a placement."""
-    kind = type(model).__name__
-    if kind not in PLACEMENTS:
-        raise ValueError(f"no CAS placement for model class {kind!r}; known: {', '.join(PLACEMENTS)}")
+    """Attach CAS modules where the model's class places them (LeNet5-Caffe: after fc1; VGG-16:
+    the last stage's three convs; ResNet-18: both blocks of the last stage); raises ``ValueError``
+    for a model without a placement."""
+    targets = placements(model)
     if cas_modules(model):
         raise ValueError("model already has CAS modules installed")
     named = dict(model.named_modules())
     ref = next(model.parameters())
     mods = nn.ModuleList()
-    for target, channels, rectify in PLACEMENTS[kind]:
+    for target, channels, rectify in targets:
         cas = CASModule(channels, num_classes, rectify=rectify).to(device=ref.device)
         named[target].register_forward_hook(cas.hook)
         mods.append(cas)
@@ -259,12 +252,9 @@ class TRADESCAS(Method):
         return _kl(logits_adv, p) + self.cr_beta * aux
 
     def loss(self, model: nn.Module, x: Tensor, y: Tensor) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
-        was_training = model.training
-        model.eval()
-        with torch.no_grad():
+        with model_mode(model), torch.no_grad():
             p_clean = F.softmax(model(x), 1)
             p_aux = [F.softmax(a, 1) for a in aux_logits(model)]
-        model.train(was_training)
 
         def objective(m: nn.Module, xa: Tensor, ya: Tensor) -> Tensor:
             return self._robust(m(xa), aux_logits(m), p_clean, p_aux)
@@ -314,10 +304,7 @@ def cas_eval_fields(model: nn.Module) -> dict[str, Any]:
 
 
 def _channel_layer(model: nn.Module) -> tuple[nn.Module, bool, str]:
-    kind = type(model).__name__
-    if kind not in PLACEMENTS:
-        raise ValueError(f"no CAS placement (hence no channel layer) for model class {kind!r}")
-    name, _, rectify = PLACEMENTS[kind][-1]
+    name, _, rectify = placements(model)[-1]
     return dict(model.named_modules())[name], rectify, name
 
 
@@ -338,10 +325,8 @@ def channel_magnitudes(model: nn.Module, images: Tensor, labels: Tensor, *, atta
         h = F.relu(h) if rectify else h
         grabbed.append(h.detach().abs().mean(dim=(2, 3)) if h.dim() == 4 else h.detach().abs())
 
-    was_training = model.training
-    model.eval()
     sums: dict[str, float | Tensor] = {"natural": 0.0, "adversarial": 0.0}
-    try:
+    with model_mode(model):
         for i in range(0, len(images), batch_size):
             x, y = images[i:i + batch_size], labels[i:i + batch_size]
             x_adv = attack(model, x, y)
@@ -354,8 +339,6 @@ def channel_magnitudes(model: nn.Module, images: Tensor, labels: Tensor, *, atta
                         sums[key] = sums[key] + grabbed[-1].sum(0)
             finally:
                 handle.remove()
-    finally:
-        model.train(was_training)
     nat, adv = cast(Tensor, sums["natural"]) / len(images), cast(Tensor, sums["adversarial"]) / len(images)
     order = torch.argsort(nat, descending=True)
     return {"layer": name, "n": len(images), "attack": attack.params(), "order": order.tolist(),

@@ -1,4 +1,4 @@
-"""HYDRA: pruning scores learnt under the robust loss (Sehwag et al., NeurIPS 2020; methods reference §6)."""
+"""HYDRA: pruning scores learnt under the robust loss (Sehwag et al., NeurIPS 2020)."""
 
 from __future__ import annotations
 

@@ -1,5 +1,5 @@
 """Guo et al. (NeurIPS 2018), "Sparse DNNs with improved adversarial robustness": progressive
-magnitude pruning and an L1 penalty on hidden activations (DESIGN §4, methods reference §3)."""
+magnitude pruning and an L1 penalty on hidden activations."""
 
 from __future__ import annotations
 

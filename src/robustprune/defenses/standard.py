@@ -12,12 +12,13 @@ from torch import Tensor, nn
 
 from robustprune.attacks import PGD
 from robustprune.defenses.base import Method, MethodContext, accuracy, mixed_ce
+from robustprune.models import model_mode
 from robustprune.registry import METHODS
 
 
 @METHODS.register("standard")
 class Standard(Method):
-    """Cross-entropy (+ coupled L2 weight decay through the optimiser). ``standard`` in DESIGN §3."""
+    """Cross-entropy (+ coupled L2 weight decay through the optimiser). the ANP-VS table's ``standard`` row."""
 
     name: ClassVar[str] = "standard"
 
@@ -101,11 +102,10 @@ class FastAT(Method):
         if self.check_batch is None:
             return {}
         x, y = self.check_batch
-        was_training = model.training
-        model.eval()
-        with torch.no_grad():
-            acc = (model(self.check_attack(model, x, y)).argmax(1) == y).float().mean().item()
-        model.train(was_training)
+        with model_mode(model):
+            x_adv = self.check_attack(model, x, y)
+            with torch.no_grad():
+                acc = (model(x_adv).argmax(1) == y).float().mean().item()
         overfit = self.prev_check is not None and self.prev_check - acc > self.check_drop
         logs: dict[str, Any] = {"check_pgd_acc": acc, "catastrophic_overfitting": overfit}
         if overfit:

@@ -10,6 +10,7 @@ from torch import Tensor, nn
 
 from robustprune.attacks import PGD
 from robustprune.defenses.base import Method, MethodContext, accuracy
+from robustprune.models import model_mode
 from robustprune.registry import METHODS
 
 
@@ -42,11 +43,8 @@ class TRADES(Method):
                    random_start="normal", start_radius=self.start_std, loss=kl_to_clean)
 
     def loss(self, model: nn.Module, x: Tensor, y: Tensor) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
-        was_training = model.training
-        model.eval()
-        with torch.no_grad():
+        with model_mode(model), torch.no_grad():
             p_clean = F.softmax(model(x), 1)
-        model.train(was_training)
         x_adv = self.attack_for(p_clean)(model, x, y)
         logits = model(x)
         logits_adv = model(x_adv)

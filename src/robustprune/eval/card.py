@@ -11,9 +11,9 @@ from torch import nn
 
 from robustprune.attacks import Attack, CarliniWagnerL2, DeepFool, TransferAttack, build_attack
 from robustprune.attacks import autoattack as aa
-from robustprune.config import to_dict
+from robustprune.config import EvalConfig, eval_config, to_dict
 from robustprune.data import TensorLoader, check_eps, dataset_info, load_split
-from robustprune.defenses import TestTimeDefense, resolve_test_time
+from robustprune.defenses import TestTimeDefense, TestTimeSpec, legacy_test_time, resolve_test_time
 from robustprune.eval.evaluate import EvalResult, evaluate
 from robustprune.metrics import paper_cost, sparsity_summary
 from robustprune.metrics.measured import measured_cost
@@ -22,7 +22,7 @@ from robustprune.metrics.unstructured import unstructured_cost
 from robustprune.models import installed_masks
 from robustprune.sparsity.compact import compact_model, compact_summary
 from robustprune.train.run import load_run
-from robustprune.utils import atomic_write_json, provenance, resolve_device
+from robustprune.utils import atomic_write_json, keeps_global_rng, provenance, resolve_device
 
 PAPER_ARCHS = ("lenet5-caffe", "lenet-300-100", "vgg16")
 #: minimum-norm attacks: no ε; they report r₂ (mean ‖δ‖₂ over correct points), not an accuracy
@@ -66,48 +66,44 @@ def build_eval_attack(
     return TransferAttack(source=source, attack=build_attack("pgd", **pgd_kw))
 
 
+@keeps_global_rng
 def evaluate_run(
     run_dir: str | Path,
+    config: EvalConfig | None = None,
     *,
-    attacks: list[str],
-    eps: float | None = None,
-    steps: int = 40,
-    step_size: float | None = None,
-    restarts: int = 1,
-    eot: int | None = None,
     source: str | Path | None = None,
-    defense: Any = None,
-    sap: float | None = None,
-    sap_mode: str | None = None,
-    bnn_sample: bool = False,
-    limit: int | None = None,
-    batch_size: int = 256,
-    passes: int = 10,
     data_dir: str | None = None,
     device: str = "auto",
-    seed: int = 0,
     out: str | Path | None = None,
     progress: bool = True,
     measure: bool = True,
+    sap: float | None = None,
+    sap_mode: str | None = None,
+    bnn_sample: bool = False,
+    **settings: Any,
 ) -> dict[str, Any]:
     """Evaluate run ``run_dir`` on its test set and write the card (default ``RUN/eval/<attacks>.json``).
 
-    For a run whose masks prune units, ``measure`` adds ``card["measured"]``: the compacted
-    network's parameters, FLOPs and CPU latency against the dense original.
-
-    ``defense`` names a registered test-time defense and its options (``"sap:pct=100,mode=fast"``,
-    ``{"name": "bnn-sample"}``, see :class:`robustprune.defenses.TestTimeSpec`) that wraps the model
-    for this evaluation; ``sap``/``sap_mode``/``bnn_sample`` are the older spelling of the same.
+    ``config`` (:class:`~robustprune.config.EvalConfig`: attacks, ε, steps, test points, test-time
+    defense, seed, ...) with ``settings`` replacing its fields (``evaluate_run(run, attacks=["pgd"],
+    limit=100)``); ``source`` is the run the transfer attack is crafted on. ``sap``/``sap_mode``/
+    ``bnn_sample`` are the older spelling of ``defense`` (``"sap:pct=100,mode=fast"``, ``"bnn-sample"``,
+    see :class:`robustprune.defenses.TestTimeSpec`), which wraps the model for this evaluation.
     The run's method adds its own evaluation attacks and card fields (``Method.eval_attacks``,
     ``Method.eval_fields``).
+
+    For a run whose masks prune units, ``measure`` adds ``card["measured"]``: the compacted
+    network's parameters, FLOPs and CPU latency against the dense original.
 
     ``deepfool`` and ``cw`` (C&W-L2, 1000 Adam steps × 9 binary-search steps per point: use ``limit``)
     are minimum-norm attacks: they add ``card["minnorm"]``, one r₂ summary each
     (:func:`robustprune.metrics.minnorm.minnorm_robustness`), instead of a robust accuracy.
     """
-    if limit is not None and limit < 1:
-        raise ValueError(f"limit must be >= 1, got {limit}")
-    test_time = resolve_test_time(defense, sap=sap, sap_mode=sap_mode, bnn_sample=bnn_sample)
+    base = config or EvalConfig()
+    cfg = eval_config(base, **with_defense({"defense": base.defense, **settings}, sap=sap, sap_mode=sap_mode,
+                                           bnn_sample=bnn_sample))
+    test_time = resolve_test_time(cfg.defense)
+    attacks, limit, seed = list(cfg.attacks), cfg.limit, cfg.seed
     minnorm = [n for n in attacks if n in MINNORM_NAMES]
     if minnorm and test_time is not None and test_time.stochastic:
         raise ValueError(f"minimum-norm attacks {minnorm} need a deterministic model; drop the test-time "
@@ -117,19 +113,19 @@ def evaluate_run(
     run = load_run(run_dir, device=dev)
     model, fields = eval_model(run, test_time)
     info = dataset_info(run.cfg.dataset)
-    eps, step_size = info.eps(eps), info.step(step_size)
+    eps, step_size = info.eps(cfg.eps), info.step(cfg.step_size)
     src_model = load_run(source, device=dev).model if source is not None else None
-    built = [(n, build_eval_attack(n, eps=eps, steps=steps, step_size=step_size, restarts=restarts, eot=eot,
-                                   source=src_model)) for n in attacks_bounded]
+    built = [(n, build_eval_attack(n, eps=eps, steps=cfg.steps, step_size=step_size, restarts=cfg.restarts,
+                                   eot=cfg.eot, source=src_model)) for n in attacks_bounded]
     named = [(n, a) for n, a in built if a is not None]
     named += run.method.eval_attacks(run.model, named)
     images, labels = load_split(run.cfg.dataset, "test", data_dir=data_dir or run.cfg.data_dir)
     if limit is not None:
         images, labels = images[:limit], labels[:limit]
-    loader = TensorLoader(images, labels, batch_size=batch_size, device=dev)
+    loader = TensorLoader(images, labels, batch_size=cfg.batch_size, device=dev)
     torch.manual_seed(seed)
     t0 = time.perf_counter()
-    res = evaluate(model, loader, named, passes=passes, progress=progress)
+    res = evaluate(model, loader, named, passes=cfg.passes, progress=progress)
     minnorm_cards = [minnorm_entry(n, model, loader, progress=progress) for n in minnorm]
     card = make_card(run.cfg, res, run_dir=Path(run_dir), source=source, seed=seed, device=dev,
                      wall_s=time.perf_counter() - t0)
@@ -152,6 +148,19 @@ def evaluate_run(
     atomic_write_json(path, card)
     card["card_path"] = str(path)
     return card
+
+
+def with_defense(settings: dict[str, Any], *, sap: float | None = None, sap_mode: str | None = None,
+                 bnn_sample: bool = False) -> dict[str, Any]:
+    """``settings`` with its test-time defense as the canonical text of its spec (``defense`` given as
+    text, a mapping or a spec, or by the older ``sap``/``sap_mode``/``bnn_sample``)."""
+    spec = TestTimeSpec.parse(settings.get("defense"))
+    legacy = legacy_test_time(sap=sap, sap_mode=sap_mode, bnn_sample=bnn_sample)
+    if spec is not None and legacy is not None:
+        raise ValueError(f"name the test-time defense once: got defense {spec} and {legacy}")
+    spec = spec or legacy
+    out = {k: v for k, v in settings.items() if k != "defense"}
+    return out if spec is None else {**out, "defense": str(spec)}
 
 
 def minnorm_entry(name: str, model: nn.Module, loader: TensorLoader, *, progress: bool) -> dict[str, Any]:

@@ -1,7 +1,7 @@
 """Gradient-masking checks of the robustness audit: each turns measured numbers into pass / warn.
 
 The red flags of Athalye, Carlini & Wagner (ICML 2018) and Carlini et al. ("On evaluating
-adversarial robustness", 2019), and AutoAttack's own self-checks (methods reference §8, §11):
+adversarial robustness", 2019), and AutoAttack's own self-checks:
 randomness at test time without EOT, zero or non-finite input gradients, robust accuracy that is
 not monotone in ε, an unbounded attack that does not reach ~0 %, a single-step attack beating a
 multi-step one, black-box beating white-box, and AutoAttack falling far below PGD. Every check
@@ -15,6 +15,8 @@ from typing import Any
 
 import torch
 from torch import Tensor, nn
+
+from robustprune.models import model_mode
 
 STATUSES = ("pass", "warn", "skip")
 #: AutoAttack more than this many points below PGD (and more than two examples) is flagged as possible masking
@@ -53,13 +55,8 @@ def tolerance(n: int) -> float:
 def determinism_stats(model: nn.Module, x: Tensor, *, passes: int = 5) -> dict[str, Any]:
     """Eval-mode logits of ``passes`` forward passes on ``x``: the largest difference between
     passes and how many examples change their prediction."""
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.no_grad():
-            outs = [model(x) for _ in range(passes)]
-    finally:
-        model.train(was_training)
+    with model_mode(model), torch.no_grad():
+        outs = [model(x) for _ in range(passes)]
     diff = max(float((o - outs[0]).abs().max()) for o in outs)
     preds = torch.stack([o.argmax(1) for o in outs])
     flips = int((preds != preds[0]).any(0).sum())
@@ -80,9 +77,7 @@ def gradient_stats(model: nn.Module, loader: Any) -> dict[str, Any]:
     """
     zero = nonfinite = ce_zero = n = 0
     norms = []
-    was_training = model.training
-    model.eval()
-    try:
+    with model_mode(model):
         for x, y in loader:
             xg = x.detach().clone().requires_grad_(True)
             with torch.enable_grad():
@@ -96,8 +91,6 @@ def gradient_stats(model: nn.Module, loader: Any) -> dict[str, Any]:
             ce_zero += int((ce.flatten(1).abs().sum(1) == 0).sum())
             norms.append(flat[finite].norm(dim=1))
             n += len(y)
-    finally:
-        model.train(was_training)
     allnorms = torch.cat(norms) if norms else torch.zeros(0)
     median = float(allnorms.median()) if allnorms.numel() else None
     return {"n": n, "zero": zero, "nonfinite": nonfinite, "ce_zero": ce_zero, "median_l2": median}

@@ -15,6 +15,7 @@ from tqdm.auto import tqdm
 from robustprune.attacks import Attack, is_stochastic
 from robustprune.data import TensorLoader
 from robustprune.metrics import VulnerabilityMeter
+from robustprune.models import model_mode
 
 
 @dataclass
@@ -83,12 +84,10 @@ def evaluate(
     distance between the latent features of clean and attacked inputs) is accumulated over the
     whole set when the model exposes latent maps.
     """
-    was_training = model.training
-    model.eval()
     res = EvalResult(attacks=[AttackResult(name, atk.params()) for name, atk in attacks])
     has_feats = vulnerability and hasattr(model, "latent_count")
     t0 = time.perf_counter()
-    try:
+    with model_mode(model):
         for i, (x, y) in enumerate(tqdm(loader, desc="eval", disable=not progress, leave=False, dynamic_ncols=True)):
             if i == 0:
                 res.stochastic = is_stochastic(model, x)
@@ -112,8 +111,6 @@ def evaluate(
                     r.vulnerability = r.vulnerability or VulnerabilityMeter()
                     r.vulnerability.update(feats, adv_feats)
                 r.wall_s += time.perf_counter() - ta
-    finally:
-        model.train(was_training)
     res.wall_s = time.perf_counter() - t0
     res.warnings += sanity_warnings(res)
     for w in res.warnings:

@@ -23,18 +23,18 @@ from tqdm.auto import tqdm
 
 from robustprune.attacks import EOTPGD, FGSM, PGD, Attack, TransferAttack
 from robustprune.attacks import autoattack as aa
-from robustprune.config import to_dict
+from robustprune.config import EvalConfig, eval_config, to_dict
 from robustprune.data import TensorLoader, check_eps, dataset_info
 from robustprune.defenses import resolve_test_time
 from robustprune.eval import checks as C
-from robustprune.eval.card import eval_model
+from robustprune.eval.card import eval_model, with_defense
 from robustprune.eval.evaluate import evaluate
 from robustprune.jobs.curve import check_eps_list, default_sweep, robust_curve, run_test_points
 from robustprune.jobs.surface import surface_of, write_surface
 from robustprune.reports.audit_plots import plot_curve
 from robustprune.reports.audit_report import render_audit_markdown
 from robustprune.train import load_run
-from robustprune.utils import atomic_write_json, atomic_write_text, provenance
+from robustprune.utils import atomic_write_json, atomic_write_text, keeps_global_rng, provenance
 
 AUTOATTACK_MODES = ("auto", "yes", "no")
 
@@ -96,6 +96,7 @@ def _autoattack_mode(mode: str) -> tuple[bool, str]:
     return True, ""
 
 
+@keeps_global_rng
 def audit(model: nn.Module, images: Tensor, labels: Tensor, *, eps: float, step_size: float,
           source: nn.Module | None = None, eps_sweep: list[float] | None = None, autoattack: str = "auto",
           aa_options: dict[str, Any] | None = None, batch_size: int = 256, passes: int = 10, seed: int = 0,
@@ -184,30 +185,39 @@ def run_checks(card: dict[str, Any], *, autoattack_reason: str = "") -> list[C.C
     ]
 
 
-def audit_run(run_dir: str | Path, *, out: str | Path, limit: int | None = 1000, source: str | Path | None = None,
-              eps: float | None = None, step_size: float | None = None, eps_sweep: list[float] | None = None,
-              autoattack: str = "auto", aa_options: dict[str, Any] | None = None, batch_size: int = 256,
-              passes: int = 10, surface: bool = True, data_dir: str | None = None, device: str = "auto",
-              seed: int = 0, defense: Any = None, sap: float | None = None, sap_mode: str | None = None,
-              bnn_sample: bool = False, progress: bool = True) -> dict[str, Any]:
+#: the audit's evaluation settings where the caller gives none: the first 1,000 test points
+AUDIT_CONFIG = EvalConfig(limit=1000)
+
+
+def audit_run(run_dir: str | Path, config: EvalConfig | None = None, *, out: str | Path,
+              source: str | Path | None = None, eps_sweep: list[float] | None = None, autoattack: str = "auto",
+              aa_options: dict[str, Any] | None = None, surface: bool = True, data_dir: str | None = None,
+              device: str = "auto", sap: float | None = None, sap_mode: str | None = None, bnn_sample: bool = False,
+              progress: bool = True, **settings: Any) -> dict[str, Any]:
     """Audit run ``run_dir`` on its first ``limit`` test points; write into ``out``: ``audit.json``,
     ``audit.md``, ``curve.json``/``curve.png`` and (``surface=True``) ``surface.json``/``surface.png``.
 
-    ``eps``/``step_size`` default to the dataset's (MNIST 0.3 / 0.01, CIFAR 8/255 / 2/255).
-    ``defense`` (a test-time defense as data, e.g. ``"sap:pct=100"``; ``sap``/``sap_mode``/``bnn_sample``
-    are its older spelling) audits the model as ``robustprune eval`` would wrap it: random at test
-    time, so the EOT rung runs and the card records the defense.
+    ``config`` (default :data:`AUDIT_CONFIG`) with ``settings`` replacing its fields gives ``eps``/
+    ``step_size`` (default: the dataset's, MNIST 0.3 / 0.01, CIFAR 8/255 / 2/255), ``limit``,
+    ``batch_size``, ``passes``, ``seed`` and ``defense`` (a test-time defense as data, e.g.
+    ``"sap:pct=100"``; ``sap``/``sap_mode``/``bnn_sample`` are its older spelling), which audits the
+    model as ``robustprune eval`` would wrap it: random at test time, so the EOT rung runs and the
+    card records the defense. The ladder's attacks are the audit's own.
 
     >>> audit_run("runs/at", out="runs/at/audit", limit=1000, source="runs/at-seed1")   # doctest: +SKIP
     """
+    base = config or AUDIT_CONFIG
+    cfg = eval_config(base, **with_defense({"defense": base.defense, **settings}, sap=sap, sap_mode=sap_mode,
+                                           bnn_sample=bnn_sample))
+    limit, batch_size, passes, seed = cfg.limit, cfg.batch_size, cfg.passes, cfg.seed
     if eps_sweep is not None:
         check_eps_list(eps_sweep)
     _autoattack_mode(autoattack)
-    test_time = resolve_test_time(defense, sap=sap, sap_mode=sap_mode, bnn_sample=bnn_sample)
+    test_time = resolve_test_time(cfg.defense)
     run, images, labels, dev = run_test_points(run_dir, limit=limit, data_dir=data_dir, device=device)
     model, fields = eval_model(run, test_time)
     info = dataset_info(run.cfg.dataset)
-    eps, step_size = info.eps(eps), info.step(step_size)
+    eps, step_size = info.eps(cfg.eps), info.step(cfg.step_size)
     src = load_run(source, device=dev).model if source is not None else None
     card = audit(model, images, labels, eps=eps, step_size=step_size, source=src, eps_sweep=eps_sweep,
                  autoattack=autoattack, aa_options=aa_options, batch_size=batch_size, passes=passes, seed=seed,

@@ -22,11 +22,12 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from robustprune.attacks import is_stochastic, model_mode
+from robustprune.attacks import is_stochastic
 from robustprune.defenses import resolve_test_time
 from robustprune.jobs.curve import run_test_points
+from robustprune.models import model_mode
 from robustprune.reports.calibration import plot_reliability, reliability
-from robustprune.utils import atomic_write_json, provenance
+from robustprune.utils import atomic_write_json, keeps_global_rng, provenance
 
 
 def mean_probs(model: nn.Module, x: Tensor, *, passes: int) -> Tensor:
@@ -53,6 +54,7 @@ def calibration_of(model: nn.Module, images: Tensor, labels: Tensor, *, passes: 
     return {**out, "stochastic": stochastic, "passes": n_pass}
 
 
+@keeps_global_rng
 def calibration_run(runs: list[str | Path], *, out: str | Path, defense: Any = None, sap: float | None = None,
                     sap_mode: str | None = None, limit: int | None = 1000, bins: int = 10, passes: int = 10,
                     data_dir: str | None = None, device: str = "auto", seed: int = 0) -> dict[str, Any]:

@@ -17,11 +17,12 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from robustprune.attacks import PGD, is_stochastic
+from robustprune.config import EvalConfig, eval_config
 from robustprune.data import TensorLoader, check_eps, dataset_info, load_split
 from robustprune.eval.evaluate import evaluate
 from robustprune.reports.audit_plots import plot_curve
 from robustprune.train import load_run
-from robustprune.utils import atomic_write_json, provenance, resolve_device
+from robustprune.utils import atomic_write_json, keeps_global_rng, provenance, resolve_device
 
 #: default sweep, as multiples of the dataset's ε (capped at 1)
 SWEEP_FACTORS = (0.0, 0.25, 0.5, 0.75, 1.0, 1.5, 2.0)
@@ -86,20 +87,22 @@ def run_test_points(run_dir: str | Path, *, limit: int | None, data_dir: str | N
     return run, images, labels, dev
 
 
-def curve_run(run_dir: str | Path, *, out: str | Path, eps_list: list[float] | None = None, steps: int = 40,
-              eot: int | None = None, limit: int | None = None, batch_size: int = 256, passes: int = 10,
-              data_dir: str | None = None, device: str = "auto", seed: int = 0,
-              progress: bool = True) -> dict[str, Any]:
+@keeps_global_rng
+def curve_run(run_dir: str | Path, config: EvalConfig | None = None, *, out: str | Path,
+              eps_list: list[float] | None = None, data_dir: str | None = None, device: str = "auto",
+              progress: bool = True, **settings: Any) -> dict[str, Any]:
     """Sweep ε for run ``run_dir``; write ``curve.json`` and ``curve.png`` into ``out``.
 
-    Default sweep: :func:`default_sweep` of the dataset's ε.
+    ``config`` with ``settings`` replacing its fields gives ``steps``, ``eot``, ``limit``,
+    ``batch_size``, ``passes`` and ``seed``; the sweep's ε values are ``eps_list`` (default:
+    :func:`default_sweep` of the dataset's ε) and each point's step is ``2.5·ε/steps``.
 
     >>> curve_run("runs/at", out="runs/at/curve", eps_list=[0, 0.1, 0.2, 0.3, 0.4])   # doctest: +SKIP
     """
+    cfg = eval_config(config, **settings)
+    steps, eot, limit, batch_size, passes, seed = cfg.steps, cfg.eot, cfg.limit, cfg.batch_size, cfg.passes, cfg.seed
     if eps_list is not None:
         check_eps_list(eps_list)
-    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
-        raise ValueError(f"steps must be an integer >= 1, got {steps!r}")
     run, images, labels, dev = run_test_points(run_dir, limit=limit, data_dir=data_dir, device=device)
     info = dataset_info(run.cfg.dataset)
     eps_list = default_sweep(info.default_eps) if eps_list is None else eps_list

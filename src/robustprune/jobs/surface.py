@@ -22,6 +22,7 @@ from torch import Tensor, nn
 from robustprune.attacks import is_stochastic
 from robustprune.data import dataset_info
 from robustprune.jobs.curve import run_test_points
+from robustprune.models import model_mode
 from robustprune.reports.audit_plots import plot_surface
 from robustprune.utils import atomic_write_json, provenance
 
@@ -60,14 +61,12 @@ def loss_surface(model: nn.Module, x: Tensor, y: Tensor, *, eps: float, span: fl
     >>> surf = loss_surface(model, x[:3], y[:3], eps=0.3)      # doctest: +SKIP
     """
     _check(len(x), resolution, span, eps)
-    was_training = model.training
-    model.eval()
     gen = torch.Generator().manual_seed(seed)
     offsets = torch.linspace(-span * eps, span * eps, resolution, dtype=x.dtype)
     a, b = torch.meshgrid(offsets, offsets, indexing="ij")
     shape = (-1, *([1] * (x.dim() - 1)))
     points = []
-    try:
+    with model_mode(model):
         xg = x.detach().clone().requires_grad_(True)
         with torch.enable_grad():
             grad, = torch.autograd.grad(F.cross_entropy(model(xg), y, reduction="sum"), xg)
@@ -81,8 +80,6 @@ def loss_surface(model: nn.Module, x: Tensor, y: Tensor, *, eps: float, span: fl
             loss = _mean_loss(model, imgs.clamp(0, 1), int(y[k]), samples)
             points.append({"label": int(y[k]), "loss": loss.view(resolution, resolution).tolist(),
                            "zero_gradient": zero})
-    finally:
-        model.train(was_training)
     return {"kind": "surface", "eps": eps, "span": span, "offsets": offsets.tolist(), "samples": samples,
             "directions": {"adversarial": "sign of the input gradient of CE", "random": "Rademacher, seed "
                            f"{seed}"}, "points": points}
@@ -99,15 +96,11 @@ def surface_of(model: nn.Module, images: Tensor, labels: Tensor, *, points: int 
     x = images[: max(256, 4 * points)].to(dev).float()
     x = x.div(255) if images.dtype == torch.uint8 else x
     y = labels[: len(x)].to(dev).long()
-    was_training = model.training
-    model.eval()
-    try:
+    with model_mode(model):
         with torch.no_grad():
             correct = model(x).argmax(1) == y
         if samples is None:
             samples = 10 if is_stochastic(model, x[:64]) else 1
-    finally:
-        model.train(was_training)
     idx = torch.cat([correct.nonzero(), (~correct).nonzero()]).squeeze(1)[:points]
     surf = loss_surface(model, x[idx], y[idx], eps=eps, span=span, resolution=resolution, samples=samples, seed=seed)
     for p, ok in zip(surf["points"], correct[idx].tolist(), strict=True):

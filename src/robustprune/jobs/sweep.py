@@ -41,7 +41,7 @@ from robustprune.metrics.sparsity import weight_sparsity
 from robustprune.metrics.unstructured import activation_zero_fraction
 from robustprune.train import fit, load_run
 from robustprune.train.checkpoint import latest_checkpoint
-from robustprune.utils import atomic_write, atomic_write_json, provenance, resolve_device
+from robustprune.utils import atomic_write, atomic_write_json, keeps_global_rng, provenance, resolve_device
 
 METRICS = (("clean_acc", "clean"), ("fgsm_acc", "FGSM"), ("rfgsm_acc", "R+FGSM"), ("deepfool_r2", "DeepFool r2"),
            ("cw_r2", "C&W-L2 r2"))
@@ -152,6 +152,7 @@ def vs_control(points: list[dict[str, Any]], control: list[dict[str, Any]]) -> d
     return out
 
 
+@keeps_global_rng
 def sweep_sparsity(run_dir: str | Path, *, rounds: int, out: str | Path | None = None, rho: float = 1 / 3,
                    epochs_per_round: int = 1, adversarial: bool = False, scope: str = "layer",
                    keep_first_last: bool = False, eps: float | None = None, limit: int | None = 1000,

@@ -1,7 +1,7 @@
-"""Memory and FLOPs in the ANP-VS paper's accounting, from active unit counts (DESIGN §5 (a)).
+"""Memory and FLOPs in the ANP-VS paper's accounting, from active unit counts.
 
-The formulas are those of the reference code (``ANP_VS/src/experiments/{memory,flops}/utils.py``,
-anp_vs_reference.md §6), so our numbers sit beside the published table:
+The formulas are those of the reference code (the ANP-VS repository's
+``src/experiments/{memory,flops}/utils.py``), so our numbers sit beside the published table:
 
 - conv memory  k²·C_in·H_out·W_out (im2col buffer) + k²·C_in·C_out (kernel, no bias) [+ 2·C_out BN]
 - dense memory in·out + out [+ 2·in BN (sic: the reference counts BN on the input width)]

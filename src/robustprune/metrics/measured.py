@@ -1,4 +1,4 @@
-"""Measured cost of a network (DESIGN §5 (b)): parameters, bytes, FLOPs and CPU latency.
+"""Measured cost of a network: parameters, bytes, FLOPs and CPU latency.
 
 Beside the paper's accounting (:mod:`robustprune.metrics.cost`, computed from active unit
 counts), these numbers are measured on the networks themselves, typically a dense original and
@@ -28,7 +28,7 @@ import torch
 from torch import Tensor, nn
 from torch.utils.flop_counter import FlopCounterMode
 
-from robustprune.models.base import mask_slots
+from robustprune.models.base import mask_slots, model_mode
 
 
 def count_params(model: nn.Module) -> int:
@@ -49,14 +49,9 @@ def _device(model: nn.Module) -> torch.device:
 
 def count_flops(model: nn.Module, input_shape: Sequence[int]) -> int:
     """FLOPs of one eval-mode forward pass on one example, from ``FlopCounterMode``."""
-    was = model.training
-    model.eval()
     x = torch.rand(1, *input_shape, device=_device(model))
-    try:
-        with torch.inference_mode(), FlopCounterMode(display=False) as counter:
-            model(x)
-    finally:
-        model.train(was)
+    with model_mode(model), torch.inference_mode(), FlopCounterMode(display=False) as counter:
+        model(x)
     return int(counter.get_total_flops())
 
 
@@ -84,19 +79,12 @@ def paired_latency_ms(models: Sequence[nn.Module], x: Tensor, *, warmup: int = 3
     if warmup < 0 or repeats < 1:
         raise ValueError(f"need warmup >= 0 and repeats >= 1, got warmup={warmup}, repeats={repeats}")
     times: list[list[float]] = [[] for _ in models]
-    modes = [m.training for m in models]
-    try:
-        for m in models:
-            m.eval()
-        with torch.inference_mode():
-            for i in range(warmup + repeats):
-                for m, ts in zip(models, times, strict=True):
-                    t = _timed(m, x)
-                    if i >= warmup:
-                        ts.append(t)
-    finally:
-        for m, was in zip(models, modes, strict=True):
-            m.train(was)
+    with model_mode(*models), torch.inference_mode():
+        for i in range(warmup + repeats):
+            for m, ts in zip(models, times, strict=True):
+                t = _timed(m, x)
+                if i >= warmup:
+                    ts.append(t)
     return [statistics.median(ts) for ts in times]
 
 

@@ -1,4 +1,4 @@
-"""Minimal-perturbation robustness r₂ (Guo et al., NeurIPS 2018; methods reference §9.3).
+"""Minimal-perturbation robustness r₂ (Guo et al., NeurIPS 2018).
 
 ``r₂(A)`` = mean over correctly classified test points of ``‖A(x) − x‖₂`` for a minimum-norm
 attack ``A`` (DeepFool, C&W-L2), also in the normalised form ``‖δ‖₂ / ‖x‖₂`` (DeepFool's
@@ -17,6 +17,7 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from robustprune.attacks.minnorm import MinNormAttack, MinNormResult, l2_norms
+from robustprune.models.base import model_mode
 
 
 class MinNormMeter:
@@ -83,15 +84,11 @@ def minnorm_robustness(model: nn.Module, loader: Any, attack: MinNormAttack, *,
     if not isinstance(attack, MinNormAttack):
         raise ValueError(f"attack must be a MinNormAttack (DeepFool, CarliniWagnerL2), got {type(attack).__name__}")
     meter = MinNormMeter()
-    was_training = model.training
-    model.eval()
-    try:
+    with model_mode(model):
         for x, y in tqdm(loader, desc=attack.params()["name"], disable=not progress, leave=False, dynamic_ncols=True):
             with torch.no_grad():
                 correct = model(x).argmax(1) == y
             meter.update(attack(model, x, y), x, clean_correct=correct)
-    finally:
-        model.train(was_training)
     out = meter.summary()
     clean = 100.0 * out["n_correct"] / out["n"] if out["n"] else math.nan
     return {"attack": attack.params(), "clean_acc": clean, **out}

@@ -1,4 +1,4 @@
-"""Unit and weight sparsity (DESIGN §5).
+"""Unit and weight sparsity.
 
 - Unit sparsity (ANP's "Sparsity"): 100·(1 − active units / all units) over the installed unit
   masks, a unit being active when its mask says so (BBD: E[π] > threshold).

@@ -1,4 +1,4 @@
-"""Memory and MACs of unstructured (weight-level) sparsity, reported honestly (methods reference §9.6–7).
+"""Memory and MACs of unstructured (weight-level) sparsity, reported honestly.
 
 Per conv/linear layer, from the effective weight (``weight``, times ``weight_mask`` when the layer
 carries one, as HYDRA's scored layers do):
@@ -8,7 +8,8 @@ carries one, as HYDRA's scored layers do):
   row pointers of ``index_bytes`` (default 4 + 4);
 - ``macs_dense`` = numel·H_out·W_out and ``macs_sparse`` = nnz·H_out·W_out (1 position for linear):
   *theoretical* multiply-accumulates. Dense kernels multiply the zeros too, so no wall-clock
-  speed-up follows from these numbers without sparse kernels (see DESIGN §5 (b) for measured cost).
+  speed-up follows from these numbers without sparse kernels (:mod:`robustprune.metrics.measured`
+  measures compacted networks).
 
 >>> unstructured_cost(model, input_shape=(1, 28, 28))["csr_bytes"]   # doctest: +SKIP
 """
@@ -21,6 +22,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from robustprune.models.base import model_mode
 from robustprune.sparsity.magnitude import MASK_BUFFER, WEIGHT_LAYERS, weight_of
 
 NOTE = ("theoretical: MACs count only non-zero weights and CSR bytes assume a sparse format; dense kernels "
@@ -43,13 +45,10 @@ def _positions(model: nn.Module, input_shape: tuple[int, ...]) -> dict[str, int]
 
             hooks.append(m.register_forward_hook(hook))
     ref = next(model.parameters())
-    was_training = model.training
     try:
-        model.eval()
-        with torch.no_grad():
+        with model_mode(model), torch.no_grad():
             model(torch.zeros(1, *input_shape, device=ref.device, dtype=ref.dtype))
     finally:
-        model.train(was_training)
         for h in hooks:
             h.remove()
     return out
@@ -88,10 +87,6 @@ def unstructured_cost(model: nn.Module, *, input_shape: tuple[int, ...], value_b
 def activation_zero_fraction(model: nn.Module, x: Tensor) -> float | None:
     """Fraction of exactly-zero activations in the last latent map (the input of the last layer)
     on ``x`` in eval mode; ``None`` for a model without latent maps (the linear model)."""
-    was_training = model.training
-    model.eval()
-    try:
+    with model_mode(model):
         _, feats = model(x, features=True)
-    finally:
-        model.train(was_training)
     return float((feats[-1] == 0).float().mean()) if feats else None

@@ -16,6 +16,8 @@ from robustprune.models.base import (
     installed_masks,
     mask_parameters,
     mask_slots,
+    model_mode,
+    model_quirk,
 )
 from robustprune.registry import MODELS
 
@@ -30,6 +32,8 @@ __all__ = [
     "installed_masks",
     "mask_parameters",
     "mask_slots",
+    "model_mode",
+    "model_quirk",
 ]
 
 

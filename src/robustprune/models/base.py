@@ -3,23 +3,40 @@
 Every registered model follows one contract:
 
 - ``model(x)`` returns logits for inputs in pixel space [0, 1];
-- ``model(x, features=True)`` returns ``(logits, [latent maps])`` (DESIGN §3), and costs nothing
+- ``model(x, features=True)`` returns ``(logits, [latent maps])``, and costs nothing
   extra when ``features`` is false;
 - ``model.latent_count`` says how many latent maps it returns;
 - unit masks live in :class:`MaskSlot` modules; a slot is an identity until a mask is installed
   (``install_masks``), and every mask follows the :class:`UnitMask` contract, so metrics and
   compaction walk any model the same way.
+
+What a method needs to know about one architecture is declared by the model's class, so a new
+model touches only ``models/``; methods ask :func:`model_quirk` (see :data:`QUIRKS`).
 """
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable, Iterator, Sequence
-from typing import Literal, Protocol, runtime_checkable
+from typing import Any, Literal, Protocol, runtime_checkable
 
 import torch
 from torch import Tensor, nn
 
 SlotKind = Literal["conv", "fc"]
+
+#: the class attributes a model may declare for the methods that need them
+QUIRKS = {
+    "cas_placements": "CAS modules (Bai et al. 2021): ((target module name, channels, apply ReLU first), ...)",
+    "bnn_prior": "AT-BNN: (ρ₀, σ_p), the initial softplus⁻¹ std and the prior std (default (-3, 1), LeNet's)",
+}
+
+
+def model_quirk(model: nn.Module, name: str) -> Any:
+    """The quirk ``name`` (one of :data:`QUIRKS`) that ``model``'s class declares, else ``None``."""
+    if name not in QUIRKS:
+        raise ValueError(f"unknown model quirk {name!r}; known: {', '.join(QUIRKS)}")
+    return getattr(type(model), name, None)
 
 
 class Normalize(nn.Module):
@@ -66,6 +83,25 @@ class MaskSlot(nn.Module):
 
     def extra_repr(self) -> str:
         return f"units={self.units}, kind={self.kind}"
+
+
+@contextlib.contextmanager
+def model_mode(*models: nn.Module, eval_mode: bool = True) -> Iterator[None]:
+    """Run the body with ``models`` in eval mode (when ``eval_mode``) and restore every module's own
+    train/eval flag afterwards, also when the body raises: the one way this package switches modes.
+
+    >>> with model_mode(model):                              # doctest: +SKIP
+    ...     logits = model(x)                                # eval mode here, the caller's mode after
+    """
+    flags = [(m, m.training) for model in models for m in model.modules()]
+    try:
+        if eval_mode:
+            for model in models:
+                model.eval()
+        yield
+    finally:
+        for m, training in flags:
+            m.training = training
 
 
 def mask_slots(model: nn.Module) -> list[tuple[str, MaskSlot]]:

@@ -19,6 +19,8 @@ class LeNet300100(nn.Module):
     """
 
     latent_count = 2
+    #: CAS after the last hidden layer (its 100 units, pre-activation: rectified first)
+    cas_placements = (("mask2", 100, True),)
 
     def __init__(self, *, num_classes: int = 10, in_features: int = 784) -> None:
         super().__init__()
@@ -38,13 +40,21 @@ class LeNet300100(nn.Module):
 class LeNet5Caffe(nn.Module):
     """LeNet5-Caffe: conv 1→20 5×5, pool, conv 20→50 5×5, pool, fc 800→500, fc 500→10.
 
-    Mask slots (DESIGN §3): conv1's 20 channels, conv2's 50 channels, the 800 flattened inputs of
+    Mask slots (ANP-VS's placement): conv1's 20 channels, conv2's 50 channels, the 800 flattened inputs of
     fc1 and fc1's 500 outputs — 1370 units. Latent maps: post-ReLU conv1, conv2 and fc1 outputs.
 
     >>> model = LeNet5Caffe(num_classes=10, in_channels=1, image_size=28)
     """
 
     latent_count = 3
+    #: CAS after fc1, the 500 units of the last hidden layer (the analogue of the CAS paper's last
+    #: stage); fc1's output is pre-activation, so the module rectifies first (the model's own ReLU
+    #: that follows then clips negatively weighted units to zero). After conv2 was tried first: the
+    #: GAP'd 50 conv2 channels give a weak auxiliary classifier (~30% after 100 steps) and, because
+    #: eval-mode gating by the auxiliary prediction fixes the final prediction (label leakage
+    #: through the gating row), the network was no better than its auxiliary head (a 100-step
+    #: diagnostic, 2026-11-23; see bench/RESULTS.md).
+    cas_placements = (("fc1", 500, True),)
 
     def __init__(self, *, num_classes: int = 10, in_channels: int = 1, image_size: int = 28) -> None:
         super().__init__()

@@ -38,6 +38,10 @@ class ResNet18(nn.Module):
     """
 
     latent_count = 8
+    #: CAS on both post-ReLU block outputs of the last stage
+    cas_placements = (("blocks.6", 512, False), ("blocks.7", 512, False))
+    #: AT-BNN's (ρ₀, σ_p) for the large CIFAR networks
+    bnn_prior = (-5.0, 0.1)
 
     def __init__(
         self,

@@ -1,4 +1,4 @@
-"""VGG-16 for CIFAR with batch norm (the ANP-VS variant, DESIGN §3)."""
+"""VGG-16 for CIFAR with batch norm (the ANP-VS variant)."""
 
 from __future__ import annotations
 
@@ -42,6 +42,10 @@ class VGG16(nn.Module):
     """
 
     latent_count = 15
+    #: CAS on the last stage's three post-ReLU conv block outputs
+    cas_placements = (("blocks.10", 512, False), ("blocks.11", 512, False), ("blocks.12", 512, False))
+    #: AT-BNN's (ρ₀, σ_p) for the large CIFAR networks
+    bnn_prior = (-5.0, 0.1)
 
     def __init__(
         self,

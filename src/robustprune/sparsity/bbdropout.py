@@ -1,4 +1,4 @@
-"""Beta-Bernoulli dropout (BBD): the unit-mask layer of ANP-VS (DESIGN §3).
+"""Beta-Bernoulli dropout (BBD): the unit-mask layer of ANP-VS.
 
 One mask unit per conv output channel or fc neuron. Unit k keeps its input with probability
 π_k; the posterior of π_k is Kumaraswamy(a_k, b_k) with a_k = softplus(a'_k), b_k = softplus(b'_k)
@@ -250,7 +250,7 @@ def shared_noise(model: nn.Module) -> Iterator[None]:
 
 
 def default_a_init_conv(model: nn.Module) -> float:
-    """DESIGN §3: a' = 2 for VGG-16's conv masks (E[π] ≈ 0.68), a' = -1 otherwise (E[π] ≈ 0.24)."""
+    """The ANP-VS initialisation: a' = 2 for VGG-16's conv masks (E[π] ≈ 0.68), a' = -1 otherwise (E[π] ≈ 0.24)."""
     return 2.0 if type(model).__name__ == "VGG16" else -1.0
 
 

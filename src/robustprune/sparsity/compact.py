@@ -21,8 +21,10 @@ from typing import Any
 import torch
 from torch import nn
 
+from robustprune.models.base import model_mode
 from robustprune.sparsity.compact_net import CompactNet
 from robustprune.sparsity.fold import fold_model
+from robustprune.utils import MissingExtraError
 
 __all__ = ["FOLD_TOL", "compact_model", "compact_summary", "equivalence_error", "export_onnx"]
 
@@ -36,16 +38,9 @@ def equivalence_error(model: nn.Module, compact: nn.Module, input_shape: Sequenc
     gen = torch.Generator().manual_seed(seed)
     ref = next(iter(model.parameters()), None)
     x = torch.rand(n, *input_shape, generator=gen).to(None if ref is None else ref.device)
-    modes = model.training, compact.training
-    model.eval()
-    compact.eval()
-    try:
-        with torch.no_grad():
-            want = model(x)
-            return float((want - compact(x)).abs().max()), float(want.abs().max())
-    finally:
-        model.train(modes[0])
-        compact.train(modes[1])
+    with model_mode(model, compact), torch.no_grad():
+        want = model(x)
+        return float((want - compact(x)).abs().max()), float(want.abs().max())
 
 
 def compact_model(model: nn.Module, *, check: bool = True, input_shape: Sequence[int] | None = None) -> CompactNet:
@@ -77,7 +72,7 @@ def export_onnx(net: nn.Module, path: str | Path, input_shape: Sequence[int], *,
         import onnxruntime
         import onnxscript  # noqa: F401  (torch's exporter)
     except ImportError as e:
-        raise RuntimeError(f"ONNX export needs the optional 'export' extra: pip install 'robustprune[export]' "
+        raise MissingExtraError(f"ONNX export needs the optional 'export' extra: pip install 'robustprune[export]' "
                            f"(missing: {e.name})") from e
     net = net.to("cpu").eval()
     gen = torch.Generator().manual_seed(seed)

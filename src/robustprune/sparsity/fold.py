@@ -1,7 +1,7 @@
 """Folding a masked model into a :class:`~robustprune.sparsity.compact_net.CompactNet`.
 
 What the masked model computes in eval mode (deterministic soft masks, BN running statistics) is
-rewritten as a smaller dense network (DESIGN §5 (b); anp_vs_reference.md §9 pitfalls 2 and 12):
+rewritten as a smaller dense network:
 
 - a pruned unit (``active()`` false, eval scale 0) is removed from the layer that produces it and
   from every layer that reads it;

@@ -2,7 +2,7 @@
 
 A prunable layer (conv or linear) carries a binary buffer ``weight_mask`` of its weight's shape,
 so the mask is saved with the weights and ``load_run`` rebuilds it. Pruned weights are kept at
-exactly zero by two things together (methods reference §3):
+exactly zero by two things together:
 
 - the weight's gradient is multiplied by the mask (a tensor hook), so neither the loss nor the
   optimiser's coupled weight decay moves a pruned weight;

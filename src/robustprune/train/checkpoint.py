@@ -27,12 +27,12 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from robustprune.utils import atomic_write, atomic_write_text
+from robustprune.utils import UserError, atomic_write, atomic_write_text
 
 CKPT_DIR = "checkpoints"
 
 
-class CheckpointError(RuntimeError):
+class CheckpointError(UserError, RuntimeError):
     """A missing, incomplete or corrupt checkpoint; the message names the file."""
 
 
