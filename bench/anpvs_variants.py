@@ -6,15 +6,16 @@ held out (``TrainConfig.val_size``); every run is then scored on the first ``--v
 those held-out examples with PGD-40 (ε 0.3, step 0.01): clean and robust accuracy, white-box
 latent vulnerability, unit sparsity, paper memory %. No test image is read.
 
-Selection rule (fixed before any run): among the candidates whose validation PGD-40 accuracy is
-within ``--tolerance`` points of the AT reference's, the one with the highest unit sparsity (ties:
-the lower vulnerability); when none is within the tolerance, the most robust candidate.
+Selection rule: among the candidates whose validation PGD-40 accuracy is within ``--tolerance``
+points of the AT reference's (and, with ``--max-vuln-ratio R``, whose validation vulnerability is at
+most R × AT's), the one with the highest unit sparsity (ties: the lower vulnerability); when none
+qualifies, the most robust candidate.
 
     python bench/anpvs_variants.py --out /tmp/select --data-dir DIR --limit-train 20000 --val-size 5000 \\
         --epochs 2 --adv-steps 5 --adv-step-size 0.04 --method anp-vs-fast \\
         --variant b12='{"beta": 12}' --variant b40='{"beta": 40}'
 
-writes ``OUT/selection.json``: the command, the split, every candidate's scores and the choice.
+writes ``OUT/selection.json`` (``--report``): the command, the split, every candidate's scores and the choice.
 """
 
 from __future__ import annotations
@@ -67,8 +68,11 @@ def score(name: str, run: Path, val: tuple[torch.Tensor, torch.Tensor]) -> dict[
     }
 
 
-def choose(reference: dict[str, Any], candidates: list[dict[str, Any]], tolerance: float) -> dict[str, Any]:
+def choose(reference: dict[str, Any], candidates: list[dict[str, Any]], tolerance: float,
+           max_vuln_ratio: float | None = None) -> dict[str, Any]:
     close = [c for c in candidates if c["val_pgd40"] >= reference["val_pgd40"] - tolerance]
+    if max_vuln_ratio is not None:
+        close = [c for c in close if (c["val_vuln"] or 0.0) <= max_vuln_ratio * reference["val_vuln"]]
     if close:
         return max(close, key=lambda c: (c["unit_sparsity"], -(c["val_vuln"] or 0.0)))
     return max(candidates, key=lambda c: c["val_pgd40"])
@@ -85,8 +89,11 @@ def main() -> None:
     ap.add_argument("--adv-steps", type=int, default=5)
     ap.add_argument("--adv-step-size", type=float, default=0.04)
     ap.add_argument("--tolerance", type=float, default=3.0, help="points of validation PGD-40 below AT allowed")
+    ap.add_argument("--max-vuln-ratio", type=float, default=None,
+                    help="also require validation vulnerability <= this x AT's")
     ap.add_argument("--variant", action="append", default=[], help="NAME=JSON method_args")
     ap.add_argument("--method", default="anp-vs-fast", help="method of the candidates")
+    ap.add_argument("--report", default="selection.json", help="file name of the report in --out")
     args = ap.parse_args()
     if args.val_points > args.val_size:
         ap.error(f"--val-points {args.val_points} exceeds --val-size {args.val_size}")
@@ -105,15 +112,17 @@ def main() -> None:
                       out=str(root / name))
         candidates.append({**score(name, train(cfg), val), "method_args": cfg.method_args})
         print(json.dumps(candidates[-1]), flush=True)
-    chosen = choose(at, candidates, args.tolerance) if candidates else None
+    chosen = choose(at, candidates, args.tolerance, args.max_vuln_ratio) if candidates else None
     report = {
         "command": " ".join(["python", "bench/anpvs_variants.py", *sys.argv[1:]]),
         "split": {"train": f"training examples 0..{args.limit_train - 1}",
                   "validation": f"the first {args.val_points} of the last {args.val_size} training examples"},
-        "rule": f"highest unit sparsity within {args.tolerance} points of AT's validation PGD-40, else most robust",
+        "rule": f"highest unit sparsity within {args.tolerance} points of AT's validation PGD-40"
+                + ("" if args.max_vuln_ratio is None else f" and vulnerability <= {args.max_vuln_ratio} x AT's")
+                + ", else the most robust",
         "reference": at, "candidates": candidates, "chosen": None if chosen is None else chosen["name"],
     }
-    (root / "selection.json").write_text(json.dumps(report, indent=2) + "\n")
+    (root / args.report).write_text(json.dumps(report, indent=2) + "\n")
     print(f"chosen: {report['chosen']}", flush=True)
 
 

@@ -251,22 +251,32 @@ class PretrainedAT(AdversarialTraining):
 
 @METHODS.register("anp-vs-fast")
 class ANPVSFast(ANPVS):
-    """ANP-VS tuned for short CPU budgets (a few epochs instead of the paper's 200).
+    """ANP-VS with defaults for budgets of a few epochs (the paper trains 200).
 
-    Same losses as ``anp-vs``; different defaults, chosen by ``bench/anpvs_variants.py``
-    (bench/RESULTS.md): masks start near keep-rate 0.75 (a' = 2.95) instead of 0.24, stay frozen
-    for the first 30 % of training while the weights adapt to the attack, then learn at 5e-2 with
-    β three times the paper's (MNIST 12). Every default can still be overridden.
+    Same losses as ``anp-vs``; other defaults: masks start near keep-rate 0.75 (a' = 2.95) instead
+    of 0.24, stay frozen (no optimiser step) for the first 30 % of training while the weights adapt
+    to the attack, then learn at 5e-2. β and λ were chosen on MNIST with ``bench/anpvs_variants.py``
+    on a validation split carved from the training set (20k images, 2 epochs, PGD-5 of 0.04; the
+    candidates and scores are in bench/RESULTS.md): β 36 (9× the paper's, per example of the
+    60,000) and λ 1.0 (the paper's 1e-3 left the latent vulnerability at AT's). Other data sets
+    have had no such selection: they get 9× the paper's β and the paper's λ. Every default can be
+    overridden.
 
     >>> method = ANPVSFast(ctx=ctx)
     """
 
     name: ClassVar[str] = "anp-vs-fast"
+    #: (β, λ) chosen on a validation split, per data set
+    SELECTED: ClassVar[dict[str, tuple[float, float]]] = {"mnist": (36.0, 1.0)}
 
     def __init__(self, *, ctx: MethodContext, **kwargs: Any) -> None:
+        info = dataset_info(ctx.dataset)
+        if info.name in self.SELECTED:
+            beta, lam = self.SELECTED[info.name]
+        else:
+            paper_beta, lam = info.anpvs_beta_lambda(beta=kwargs.get("beta"), lam=kwargs.get("lam"))
+            beta = 9.0 * paper_beta
         defaults: dict[str, Any] = {
-            "beta": 3.0 * dataset_info(ctx.dataset).anpvs_beta_lambda(beta=kwargs.get("beta"), lam=0.0)[0],
-            "mask_warmup": 0.3, "mask_lr": 5e-2,
-            "a_init_fc": 2.95, "a_init_conv": 2.95,
+            "beta": beta, "lam": lam, "mask_warmup": 0.3, "mask_lr": 5e-2, "a_init_fc": 2.95, "a_init_conv": 2.95,
         }
         super().__init__(ctx=ctx, **{**defaults, **kwargs})
