@@ -82,3 +82,20 @@ def test_jobs_leave_the_callers_random_stream_alone(at_run, tiny_mnist) -> None:
     state = torch.get_rng_state()
     audit(model, x, torch.arange(8) % 4, eps=0.1, step_size=0.01, autoattack="no", progress=False)
     assert torch.equal(torch.get_rng_state(), state)
+
+
+def test_a_registered_attack_is_an_evaluation_attack(monkeypatch: pytest.MonkeyPatch) -> None:
+    """eval builds registered attacks through the registry, each with the settings it takes."""
+    from robustprune.attacks import ATTACKS, PGD
+    from robustprune.eval.card import attack_names
+
+    class Probe(PGD):
+        def __init__(self, *, eps: float, steps: int = 1) -> None:
+            super().__init__(eps=eps, steps=steps, step_size=eps)
+
+    monkeypatch.setitem(ATTACKS._items, "probe", Probe)
+    assert "probe" in attack_names()
+    probe = build_eval_attack("probe", eps=0.2, steps=3, step_size=0.01, restarts=2, eot=4)
+    assert isinstance(probe, Probe) and (probe.steps, probe.step_size, probe.restarts) == (3, 0.2, 1)
+    with pytest.raises(ValueError, match="unknown attack 'nope'"):
+        build_eval_attack("nope", eps=0.2, steps=3, step_size=0.01)

@@ -5,6 +5,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import sys
 from collections.abc import Sequence
@@ -14,6 +15,9 @@ from jsonargparse import ActionConfigFile, ArgumentParser, Namespace
 
 from robustprune.config import YES_NO, EvalConfig, TrainConfig, add_dataclass_flags, eval_config_of
 from robustprune.utils import UserError
+
+#: the fields of an evaluation config (each command adds the flags of those it uses)
+EVAL_FIELDS = tuple(f.name for f in dataclasses.fields(EvalConfig))
 
 
 def _train_parser() -> ArgumentParser:
@@ -166,8 +170,8 @@ def _sweep_parser() -> ArgumentParser:
     p.add_argument("--scope", type=str, default="layer", help="layer (uniform per layer) or global")
     p.add_argument("--keep-first-last", dest="keep_first_last", action=YES_NO(), default=False,
                    help="keep the first and last layer dense")
-    p.add_argument("--eps", type=float | None, default=None, help="FGSM / R+FGSM radius (default: dataset's)")
-    p.add_argument("--limit", type=int | None, default=1000, help="evaluate on the first N test points")
+    add_dataclass_flags(p, EvalConfig, skip=tuple(f for f in EVAL_FIELDS if f not in ("eps", "limit")),
+                        defaults={"limit": 1000})
     p.add_argument("--limit-train", dest="limit_train", type=int | None, default=None,
                    help="retrain on the first N training examples (default: the run's)")
     p.add_argument("--deepfool-steps", dest="deepfool_steps", type=int, default=50, help="DeepFool iterations")
@@ -339,10 +343,10 @@ def _num(v: float | None) -> str:
 def cmd_sweep_sparsity(ns: Namespace) -> int:
     from robustprune.jobs.sweep import sweep_sparsity
 
-    kw = {k: ns[k] for k in ("out", "rho", "epochs_per_round", "adversarial", "scope", "keep_first_last", "eps",
-                             "limit", "limit_train", "deepfool_steps", "cw_steps", "cw_search", "cw_const", "cw_lr",
+    kw = {k: ns[k] for k in ("out", "rho", "epochs_per_round", "adversarial", "scope", "keep_first_last",
+                             "limit_train", "deepfool_steps", "cw_steps", "cw_search", "cw_const", "cw_lr",
                              "data_dir", "device", "control", "progress")}
-    res = sweep_sparsity(ns.run, rounds=ns.rounds, **kw)
+    res = sweep_sparsity(ns.run, eval_config_of(ns), rounds=ns.rounds, **kw)
 
     def cells(p: dict[str, Any]) -> str:
         return (f"{p['clean_acc']:.2f} | {p['fgsm_acc']:.2f} | {p['rfgsm_acc']:.2f} | {_num(p['deepfool_r2'])} | "

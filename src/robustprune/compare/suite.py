@@ -58,7 +58,7 @@ import yaml
 
 from robustprune.config import EvalConfig, TrainConfig
 from robustprune.defenses import TestTimeSpec, build_method, legacy_test_time
-from robustprune.eval.card import ATTACK_NAMES
+from robustprune.eval.card import attack_names
 from robustprune.models import MODELS
 from robustprune.registry import METHODS
 from robustprune.train.run import method_context
@@ -221,9 +221,9 @@ def _eval_spec(data: Any, where: str) -> EvalSpec:
     if "attacks" in kw:
         kw["attacks"] = tuple(kw["attacks"])
     ev = EvalSpec(**kw)
-    bad = [a for a in ev.attacks if a not in ATTACK_NAMES]
+    bad = [a for a in ev.attacks if a not in attack_names()]
     if bad:
-        raise ValueError(f"{where}: unknown attacks {bad}; known: {', '.join(ATTACK_NAMES)}")
+        raise ValueError(f"{where}: unknown attacks {bad}; known: {', '.join(attack_names())}")
     try:
         ev.validate()
     except ValueError as e:

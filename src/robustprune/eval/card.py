@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import time
 from pathlib import Path
 from typing import Any
@@ -9,7 +10,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from robustprune.attacks import Attack, CarliniWagnerL2, DeepFool, TransferAttack, build_attack
+from robustprune.attacks import ATTACKS, Attack, CarliniWagnerL2, DeepFool, TransferAttack, build_attack
 from robustprune.attacks import autoattack as aa
 from robustprune.config import EvalConfig, eval_config, to_dict
 from robustprune.data import TensorLoader, check_eps, dataset_info, load_split
@@ -27,7 +28,15 @@ from robustprune.utils import atomic_write_json, keeps_global_rng, provenance, r
 PAPER_ARCHS = ("lenet5-caffe", "lenet-300-100", "vgg16")
 #: minimum-norm attacks: no ε; they report r₂ (mean ‖δ‖₂ over correct points), not an accuracy
 MINNORM_NAMES = ("deepfool", "cw")
-ATTACK_NAMES = ("none", "fgsm", "rfgsm", "pgd", "eot-pgd", "transfer", "autoattack") + MINNORM_NAMES
+#: attacks an evaluation builds itself: they need more than the threat model (a source model; the
+#: optional AutoAttack package)
+COMPOSITE_NAMES = ("transfer", "autoattack")
+
+
+def attack_names() -> tuple[str, ...]:
+    """Every name an evaluation accepts: ``none``, the registered attacks (``ATTACKS``, as they are
+    now), the composite and the minimum-norm ones."""
+    return ("none", *ATTACKS.names(), *COMPOSITE_NAMES, *MINNORM_NAMES)
 
 
 def build_eval_attack(
@@ -40,30 +49,38 @@ def build_eval_attack(
     eot: int | None = None,
     source: nn.Module | None = None,
 ) -> Attack | None:
-    """One evaluation attack by name (``none`` -> ``None``); bad values raise ``ValueError``."""
-    if name not in ATTACK_NAMES or name in MINNORM_NAMES:
-        known = [n for n in ATTACK_NAMES if n not in MINNORM_NAMES]
+    """One evaluation attack by name (``none`` -> ``None``); bad values raise ``ValueError``.
+
+    A registered attack (``ATTACKS``) gets the settings its constructor takes (``fgsm``: ε only;
+    ``pgd``: ε, steps, step size, restarts, EOT), ``None`` ones left to its defaults (``eot-pgd``:
+    EOT-10). ``transfer`` is PGD (without EOT) crafted on ``source``; ``autoattack`` the optional package's
+    standard version, or ``rand`` (EOT-20) when the model is random.
+    """
+    if name not in attack_names() or name in MINNORM_NAMES:
+        known = [n for n in attack_names() if n not in MINNORM_NAMES]
         raise ValueError(f"unknown attack {name!r}; known: {', '.join(known)} (and the minimum-norm "
                          f"{', '.join(MINNORM_NAMES)} through evaluate_run)")
     eps = check_eps(eps)
     if steps < 1:
         raise ValueError(f"steps must be >= 1, got {steps}")
+    settings = {"eps": eps, "steps": steps, "step_size": step_size, "restarts": restarts, "eot": eot}
     if name == "none":
         return None
-    if name == "fgsm":
-        return build_attack("fgsm", eps=eps)
-    if name == "rfgsm":
-        return build_attack("rfgsm", eps=eps)
-    if name == "autoattack":  # the optional extra; standard, or rand (EOT-20) when the model is random
+    if name == "autoattack":
         return aa.AutoAttack(eps=eps, version="auto", seed=0)
-    pgd_kw: dict[str, Any] = {"eps": eps, "steps": steps, "step_size": step_size, "restarts": restarts}
-    if name == "eot-pgd":
-        return build_attack("eot-pgd", eot=10 if eot is None else eot, **pgd_kw)
-    if name == "pgd":
-        return build_attack("pgd", eot=1 if eot is None else eot, **pgd_kw)
-    if source is None:
-        raise ValueError("attack 'transfer' needs --source RUN (the model the examples are crafted on)")
-    return TransferAttack(source=source, attack=build_attack("pgd", **pgd_kw))
+    if name == "transfer":
+        if source is None:
+            raise ValueError("attack 'transfer' needs --source RUN (the model the examples are crafted on)")
+        inner = _accepted("pgd", {**settings, "eot": None})  # crafted on the (deterministic) source: no EOT
+        return TransferAttack(source=source, attack=build_attack("pgd", **inner))
+    return build_attack(name, **_accepted(name, settings))
+
+
+def _accepted(name: str, settings: dict[str, Any]) -> dict[str, Any]:
+    """The non-``None`` settings that the registered attack ``name``'s constructor takes."""
+    params = inspect.signature(ATTACKS.get(name)).parameters
+    takes_all = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
+    return {k: v for k, v in settings.items() if v is not None and (takes_all or k in params)}
 
 
 @keeps_global_rng

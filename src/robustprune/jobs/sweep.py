@@ -33,7 +33,7 @@ from torch import nn
 from robustprune.attacks import build_attack
 from robustprune.attacks.cw import CarliniWagnerL2
 from robustprune.attacks.deepfool import DeepFool
-from robustprune.config import load_train_config
+from robustprune.config import EvalConfig, eval_config, load_train_config
 from robustprune.data import TensorLoader, dataset_info, load_split
 from robustprune.eval.evaluate import evaluate
 from robustprune.metrics.minnorm import minnorm_robustness
@@ -152,26 +152,34 @@ def vs_control(points: list[dict[str, Any]], control: list[dict[str, Any]]) -> d
     return out
 
 
+#: the sweep's evaluation settings where the caller gives none: the first 1,000 test points
+SWEEP_CONFIG = EvalConfig(limit=1000)
+
+
 @keeps_global_rng
-def sweep_sparsity(run_dir: str | Path, *, rounds: int, out: str | Path | None = None, rho: float = 1 / 3,
-                   epochs_per_round: int = 1, adversarial: bool = False, scope: str = "layer",
-                   keep_first_last: bool = False, eps: float | None = None, limit: int | None = 1000,
+def sweep_sparsity(run_dir: str | Path, config: EvalConfig | None = None, *, rounds: int,
+                   out: str | Path | None = None, rho: float = 1 / 3, epochs_per_round: int = 1,
+                   adversarial: bool = False, scope: str = "layer", keep_first_last: bool = False,
                    limit_train: int | None = None, deepfool_steps: int = 50, cw_steps: int = 100, cw_search: int = 5,
                    cw_const: float = 0.1, cw_lr: float = 0.01, data_dir: str | None = None, device: str = "auto",
-                   control: bool = False, progress: bool = True) -> dict[str, Any]:
+                   control: bool = False, progress: bool = True, **settings: Any) -> dict[str, Any]:
     """Run (or resume) the sweep; returns the JSON data (also written to ``OUT/sweep.json``).
 
-    Defaults: ρ = 1/3, one retraining epoch per round, ε = the dataset's, 1000 test points,
-    DeepFool 50 steps, C&W 100 steps × 5 binary-search rounds from c = 0.1 (few steps need a larger
-    starting c than C&W's 1e-3 to succeed at all); ``OUT`` = ``RUN/sparsity-sweep``. ``control``
-    adds the dense same-training runs (about doubles the cost).
+    ``config`` (default :data:`SWEEP_CONFIG`) with ``settings`` replacing its fields gives the
+    FGSM/R+FGSM ``eps`` (default: the dataset's), ``limit`` (test points) and ``seed``; the
+    minimum-norm attacks have their own settings. Defaults: ρ = 1/3, one retraining epoch per round,
+    1000 test points, DeepFool 50 steps, C&W 100 steps × 5 binary-search rounds from c = 0.1 (few
+    steps need a larger starting c than C&W's 1e-3 to succeed at all); ``OUT`` =
+    ``RUN/sparsity-sweep``. ``control`` adds the dense same-training runs (about doubles the cost).
     """
+    ecfg = eval_config(config or SWEEP_CONFIG, **settings)
+    limit = ecfg.limit
     _check(rounds, rho, epochs_per_round, limit)
     run_dir = Path(run_dir)
     cfg = load_run(run_dir).cfg  # names a missing or broken run clearly
     out = Path(out) if out is not None else run_dir / "sparsity-sweep"
     dev = resolve_device(device)
-    ev = SweepEval(eps=dataset_info(cfg.dataset).eps(eps), limit=limit,
+    ev = SweepEval(eps=dataset_info(cfg.dataset).eps(ecfg.eps), limit=limit, seed=ecfg.seed,
                    deepfool_steps=deepfool_steps, cw_steps=cw_steps, cw_search=cw_search, cw_const=cw_const,
                    cw_lr=cw_lr)
     images, labels = load_split(cfg.dataset, "test", data_dir=data_dir or cfg.data_dir)
