@@ -57,7 +57,7 @@ def test_kl_matches_numeric_integral(a: float, b: float) -> None:
 
 
 def test_initial_kl_values_match_reference() -> None:
-    # anp_vs_reference.md §1: ≈ 7.05 nats/unit at a' = -1 and ≈ 8.97 at a' = 2 (b ≈ 1).
+    # The ANP-VS reference code's initial KL: ≈ 7.05 nats/unit at a' = -1 and ≈ 8.97 at a' = 2 (b ≈ 1).
     assert BBDropout(3, a_init=-1.0).kl().item() / 3 == pytest.approx(7.05, abs=0.01)
     assert BBDropout(3, a_init=2.0).kl().item() / 3 == pytest.approx(8.97, abs=0.01)
 
