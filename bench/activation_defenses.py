@@ -26,11 +26,12 @@ import torch
 
 from robustprune.attacks import PGD
 from robustprune.config import TrainConfig
+from robustprune.defenses.cas import channel_magnitudes
 from robustprune.defenses.sap import SAPModel
 from robustprune.eval import evaluate_run
-from robustprune.eval.curve import run_test_points
-from robustprune.reports.calibration import calibration_run
-from robustprune.reports.cas_channels import channel_magnitudes, plot_channels
+from robustprune.jobs.calibration import calibration_run
+from robustprune.jobs.curve import run_test_points
+from robustprune.reports.cas_channels import plot_channels
 from robustprune.train import fit
 from robustprune.utils import atomic_write_json, provenance
 
@@ -93,7 +94,7 @@ def evaluations(args: argparse.Namespace, runs: dict[str, Path], work: Path) -> 
 
 
 def sap_audit(args: argparse.Namespace, runs: dict[str, Path]) -> dict[str, Any]:
-    from robustprune.eval.audit import audit
+    from robustprune.jobs.audit import audit
 
     run, images, labels, dev = run_test_points(runs["at"], limit=args.audit_limit, data_dir=args.data_dir,
                                                device="cpu")

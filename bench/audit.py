@@ -23,7 +23,7 @@ from typing import Any
 
 import torch
 
-from robustprune.eval.audit import audit_run
+from robustprune.jobs.audit import audit_run
 from robustprune.utils import atomic_write_json
 
 TARGET_GAP, TARGET_MIN = 3.0, 15.0

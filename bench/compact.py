@@ -37,7 +37,7 @@ import torch
 
 from robustprune.config import TrainConfig
 from robustprune.eval import evaluate_run
-from robustprune.sparsity.compact import compact_run
+from robustprune.jobs.compact import compact_run
 from robustprune.train import fit
 from robustprune.utils import atomic_write_json, provenance
 

@@ -30,7 +30,7 @@ import torch
 
 from robustprune.config import TrainConfig
 from robustprune.eval.card import evaluate_run
-from robustprune.eval.sweep import sweep_sparsity
+from robustprune.jobs.sweep import sweep_sparsity
 from robustprune.train import fit
 from robustprune.train.checkpoint import latest_checkpoint
 
