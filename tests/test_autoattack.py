@@ -1,7 +1,8 @@
 """The AutoAttack adapter (pyautoattack behind our Attack contract) and its part in the audit.
 
-Skipped as a whole when the optional extra is not installed (``pip install 'robustprune[eval]'``);
-the missing-package error is tested in test_audit.py. Iterations and queries are cut down here for
+pyautoattack is a dependency of robustprune, so nothing here is skipped: a set-up that lacks it
+fails these tests (``test_autoattack_comes_with_the_package``). The missing-package error is tested
+in test_audit.py. Iterations and queries are cut down here for
 speed (recorded in the attack's params); the benchmark runs the package's defaults.
 """
 
@@ -16,12 +17,19 @@ import pytest
 import torch
 from torch import nn
 
-pytest.importorskip("pyautoattack")
-
 from robust_toys import Noisy, Quantised, levels  # noqa: E402
 from robustprune.attacks.autoattack import AutoAttack  # noqa: E402
 from robustprune.cli import main  # noqa: E402
 from robustprune.jobs.audit import audit  # noqa: E402
+
+
+def test_autoattack_comes_with_the_package() -> None:
+    """The README's set-up command installs AutoAttack: it is a declared dependency, and importable."""
+    from importlib import metadata
+
+    requires = metadata.requires("robustprune") or []
+    assert any(r.replace(" ", "").startswith("pyautoattack==0.2.0") and "extra" not in r for r in requires), requires
+    import pyautoattack  # noqa: F401
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 EPS = 0.04

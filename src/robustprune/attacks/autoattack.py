@@ -1,7 +1,7 @@
 """AutoAttack (Croce & Hein, ICML 2020) through its authors' code, behind our :class:`Attack` contract.
 
 The algorithms (APGD-CE, APGD-T, FAB-T, Square, APGD-DLR) come from the ``pyautoattack`` package
-(PyPI 0.2.0, the reference implementation; optional extra ``robustprune[eval]``); this module only
+(PyPI 0.2.0, the reference implementation; a dependency of robustprune); this module only
 adapts it: it picks the version, runs its attacks as a cascade on the points still robust (as
 ``run_standard_evaluation`` does), tallies the robust accuracy after each stage, and keeps the
 package's side effects in: its log goes to a private logger (the self-check warnings are kept as
@@ -92,7 +92,7 @@ class AutoAttack(Attack):
         n_queries: Square queries (default ``None``: the package's 5000). Same caveat.
         eval_mode: attack the eval-mode model (default ``True``).
 
-    Needs the optional extra: ``pip install 'robustprune[eval]'`` (``pyautoattack==0.2.0``).
+    Needs ``pyautoattack==0.2.0``, a dependency of robustprune (a missing install raises ``MissingExtraError``).
 
     >>> attack = AutoAttack(eps=0.3)                 # MNIST L-inf
     >>> x_adv = attack(model, x, y)                  # doctest: +SKIP
@@ -114,7 +114,7 @@ class AutoAttack(Attack):
         self.n_queries = None if n_queries is None else check_count("n_queries", n_queries)
         if not autoattack_available():
             raise MissingExtraError(
-                f"AutoAttack needs the optional package {PACKAGE!r}: pip install 'robustprune[eval]'"
+                f"AutoAttack needs {PACKAGE!r}, a dependency of robustprune: pip install pyautoattack==0.2.0"
             )
         self.reset()
 

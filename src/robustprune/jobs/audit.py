@@ -2,7 +2,7 @@
 
 "Robustness numbers are only as good as the attack." The audit runs, on the same test points,
 FGSM → PGD-40 → PGD-100 with 5 restarts → EOT-PGD-40 (when the model is random in eval mode) →
-AutoAttack (when the ``eval`` extra is installed; ``rand`` for random models) → transfer from a
+AutoAttack (when pyautoattack is installed, as it is with the package; ``rand`` for random models) → transfer from a
 source model (when given), plus a robust-accuracy-vs-ε sweep, an unbounded (ε = 1) attack and
 an input-gradient census, and turns them into the checks of :mod:`robustprune.eval.checks`. The
 result is a JSON card (``audit.json``), a markdown report (``audit.md``) and the curve and
@@ -91,8 +91,8 @@ def _autoattack_mode(mode: str) -> tuple[bool, str]:
         return False, "AutoAttack disabled (--autoattack no)"
     if not aa.autoattack_available():
         if mode == "yes":
-            raise aa.MissingExtraError("--autoattack yes needs pyautoattack: pip install 'robustprune[eval]'")
-        return False, "pyautoattack is not installed (pip install 'robustprune[eval]'); AutoAttack skipped"
+            raise aa.MissingExtraError("--autoattack yes needs pyautoattack: pip install pyautoattack==0.2.0")
+        return False, "pyautoattack is not installed (pip install pyautoattack==0.2.0); AutoAttack skipped"
     return True, ""
 
 
