@@ -29,6 +29,8 @@ SlotKind = Literal["conv", "fc"]
 QUIRKS = {
     "cas_placements": "CAS modules (Bai et al. 2021): ((target module name, channels, apply ReLU first), ...)",
     "bnn_prior": "AT-BNN: (ρ₀, σ_p), the initial softplus⁻¹ std and the prior std (default (-3, 1), LeNet's)",
+    "fold_plan": "compaction: the steps (dicts; kinds in sparsity.fold.STEPS) saying which layer, mask and BN "
+                 "fold into which; a model without one cannot be compacted",
 }
 
 

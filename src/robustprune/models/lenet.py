@@ -21,6 +21,13 @@ class LeNet300100(nn.Module):
     latent_count = 2
     #: CAS after the last hidden layer (its 100 units, pre-activation: rectified first)
     cas_placements = (("mask2", 100, True),)
+    #: compaction (``sparsity.fold``): each mask sits right after its layer, before the latent map
+    fold_plan = (
+        {"op": "input", "features": "fc1"}, {"op": "flatten"},
+        {"op": "linear", "layer": "fc1", "mask": "mask1"}, {"op": "relu"}, {"op": "feature"},
+        {"op": "linear", "layer": "fc2", "mask": "mask2"}, {"op": "relu"}, {"op": "feature"},
+        {"op": "linear", "layer": "fc3"},
+    )
 
     def __init__(self, *, num_classes: int = 10, in_features: int = 784) -> None:
         super().__init__()
@@ -55,6 +62,18 @@ class LeNet5Caffe(nn.Module):
     #: through the gating row), the network was no better than its auxiliary head (a 100-step
     #: diagnostic, 2026-11-23; see bench/RESULTS.md).
     cas_placements = (("fc1", 500, True),)
+    #: compaction (``sparsity.fold``): the image side is inferred from mask3's width; conv2's
+    #: channels whose flattened positions mask3 all prunes are dropped; mask4 (after fc1's ReLU)
+    #: drops fc1 outputs and scales fc2's inputs
+    fold_plan = (
+        {"op": "input", "channels": "conv1"},
+        {"op": "conv", "layer": "conv1", "mask": "mask1"}, {"op": "relu"}, {"op": "feature"},
+        {"op": "maxpool", "kernel": 2},
+        {"op": "conv", "layer": "conv2", "mask": "mask2", "reader": "mask3"}, {"op": "relu"}, {"op": "feature"},
+        {"op": "maxpool", "kernel": 2}, {"op": "flatten"}, {"op": "mask", "mask": "mask3", "select": True},
+        {"op": "linear", "layer": "fc1", "drop": "mask4"}, {"op": "relu"}, {"op": "feature"},
+        {"op": "linear", "layer": "fc2"},
+    )
 
     def __init__(self, *, num_classes: int = 10, in_channels: int = 1, image_size: int = 28) -> None:
         super().__init__()

@@ -10,6 +10,9 @@ from torch import Tensor, nn
 from robustprune.models.base import MaskSlot, Normalize
 from robustprune.registry import MODELS
 
+#: (output channels, stride) of the eight residual blocks
+STAGES = ((64, 1), (64, 1), (128, 2), (128, 1), (256, 2), (256, 1), (512, 2), (512, 1))
+
 
 class BasicBlock(nn.Module):
     """Two 3×3 convs with a residual; a mask slot on the inner channels (prunable without
@@ -42,6 +45,17 @@ class ResNet18(nn.Module):
     cas_placements = (("blocks.6", 512, False), ("blocks.7", 512, False))
     #: AT-BNN's (ρ₀, σ_p) for the large CIFAR networks
     bnn_prior = (-5.0, 0.1)
+    #: compaction (``sparsity.fold``): BN folded into its conv; each block's mask prunes only its
+    #: inner channels (after bn1), so the residual widths stay
+    fold_plan = (
+        {"op": "normalize", "layer": "normalize", "image": 32},
+        {"op": "conv", "layer": "conv1", "bn": "bn1"}, {"op": "relu"},
+        *(step for i in range(len(STAGES)) for step in (
+            {"op": "resblock", "conv1": f"blocks.{i}.conv1", "bn1": f"blocks.{i}.bn1", "mask": f"blocks.{i}.mask",
+             "conv2": f"blocks.{i}.conv2", "bn2": f"blocks.{i}.bn2", "shortcut": f"blocks.{i}.shortcut"},
+            {"op": "feature"})),
+        {"op": "avgpool"}, {"op": "linear", "layer": "fc"},
+    )
 
     def __init__(
         self,
@@ -56,7 +70,7 @@ class ResNet18(nn.Module):
         self.conv1 = nn.Conv2d(in_channels, 64, 3, 1, 1, bias=False)
         self.bn1 = nn.BatchNorm2d(64)
         blocks, cin = [], 64
-        for cout, stride in ((64, 1), (64, 1), (128, 2), (128, 1), (256, 2), (256, 1), (512, 2), (512, 1)):
+        for cout, stride in STAGES:
             blocks.append(BasicBlock(cin, cout, stride))
             cin = cout
         self.blocks = nn.ModuleList(blocks)

@@ -15,6 +15,16 @@ POOL_AFTER = frozenset({1, 3, 6, 9, 12})  # 0-based block indices followed by 2x
 DROPOUT = {0: 0.3, 2: 0.4, 4: 0.4, 5: 0.4, 7: 0.4, 8: 0.4, 10: 0.4, 11: 0.4}
 
 
+def _block_fold_steps(i: int) -> tuple[dict, ...]:
+    """Block ``i`` in VGG16's fold plan: the mask before BN; the last block's channels are also
+    dropped where ``mask_fc1`` (one position per channel) prunes them."""
+    conv = {"op": "conv", "layer": f"blocks.{i}.conv", "mask": f"blocks.{i}.mask", "bn": f"blocks.{i}.bn"}
+    if i == len(WIDTHS) - 1:
+        conv["reader"] = "mask_fc1"
+    pool = ({"op": "maxpool", "kernel": 2},) if i in POOL_AFTER else ()
+    return (conv, {"op": "relu"}, {"op": "feature"}, *pool)
+
+
 class VGGBlock(nn.Module):
     """conv 3×3 → mask slot → BN → ReLU, then max-pool or dropout."""
 
@@ -46,6 +56,16 @@ class VGG16(nn.Module):
     cas_placements = (("blocks.10", 512, False), ("blocks.11", 512, False), ("blocks.12", 512, False))
     #: AT-BNN's (ρ₀, σ_p) for the large CIFAR networks
     bnn_prior = (-5.0, 0.1)
+    #: compaction (``sparsity.fold``): mask_fc2 (after fc1's BN and ReLU) drops fc1 outputs and
+    #: scales fc2's inputs; fc1's pre-BN output and its post-ReLU output are latent maps
+    fold_plan = (
+        {"op": "normalize", "layer": "normalize", "image": 32},
+        *(step for i in range(len(WIDTHS)) for step in _block_fold_steps(i)),
+        {"op": "flatten"}, {"op": "mask", "mask": "mask_fc1"},
+        {"op": "linear", "layer": "fc1", "drop": "mask_fc2"}, {"op": "feature"},
+        {"op": "bn", "layer": "bn_fc1"}, {"op": "relu"}, {"op": "feature"},
+        {"op": "linear", "layer": "fc2"},
+    )
 
     def __init__(
         self,

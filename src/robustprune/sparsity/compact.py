@@ -6,8 +6,9 @@ into the weights; see :mod:`robustprune.sparsity.fold`) into a plain
 eval-mode logits; :func:`export_onnx` writes it as ONNX. Compacting a whole run directory is the
 job :func:`robustprune.jobs.compact.compact_run`.
 
-Supported: lenet-300-100, lenet5-caffe, vgg16, resnet18 (masks on the blocks' inner channels). A
-model without masks, or with nothing pruned, compacts to a network of the same widths.
+Supported: every model whose class declares a ``fold_plan`` (lenet-300-100, lenet5-caffe, vgg16,
+resnet18 with masks on the blocks' inner channels). A model without masks, or with nothing
+pruned, compacts to a network of the same widths.
 
 >>> net = compact_model(masked_model)         # masked_model(x) == net(x) in eval mode
 """

@@ -27,7 +27,7 @@ distortion no longer affects anything, and it no longer counts in the vulnerabil
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, cast
 
@@ -35,10 +35,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from robustprune.models.base import MaskSlot, UnitMask
-from robustprune.models.lenet import LeNet5Caffe, LeNet300100
-from robustprune.models.resnet import BasicBlock, ResNet18
-from robustprune.models.vgg import VGG16, VGGBlock
+from robustprune.models.base import MaskSlot, UnitMask, model_quirk
 from robustprune.sparsity.compact_net import CompactNet
 from robustprune.sparsity.magnitude import weight_of
 
@@ -212,134 +209,187 @@ class Builder:
         return net.to(dtype).eval()
 
 
-# --------------------------------------------------------------------------------- architectures
-def _lenet300(model: LeNet300100, net: Builder) -> tuple[int, ...]:
-    net.add({"op": "flatten"})
-    wire = Wire.dense(model.fc1.in_features)
-    for name, fc in (("mask1", model.fc1), ("mask2", model.fc2)):
-        m, a = slot_scale(name, getattr(model, name))
+# --------------------------------------------------------------------------------- fold plans
+#: the step kinds a model's ``fold_plan`` (``models.base.QUIRKS``) may use; names are submodule paths
+STEPS = ("input", "normalize", "conv", "resblock", "relu", "feature", "maxpool", "avgpool", "flatten", "mask",
+         "bn", "linear")
+
+
+@dataclass
+class _State:
+    """What the fold carries from one plan step to the next."""
+
+    net: Builder
+    wire: Wire
+    size: int | None  # spatial side of the current map; None once flat
+    in_scale: Tensor | None = None  # the scale of a mask that the next linear reads through
+
+
+def _module(model: nn.Module, name: str) -> Any:
+    return model.get_submodule(name)
+
+
+def _infer_image(model: nn.Module, steps: Sequence[dict[str, Any]]) -> int:
+    """The smallest image side giving the flattened width the plan's first linear (or reading mask)
+    expects: the convs and pools before ``flatten`` inverted."""
+    at = next(i for i, st in enumerate(steps) if st["op"] == "flatten")
+    convs = [st for st in steps[:at] if st["op"] == "conv"]
+    reader = next(st for st in steps[at:] if st["op"] in ("mask", "linear"))
+    width = (_module(model, reader["mask"]).units if reader["op"] == "mask"
+             else _module(model, reader["layer"]).in_features)
+    side = int(round((width // _module(model, convs[-1]["layer"]).out_channels) ** 0.5))
+    for st in reversed(steps[:at]):
+        if st["op"] == "maxpool":
+            side *= st["kernel"]
+        elif st["op"] == "conv":
+            conv = _module(model, st["layer"])
+            side = (side - 1) * conv.stride[0] + conv.kernel_size[0] - 2 * conv.padding[0]
+    return side
+
+
+def _conv(model: nn.Module, st: dict[str, Any], state: _State) -> None:
+    """``conv`` → optional mask slot → optional BN (folded), a ReLU following; a pruned channel
+    outputs relu(BN shift). ``reader``: a mask over the flattened output that also drops channels."""
+    conv = _module(model, st["layer"])
+    s, t = bn_affine(_module(model, st["bn"])) if "bn" in st else (None, None)
+    if "mask" not in st:
+        assert state.size is not None
+        state.size = state.net.conv(conv, state.wire, state.size, scale=s, shift=t)
+        state.wire = Wire.dense(conv.out_channels)
+        return
+    m, a = slot_scale(st["mask"], _module(model, st["mask"]))
+    need = a
+    if "reader" in st:
+        _, ar = slot_scale(st["reader"], _module(model, st["reader"]))
+        need = a & ar.view(conv.out_channels, -1).any(1)
+    keep = kept_units(need)
+    assert state.size is not None
+    state.size = state.net.conv(conv, state.wire, state.size, scale=m if s is None else s * m, shift=t, keep=keep)
+    state.wire = out_wire(len(a), keep, torch.zeros_like(m) if t is None else t.clamp_min(0), a)
+
+
+def _resblock(model: nn.Module, st: dict[str, Any], state: _State) -> None:
+    """A residual block ``relu(bn2(conv2(relu(mask(bn1(conv1(x)))))) + shortcut(x))``; the mask
+    prunes only the inner channels. ``shortcut``: a (conv, BN) sequence, or absent for identity."""
+    conv1, conv2 = _module(model, st["conv1"]), _module(model, st["conv2"])
+    m, a = slot_scale(st["mask"], _module(model, st["mask"]))
+    keep = kept_units(a)
+    s1, t1 = bn_affine(_module(model, st["bn1"]))  # mask after bn1: m·(s1·conv1(x) + t1); pruned channels give 0
+    cin = conv1.in_channels
+    tensors = {f"conv1.{k}": v for k, v in conv_tensors(conv1, Wire.dense(cin), 1, scale=m * s1,
+                                                      shift=m * t1, keep=keep).items()}
+    s2, t2 = bn_affine(_module(model, st["bn2"]))
+    mid = Wire(keep, torch.zeros(len(a), dtype=D), torch.ones(len(a), dtype=torch.bool))
+    tensors.update({f"conv2.{k}": v for k, v in conv_tensors(conv2, mid, 1, scale=s2, shift=t2).items()})
+    shortcut = _module(model, st["shortcut"]) if "shortcut" in st else None
+    if isinstance(shortcut, nn.Sequential):
+        conv, bn = cast(nn.Conv2d, shortcut[0]), cast(nn.BatchNorm2d, shortcut[1])
+        ss, ts = bn_affine(bn)
+        tensors.update({f"shortcut.{k}": v for k, v in conv_tensors(conv, Wire.dense(cin), 1, scale=ss,
+                                                                    shift=ts).items()})
+    cout = conv2.out_channels
+    state.net.add({"op": "resblock", "in": cin, "mid": len(keep), "out": cout, "stride": conv1.stride[0],
+                   "shortcut": isinstance(shortcut, nn.Sequential)}, **tensors)
+    state.wire = Wire.dense(cout)
+
+
+def _linear(model: nn.Module, st: dict[str, Any], state: _State) -> None:
+    """``linear`` reading through the pending mask scale. ``mask``: a slot right after it (before
+    the latent map); ``drop``: a slot after its nonlinearity, read by the next linear — the units it
+    prunes are removed here and filled with 0 (not exact), its scale goes into the next linear."""
+    fc = _module(model, st["layer"])
+    in_scale, state.in_scale = state.in_scale, None
+    if "mask" in st:
+        m, a = slot_scale(st["mask"], _module(model, st["mask"]))
         keep = kept_units(a)
-        net.linear(fc, wire, scale=m, keep=keep)  # mask right after fc, before the latent map
-        net.add({"op": "relu"})
-        wire = out_wire(len(a), keep, torch.zeros_like(m), a)
-        net.feature(wire)
-    net.linear(model.fc3, wire)
-    return (model.fc1.in_features,)
-
-
-def _lenet5(model: LeNet5Caffe, net: Builder) -> tuple[int, ...]:
-    (m1, a1), (m2, a2) = slot_scale("mask1", model.mask1), slot_scale("mask2", model.mask2)
-    (m3, a3), (m4, a4) = slot_scale("mask3", model.mask3), slot_scale("mask4", model.mask4)
-    c2 = model.conv2.out_channels
-    positions = model.mask3.units // c2
-    image = (int(round(positions**0.5)) * 2 + 4) * 2 + 4  # the smallest image giving this flattened width
-    keep1 = kept_units(a1)
-    size = net.conv(model.conv1, Wire.dense(model.conv1.in_channels), image, scale=m1, keep=keep1)
-    net.add({"op": "relu"})
-    wire = out_wire(len(a1), keep1, torch.zeros_like(m1), a1)
-    net.feature(wire)
-    net.add({"op": "maxpool", "kernel": 2})
-    keep2 = kept_units(a2 & a3.view(c2, positions).any(1))  # pruned: all 16 fc1 inputs of a channel
-    net.conv(model.conv2, wire, size // 2, scale=m2, keep=keep2)
-    net.add({"op": "relu"})
-    wire = out_wire(c2, keep2, torch.zeros_like(m2), a2)
-    net.feature(wire)
-    net.add({"op": "maxpool", "kernel": 2})
-    net.add({"op": "flatten"})
-    wire, pos = select_wire(flatten_wire(wire, positions), a3)
-    if pos is not None:
-        net.add({"op": "select", "in": len(keep2) * positions, "out": len(pos)}, index=pos)
-    keep4 = kept_units(a4)
-    net.linear(model.fc1, wire, in_scale=m3, keep=keep4)
-    net.add({"op": "relu"})
-    wire = out_wire(len(a4), keep4, torch.zeros_like(m4), torch.ones_like(a4))  # dropped by mask4: filled with 0
-    net.feature(wire)
-    net.linear(model.fc2, wire, in_scale=m4)
-    return (model.conv1.in_channels, image, image)
-
-
-def _vgg16(model: VGG16, net: Builder) -> tuple[int, ...]:
-    mean, std = model.normalize.mean.detach().cpu().flatten(), model.normalize.std.detach().cpu().flatten()
-    net.add({"op": "normalize", "channels": len(mean)}, mean=mean.view(1, -1, 1, 1).to(D),
-            std=std.view(1, -1, 1, 1).to(D))
-    mf1, af1 = slot_scale("mask_fc1", model.mask_fc1)
-    mf2, af2 = slot_scale("mask_fc2", model.mask_fc2)
-    wire, size = Wire.dense(len(mean)), 32
-    for i, block in enumerate(cast("Iterable[VGGBlock]", model.blocks)):
-        m, a = slot_scale(f"blocks.{i}.mask", block.mask)
-        s, t = bn_affine(block.bn)
-        last = i == len(model.blocks) - 1
-        keep = kept_units(a & af1 if last else a)  # conv13 channels also feed fc1 through mask_fc1
-        # mask before BN: bn(m·conv(x)) = (s·m)·conv(x) + t; a pruned channel outputs relu(t)
-        net.conv(block.conv, wire, size, scale=s * m, shift=t, keep=keep)
-        net.add({"op": "relu"})
-        wire = out_wire(len(a), keep, t.clamp_min(0), a)
-        net.feature(wire)
-        if block.pool:
-            net.add({"op": "maxpool", "kernel": 2})
-            size //= 2
-    net.add({"op": "flatten"})
-    wire = flatten_wire(wire, size * size)
-    keep = kept_units(af2)
-    net.linear(model.fc1, wire, in_scale=mf1, keep=keep)
-    wire = out_wire(len(af2), keep, torch.zeros_like(mf2), torch.ones_like(af2))  # dropped by mask_fc2
-    net.feature(wire)  # fc1's pre-BN output
-    s, t = bn_affine(model.bn_fc1)
-    net.add({"op": "affine", "units": len(keep)}, scale=s[keep], shift=t[keep])
-    net.add({"op": "relu"})
-    net.feature(wire)
-    net.linear(model.fc2, wire, in_scale=mf2)
-    return (len(mean), 32, 32)
-
-
-def _resnet18(model: ResNet18, net: Builder) -> tuple[int, ...]:
-    mean, std = model.normalize.mean.detach().cpu(), model.normalize.std.detach().cpu()
-    net.add({"op": "normalize", "channels": mean.numel()}, mean=mean.to(D), std=std.to(D))
-    s, t = bn_affine(model.bn1)
-    net.conv(model.conv1, Wire.dense(mean.numel()), 32, scale=s, shift=t)
-    net.add({"op": "relu"})
-    for i, block in enumerate(cast("Iterable[BasicBlock]", model.blocks)):
-        m, a = slot_scale(f"blocks.{i}.mask", block.mask)
+        state.net.linear(fc, state.wire, in_scale=in_scale, scale=m, keep=keep)
+        state.wire = out_wire(len(a), keep, torch.zeros_like(m), a)
+    elif "drop" in st:
+        m, a = slot_scale(st["drop"], _module(model, st["drop"]))
         keep = kept_units(a)
-        s1, t1 = bn_affine(block.bn1)  # mask after bn1: m·(s1·conv1(x) + t1); pruned channels give 0
-        cin = block.conv1.in_channels
-        tensors = {f"conv1.{k}": v for k, v in conv_tensors(block.conv1, Wire.dense(cin), 1, scale=m * s1,
-                                                          shift=m * t1, keep=keep).items()}
-        s2, t2 = bn_affine(block.bn2)
-        mid = Wire(keep, torch.zeros(len(a), dtype=D), torch.ones(len(a), dtype=torch.bool))
-        tensors.update({f"conv2.{k}": v for k, v in conv_tensors(block.conv2, mid, 1, scale=s2, shift=t2).items()})
-        if isinstance(block.shortcut, nn.Sequential):
-            conv, bn = cast(nn.Conv2d, block.shortcut[0]), cast(nn.BatchNorm2d, block.shortcut[1])
-            ss, ts = bn_affine(bn)
-            tensors.update({f"shortcut.{k}": v for k, v in conv_tensors(conv, Wire.dense(cin), 1, scale=ss,
-                                                                        shift=ts).items()})
-        cout = block.conv2.out_channels
-        net.add({"op": "resblock", "in": cin, "mid": len(keep), "out": cout, "stride": block.conv1.stride[0],
-                 "shortcut": isinstance(block.shortcut, nn.Sequential)}, **tensors)
-        net.feature(Wire.dense(cout))
-    net.add({"op": "avgpool"})
-    net.linear(model.fc, Wire.dense(model.fc.in_features))
-    return (mean.numel(), 32, 32)
+        state.net.linear(fc, state.wire, in_scale=in_scale, keep=keep)
+        state.wire = out_wire(len(a), keep, torch.zeros_like(m), torch.ones_like(a))
+        state.in_scale = m
+    else:
+        state.net.linear(fc, state.wire, in_scale=in_scale)
+        state.wire = Wire.dense(fc.out_features)
 
 
-#: each function takes an instance of its key
-COMPACTORS: dict[type, Callable[[Any, Builder], tuple[int, ...]]] = {
-    LeNet300100: _lenet300, LeNet5Caffe: _lenet5, VGG16: _vgg16, ResNet18: _resnet18,
-}
+def _step(model: nn.Module, st: dict[str, Any], state: _State) -> None:
+    op, net = st["op"], state.net
+    if op == "conv":
+        _conv(model, st, state)
+    elif op == "resblock":
+        _resblock(model, st, state)
+    elif op == "linear":
+        _linear(model, st, state)
+    elif op == "relu":
+        net.add({"op": "relu"})
+    elif op == "feature":
+        net.feature(state.wire)
+    elif op == "maxpool":
+        net.add({"op": "maxpool", "kernel": st["kernel"]})
+        assert state.size is not None
+        state.size //= st["kernel"]
+    elif op == "avgpool":
+        net.add({"op": "avgpool"})
+        state.size = None
+    elif op == "flatten":
+        net.add({"op": "flatten"})
+        if state.size is not None:
+            state.wire, state.size = flatten_wire(state.wire, state.size * state.size), None
+    elif op == "mask":  # a slot on the flat wire, read by the next linear
+        m, a = slot_scale(st["mask"], _module(model, st["mask"]))
+        if st.get("select"):  # drop the carried units it prunes (a select layer when any)
+            before = len(state.wire.kept)
+            state.wire, pos = select_wire(state.wire, a)
+            if pos is not None:
+                net.add({"op": "select", "in": before, "out": len(pos)}, index=pos)
+        state.in_scale = m
+    elif op == "bn":  # a 1-d BN on the kept units of the wire
+        s, t = bn_affine(_module(model, st["layer"]))
+        keep = state.wire.kept
+        net.add({"op": "affine", "units": len(keep)}, scale=s[keep], shift=t[keep])
+    else:
+        raise ValueError(f"unknown fold step {op!r}; known: {', '.join(STEPS)}")
+
+
+def _start(model: nn.Module, steps: Sequence[dict[str, Any]], net: Builder) -> tuple[_State, tuple[int, ...]]:
+    """The state after the plan's first step (``input`` or ``normalize``) and the input shape."""
+    first = steps[0]
+    if first["op"] == "normalize":
+        norm = _module(model, first["layer"])
+        mean, std = norm.mean.detach().cpu().flatten(), norm.std.detach().cpu().flatten()
+        net.add({"op": "normalize", "channels": len(mean)}, mean=mean.view(1, -1, 1, 1).to(D),
+                std=std.view(1, -1, 1, 1).to(D))
+        side = first["image"]
+        return _State(net, Wire.dense(len(mean)), side), (len(mean), side, side)
+    if first["op"] == "input" and "features" in first:  # flat input: the named linear's inputs
+        width = _module(model, first["features"]).in_features
+        return _State(net, Wire.dense(width), None), (width,)
+    if first["op"] == "input":  # an image read by the named conv; its side inferred when not given
+        channels = _module(model, first["channels"]).in_channels
+        side = first.get("image") or _infer_image(model, steps)
+        return _State(net, Wire.dense(channels), side), (channels, side, side)
+    raise ValueError(f"a fold plan starts with an 'input' or 'normalize' step, not {first['op']!r}")
 
 
 def fold_model(model: nn.Module) -> tuple[CompactNet, tuple[int, ...]]:
     """The compact network of ``model`` and the input shape (C, H, W) its architecture implies.
 
-    Raises ``ValueError`` naming the class when the architecture is not supported.
+    The model's class declares what folds into what (its ``fold_plan`` quirk, a sequence of
+    steps named in :data:`STEPS`); this module only interprets it. Raises ``ValueError`` naming
+    the class when it declares no plan.
     """
-    fn = COMPACTORS.get(type(model))
-    if fn is None:
-        known = ", ".join(sorted(c.__name__ for c in COMPACTORS))
-        raise ValueError(f"cannot compact a {type(model).__name__}: supported architectures are {known}")
+    steps = model_quirk(model, "fold_plan")
+    if steps is None:
+        raise ValueError(f"cannot compact a {type(model).__name__}: its class declares no fold_plan "
+                         "(see models.base.QUIRKS)")
     net = Builder()
     with torch.no_grad():
-        shape = fn(model, net)
+        state, shape = _start(model, steps, net)
+        for st in steps[1:]:
+            _step(model, st, state)
     ref = next((p for p in model.parameters() if p.is_floating_point()), None)
     dtype = torch.float32 if ref is None else ref.dtype
     compact = net.build(dtype)
