@@ -163,7 +163,7 @@ def test_autoattack_missing_is_a_clear_error(monkeypatch: pytest.MonkeyPatch, pl
     import robustprune.attacks.autoattack as aa
 
     monkeypatch.setattr(aa, "autoattack_available", lambda: False)
-    with pytest.raises(ImportError, match=r"robustprune\[eval\]"):
+    with pytest.raises(ImportError, match=r"pip install pyautoattack==0\.2\.0"):
         aa.AutoAttack(eps=0.1)
     x, y = levels(8, seed=6)
     with pytest.raises(RuntimeError, match="pyautoattack"):
