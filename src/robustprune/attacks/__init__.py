@@ -13,7 +13,15 @@ from __future__ import annotations
 from typing import Any
 
 from robustprune.attacks.autoattack import AutoAttack
-from robustprune.attacks.base import Attack, LossFn, cross_entropy_loss, is_stochastic, model_mode, project
+from robustprune.attacks.base import (
+    Attack,
+    LossFn,
+    cross_entropy_loss,
+    is_stochastic,
+    model_mode,
+    project,
+    seeded_generator,
+)
 from robustprune.attacks.cw import CarliniWagnerL2
 from robustprune.attacks.deepfool import DeepFool
 from robustprune.attacks.minnorm import MinNormAttack, MinNormResult
@@ -24,7 +32,7 @@ from robustprune.registry import ATTACKS
 __all__ = [
     "ATTACKS", "EOTPGD", "FGSM", "PGD", "RFGSM", "Attack", "AutoAttack", "CarliniWagnerL2", "DeepFool", "LossFn",
     "MinNormAttack", "MinNormResult", "TransferAttack", "build_attack", "cross_entropy_loss", "is_stochastic",
-    "model_mode", "project",
+    "model_mode", "project", "seeded_generator",
 ]
 
 

@@ -101,6 +101,12 @@ def is_stochastic(model: nn.Module, x: Tensor) -> bool:
         return not torch.equal(model(x), model(x))
 
 
+def seeded_generator(seed: int, device: torch.device | str = "cpu") -> torch.Generator:
+    """A generator on ``device`` seeded with ``seed`` for an attack's ``generator``: on the CPU it
+    draws what the global RNG draws after ``torch.manual_seed(seed)``."""
+    return torch.Generator(device=device).manual_seed(seed)
+
+
 @contextlib.contextmanager
 def grads_untouched(model: nn.Module) -> Iterator[None]:
     """Hide the parameters' ``.grad`` during the body and put the same tensors back after.
@@ -129,6 +135,9 @@ class Attack:
         norm: ``"linf"`` or ``"l2"``.
         eval_mode: attack the eval-mode model (default ``True``); ``False`` attacks the
             model in whatever mode it is in (fast_adversarial's train-mode attack).
+        generator: the ``torch.Generator`` every random draw of the attack comes from (its start,
+            R+FGSM's signed step); ``None`` (default) draws from torch's global RNG. It is not part
+            of :meth:`params` (a card describes the attack, not its random stream).
 
     >>> class Identity(Attack):
     ...     def perturb(self, model, x, y):
@@ -142,10 +151,14 @@ class Attack:
     #: the region's lower precision through (bench/throughput.py measures that variant)
     full_precision: bool = True
 
-    def __init__(self, *, eps: float, norm: str = "linf", eval_mode: bool = True) -> None:
+    def __init__(self, *, eps: float, norm: str = "linf", eval_mode: bool = True,
+                 generator: torch.Generator | None = None) -> None:
         self.eps = check_eps(eps)
         self.norm = check_norm(norm)
         self.eval_mode = bool(eval_mode)
+        if generator is not None and not isinstance(generator, torch.Generator):
+            raise ValueError(f"generator must be a torch.Generator or None, got {type(generator).__name__}")
+        self.generator = generator
 
     def perturb(self, model: nn.Module, x: Tensor, y: Tensor) -> Tensor:
         """Return an adversarial version of ``x``; ``__call__`` enforces the invariants."""

@@ -80,6 +80,9 @@ class PGD(Attack):
             wherever the model's conv weights are NHWC (falls back, with a warning, for models that
             ``.view()`` NHWC activations); ``"channels_last"`` always; ``"preserve"`` never.
             Only speed changes: the start noise is drawn in logical order in every layout.
+        generator: the ``torch.Generator`` of the random start (every restart draws from it in
+            turn); ``None`` (default) draws from the global RNG. The draws happen on the
+            generator's device and move to the input's. EOT's samples are the model's own draws.
 
     >>> attack = PGD(eps=0.3, steps=40, step_size=0.01)          # ANP-VS MNIST evaluation
     >>> x_adv = attack(model, x, y)                                # doctest: +SKIP
@@ -101,8 +104,9 @@ class PGD(Attack):
         loss: LossFn | None = None,
         eval_mode: bool = True,
         memory_format: str = "auto",
+        generator: torch.Generator | None = None,
     ) -> None:
-        super().__init__(eps=eps, norm=norm, eval_mode=eval_mode)
+        super().__init__(eps=eps, norm=norm, eval_mode=eval_mode, generator=generator)
         self.steps = check_count("steps", steps)
         self.restarts = check_count("restarts", restarts)
         self.eot = check_count("eot", eot)
@@ -185,15 +189,17 @@ class PGD(Attack):
         r = self.start_radius
         if self.random_start == "none" or r == 0:
             return x.clone()
+        gen = self.generator
+        dev = x.device if gen is None else gen.device  # drawn on the generator's device, then moved to x's
         if self.random_start == "sign":
-            noise = torch.randn(x.shape, dtype=x.dtype, device=x.device).sign_().mul_(r)
+            noise = torch.randn(x.shape, generator=gen, dtype=x.dtype, device=dev).sign_().mul_(r).to(x.device)
         elif self.random_start == "normal":
-            noise = torch.randn(x.shape, dtype=x.dtype, device=x.device).mul_(r)
+            noise = torch.randn(x.shape, generator=gen, dtype=x.dtype, device=dev).mul_(r).to(x.device)
         elif self.norm == "linf":
-            noise = torch.empty(x.shape, dtype=x.dtype, device=x.device).uniform_(-r, r)
+            noise = torch.empty(x.shape, dtype=x.dtype, device=dev).uniform_(-r, r, generator=gen).to(x.device)
         else:  # uniform in the L2 ball: normal direction, radius r * u^(1/d)
-            noise = torch.randn(x.shape, dtype=x.dtype, device=x.device)
-            u = torch.rand(x.shape[0], device=x.device, dtype=x.dtype) ** (1.0 / x[0].numel())
+            noise = torch.randn(x.shape, generator=gen, dtype=x.dtype, device=dev).to(x.device)
+            u = torch.rand(x.shape[0], generator=gen, dtype=x.dtype, device=dev).to(x.device) ** (1.0 / x[0].numel())
             noise.mul_(_per_example(u * r, x) / _l2_norms(noise).clamp_(min=1e-12))
         return torch.add(x, noise, out=torch.empty_like(x)).clamp_(0, 1)  # keeps x's strides
 
@@ -262,10 +268,11 @@ class FGSM(PGD):
     name = "fgsm"
 
     def __init__(
-        self, *, eps: float, norm: str = "linf", loss: LossFn | None = None, eval_mode: bool = True
+        self, *, eps: float, norm: str = "linf", loss: LossFn | None = None, eval_mode: bool = True,
+        generator: torch.Generator | None = None,
     ) -> None:
         super().__init__(eps=eps, steps=1, step_size=eps, norm=norm, random_start=False, loss=loss,
-                         eval_mode=eval_mode)
+                         eval_mode=eval_mode, generator=generator)
 
 
 @ATTACKS.register("rfgsm")
@@ -282,14 +289,15 @@ class RFGSM(PGD):
     name = "rfgsm"
 
     def __init__(
-        self, *, eps: float, alpha: float | None = None, loss: LossFn | None = None, eval_mode: bool = True
+        self, *, eps: float, alpha: float | None = None, loss: LossFn | None = None, eval_mode: bool = True,
+        generator: torch.Generator | None = None,
     ) -> None:
         eps_f = check_eps(eps)
         a = eps_f / 2 if alpha is None else alpha
         if not isinstance(a, int | float) or not (0 <= a < eps_f or a == eps_f == 0):
             raise ValueError(f"alpha must be in [0, eps={eps}), got {alpha!r}")
         super().__init__(eps=eps, steps=1, step_size=eps_f - a, random_start="sign", start_radius=a,
-                         loss=loss, eval_mode=eval_mode)
+                         loss=loss, eval_mode=eval_mode, generator=generator)
         self.alpha = float(a)
 
     def params(self) -> dict[str, Any]:

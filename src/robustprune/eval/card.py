@@ -10,7 +10,15 @@ from typing import Any
 import torch
 from torch import nn
 
-from robustprune.attacks import ATTACKS, Attack, CarliniWagnerL2, DeepFool, TransferAttack, build_attack
+from robustprune.attacks import (
+    ATTACKS,
+    Attack,
+    CarliniWagnerL2,
+    DeepFool,
+    TransferAttack,
+    build_attack,
+    seeded_generator,
+)
 from robustprune.attacks import autoattack as aa
 from robustprune.config import EvalConfig, eval_config, to_dict
 from robustprune.data import TensorLoader, check_eps, dataset_info, load_split
@@ -48,13 +56,15 @@ def build_eval_attack(
     restarts: int = 1,
     eot: int | None = None,
     source: nn.Module | None = None,
+    generator: torch.Generator | None = None,
 ) -> Attack | None:
     """One evaluation attack by name (``none`` -> ``None``); bad values raise ``ValueError``.
 
     A registered attack (``ATTACKS``) gets the settings its constructor takes (``fgsm``: ε only;
     ``pgd``: ε, steps, step size, restarts, EOT), ``None`` ones left to its defaults (``eot-pgd``:
     EOT-10). ``transfer`` is PGD (without EOT) crafted on ``source``; ``autoattack`` the optional package's
-    standard version, or ``rand`` (EOT-20) when the model is random.
+    standard version, or ``rand`` (EOT-20) when the model is random. ``generator`` is the random
+    stream of every attack that takes one (``None``: the global RNG); AutoAttack seeds itself.
     """
     if name not in attack_names() or name in MINNORM_NAMES:
         known = [n for n in attack_names() if n not in MINNORM_NAMES]
@@ -63,7 +73,8 @@ def build_eval_attack(
     eps = check_eps(eps)
     if steps < 1:
         raise ValueError(f"steps must be >= 1, got {steps}")
-    settings = {"eps": eps, "steps": steps, "step_size": step_size, "restarts": restarts, "eot": eot}
+    settings = {"eps": eps, "steps": steps, "step_size": step_size, "restarts": restarts, "eot": eot,
+                "generator": generator}
     if name == "none":
         return None
     if name == "autoattack":
@@ -131,16 +142,24 @@ def evaluate_run(
     model, fields = eval_model(run, test_time)
     info = dataset_info(run.cfg.dataset)
     eps, step_size = info.eps(cfg.eps), info.step(cfg.step_size)
-    src_model = load_run(source, device=dev).model if source is not None else None
+    src_run = load_run(source, device=dev) if source is not None else None
+    src_model = src_run.model if src_run is not None else None
+    # one random stream for every attack, seeded with ``seed``; a model random at test time (SAP,
+    # sampled BNN; also a random transfer source) draws from the global RNG inside the model, so its
+    # attacks keep drawing from the global RNG seeded below, as they always did: its numbers stay the same
+    stochastic = (run.method.stochastic or (test_time is not None and test_time.stochastic)
+                  or (src_run is not None and src_run.method.stochastic))
+    gen = None if stochastic else seeded_generator(seed, dev)
     built = [(n, build_eval_attack(n, eps=eps, steps=cfg.steps, step_size=step_size, restarts=cfg.restarts,
-                                   eot=cfg.eot, source=src_model)) for n in attacks_bounded]
+                                   eot=cfg.eot, source=src_model, generator=gen)) for n in attacks_bounded]
     named = [(n, a) for n, a in built if a is not None]
-    named += run.method.eval_attacks(run.model, named)
+    named += run.method.eval_attacks(run.model, named)  # copies of the attacks above: the same stream
     images, labels = load_split(run.cfg.dataset, "test", data_dir=data_dir or run.cfg.data_dir)
     if limit is not None:
         images, labels = images[:limit], labels[:limit]
     loader = TensorLoader(images, labels, batch_size=cfg.batch_size, device=dev)
-    torch.manual_seed(seed)
+    if gen is None:
+        torch.manual_seed(seed)
     t0 = time.perf_counter()
     res = evaluate(model, loader, named, passes=cfg.passes, progress=progress)
     minnorm_cards = [minnorm_entry(n, model, loader, progress=progress) for n in minnorm]

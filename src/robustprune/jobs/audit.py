@@ -21,7 +21,7 @@ import torch
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
-from robustprune.attacks import EOTPGD, FGSM, PGD, Attack, TransferAttack
+from robustprune.attacks import EOTPGD, FGSM, PGD, Attack, TransferAttack, seeded_generator
 from robustprune.attacks import autoattack as aa
 from robustprune.config import EvalConfig, eval_config, to_dict
 from robustprune.data import TensorLoader, check_eps, dataset_info
@@ -49,27 +49,36 @@ class Rung:
 
 
 def build_ladder(*, eps: float, step_size: float, stochastic: bool, source: nn.Module | None = None,
-                 autoattack: bool = True, aa_options: dict[str, Any] | None = None) -> list[Rung]:
-    """The attack ladder at ``eps`` (L∞); PGD uses ``step_size`` and random starts."""
+                 autoattack: bool = True, aa_options: dict[str, Any] | None = None,
+                 generator: torch.Generator | None = None) -> list[Rung]:
+    """The attack ladder at ``eps`` (L∞); PGD uses ``step_size`` and random starts, drawn from
+    ``generator`` (``None``: the global RNG). AutoAttack seeds itself."""
+    gen = generator
     rungs = [
-        Rung("fgsm", "single", FGSM(eps=eps)),
-        Rung("pgd-40", "multi", PGD(eps=eps, steps=40, step_size=step_size)),
-        Rung("pgd-100x5", "multi", PGD(eps=eps, steps=100, step_size=step_size, restarts=5)),
+        Rung("fgsm", "single", FGSM(eps=eps, generator=gen)),
+        Rung("pgd-40", "multi", PGD(eps=eps, steps=40, step_size=step_size, generator=gen)),
+        Rung("pgd-100x5", "multi", PGD(eps=eps, steps=100, step_size=step_size, restarts=5, generator=gen)),
     ]
     if stochastic:
-        rungs.append(Rung("eot-pgd-40", "eot", EOTPGD(eps=eps, steps=40, step_size=step_size, eot=10)))
+        rungs.append(Rung("eot-pgd-40", "eot", EOTPGD(eps=eps, steps=40, step_size=step_size, eot=10,
+                                                      generator=gen)))
     if autoattack:
         rungs.append(Rung("autoattack", "autoattack", aa.AutoAttack(eps=eps, version="auto", **(aa_options or {}))))
     if source is not None:
-        inner = PGD(eps=eps, steps=40, step_size=step_size)
+        inner = PGD(eps=eps, steps=40, step_size=step_size, generator=gen)
         rungs.append(Rung("transfer-pgd-40", "transfer", TransferAttack(source=source, attack=inner)))
     return rungs
 
 
 def run_rung(model: nn.Module, loader: TensorLoader, rung: Rung, *, passes: int, seed: int,
-             progress: bool) -> dict[str, Any]:
-    """Evaluate one rung; evaluate()'s own sanity warnings are kept in the entry, not printed."""
-    torch.manual_seed(seed)
+             progress: bool, generator: torch.Generator | None = None) -> dict[str, Any]:
+    """Evaluate one rung, its attack's random stream started at ``seed``: ``generator`` (the one
+    the ladder was built with), or the global RNG when ``None``. evaluate()'s own sanity warnings
+    are kept in the entry, not printed."""
+    if generator is not None:
+        generator.manual_seed(seed)
+    else:  # a model random at test time (SAP, sampled BNN) draws from the global RNG, and so do its
+        torch.manual_seed(seed)  # attacks, as they always did: its numbers stay the same
     t0 = time.perf_counter()
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
@@ -126,13 +135,14 @@ def audit(model: nn.Module, images: Tensor, labels: Tensor, *, eps: float, step_
     x0, _ = next(iter(loader))
     det = C.determinism_stats(model, x0)
     t0 = time.perf_counter()
+    gen = None if det["stochastic"] else seeded_generator(seed, x0.device)
     rungs = build_ladder(eps=eps, step_size=step_size, stochastic=det["stochastic"], source=source,
-                         autoattack=run_aa, aa_options=aa_options)
+                         autoattack=run_aa, aa_options=aa_options, generator=gen)
     bar = tqdm(rungs, desc="audit", disable=not progress, dynamic_ncols=True)
     ladder = []
     for rung in bar:
         bar.set_postfix_str(rung.name)
-        ladder.append(run_rung(model, loader, rung, passes=passes, seed=seed, progress=progress))
+        ladder.append(run_rung(model, loader, rung, passes=passes, seed=seed, progress=progress, generator=gen))
     eot = 10 if det["stochastic"] else 1
     curve = robust_curve(model, loader, sweep, steps=40, eot=eot, passes=passes, seed=seed, progress=progress)
     unbounded = robust_curve(model, loader, [1.0], steps=100, eot=eot, passes=passes, seed=seed, progress=False)

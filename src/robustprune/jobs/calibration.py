@@ -74,7 +74,8 @@ def calibration_run(runs: list[str | Path], *, out: str | Path, defense: Any = N
             test_time.check(run.method)
             models.append((f"{run.cfg.method}+{test_time.label()}", test_time.wrap(run.model, run.method)))
         for label, model in models:
-            torch.manual_seed(seed)
+            torch.manual_seed(seed)  # no attack here: the passes of a model random at test time (SAP,
+            # sampled BNN) draw from the global RNG inside the model; keeps_global_rng restores it
             res = calibration_of(model, images, labels, passes=passes, bins=bins)
             entries.append({"label": label, "run": str(run_dir), "model": run.cfg.model, **res})
     assert dev is not None  # runs is not empty

@@ -16,7 +16,7 @@ import torch
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
-from robustprune.attacks import PGD, is_stochastic
+from robustprune.attacks import PGD, is_stochastic, seeded_generator
 from robustprune.config import EvalConfig, eval_config
 from robustprune.data import TensorLoader, check_eps, dataset_info, load_split
 from robustprune.eval.evaluate import evaluate
@@ -40,9 +40,10 @@ def check_eps_list(eps_list: list[float]) -> list[float]:
     return [check_eps(e, what="every eps") for e in eps_list]
 
 
-def sweep_attack(eps: float, *, steps: int = 40, eot: int = 1, restarts: int = 1) -> PGD:
-    """PGD at ``eps`` with step ``2.5·eps/steps`` (random start; EOT when ``eot > 1``)."""
-    return PGD(eps=eps, steps=steps, step_size=2.5 * eps / steps, eot=eot, restarts=restarts)
+def sweep_attack(eps: float, *, steps: int = 40, eot: int = 1, restarts: int = 1,
+                 generator: torch.Generator | None = None) -> PGD:
+    """PGD at ``eps`` with step ``2.5·eps/steps`` (random start from ``generator``; EOT when ``eot > 1``)."""
+    return PGD(eps=eps, steps=steps, step_size=2.5 * eps / steps, eot=eot, restarts=restarts, generator=generator)
 
 
 def robust_curve(model: nn.Module, loader: TensorLoader, eps_list: list[float], *, steps: int = 40,
@@ -50,21 +51,28 @@ def robust_curve(model: nn.Module, loader: TensorLoader, eps_list: list[float], 
                  progress: bool = True) -> dict[str, Any]:
     """Robust accuracy (%) of ``model`` at each ε of ``eps_list`` (L∞ PGD, see module doc).
 
-    ``eot=None`` uses 10 gradient samples when the model is random in eval mode, else 1.
+    ``eot=None`` uses 10 gradient samples when the model is random in eval mode, else 1. Every
+    point's random starts come from a generator seeded with ``seed``; for a model random at test
+    time, from the global RNG seeded with ``seed`` (wrap the call in ``keeps_global_rng``).
 
     >>> robust_curve(model, loader, [0, 0.1, 0.2, 0.3])["points"]     # doctest: +SKIP
     [{'eps': 0.0, 'robust_acc': 99.1, ...}, ...]
     """
     eps_list = check_eps_list(eps_list)
+    x0, _ = next(iter(loader))
+    stochastic = is_stochastic(model, x0)
     if eot is None:
-        x0, _ = next(iter(loader))
-        eot = 10 if is_stochastic(model, x0) else 1
+        eot = 10 if stochastic else 1
+    gen = None if stochastic else seeded_generator(seed, x0.device)
     points = []
     for eps in tqdm(eps_list, desc="eps sweep", disable=not progress, leave=False, dynamic_ncols=True):
-        torch.manual_seed(seed)
+        if gen is not None:
+            gen.manual_seed(seed)
+        else:  # a model random at test time (SAP, sampled BNN) draws from the global RNG, and so does
+            torch.manual_seed(seed)  # the attack, as it always did: its numbers stay the same
         t0 = time.perf_counter()
-        res = evaluate(model, loader, [("pgd", sweep_attack(eps, steps=steps, eot=eot, restarts=restarts))],
-                       vulnerability=False, passes=passes, progress=False)
+        pgd = sweep_attack(eps, steps=steps, eot=eot, restarts=restarts, generator=gen)
+        res = evaluate(model, loader, [("pgd", pgd)], vulnerability=False, passes=passes, progress=False)
         points.append({"eps": eps, "robust_acc": res.attacks[0].summary()["robust_acc"],
                        "wall_s": time.perf_counter() - t0})
         clean = res.clean_acc

@@ -30,7 +30,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from robustprune.attacks import build_attack
+from robustprune.attacks import build_attack, is_stochastic, model_mode, seeded_generator
 from robustprune.attacks.cw import CarliniWagnerL2
 from robustprune.attacks.deepfool import DeepFool
 from robustprune.config import EvalConfig, eval_config, load_train_config
@@ -94,8 +94,14 @@ def measure(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, ev: Sw
             device: torch.device, progress: bool) -> dict[str, Any]:
     """Clean / FGSM / R+FGSM accuracy (%), DeepFool and C&W r₂, sparsity of one model."""
     loader = TensorLoader(images, labels, batch_size=ev.batch_size, device=device)
-    torch.manual_seed(ev.seed)
-    attacks = [("fgsm", build_attack("fgsm", eps=ev.eps)), ("rfgsm", build_attack("rfgsm", eps=ev.eps))]
+    x0 = next(iter(loader))[0]
+    with model_mode(model):
+        stochastic = is_stochastic(model, x0)
+    gen = None if stochastic else seeded_generator(ev.seed, x0.device)  # R+FGSM's random step
+    if gen is None:  # a model random at test time draws from the global RNG, and so does R+FGSM, as
+        torch.manual_seed(ev.seed)  # it always did: its numbers stay the same
+    attacks = [("fgsm", build_attack("fgsm", eps=ev.eps, generator=gen)),
+               ("rfgsm", build_attack("rfgsm", eps=ev.eps, generator=gen))]
     res = evaluate(model, loader, attacks, vulnerability=False, passes=1, progress=progress)
     df = minnorm_robustness(model, loader, DeepFool(steps=ev.deepfool_steps), progress=progress)
     cw = minnorm_robustness(model, loader, CarliniWagnerL2(steps=ev.cw_steps, binary_search_steps=ev.cw_search,
