@@ -336,3 +336,13 @@ def test_report_and_compare_cli_errors(tmp_path: Path, capsys: pytest.CaptureFix
     assert main(["compare", str(bad), "--out", str(tmp_path / "never")]) == 2
     assert "anp-vz" in capsys.readouterr().err
     assert not (tmp_path / "never").exists()
+
+
+def test_table_header_names_autoattack_when_the_cards_have_it() -> None:
+    from robustprune.reports.table import attack_description
+
+    pgd = {"name": "pgd", "robust_acc": 40.0, "params": {"name": "pgd", "steps": 40, "eps": 0.3, "step_size": 0.01}}
+    aa = {"name": "autoattack", "robust_acc": 10.0, "params": {"name": "autoattack", "eps": 0.3}}
+    assert attack_description([{"eval": {"n": 500, "attacks": [pgd]}}]) == "PGD-40, ε 0.3, step 0.01, n 500"
+    assert attack_description([{"eval": {"n": 500, "attacks": [aa, pgd]}}]) == (
+        "AutoAttack (standard version) and PGD-40, ε 0.3, step 0.01, n 500")

@@ -139,7 +139,8 @@ def group_cards(cards: list[dict[str, Any]]) -> list[tuple[str, list[dict[str, A
 
 
 def attack_description(cards: list[dict[str, Any]]) -> str:
-    """'PGD-40, ε 0.3, step 0.01, n 10000' from the first card (all cards of a suite share it)."""
+    """'PGD-40, ε 0.3, step 0.01, n 10000' from the first card (all cards of a suite share it),
+    preceded by 'AutoAttack (standard version) and ' when the card has AutoAttack."""
     if not cards:
         return ""
     card = cards[0]
@@ -148,7 +149,10 @@ def attack_description(cards: list[dict[str, Any]]) -> str:
         return f"clean only, n {card['eval'].get('n')}"
     p = wb["params"]
     name = str(p.get("name", wb["name"])).upper()
-    return f"{name}-{p.get('steps')}, ε {p.get('eps'):.4g}, step {p.get('step_size'):.4g}, n {card['eval'].get('n')}"
+    text = f"{name}-{p.get('steps')}, ε {p.get('eps'):.4g}, step {p.get('step_size'):.4g}, n {card['eval'].get('n')}"
+    if any(a["name"] == "autoattack" for a in card["eval"].get("attacks", [])):
+        text = f"AutoAttack (standard version) and {text}"
+    return text
 
 
 def summarize(cards: list[dict[str, Any]]) -> dict[str, Any]:
