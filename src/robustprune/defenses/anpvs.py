@@ -40,6 +40,8 @@ class MaskedMethod(Method):
     """Shared set-up of the mask-learning methods: BBD masks, two parameter groups."""
 
     needs_init: ClassVar[bool] = True
+    #: the prior's weight β of β·KL/N (set by each subclass)
+    beta: float = 1.0
 
     def __init__(
         self,
@@ -68,7 +70,7 @@ class MaskedMethod(Method):
         return self.ctx.dataset_size
 
     def card_fields(self) -> dict[str, Any]:
-        beta = float(getattr(self, "beta", 1.0))
+        beta = self.beta
         return {**super().card_fields(), "beta": beta, "kl_n": self.kl_n, "kl_size": self.kl_size,
                 "train_size": self.ctx.train_size, "kl_weight": beta / self.kl_size}
 

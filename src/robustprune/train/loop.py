@@ -249,16 +249,16 @@ def run_epoch(tr: Trainer, epoch: int) -> dict[str, float]:
     bar = tqdm(loader, desc=f"{cfg.method} epoch {epoch + 1}/{cfg.epochs}", disable=not show, leave=False,
                dynamic_ncols=True)
     n = 0
-    for i, (x, y) in enumerate(bar):
-        logs = step(tr.method, tr.model, tr.groups, tr.opts, x, y, tr.dist, amp=cfg.amp)
-        with warnings.catch_warnings():  # a frozen group's scheduler steps before its optimiser ever has
-            warnings.filterwarnings("ignore", message="Detected call of `lr_scheduler.step", category=UserWarning)
+    with warnings.catch_warnings():  # a frozen group's scheduler steps before its optimiser ever has
+        warnings.filterwarnings("ignore", message="Detected call of `lr_scheduler.step", category=UserWarning)
+        for i, (x, y) in enumerate(bar):
+            logs = step(tr.method, tr.model, tr.groups, tr.opts, x, y, tr.dist, amp=cfg.amp)
             for s in tr.scheds:
                 s.step()
-        tr.method.after_step(tr.model, tr.global_step + i + 1)
-        for k, v in logs.items():
-            sums[k] = sums[k] + v if k in sums else v.clone()
-        n += 1
-        if show and (i % 20 == 0 or i == len(loader) - 1):
-            bar.set_postfix({k: f"{v.item() / n:.4f}" for k, v in sums.items()})
+            tr.method.after_step(tr.model, tr.global_step + i + 1)
+            for k, v in logs.items():
+                sums[k] = sums[k] + v if k in sums else v.clone()
+            n += 1
+            if show and (i % 20 == 0 or i == len(loader) - 1):
+                bar.set_postfix({k: f"{v.item() / n:.4f}" for k, v in sums.items()})
     return {k: v.item() / max(n, 1) for k, v in sums.items()}
