@@ -10,7 +10,7 @@ Trains (small budget, resumable: finished runs are reused) ``standard``, ``at``,
 4. calibration (reliability + ECE) of standard, SAP, AT, AT+SAP; CAS channel magnitudes.
 The summary goes to ``--summary`` (JSON) and stdout (markdown).
 
-    PYTHONPATH=src .venv/bin/python bench/activation_defenses.py --data-dir ../shared/data \\
+    PYTHONPATH=src .venv/bin/python bench/activation_defenses.py --data-dir DATA \\
         --limit-train 10000 --epochs 2 --limit 500 --aa-limit 200 --summary bench/activation_defenses.json
 """
 

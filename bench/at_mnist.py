@@ -7,7 +7,7 @@ Measures, in one run on one machine:
 3. PGD-40 throughput (images/s) of our attack vs torchattacks' PGD on the trained model and the
    same batch, with their ratio.
 
-    python bench/at_mnist.py --epochs 1 --data-dir ../shared/data --out bench/at_mnist.json
+    python bench/at_mnist.py --epochs 1 --data-dir DATA --out bench/at_mnist.json
 """
 
 from __future__ import annotations

@@ -8,7 +8,7 @@ section for bench/RESULTS.md (date, machine, command, the ladder, the checks, wa
 targets: AutoAttack within 3 points of PGD-40 and the whole audit within 15 min on 2 CPU cores).
 
     python bench/audit.py runs/at runs/anp-vs --source runs/at-seed1 --limit 1000 \\
-        --data-dir ../shared/data --out bench/audit --threads 2
+        --data-dir DATA --out bench/audit --threads 2
 """
 
 from __future__ import annotations

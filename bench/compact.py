@@ -18,8 +18,8 @@ paper's 0.24 collapses a run this short to chance accuracy) and β = 0.2 = 4·30
 paper's KL strength per example). Such a run prunes far fewer units than the published 84 %; the
 recorded sparsity says how many.
 
-    python bench/compact.py RUN --data-dir ../shared/data --n 1000 --out bench/compact.json
-    python bench/compact.py --work /tmp/compact-bench --data-dir ../shared/data   # trains first
+    python bench/compact.py RUN --data-dir DATA --n 1000 --out bench/compact.json
+    python bench/compact.py --work /tmp/compact-bench --data-dir DATA   # trains first
 """
 
 from __future__ import annotations

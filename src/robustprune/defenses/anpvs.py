@@ -124,9 +124,11 @@ class ANPVS(MaskedMethod):
     - ``mask_hold``: the masks do not step until the running mean (EMA, 0.98) of the training
       batches' adversarial accuracy reaches this value, then learn for the rest of the run. The
       remedy for a training attack that reaches the ε-ball's boundary from the first batch
-      (PGD-5 of 0.1 on MNIST): the weights then sit at CE_adv ≈ ln 10, CE_adv gives the masks no
-      signal, and the one-signed KL gradient, which Adam scales to about one learning rate per
-      step, shuts every mask (measured in bench/RESULTS.md, "Why the faithful recipe collapsed").
+      (PGD-5 of 0.1 on MNIST): the training batches' adversarial accuracy then stays at chance,
+      and with the KL term the keep-rates shrink until the network outputs a constant; with β = 0
+      or a gentler attack it does not (bench/RESULTS.md, "Training protocols and the ANP-VS
+      collapse"). Measured there: it prevents the collapse but, at 20k images × 2 epochs, never
+      released the masks, so it pruned nothing.
     - ``kl_warmup`` ramps β/N from 0 over that fraction of training.
     - ``mask_loss="mixed"`` gives the masks the weights' [CE + 2·CE_adv]/3 instead of CE_adv alone.
 
