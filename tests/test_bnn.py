@@ -78,6 +78,26 @@ def test_loss_contains_kl_over_100n() -> None:
     assert rho.grad is not None and rho.grad.abs().sum() > 0
 
 
+def test_kl_is_per_example_of_the_whole_split_on_a_subset() -> None:
+    """On a 20k subset the KL is divided by the 60k split by default (the BBD methods' rule), by
+    the subset with ``kl_n="train"``; the card says which."""
+    from dataclasses import replace
+
+    subset = replace(CTX, train_size=20_000, dataset_size=60_000)
+    x, y = torch.rand(4, 1, 28, 28), torch.randint(0, 10, (4,))
+    for rule, n in (("dataset", 60_000), ("train", 20_000)):
+        torch.manual_seed(0)
+        method = build_method("at-bnn", ctx=subset, kl_n=rule)
+        model = method.prepare(build_model("lenet5-caffe")).train()
+        _, logs = method.loss(model, x, y)
+        assert math.isclose(logs["kl"].item(), model_kl(model, 1.0).item() / (100 * n), rel_tol=1e-5)
+        card = method.card_fields()
+        assert card["kl_size"] == n and card["kl_n"] == rule and card["train_size"] == 20_000
+        assert math.isclose(card["kl_weight"], 1 / (100 * n))
+    with pytest.raises(ValueError, match="'subset'"):
+        build_method("at-bnn", ctx=subset, kl_n="subset")
+
+
 def test_bad_arguments_are_refused() -> None:
     with pytest.raises(ValueError, match="-1.0"):
         build_method("at-bnn", ctx=CTX, prior_sigma=-1.0)

@@ -32,9 +32,6 @@ from robustprune.models import base_parameters, mask_parameters
 from robustprune.registry import METHODS
 from robustprune.sparsity.bbdropout import install_bbd, model_kl, shared_noise
 
-#: how N of β·KL/N is chosen (see the module docstring)
-KL_N_RULES = ("dataset", "train")
-
 
 class MaskedMethod(Method):
     """Shared set-up of the mask-learning methods: BBD masks, two parameter groups."""
@@ -56,8 +53,7 @@ class MaskedMethod(Method):
         super().__init__(ctx=ctx)
         if mask_lr <= 0:
             raise ValueError(f"mask_lr must be > 0, got {mask_lr}")
-        if kl_n not in KL_N_RULES:
-            raise ValueError(f"kl_n must be one of {', '.join(KL_N_RULES)}, got {kl_n!r}")
+        ctx.prior_size(kl_n)  # checks the rule
         self.mask_lr = mask_lr
         self.kl_n = kl_n
         self.mask_kw: dict[str, Any] = {"a_init_fc": a_init_fc, "a_init_conv": a_init_conv, "threshold": threshold}
@@ -65,9 +61,7 @@ class MaskedMethod(Method):
     @property
     def kl_size(self) -> int:
         """N of β·KL/N: the whole training split (``kl_n="dataset"``) or this run's examples (``"train"``)."""
-        if self.kl_n == "train" or self.ctx.dataset_size is None:
-            return self.ctx.train_size
-        return self.ctx.dataset_size
+        return self.ctx.prior_size(self.kl_n)
 
     def card_fields(self) -> dict[str, Any]:
         beta = self.beta

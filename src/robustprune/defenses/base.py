@@ -21,6 +21,9 @@ from torch import Tensor, nn
 
 from robustprune.attacks import PGD, Attack
 
+#: how N of a prior's KL/N is chosen (``MethodContext.prior_size``)
+PRIOR_SIZE_RULES = ("dataset", "train")
+
 
 @dataclass(frozen=True)
 class MethodContext:
@@ -36,8 +39,18 @@ class MethodContext:
     weight_decay: float = 1e-4
     total_steps: int = 1
     #: size of the data set's whole training split (MNIST 60,000), whatever subset this run trains
-    #: on; None means ``train_size``. Priors weighted per example use it (``MaskedMethod.kl_n``).
+    #: on; None means ``train_size``. Priors weighted per example use it (``prior_size``).
     dataset_size: int | None = None
+
+    def prior_size(self, rule: str) -> int:
+        """N of a prior's KL/N. ``"dataset"``: the whole training split, so the weight per example
+        is the paper's whatever subset a run trains on; ``"train"``: this run's examples (the ELBO
+        of that subset; on a 20k MNIST subset the prior is 3x stronger per example)."""
+        if rule not in PRIOR_SIZE_RULES:
+            raise ValueError(f"kl_n must be one of {', '.join(PRIOR_SIZE_RULES)}, got {rule!r}")
+        if rule == "train" or self.dataset_size is None:
+            return self.train_size
+        return self.dataset_size
 
     def attack_info(self) -> dict[str, Any]:
         """The training attack as data: the protocol a robust row was trained under. ``travel`` is

@@ -117,7 +117,9 @@ class ATBNN(Method):
 
     Args: ``rho_init``/``prior_sigma`` (default by architecture, see the module docstring),
     ``kl_scale`` 100 (the reference's 1/(N·100)), ``adv_weight`` 2, ``eval_sample`` False (keep
-    sampling weights in eval mode; the run is then stochastic).
+    sampling weights in eval mode; the run is then stochastic), ``kl_n`` "dataset" (N is the whole
+    training split, as for the BBD methods; "train": the examples this run trains on). The
+    effective KL weight is on the run's card.
 
     >>> method = ATBNN(ctx=ctx, rho_init=-3.0, prior_sigma=1.0)
     """
@@ -126,8 +128,10 @@ class ATBNN(Method):
     memory_factor: ClassVar[float] = 2.0
 
     def __init__(self, *, ctx: MethodContext, rho_init: float | None = None, prior_sigma: float | None = None,
-                 kl_scale: float = 100.0, adv_weight: float = 2.0, eval_sample: bool = False) -> None:
+                 kl_scale: float = 100.0, adv_weight: float = 2.0, eval_sample: bool = False,
+                 kl_n: str = "dataset") -> None:
         super().__init__(ctx=ctx)
+        self.kl_n, self.kl_size = kl_n, ctx.prior_size(kl_n)
         if prior_sigma is not None and not prior_sigma > 0:
             raise ValueError(f"prior_sigma must be > 0, got {prior_sigma!r}")
         if not kl_scale > 0:
@@ -158,11 +162,15 @@ class ATBNN(Method):
             raise RuntimeError("at-bnn: prepare(model) must run before loss()")
         x_adv = self.attack(model, x, y)
         logits, logits_adv = model(x), model(x_adv)
-        kl = model_kl(model, self.prior_sigma) / (self.kl_scale * self.ctx.train_size)
+        kl = model_kl(model, self.prior_sigma) / (self.kl_scale * self.kl_size)
         loss = mixed_ce(logits, logits_adv, y, adv_weight=self.adv_weight) + kl
         logs = {"loss": loss.detach(), "acc": accuracy(logits, y), "adv_acc": accuracy(logits_adv, y),
                 "kl": kl.detach()}
         return {"weights": loss}, logs
+
+    def card_fields(self) -> dict[str, Any]:
+        return {**super().card_fields(), "kl_n": self.kl_n, "kl_size": self.kl_size,
+                "train_size": self.ctx.train_size, "kl_weight": 1.0 / (self.kl_scale * self.kl_size)}
 
     def eval_fields(self, model: nn.Module) -> dict[str, Any]:
         return {"memory_factor": self.memory_factor}
