@@ -8,9 +8,9 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from conftest import TINY
 from torch import nn
 
+from conftest import TINY
 from robustprune.config import TrainConfig
 from robustprune.models import ExternalModel, ModelSpecError, build_model, resolve_model
 from robustprune.train.run import build_model_for

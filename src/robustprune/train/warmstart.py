@@ -160,9 +160,10 @@ def read_state_dict(source: str | Path) -> dict[str, Tensor]:
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
-        lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
-        why = next((ln for ln in lines if "Unsupported global" in ln or "Unsupported operand" in ln), lines[-1]
-                   if lines else "")
+        refused = next((ln.strip() for ln in str(e).splitlines() if "Unsupported global" in ln), None)
+        if refused is None:
+            raise InitFromError(f"--init-from {source}: cannot read it with torch.load: {e}") from e
+        why = refused
         raise InitFromError(f"--init-from {source}: refused, the file holds pickled Python objects that "
                             f"torch.load(weights_only=True) does not load ({why}); robustprune never unpickles "
                             "arbitrary objects: save a plain state dict (torch.save(model.state_dict(), ...)) "
