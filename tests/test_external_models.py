@@ -112,11 +112,12 @@ def test_factory_model_round_trips_through_a_run(tiny_mnist: Path, tmp_path: Pat
     weights = load_weights(out / "model.safetensors")
     assert all(torch.equal(v, weights[k]) for k, v in run.model.state_dict().items())
     card_path = tmp_path / "card.json"
-    assert main(["eval", str(out), "--attack", "none", "--limit", "16", "--data-dir", str(tiny_mnist),
+    assert main(["eval", str(out), "--attack", "pgd", "--steps", "2", "--limit", "16", "--data-dir", str(tiny_mnist),
                  "--out", str(card_path), "--no-progress", "--json"]) == 0
     card = json.loads(card_path.read_text())
     assert card["model"] == "factory_models:tiny_cnn" and card["n"] == 16
     assert card["config"]["model_args"] == {"width": 3}
+    assert card["attacks"][0]["name"] == "pgd" and "vulnerability" not in card["attacks"][0]
 
 
 def test_cli_names_a_bad_model(tiny_mnist: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -140,3 +141,15 @@ def test_suite_checks_model_and_model_args() -> None:
     suite["runs"][0]["model"] = "factory_models:nothing"
     with pytest.raises(ValueError, match=r"run 'ext'.*no attribute 'nothing'"):
         parse_suite(suite)
+
+
+@pytest.mark.parametrize("name", ["linear", "factory_models:tiny_cnn"])
+def test_models_without_latent_maps_evaluate_without_vulnerability(name: str) -> None:
+    """latent_count = 0 (the linear model, a wrapped outside model): attacked, no vulnerability."""
+    from robustprune.attacks import PGD
+    from robustprune.eval.evaluate import evaluate
+
+    model = build_model(name, **MNIST)
+    x, y = torch.rand(8, 1, 28, 28), torch.randint(0, 10, (8,))
+    res = evaluate(model, [(x, y)], [("pgd", PGD(eps=0.1, steps=2, step_size=0.05))], progress=False)  # type: ignore[arg-type]
+    assert res.total == 8 and res.attacks[0].total == 8 and res.attacks[0].vulnerability is None

@@ -192,3 +192,17 @@ def test_trainer_records_fresh_keys_in_run_json(tiny_mnist: Path, tmp_path: Path
     assert init["fresh"] == ["cas.0.fc.bias", "cas.0.fc.weight"] and init["loaded"] == len(plain_state())
     assert init["source"] == str(tmp_path / "plain.pt")
     assert init["renamed_examples"]["module.conv1.weight"] == "conv1.weight"
+
+
+def test_keep_rule_on_an_external_model_names_the_wrapped_layer(tmp_path: Path) -> None:
+    """A 1000-class torchvision-style head into a 10-class wrapped model: ``!5.`` keeps the head."""
+    from factory_models import tiny_cnn
+
+    torch.save(tiny_cnn(1000, 1, width=3).state_dict(), tmp_path / "big.pt")
+    model = build_model("factory_models:tiny_cnn", model_args={"width": 3}, num_classes=10, in_channels=1,
+                        image_size=28, mean=(0.5,), std=(0.25,))
+    with pytest.raises(InitFromError, match=r"shape mismatch \[net.5.bias \[1000\] vs model \[10\]"):
+        warm_start(model, tmp_path / "big.pt")
+    with pytest.warns(UserWarning, match=r"\[net.5.bias, net.5.weight, normalize.mean, normalize.std\]"):
+        report = warm_start(model, tmp_path / "big.pt", prefix="!5.")
+    assert report.loaded == 7

@@ -19,8 +19,9 @@ Keys are then fitted to the model (:func:`fit_keys`), in this order:
    model's, ``net.`` is put in front (the wrapper holds the model under ``net``);
 4. a weight a method re-parametrised (AT-BNN's ``layer.parametrizations.weight.original``) is
    filled from the plain ``layer.weight``;
-5. rules ``!PREFIX`` drop source keys under ``PREFIX``: the model keeps its own (fresh)
-   weights there, e.g. ``!net.fc.`` for a classifier head of another size.
+5. rules ``!PREFIX`` drop source keys under ``PREFIX`` (in this model's key names; on a wrapped
+   outside model ``!fc.`` also means ``!net.fc.``): the model keeps its own (fresh) weights
+   there, e.g. ``!fc.`` for a classifier head of another size.
 
 Then every source key must land on a model key of the same shape. Model keys the source lacks
 are allowed only when they are *fresh*: added by the training method (CAS heads, BNN's ρ, masks,
@@ -242,9 +243,13 @@ def warm_start(model: nn.Module, source: str | Path, *, base_keys: set[str] | No
     ``--init-prefix`` rules. Model keys left at their initial values are named in a
     ``UserWarning`` (when ``warn``) and in the returned :class:`InitReport`."""
     rules = KeyRules.parse(prefix)
+    external = isinstance(model, ExternalModel)
+    if external:  # ``!fc.`` on a wrapped model means the wrapped model's ``fc.``: ``net.fc.``
+        rules = KeyRules(rules.renames, tuple(dict.fromkeys(
+            q for p in rules.keep for q in ((p,) if p.startswith(("net.", "normalize.")) else (p, "net." + p)))))
     raw = read_state_dict(source)
     own = model.state_dict()
-    weights, renamed = fit_keys(raw, set(own), rules, external=isinstance(model, ExternalModel))
+    weights, renamed = fit_keys(raw, set(own), rules, external=external)
     kept = {k for k in own if any(k.startswith(p) for p in rules.keep)}
     may_be_fresh = added_keys(model, base_keys) | kept | _normalize_keys(model)
     unexpected = sorted(set(weights) - set(own))
