@@ -7,15 +7,6 @@ from typing import Any
 from torch import nn
 
 from robustprune.models import lenet, linear, resnet, vgg  # noqa: F401  (registration)
-from robustprune.models.external import (
-    TORCHVISION_PREFIX,
-    ExternalModel,
-    ModelSpec,
-    ModelSpecError,
-    build_external,
-    check_model_args,
-    resolve_model,
-)
 from robustprune.models.base import (
     MaskSlot,
     Normalize,
@@ -27,6 +18,15 @@ from robustprune.models.base import (
     mask_slots,
     model_mode,
     model_quirk,
+)
+from robustprune.models.external import (
+    TORCHVISION_PREFIX,
+    ExternalModel,
+    ModelSpec,
+    ModelSpecError,
+    build_external,
+    check_model_args,
+    resolve_model,
 )
 from robustprune.registry import MODELS
 
