@@ -153,3 +153,16 @@ def test_models_without_latent_maps_evaluate_without_vulnerability(name: str) ->
     x, y = torch.rand(8, 1, 28, 28), torch.randint(0, 10, (8,))
     res = evaluate(model, [(x, y)], [("pgd", PGD(eps=0.1, steps=2, step_size=0.05))], progress=False)  # type: ignore[arg-type]
     assert res.total == 8 and res.attacks[0].total == 8 and res.attacks[0].vulnerability is None
+
+
+def test_config_file_names_model_and_model_args() -> None:
+    """configs/cifar10_torchvision_resnet18_at.yaml through the CLI parser builds its model."""
+    from robustprune.cli import build_parser
+
+    path = Path(__file__).parents[1] / "configs" / "cifar10_torchvision_resnet18_at.yaml"
+    ns = build_parser().parse_args(["train", "--config", str(path)])
+    kw = {k: v for k, v in vars(ns.train).items() if k not in ("config", "__default_config__")}
+    cfg = TrainConfig(**kw)
+    assert (cfg.model, cfg.model_args) == ("torchvision:resnet18", {"zero_init_residual": True})
+    model = build_model_for(cfg)
+    assert torch.count_nonzero(model.net.layer1[0].bn2.weight) == 0  # zero_init_residual reached torchvision
