@@ -84,6 +84,9 @@ def test_non_state_dicts_are_named(tmp_path: Path) -> None:
     torch.save({"epoch": 3, "weights_here": {"a": 1}}, tmp_path / "odd.pt")
     with pytest.raises(InitFromError, match=r"non-tensor entries: \[epoch, weights_here\]"):
         read_state_dict(tmp_path / "odd.pt")
+    torch.save({"state_dict": {}}, tmp_path / "empty.pt")
+    with pytest.raises(InitFromError, match=r"empty.pt\['state_dict'\]: an empty mapping"):
+        read_state_dict(tmp_path / "empty.pt")
     (tmp_path / "w.npz").write_bytes(b"x")
     with pytest.raises(InitFromError, match=r"unknown file type '.npz'"):
         read_state_dict(tmp_path / "w.npz")

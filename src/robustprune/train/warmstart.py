@@ -133,6 +133,8 @@ def _unnest(obj: Any, path: Path) -> dict[str, Tensor]:
         seen.append(key)
         obj = obj[key]
     where = "".join(f"[{k!r}]" for k in seen)
+    if isinstance(obj, dict) and not obj:
+        raise InitFromError(f"--init-from {path}{where}: an empty mapping, no weights")
     if isinstance(obj, dict):
         other = sorted(str(k) for k, v in obj.items() if not isinstance(v, Tensor))
         raise InitFromError(f"--init-from {path}{where}: not a state dict (a mapping of names to tensors); its "
