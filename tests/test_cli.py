@@ -82,6 +82,7 @@ def test_python_dash_m_works() -> None:
     listed = dict(line.split(": ", 1) for line in res.stdout.splitlines())
     assert "lenet5-caffe" in listed["models"].split(", ") and "at" in listed["methods"].split(", ")
     assert {"sap", "bnn-sample"} <= set(listed["test-time defenses"].split(", "))
+    assert "torchvision:NAME" in listed["outside models"]
 
 
 def test_one_flag_spelling_and_the_old_one_with_a_note(capsys: pytest.CaptureFixture[str]) -> None:

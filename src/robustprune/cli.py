@@ -246,6 +246,8 @@ def cmd_list(_: Any) -> int:
                         ("test-time defenses", TEST_TIME.names()), ("attacks", ATTACKS.names()),
                         ("datasets", dataset_names())):
         print(f"{kind}: {', '.join(names)}")
+    print("outside models: torchvision:NAME (torchvision's classification models), package.module:function (an "
+          "importable factory), both with --model-args (docs/models.md)")
     return 0
 
 

@@ -27,7 +27,16 @@ class TrainConfig:
     """Everything that defines a training run. Field docs double as ``--help`` text."""
 
     method: str = field(default="standard", metadata={"help": "training method (see `robustprune methods`)"})
-    model: str = field(default="lenet5-caffe", metadata={"help": "registered model name"})
+    model: str = field(
+        default="lenet5-caffe",
+        metadata={"help": "a registered model name (see `robustprune list`), torchvision:NAME (one of torchvision's "
+                          "classification models, untrained) or package.module:function (an importable factory "
+                          "returning an nn.Module); docs/models.md"},
+    )
+    model_args: dict[str, Any] = field(
+        default_factory=dict,
+        metadata={"help": "keyword arguments of the model's builder or factory, e.g. '{depth: 16, widen_factor: 4}'"},
+    )
     dataset: str = field(default="mnist", metadata={"help": "mnist, fashion-mnist, cifar10 or cifar100"})
     epochs: int = field(default=1, metadata={"help": "number of training epochs"})
     out: str = field(default="runs/run", metadata={"help": "run directory"})
@@ -55,7 +64,16 @@ class TrainConfig:
         default_factory=dict, metadata={"help": "method hyperparameters, e.g. '{beta: 4}'"}
     )
     init_from: str | None = field(
-        default=None, metadata={"help": "start from another run's weights (run dir or .safetensors)"}
+        default=None,
+        metadata={"help": "start from saved weights: a run directory, or a state dict file (.safetensors; "
+                          ".pt/.pth/.bin/.ckpt read with torch.load(weights_only=True)); parts a method adds "
+                          "start fresh and are named in a warning"},
+    )
+    init_prefix: str | None = field(
+        default=None,
+        metadata={"help": "comma-separated key rules for --init-from: OLD=NEW renames a key prefix (module.= "
+                          "strips it), !PREFIX keeps this model's own weights under PREFIX (e.g. !fc. for a "
+                          "classifier of another size)"},
     )
     resume: bool = field(default=False, metadata={"help": "continue from the last finished epoch in --out"})
     device: str = field(default="auto", metadata={"help": "auto, cpu or cuda"})
@@ -103,6 +121,8 @@ class TrainConfig:
         for ok, msg in checks:
             if not ok:
                 raise ValueError(msg)
+        if not isinstance(self.model_args, dict) or not all(isinstance(k, str) for k in self.model_args):
+            raise ValueError(f"model_args must be a mapping of names to values, got {self.model_args!r}")
 
 
 @dataclass(frozen=True)

@@ -5,7 +5,7 @@ A suite is YAML::
     name: mnist_quick
     seeds: [0]                      # default seeds of every run
     defaults:                       # any TrainConfig field, for every run (a run's own fields win;
-      model: lenet5-caffe           #   method_args are merged key by key)
+      model: lenet5-caffe           #   method_args are merged key by key, model_args replaced whole)
       dataset: mnist
       adv_steps: 5
     runs:
@@ -59,7 +59,7 @@ import yaml
 from robustprune.config import EvalConfig, TrainConfig
 from robustprune.defenses import TestTimeSpec, build_method, legacy_test_time
 from robustprune.eval.card import attack_names
-from robustprune.models import MODELS
+from robustprune.models import check_model_args, resolve_model
 from robustprune.registry import METHODS
 from robustprune.train.run import method_context
 
@@ -328,8 +328,10 @@ def _validate_run(suite: Suite, run: RunEntry, *, where: str) -> None:
     cfg = run.config(run.seeds[0], out="-")
     if cfg.method not in METHODS:
         raise ValueError(f"{where}: unknown method {cfg.method!r}; known: {', '.join(METHODS.names())}")
-    if cfg.model not in MODELS:
-        raise ValueError(f"{where}: unknown model {cfg.model!r}; known: {', '.join(MODELS.names())}")
+    try:
+        check_model_args(resolve_model(cfg.model), cfg.model_args)
+    except ValueError as e:
+        raise ValueError(f"{where}: {e}") from None
     try:
         cfg.validate()
         method = build_method(cfg.method, ctx=method_context(cfg, train_size=1), **cfg.method_args)
@@ -347,7 +349,7 @@ def _validate_run(suite: Suite, run: RunEntry, *, where: str) -> None:
         if dep_id not in [r.id for r in suite.runs]:
             raise ValueError(f"{where}: {kind} names run {dep_id!r}, which the suite does not define")
         dep = suite.run(dep_id)
-        for key in ("model", "dataset"):
+        for key in ("model", "model_args", "dataset"):
             if getattr(dep.config(dep.seeds[0], out="-"), key) != getattr(cfg, key):
                 raise ValueError(f"{where}: {kind} run {dep_id!r} has another {key}")
     if run.init_from is not None:

@@ -82,10 +82,10 @@ def evaluate(
     model that is random in eval mode, accuracies are averaged over ``passes`` forward passes and a
     warning is recorded for every attack that does not use EOT. Latent vulnerability (the mean
     distance between the latent features of clean and attacked inputs) is accumulated over the
-    whole set when the model exposes latent maps.
+    whole set when the model exposes latent maps (``latent_count`` > 0).
     """
     res = EvalResult(attacks=[AttackResult(name, atk.params()) for name, atk in attacks])
-    has_feats = vulnerability and hasattr(model, "latent_count")
+    has_feats = vulnerability and getattr(model, "latent_count", 0) > 0
     t0 = time.perf_counter()
     with model_mode(model):
         for i, (x, y) in enumerate(tqdm(loader, desc="eval", disable=not progress, leave=False, dynamic_ncols=True)):

@@ -166,9 +166,14 @@ class Trainer:
         self.method = build_method(cfg.method, ctx=ctx, **cfg.method_args)
         if self.method.needs_init and cfg.init_from is None and not cfg.resume:
             warnings.warn(f"method {cfg.method!r} is meant to start from a trained model (--init-from)", stacklevel=3)
-        model = self.method.prepare(build_model_for(cfg))
+        bare = build_model_for(cfg)
+        base_keys = set(bare.state_dict())
+        model = self.method.prepare(bare)
+        #: run.json's ``init``: the --init-from source, tensors loaded, keys left fresh
+        self.init_record: dict[str, Any] | None = None
         if cfg.init_from is not None and not cfg.resume:
-            init_from(model, cfg.init_from)
+            self.init_record = init_from(model, cfg.init_from, base_keys=base_keys, prefix=cfg.init_prefix,
+                                         method=cfg.method).as_dict()
         self.model = use_channels_last(model.to(self.device), self.device, cfg.channels_last)
         self.groups = self.method.param_groups(self.model)
         self.opts = [make_optimizer(cfg, g) for g in self.groups]
@@ -185,6 +190,7 @@ class Trainer:
         for obj, state in zip(stateful, states, strict=True):
             obj.load_state_dict(state)
         self.method.load_state_dict(ckpt.state.get("method", {}))
+        self.init_record = ckpt.state.get("init")
         self.history, self.start = list(ckpt.state["history"]), ckpt.epoch
         self.global_step, self.wall = int(ckpt.state["global_step"]), float(ckpt.state["wall_s"])
 
@@ -203,7 +209,7 @@ class Trainer:
             save_checkpoint(self.out, epoch + 1, self.model, {
                 "epoch": epoch + 1, "global_step": self.global_step, "wall_s": self.wall, "history": self.history,
                 "optimizers": [o.state_dict() for o in self.opts], "schedulers": [s.state_dict() for s in self.scheds],
-                "method": self.method.state_dict(),
+                "method": self.method.state_dict(), "init": self.init_record,
             })
         barrier(self.dist)
 
@@ -215,6 +221,7 @@ class Trainer:
             "status": "complete", "config": to_dict(self.cfg), "epochs_done": len(self.history),
             "history": self.history, "train_size": self.train_size, "wall_s": self.wall,
             "method_info": self.method.card_fields(),
+            **({"init": self.init_record} if self.init_record is not None else {}),
             "world_size": self.dist.world_size, **provenance(self.device),
         })
 

@@ -14,10 +14,10 @@ from torch import nn
 from robustprune.config import AMP_MODES, TrainConfig, load_train_config
 from robustprune.data import dataset_info
 from robustprune.defenses import Method, MethodContext, build_method
-from robustprune.models import build_model, mask_parameters
+from robustprune.models import build_model
 from robustprune.sparsity.compact_net import COMPACT_FILE, read_compact
-from robustprune.sparsity.magnitude import fresh_state_keys
 from robustprune.train.checkpoint import CheckpointError, load_checkpoint, load_weights
+from robustprune.train.warmstart import InitReport, warm_start
 
 
 def train_attack(cfg: TrainConfig) -> tuple[float, int, float]:
@@ -47,6 +47,7 @@ def build_model_for(cfg: TrainConfig) -> nn.Module:
     info = dataset_info(cfg.dataset)
     return build_model(
         cfg.model,
+        model_args=cfg.model_args,
         num_classes=info.num_classes,
         in_channels=info.in_channels,
         image_size=info.image_size,
@@ -77,28 +78,18 @@ def amp_context(amp: str, device: torch.device) -> contextlib.AbstractContextMan
     return torch.autocast(device.type, dtype=torch.bfloat16)
 
 
-def init_from(model: nn.Module, source: str | Path) -> None:
-    """Copy another run's weights and buffers (BN statistics included) into ``model``.
+def init_from(model: nn.Module, source: str | Path, *, base_keys: set[str] | None = None,
+              prefix: str | None = None, method: str | None = None) -> InitReport:
+    """Copy saved weights and buffers (BN statistics included) into ``model``: another run, or a
+    plain state dict file (``.safetensors``, or ``.pt``/``.pth`` read with
+    ``torch.load(weights_only=True)``), with the key fitting and ``--init-prefix`` rules of
+    :mod:`robustprune.train.warmstart`.
 
-    Mask parameters, weight masks and HYDRA scores absent from the source stay freshly
-    initialised; anything else missing, extra
-    or of another shape is an error naming the keys.
+    Keys the method added (``model``'s keys outside ``base_keys``, the bare architecture's; without
+    them: masks and HYDRA scores) stay freshly initialised and a warning names them; anything else
+    missing, extra or of another shape is an ``InitFromError`` (a ``ValueError``) naming the keys.
     """
-    source = Path(source)
-    path = source / "model.safetensors" if source.is_dir() else source
-    weights = load_weights(path)
-    own = model.state_dict()
-    mask_ids = {id(p) for p in mask_parameters(model)}
-    mask_keys = {k for k, p in model.named_parameters() if id(p) in mask_ids} | fresh_state_keys(model)
-    extra = sorted(set(weights) - set(own))
-    missing = sorted(set(own) - set(weights) - mask_keys)
-    bad_shape = sorted(k for k in set(weights) & set(own) if weights[k].shape != own[k].shape)
-    if extra or missing or bad_shape:
-        raise ValueError(
-            f"--init-from {source}: weights do not fit this model "
-            f"(unexpected {extra[:5]}, missing {missing[:5]}, shape mismatch {bad_shape[:5]})"
-        )
-    model.load_state_dict(weights, strict=False)
+    return warm_start(model, source, base_keys=base_keys, prefix=prefix, method=method)
 
 
 @dataclass
