@@ -28,9 +28,9 @@ from robustprune.data import dataset_info
 from robustprune.defenses.base import Method, MethodContext, ParamGroup, accuracy, mixed_ce
 from robustprune.defenses.standard import AdversarialTraining
 from robustprune.metrics import unit_sparsity, vulnerability
-from robustprune.models import base_parameters, mask_parameters
+from robustprune.models import base_parameters, installed_masks, mask_parameters
 from robustprune.registry import METHODS
-from robustprune.sparsity.bbdropout import install_bbd, model_kl, shared_noise
+from robustprune.sparsity.bbdropout import BBDropout, install_bbd, model_kl, shared_noise
 
 #: how N of β·KL/N is chosen (see the module docstring)
 KL_N_RULES = ("dataset", "train")
@@ -85,6 +85,19 @@ class MaskedMethod(Method):
 
     def on_epoch_end(self, model: nn.Module, epoch: int) -> dict[str, Any]:
         return {"unit_sparsity": unit_sparsity(model), "kl": float(model_kl(model).detach())}
+
+    def monitor(self, model: nn.Module) -> dict[str, float]:
+        """Per mask layer: ``keep_rate`` (fraction of units kept in eval mode), ``expected_keep``
+        (mean E[π]) and ``kl`` (the layer's KL to the prior)."""
+        out: dict[str, float] = {}
+        with torch.no_grad():
+            for name, mask in installed_masks(model):
+                if not isinstance(mask, BBDropout):
+                    continue
+                out[f"keep_rate/{name}"] = mask.n_active() / mask.units
+                out[f"expected_keep/{name}"] = float(mask.expected_keep().mean())
+                out[f"kl/{name}"] = float(mask.kl())
+        return out
 
 
 @METHODS.register("bp")

@@ -134,6 +134,12 @@ class Method:
         """Called after every epoch; returns logs for the run history."""
         return {}
 
+    def monitor(self, model: nn.Module) -> dict[str, float]:
+        """Scalars about ``model`` worth a training curve, named ``metric/layer`` (the mask-learning
+        methods: each layer's keep-rate and KL); written to TensorBoard every few steps, so keep
+        it cheap. Default: none."""
+        return {}
+
     def state_dict(self) -> dict[str, Any]:
         return {}
 
