@@ -25,7 +25,15 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from robustprune.data import dataset_info
-from robustprune.defenses.base import Method, MethodContext, ParamGroup, accuracy, mixed_ce
+from robustprune.defenses.base import (
+    Method,
+    MethodContext,
+    ParamGroup,
+    PruningTaxonomy,
+    Reference,
+    accuracy,
+    mixed_ce,
+)
 from robustprune.defenses.standard import AdversarialTraining
 from robustprune.metrics import unit_sparsity, vulnerability
 from robustprune.models import base_parameters, installed_masks, mask_parameters
@@ -69,6 +77,15 @@ class MaskedMethod(Method):
             return self.ctx.train_size
         return self.ctx.dataset_size
 
+    @classmethod
+    def taxonomy(cls, method_args: dict[str, Any]) -> PruningTaxonomy | None:
+        """During training, structured (a beta-Bernoulli mask per conv channel / fc neuron), every
+        unit's own learned keep probability (no per-layer quota); BP trains naturally, the others
+        adversarially."""
+        return PruningTaxonomy(pipeline="during", structure="channels", locality="global",
+                               criterion="Bayesian mask (beta-Bernoulli dropout)",
+                               finetuning="nt" if cls.name == "bp" else "at")
+
     def card_fields(self) -> dict[str, Any]:
         beta = self.beta
         return {**super().card_fields(), "beta": beta, "kl_n": self.kl_n, "kl_size": self.kl_size,
@@ -108,6 +125,10 @@ class BayesianPruning(MaskedMethod):
     """
 
     name: ClassVar[str] = "bp"
+    reference: ClassVar[Reference | None] = Reference(
+        "Adaptive Network Sparsification with Dependent Variational Beta-Bernoulli Dropout",
+        ("Juho Lee", "Saehoon Kim", "Jaehong Yoon", "Hae Beom Lee", "Eunho Yang", "Sung Ju Hwang"), "arXiv 2018", 2018,
+        "https://arxiv.org/abs/1805.10896")
 
     def __init__(self, *, ctx: MethodContext, beta: float = 1.0, **mask_kw: Any) -> None:
         super().__init__(ctx=ctx, **mask_kw)
@@ -149,6 +170,9 @@ class ANPVS(MaskedMethod):
     """
 
     name: ClassVar[str] = "anp-vs"
+    reference: ClassVar[Reference | None] = Reference(
+        "Adversarial Neural Pruning with Latent Vulnerability Suppression",
+        ("Divyam Madaan", "Jinwoo Shin", "Sung Ju Hwang"), "ICML 2020", 2020, "https://arxiv.org/abs/1908.04355")
     use_vs: ClassVar[bool] = True
 
     def __init__(
