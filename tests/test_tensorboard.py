@@ -95,3 +95,11 @@ def test_bad_frequency_is_named(tmp_path: Path) -> None:
         TrainLogger(tmp_path, every=0)
     with pytest.raises(ValueError, match="tensorboard_every must be >= 1, got 0"):
         TrainConfig(tensorboard_every=0).validate()
+
+
+def test_logging_settings_do_not_make_another_suite_run() -> None:
+    from robustprune.compare.runner import config_diff
+
+    cfg = TrainConfig()
+    assert config_diff(cfg, replace(cfg, tensorboard=False, tensorboard_every=7)) == []
+    assert [d.split(":")[0] for d in config_diff(cfg, replace(cfg, epochs=cfg.epochs + 1))] == ["epochs"]
