@@ -277,3 +277,18 @@ def test_measure_distances_writes_a_file_the_export_reads(at_run: Path) -> None:
     assert md.norm == "linf" and md.attack["name"] == "linf-grid" and len(md.distances) == 16
     assert md.dataset == "mnist" and all(d >= 0 for d in md.distances)
     assert 0.0 <= md.robust_acc(0.3) <= 100.0
+
+
+def test_reads_the_autoattack_card_that_eval_writes(at_run: Path) -> None:
+    """The fields the exports read are those a real `eval --attack autoattack` card has."""
+    from robustprune.eval import evaluate_run
+    from robustprune.jobs.export import _check_autoattack, load_cards
+
+    evaluate_run(at_run, attacks=["autoattack"], limit=4, progress=False, measure=False)
+    rc = load_cards(at_run)
+    assert rc.card_path == at_run / "eval" / "autoattack.json"
+    clean, robust, version = _check_autoattack(rc, eps=0.3, allow_partial=True, what="test")
+    assert version == "standard" and 0 <= robust <= clean <= 100
+    with pytest.raises(ExportError, match="full test set"):
+        _check_autoattack(rc, eps=0.3, allow_partial=False, what="test")
+    assert "weight_sparsity" in rc.card["sparsity"]
