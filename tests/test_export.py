@@ -160,7 +160,13 @@ def test_apb_entry_matches_the_benchmark_format(tmp_path: Path) -> None:
     assert entry["distances"] == [None if math.isinf(d) else d for d in DIST]
     assert entry["model_gdrive"] == ["abc123", ".safetensors"] and entry["distances_gdrive"][1] == ".pickle"
     assert res["to_fill"] == ["distances_gdrive"]
-    json_path, pkl_path = map(Path, res["paths"])
+    json_path, pkl_path, issue_path = map(Path, res["paths"])
+    issue = issue_path.read_text()
+    for line in ('_Model GDrive:_ "HYDRA_Sehwag2020Hydra_R18_CIFAR10_US_90" : ["abc123", ".safetensors"]',
+                 '_Distances GDrive:_ "HYDRA_Sehwag2020Hydra_R18_CIFAR10_US_90" : ["your_gdrive_link_id", ".pickle"]',
+                 "_Clean Accuracy:_ 80.12", "_Robust Accuracy (AA):_ 43.34", "_Robust Accuracy (HO-FMN):_ 50.00",
+                 '"ap_key": "HYDRA_Sehwag2020Hydra"', "## Architecture details and normalization"):
+        assert line in issue, line
     assert pkl_path.name == fmt["minnorm"]["distances_file"].format(model_key=entry["model_key"])
     assert pickle.loads(pkl_path.read_bytes()) == DIST
     assert json.loads(json_path.read_text())["model_key"] == entry["model_key"]

@@ -11,7 +11,8 @@ Two formats, each built from the run's cards only (``config.yaml``, the evaluati
   issue asks for: the taxonomy JSON entry, the model key, clean and AutoAttack accuracy, the
   minimum-norm robust accuracy, the model's and the distances' download ids, normalisation and
   architecture notes) plus the per-example minimal L∞ distances (``<key>.pickle``, the list the
-  benchmark's security-curve code reads), for CIFAR-10 and SVHN ResNet-18 / VGG-16 runs.
+  benchmark's security-curve code reads) and the issue's body (``<key>.issue.md``), for CIFAR-10
+  and SVHN ResNet-18 / VGG-16 runs.
 
 Which field comes from which card is tabulated in docs/export.md. Fields no card can know (a
 paper's venue, download ids) come from ``meta`` (a YAML/JSON mapping) or are written as ``null``
@@ -485,6 +486,31 @@ def apb_entry(rc: RunCards, md: MinimalDistances | None, *, meta: dict[str, Any]
     return entry
 
 
+def apb_issue(entry: dict[str, Any]) -> str:
+    """The entry as the body of the benchmark's "New AP method" issue (its template's sections)."""
+    import json
+
+    key = entry["model_key"]
+
+    def gdrive(field: str) -> str:
+        gid, ext = entry[field]
+        return f'"{key}" : ["{gid or "your_gdrive_link_id"}", "{ext}"]'
+
+    att = entry["minnorm_attack"]
+    d = entry["details"]
+    return "\n".join([
+        "# Loading Section", "", "## JSON Entry", "```json", json.dumps(entry["json_entry"], indent=2), "```", "",
+        f"## Evaluation Results of Model {key}", "",
+        f"_Model GDrive:_ {gdrive('model_gdrive')}", f"_Distances GDrive:_ {gdrive('distances_gdrive')}", "",
+        f"_Clean Accuracy:_ {entry['clean_accuracy']:.2f}",
+        f"_Robust Accuracy (AA):_ {entry['robust_accuracy_aa']:.2f}",
+        f"_Robust Accuracy (HO-FMN):_ {entry['robust_accuracy_hofmn']:.2f} (minimum-norm attack "
+        f"{att.get('name')!r}, {d['distances']['n']:,} points; AutoAttack on {d['autoattack']['n']:,})", "",
+        "## Architecture details and normalization",
+        f"Normalization needed: {'yes' if entry['normalization'] else 'no'}. {entry['architecture_notes']}.", "",
+    ])
+
+
 # ---------------------------------------------------------------------------------------- the job
 
 
@@ -533,6 +559,8 @@ def export_run(run_dir: str | Path, *, fmt: str, out: str | Path | None = None, 
     _write_atomic_bytes(pkl, pickle.dumps(list(md.distances) if md else []))
     path = base / f"{key}.json"
     atomic_write_json(path, entry)
+    issue = base / f"{key}.issue.md"
+    _write_atomic_bytes(issue, apb_issue(entry).encode())
     to_fill = [f for f in ("model_gdrive", "distances_gdrive") if entry[f][0] is None]
     to_fill += [f"json_entry.{k}" for k, v in entry["json_entry"].items() if v is None]
-    return {"paths": [str(path), str(pkl)], "entry": entry, "to_fill": to_fill}
+    return {"paths": [str(path), str(pkl), str(issue)], "entry": entry, "to_fill": to_fill}
