@@ -72,6 +72,26 @@ def _compact_parser() -> ArgumentParser:
     return p
 
 
+def _export_parser() -> ArgumentParser:
+    p = ArgumentParser(description="Write a run's results as a benchmark entry, built from its cards: a RobustBench "
+                                   "model-info JSON, or an Adversarial Pruning Benchmark entry with per-example "
+                                   "minimal distances (CIFAR-10/SVHN ResNet-18/VGG-16 only). See docs/export.md.")
+    p.add_argument("run", type=str, help="run directory (evaluated with --attack autoattack)")
+    p.add_argument("--format", dest="fmt", type=str, required=True, help="robustbench or apb")
+    p.add_argument("--out", type=str | None, default=None, help="output directory (default RUN/export/<format>)")
+    p.add_argument("--card", type=str | None, default=None,
+                   help="evaluation card with the AutoAttack result (default: found under RUN/eval)")
+    p.add_argument("--distances", type=str | None, default=None,
+                   help="apb: minimal-distances file (default: the newest RUN/eval/distances-*.json)")
+    p.add_argument("--meta", type=str | None, default=None,
+                   help="YAML/JSON mapping of fields no card knows (venue, download ids, ap_key, ...)")
+    p.add_argument("--sparsity-rate", dest="sparsity_rate", type=int | None, default=None,
+                   help="apb: the sparsity level (%%) the run stands for (default: the measured one within 1 point)")
+    p.add_argument("--allow-partial", dest="allow_partial", action=YES_NO(), default=False,
+                   help="accept AutoAttack on fewer than the full 10,000 test points (noted in the entry)")
+    return p
+
+
 def _report_parser() -> ArgumentParser:
     p = ArgumentParser(description="Re-render a suite directory's table and plots from its cards.")
     p.add_argument("dir", type=str, help="suite directory written by `robustprune compare`")
@@ -196,6 +216,7 @@ def build_parser() -> ArgumentParser:
     sub.add_subcommand("compare", _compare_parser(), help="train, evaluate and tabulate a suite of runs")
     sub.add_subcommand("report", _report_parser(), help="re-render a suite's table and plots from its cards")
     sub.add_subcommand("compact", _compact_parser(), help="physically remove pruned units from a run")
+    sub.add_subcommand("export", _export_parser(), help="a run as a RobustBench or Adversarial Pruning Benchmark entry")
     sub.add_subcommand("audit", _audit_parser(), help="attack ladder + gradient-masking checks for a run")
     sub.add_subcommand("curve", _curve_parser(), help="robust accuracy vs eps for a run")
     sub.add_subcommand("surface", _surface_parser(), help="loss surface around test points of a run")
@@ -277,6 +298,19 @@ def cmd_compact(ns: Namespace) -> int:
 
     out = compact_run(ns.run, out=ns.out, onnx=ns.onnx, measure=ns.measure, repeats=ns.repeats)
     print(format_compact(out))
+    return 0
+
+
+def cmd_export(ns: Namespace) -> int:
+    from robustprune.jobs.export import export_run
+
+    res = export_run(ns.run, fmt=ns.fmt, out=ns.out, card=ns.card, distances=ns.distances, meta=ns.meta,
+                     sparsity_rate=ns.sparsity_rate, allow_partial=ns.allow_partial)
+    shown = {k: v for k, v in res["entry"].items() if k != "distances"}
+    print(json.dumps(shown, indent=2))
+    if res["to_fill"]:
+        print(f"to fill in by hand: {', '.join(res['to_fill'])}", file=sys.stderr)
+    print("written: " + ", ".join(res["paths"]), file=sys.stderr)
     return 0
 
 
@@ -366,8 +400,8 @@ def cmd_sweep_sparsity(ns: Namespace) -> int:
 
 COMMANDS = {"calibration": cmd_calibration,
             "train": cmd_train, "eval": cmd_eval, "compare": cmd_compare, "report": cmd_report, "list": cmd_list,
-            "compact": cmd_compact, "audit": cmd_audit, "curve": cmd_curve, "surface": cmd_surface,
-            "sweep-sparsity": cmd_sweep_sparsity}
+            "compact": cmd_compact, "export": cmd_export, "audit": cmd_audit, "curve": cmd_curve,
+            "surface": cmd_surface, "sweep-sparsity": cmd_sweep_sparsity}
 
 
 #: older flag spellings still accepted, each with a note on stderr: ``--no_<flag>`` is ``--no-<flag>``

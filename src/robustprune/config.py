@@ -89,6 +89,11 @@ class TrainConfig:
                           "CUDA: the GPU path; CPU: CPU autocast, slower than float32 without native bf16"},
     )
     progress: bool = field(default=True, metadata={"help": "show progress bars"})
+    tensorboard: bool = field(
+        default=True, metadata={"help": "write TensorBoard event files under OUT/tensorboard (losses, accuracies, "
+                                        "learning rates, mask keep-rates); --no-tensorboard turns it off"})
+    tensorboard_every: int = field(
+        default=50, metadata={"help": "optimiser steps between two TensorBoard points (their mean is written)"})
 
     def validate(self) -> None:
         """Raise ``ValueError`` naming the first bad value."""
@@ -112,6 +117,7 @@ class TrainConfig:
                 self.adv_step_size is None or self.adv_step_size > 0,
                 f"adv_step_size must be > 0, got {self.adv_step_size}",
             ),
+            (self.tensorboard_every >= 1, f"tensorboard_every must be >= 1, got {self.tensorboard_every}"),
             (self.amp in AMP_MODES, f"amp must be one of {', '.join(AMP_MODES)}, got {self.amp!r}"),
             (
                 self.device in ("auto", "cpu", "cuda") or self.device.startswith("cuda:"),

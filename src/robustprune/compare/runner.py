@@ -47,7 +47,7 @@ __all__ = ["RunSpec", "Task", "card_path", "comparable", "config_diff", "plan_ru
            "run_suite", "run_task", "suite_card", "suite_lock"]
 
 #: config fields that may differ between a finished run and the suite without making it another run
-IGNORED_FIELDS = ("out", "data_dir", "progress", "device", "resume", "init_from")
+IGNORED_FIELDS = ("out", "data_dir", "progress", "device", "resume", "init_from", "tensorboard", "tensorboard_every")
 #: a running ``run_suite`` holds this file (its pid) in the suite directory
 LOCK = ".compare.lock"
 

@@ -7,7 +7,7 @@ from typing import Any, ClassVar, cast
 import torch
 from torch import Tensor, nn
 
-from robustprune.defenses.base import Method, MethodContext
+from robustprune.defenses.base import Method, MethodContext, PruningTaxonomy, Reference
 from robustprune.defenses.magnitude import robust_or_clean_loss
 from robustprune.registry import METHODS
 from robustprune.sparsity.magnitude import (
@@ -44,6 +44,17 @@ class ADMMPruning(Method):
 
     name: ClassVar[str] = "admm"
     needs_init: ClassVar[bool] = True
+    reference: ClassVar[Reference | None] = Reference(
+        "Adversarial Robustness vs. Model Compression, or Both?",
+        ("Shaokai Ye", "Kaidi Xu", "Sijia Liu", "Hao Cheng", "Jan-Henrik Lambrechts", "Huan Zhang", "Aojun Zhou",
+         "Kaisheng Ma", "Yanzhi Wang", "Xue Lin"), "ICCV 2019", 2019, "https://arxiv.org/abs/1903.12561")
+
+    @classmethod
+    def taxonomy(cls, method_args: dict[str, Any]) -> PruningTaxonomy | None:
+        """After training, one shot, unstructured or filters (``structure``), per layer, ADMM solver."""
+        structure = "filters" if method_args.get("structure") == "filter" else "unstructured"
+        return PruningTaxonomy(pipeline="after", structure=structure, locality="local",
+                               criterion="Solver Based LWM (SOLWM)", finetuning="at", iterative=False)
 
     def __init__(self, *, ctx: MethodContext, sparsity: float | dict[str, float] = 0.8, structure: str = "irregular",
                  rho: float = 1e-3, rho_growth: float = 1.3, admm_every: int = 1, prune_epoch: int = 1,

@@ -25,12 +25,20 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from robustprune.data import dataset_info
-from robustprune.defenses.base import Method, MethodContext, ParamGroup, accuracy, mixed_ce
+from robustprune.defenses.base import (
+    Method,
+    MethodContext,
+    ParamGroup,
+    PruningTaxonomy,
+    Reference,
+    accuracy,
+    mixed_ce,
+)
 from robustprune.defenses.standard import AdversarialTraining
 from robustprune.metrics import unit_sparsity, vulnerability
-from robustprune.models import base_parameters, mask_parameters
+from robustprune.models import base_parameters, installed_masks, mask_parameters
 from robustprune.registry import METHODS
-from robustprune.sparsity.bbdropout import install_bbd, model_kl, shared_noise
+from robustprune.sparsity.bbdropout import BBDropout, install_bbd, model_kl, shared_noise
 
 
 class MaskedMethod(Method):
@@ -63,6 +71,15 @@ class MaskedMethod(Method):
         """N of β·KL/N: the whole training split (``kl_n="dataset"``) or this run's examples (``"train"``)."""
         return self.ctx.prior_size(self.kl_n)
 
+    @classmethod
+    def taxonomy(cls, method_args: dict[str, Any]) -> PruningTaxonomy | None:
+        """During training, structured (a beta-Bernoulli mask per conv channel / fc neuron), every
+        unit's own learned keep probability (no per-layer quota); BP trains naturally, the others
+        adversarially."""
+        return PruningTaxonomy(pipeline="during", structure="channels", locality="global",
+                               criterion="Bayesian mask (beta-Bernoulli dropout)",
+                               finetuning="nt" if cls.name == "bp" else "at")
+
     def card_fields(self) -> dict[str, Any]:
         beta = self.beta
         return {**super().card_fields(), "beta": beta, "kl_n": self.kl_n, "kl_size": self.kl_size,
@@ -80,6 +97,19 @@ class MaskedMethod(Method):
     def on_epoch_end(self, model: nn.Module, epoch: int) -> dict[str, Any]:
         return {"unit_sparsity": unit_sparsity(model), "kl": float(model_kl(model).detach())}
 
+    def monitor(self, model: nn.Module) -> dict[str, float]:
+        """Per mask layer: ``keep_rate`` (fraction of units kept in eval mode), ``expected_keep``
+        (mean E[π]) and ``kl`` (the layer's KL to the prior)."""
+        out: dict[str, float] = {}
+        with torch.no_grad():
+            for name, mask in installed_masks(model):
+                if not isinstance(mask, BBDropout):
+                    continue
+                out[f"keep_rate/{name}"] = mask.n_active() / mask.units
+                out[f"expected_keep/{name}"] = float(mask.expected_keep().mean())
+                out[f"kl/{name}"] = float(mask.kl())
+        return out
+
 
 @METHODS.register("bp")
 class BayesianPruning(MaskedMethod):
@@ -89,6 +119,10 @@ class BayesianPruning(MaskedMethod):
     """
 
     name: ClassVar[str] = "bp"
+    reference: ClassVar[Reference | None] = Reference(
+        "Adaptive Network Sparsification with Dependent Variational Beta-Bernoulli Dropout",
+        ("Juho Lee", "Saehoon Kim", "Jaehong Yoon", "Hae Beom Lee", "Eunho Yang", "Sung Ju Hwang"), "arXiv 2018", 2018,
+        "https://arxiv.org/abs/1805.10896")
 
     def __init__(self, *, ctx: MethodContext, beta: float = 1.0, **mask_kw: Any) -> None:
         super().__init__(ctx=ctx, **mask_kw)
@@ -130,6 +164,9 @@ class ANPVS(MaskedMethod):
     """
 
     name: ClassVar[str] = "anp-vs"
+    reference: ClassVar[Reference | None] = Reference(
+        "Adversarial Neural Pruning with Latent Vulnerability Suppression",
+        ("Divyam Madaan", "Jinwoo Shin", "Sung Ju Hwang"), "ICML 2020", 2020, "https://arxiv.org/abs/1908.04355")
     use_vs: ClassVar[bool] = True
 
     def __init__(

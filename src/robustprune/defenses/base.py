@@ -66,6 +66,47 @@ class MethodContext:
         return PGD(eps=self.adv_eps, steps=self.adv_steps, step_size=self.adv_step_size, random_start=True)
 
 
+@dataclass(frozen=True)
+class Reference:
+    """The paper a method follows, as benchmark entries cite it (RobustBench's ``name``, ``authors``,
+    ``venue``, ``link``; the APB's ``link_to_paper`` and key)."""
+
+    title: str
+    authors: tuple[str, ...]
+    venue: str
+    year: int
+    link: str
+
+    @property
+    def key(self) -> str:
+        """``<FirstAuthorSurname><Year><FirstTitleWord>``, the naming both benchmarks use (``Sehwag2020Hydra``)."""
+        surname = self.authors[0].split()[-1]
+        word = "".join(c for c in self.title.split()[0] if c.isalnum())
+        return f"{surname}{self.year}{word.capitalize()}"
+
+
+@dataclass(frozen=True)
+class PruningTaxonomy:
+    """Where a pruning method sits in Piras et al.'s (2024) taxonomy of adversarial pruning.
+
+    ``pipeline``: when it prunes, ``"after"``, ``"before"`` or ``"during"`` training;
+    ``pretraining``/``finetuning`` (after), or the pruning and training steps (before), or the one
+    training step (during): ``"at"`` (adversarial, PGD), ``"trades"``, ``"nt"`` (natural), ``None``
+    (not specified, e.g. whatever the ``--init-from`` run did); ``iterative``: pruned in rounds
+    (``False``: one shot; ``None`` for during-training methods); ``structure``: ``"unstructured"``
+    (weights), ``"filters"`` or ``"channels"``; ``locality``: ``"local"`` (per layer) or
+    ``"global"``; ``criterion``: the taxonomy's label (``"Least Importance Score (LIS)"``).
+    """
+
+    pipeline: str
+    structure: str
+    locality: str | None
+    criterion: str
+    pretraining: str | None = None
+    finetuning: str | None = None
+    iterative: bool | None = None
+
+
 @dataclass
 class ParamGroup:
     """Parameters stepped by one optimiser on the loss of the same name."""
@@ -90,6 +131,14 @@ class Method:
     needs_init: ClassVar[bool] = False
     #: eval-mode outputs are random (evaluate with EOT and averaged passes)
     stochastic: bool = False
+    #: the paper the method follows (benchmark exports cite it); None: none recorded
+    reference: ClassVar[Reference | None] = None
+
+    @classmethod
+    def taxonomy(cls, method_args: dict[str, Any]) -> PruningTaxonomy | None:
+        """The method's place in the adversarial-pruning taxonomy when trained with ``method_args``
+        (a run's ``method_args``); ``None`` for a method that does not prune (the default)."""
+        return None
 
     def __init__(self, *, ctx: MethodContext) -> None:
         self.ctx = ctx
@@ -145,6 +194,12 @@ class Method:
 
     def on_epoch_end(self, model: nn.Module, epoch: int) -> dict[str, Any]:
         """Called after every epoch; returns logs for the run history."""
+        return {}
+
+    def monitor(self, model: nn.Module) -> dict[str, float]:
+        """Scalars about ``model`` worth a training curve, named ``metric/layer`` (the mask-learning
+        methods: each layer's keep-rate and KL); written to TensorBoard every few steps, so keep
+        it cheap. Default: none."""
         return {}
 
     def state_dict(self) -> dict[str, Any]:

@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from robustprune.defenses.base import Method, MethodContext, ParamGroup
+from robustprune.defenses.base import Method, MethodContext, ParamGroup, PruningTaxonomy, Reference
 from robustprune.defenses.magnitude import robust_or_clean_loss
 from robustprune.registry import METHODS
 from robustprune.sparsity.magnitude import MASK_BUFFER, apply_masks, prunable_layers, sparsity_mask
@@ -101,6 +101,17 @@ class Hydra(Method):
 
     name: ClassVar[str] = "hydra"
     needs_init: ClassVar[bool] = True
+    reference: ClassVar[Reference | None] = Reference(
+        "HYDRA: Pruning Adversarially Robust Neural Networks",
+        ("Vikash Sehwag", "Shiqi Wang", "Prateek Mittal", "Suman Jana"), "NeurIPS 2020", 2020,
+        "https://arxiv.org/abs/2002.10509")
+
+    @classmethod
+    def taxonomy(cls, method_args: dict[str, Any]) -> PruningTaxonomy | None:
+        """After training (from ``--init-from``), one shot, unstructured, per layer, learned importance
+        scores; score search and fine-tuning under the AT loss."""
+        return PruningTaxonomy(pipeline="after", structure="unstructured", locality="local",
+                               criterion="Least Importance Score (LIS)", finetuning="at", iterative=False)
 
     def __init__(self, *, ctx: MethodContext, sparsity: float = 0.9, score_epochs: int = 1,
                  score_lr: float | None = None, keep_first_last: bool = False, adv_weight: float = 2.0) -> None:

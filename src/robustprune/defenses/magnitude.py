@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from robustprune.defenses.base import Method, MethodContext, accuracy, mixed_ce
+from robustprune.defenses.base import Method, MethodContext, PruningTaxonomy, Reference, accuracy, mixed_ce
 from robustprune.registry import METHODS
 from robustprune.sparsity.magnitude import (
     apply_masks,
@@ -49,6 +49,18 @@ class MagnitudePruning(Method):
 
     name: ClassVar[str] = "magnitude"
     needs_init: ClassVar[bool] = True
+    reference: ClassVar[Reference | None] = Reference(
+        "Sparse DNNs with Improved Adversarial Robustness",
+        ("Yiwen Guo", "Chao Zhang", "Changshui Zhang", "Yurong Chen"), "NeurIPS 2018", 2018, "https://arxiv.org/abs/1810.09619")
+
+    @classmethod
+    def taxonomy(cls, method_args: dict[str, Any]) -> PruningTaxonomy | None:
+        """After training, iterative, unstructured, per layer or global (``scope``), lowest magnitude;
+        retrained with the AT loss when ``adversarial``, else natural training."""
+        return PruningTaxonomy(pipeline="after", structure="unstructured",
+                               locality="global" if method_args.get("scope") == "global" else "local",
+                               criterion="Lowest Weight Magnitude LWM", iterative=True,
+                               finetuning="at" if method_args.get("adversarial") else "nt")
 
     def __init__(self, *, ctx: MethodContext, rho: float = 1 / 3, epochs_per_round: int = 1,
                  max_rounds: int | None = None, scope: str = "layer", keep_first_last: bool = False,

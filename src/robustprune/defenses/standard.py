@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from robustprune.attacks import PGD
-from robustprune.defenses.base import Method, MethodContext, accuracy, mixed_ce
+from robustprune.defenses.base import Method, MethodContext, Reference, accuracy, mixed_ce
 from robustprune.models import model_mode
 from robustprune.registry import METHODS
 
@@ -35,6 +35,10 @@ class AdversarialTraining(Method):
     """
 
     name: ClassVar[str] = "at"
+    reference: ClassVar[Reference | None] = Reference(
+        "Towards Deep Learning Models Resistant to Adversarial Attacks",
+        ("Aleksander Madry", "Aleksandar Makelov", "Ludwig Schmidt", "Dimitris Tsipras", "Adrian Vladu"),
+        "ICLR 2018", 2018, "https://arxiv.org/abs/1706.06083")
 
     def __init__(self, *, ctx: MethodContext, adv_weight: float = 2.0, pure: bool = False) -> None:
         super().__init__(ctx=ctx)
@@ -68,6 +72,9 @@ class FastAT(Method):
     """
 
     name: ClassVar[str] = "fast-at"
+    reference: ClassVar[Reference | None] = Reference(
+        "Fast is better than free: Revisiting adversarial training", ("Eric Wong", "Leslie Rice", "J. Zico Kolter"),
+        "ICLR 2020", 2020, "https://arxiv.org/abs/2001.03994")
 
     def __init__(
         self,

@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from robustprune.attacks import PGD
-from robustprune.defenses.base import Method, MethodContext, accuracy
+from robustprune.defenses.base import Method, MethodContext, Reference, accuracy
 from robustprune.models import model_mode
 from robustprune.registry import METHODS
 
@@ -27,6 +27,10 @@ class TRADES(Method):
     """
 
     name: ClassVar[str] = "trades"
+    reference: ClassVar[Reference | None] = Reference(
+        "Theoretically Principled Trade-off between Robustness and Accuracy",
+        ("Hongyang Zhang", "Yaodong Yu", "Jiantao Jiao", "Eric P. Xing", "Laurent El Ghaoui", "Michael I. Jordan"),
+        "ICML 2019", 2019, "https://arxiv.org/abs/1901.08573")
 
     def __init__(self, *, ctx: MethodContext, beta: float = 6.0, start_std: float = 0.001) -> None:
         super().__init__(ctx=ctx)

@@ -30,6 +30,7 @@ from robustprune.train.distributed import (
     shard_batch_size,
 )
 from robustprune.train.run import amp_context, build_model_for, init_from, method_context, use_channels_last
+from robustprune.train.tensorboard import TrainLogger
 from robustprune.utils import atomic_write_json, provenance, resolve_device
 
 
@@ -82,7 +83,8 @@ def resolve_resume(cfg: TrainConfig) -> TrainConfig:
     if old.epochs != cfg.epochs and old.schedule != "constant":
         warnings.warn(f"resuming {cfg.out} with epochs={cfg.epochs} instead of {old.epochs}: the {old.schedule} "
                       "learning-rate schedule is stretched from here on", stacklevel=3)
-    return replace(old, epochs=cfg.epochs, device=cfg.device, progress=cfg.progress, resume=True)
+    return replace(old, epochs=cfg.epochs, device=cfg.device, progress=cfg.progress, tensorboard=cfg.tensorboard,
+                   tensorboard_every=cfg.tensorboard_every, resume=True)
 
 
 def step(method: Method, model: nn.Module, groups: list[ParamGroup], opts: list[torch.optim.Optimizer],
@@ -180,6 +182,18 @@ class Trainer:
         self.scheds = [make_scheduler(cfg, o, total_steps) for o in self.opts]
         self.history: list[dict[str, Any]] = []
         self.start, self.global_step, self.wall = 0, 0, 0.0
+        self.tb = TrainLogger(self.out, enabled=False)  # opened by ``open_log`` once the run directory exists
+
+    def open_log(self) -> None:
+        """Start the TensorBoard log (rank 0, ``cfg.tensorboard``); a resumed run purges the events
+        after its checkpoint."""
+        self.tb = TrainLogger(self.out, enabled=self.cfg.tensorboard and self.dist.is_main,
+                              every=self.cfg.tensorboard_every, purge_step=self.global_step + 1 if self.start else None,
+                              monitor=lambda: self.method.monitor(self.model))
+
+    def learning_rates(self) -> dict[str, float]:
+        """The current learning rate of each parameter group, by group name."""
+        return {g.name: float(o.param_groups[0]["lr"]) for g, o in zip(self.groups, self.opts, strict=True)}
 
     def restore(self) -> None:
         """Continue from the newest complete checkpoint (``--resume``)."""
@@ -205,6 +219,7 @@ class Trainer:
         epoch_s = time.perf_counter() - t0
         self.wall += epoch_s
         self.history.append({"epoch": epoch + 1, "time_s": epoch_s, **logs})
+        self.tb.epoch(epoch + 1, self.history[-1])
         if self.dist.is_main:
             save_checkpoint(self.out, epoch + 1, self.model, {
                 "epoch": epoch + 1, "global_step": self.global_step, "wall_s": self.wall, "history": self.history,
@@ -237,10 +252,14 @@ def fit(cfg: TrainConfig) -> Path:
     if tr.dist.is_main:
         tr.out.mkdir(parents=True, exist_ok=True)
         save_yaml(to_dict(tr.cfg), tr.out / "config.yaml")
-    for epoch in range(tr.start, tr.cfg.epochs):
-        tr.train_epoch(epoch)
-        if tr.method.stop_training:
-            break
+    tr.open_log()
+    try:
+        for epoch in range(tr.start, tr.cfg.epochs):
+            tr.train_epoch(epoch)
+            if tr.method.stop_training:
+                break
+    finally:
+        tr.tb.close()
     tr.finish()
     barrier(tr.dist)
     return tr.out
@@ -263,6 +282,8 @@ def run_epoch(tr: Trainer, epoch: int) -> dict[str, float]:
             for s in tr.scheds:
                 s.step()
             tr.method.after_step(tr.model, tr.global_step + i + 1)
+            if tr.tb.enabled:
+                tr.tb.step(tr.global_step + i + 1, logs, tr.learning_rates(), last=i == len(loader) - 1)
             for k, v in logs.items():
                 sums[k] = sums[k] + v if k in sums else v.clone()
             n += 1
