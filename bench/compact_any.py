@@ -21,7 +21,6 @@ Measured, on random [0, 1] data:
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import sys

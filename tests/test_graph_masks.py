@@ -338,3 +338,68 @@ def test_graph_run_compacts_and_evaluates(tiny_mnist: Path, tmp_path: Path, caps
     assert got["compact"]["compacted"] is True and 0 <= got["clean_acc"] <= 100
     again = compact_run(run, out=tmp_path / "measured", repeats=1, batch_sizes=(2,))
     assert json.loads((again / "compact.json").read_text())["measured"]["flops_speedup"] > 1
+
+
+# --------------------------------------------------------------------------------- the registered models
+def without_hand_slots(model: nn.Module) -> nn.Module:
+    """``model`` with every hand-placed MaskSlot replaced by an identity (for the graph to place)."""
+    for name, _ in mask_slots(model):
+        parent, _, attr = name.rpartition(".")
+        setattr(model.get_submodule(parent) if parent else model, attr, nn.Identity())
+    return model
+
+
+def test_graph_slots_train_exactly_like_lenet300_hand_slots() -> None:
+    """LeNet-300-100's hand slots sit right after fc1 and fc2, where the graph puts its sites: the
+    same units in the same order, and a few ``bp`` steps give identical parameters and logits."""
+    from robustprune.models import build_model
+
+    ctx = MethodContext(dataset="mnist", train_size=1000, num_classes=10, adv_eps=0.3, adv_steps=1,
+                        adv_step_size=0.1, lr=1e-2, weight_decay=1e-4, total_steps=10)
+    torch.manual_seed(0)
+    hand = build_model("lenet-300-100")
+    graph = GraphNet(without_hand_slots(copy.deepcopy(hand)), input_shape=(1, 28, 28))
+    assert [s.units for _, s in mask_slots(graph)] == [s.units for _, s in mask_slots(hand)] == [300, 100]
+    assert [g.sites for g in graph.groups] == [("fc1",), ("fc2",)]
+    with pytest.raises(ValueError, match="mask1"):
+        GraphNet(build_model("lenet-300-100"), input_shape=(1, 28, 28))  # no double masks
+    runs = []
+    for model in (hand, graph):
+        m = build_method("bp", ctx=ctx)
+        m.prepare(model)
+        groups = m.param_groups(model)
+        opts = [torch.optim.Adam(g.params, lr=g.lr, weight_decay=g.weight_decay) for g in groups]
+        torch.manual_seed(7)  # the masks' noise: drawn in the same order by both
+        g = torch.Generator().manual_seed(3)
+        for _ in range(3):
+            step(m, model, groups, opts, torch.rand(16, 1, 28, 28, generator=g),  # type: ignore[arg-type]
+                 torch.randint(0, 10, (16,), generator=g))
+        model.eval()
+        with torch.no_grad():
+            params = [*base_parameters(model), *mask_parameters(model)]  # weights, then masks, in order
+            runs.append((model(torch.rand(4, 1, 28, 28, generator=g)), [p.detach().clone() for p in params]))
+    (want, p_hand), (got, p_graph) = runs
+    assert torch.equal(want, got)
+    assert len(p_hand) == len(p_graph) == 10 and all(torch.equal(a, b) for a, b in zip(p_hand, p_graph, strict=True))
+
+
+@pytest.mark.parametrize("name", ["lenet5-caffe", "vgg16"])
+def test_graph_groups_match_the_output_side_hand_slots(name: str) -> None:
+    """On LeNet5-Caffe and VGG-16 the graph finds exactly the hand slots that mask a layer's outputs,
+    in the same order; the hand slots on a linear layer's *inputs* (LeNet5's 800-way mask3, VGG's
+    mask_fc1) are not output units, and VGG-16's hand masks sit before the BN, the graph's after it."""
+    from robustprune.models import build_model
+
+    model = build_model(name, **({"in_channels": 1, "image_size": 28} if name == "lenet5-caffe" else {}))
+    hand = {n: s.units for n, s in mask_slots(model)}
+    shape = (1, 28, 28) if name == "lenet5-caffe" else CIFAR
+    graph = GraphNet(without_hand_slots(model), input_shape=shape)
+    found = [(g.producers, g.units) for g in graph.groups]
+    if name == "lenet5-caffe":
+        assert found == [(("conv1",), hand["mask1"]), (("conv2",), hand["mask2"]), (("fc1",), hand["mask4"])]
+        assert hand["mask3"] == 800  # the flattened inputs of fc1: no output group
+    else:
+        blocks = [((f"blocks.{i}.conv",), hand[f"blocks.{i}.mask"]) for i in range(13)]
+        assert found == [*blocks, (("fc1",), hand["mask_fc2"])]
+        assert [g.sites for g in graph.groups][:2] == [("blocks.0.bn",), ("blocks.1.bn",)]
+    assert graph.skipped == []

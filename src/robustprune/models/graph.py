@@ -32,7 +32,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import torch
 import torch_pruning as tp
@@ -150,6 +150,12 @@ def dependency_graph(net: nn.Module, example: Tensor) -> tp.DependencyGraph:
         return tp.DependencyGraph().build_dependency(net, example_inputs=example, verbose=False)
 
 
+def _out_units(module: nn.Module) -> int:
+    """Output channels of a conv, output features of a linear layer."""
+    n = module.out_channels if isinstance(module, nn.modules.conv._ConvNd) else module.out_features
+    return int(cast(int, n))
+
+
 def _is_full(idxs: Any, n: int) -> bool:
     return [int(i) for i in idxs] == list(range(n))
 
@@ -166,8 +172,7 @@ def _classify(dg: tp.DependencyGraph, group: Any, names: dict[nn.Module, str]) -
         out_side = dg.is_out_channel_pruning_fn(dep.handler)
         if isinstance(module, PRODUCERS):
             if out_side:
-                n = module.out_channels if isinstance(module, nn.modules.conv._ConvNd) else module.out_features
-                if not _is_full(idxs, n):
+                if not _is_full(idxs, _out_units(module)):
                     return None, f"{names[module]} contributes only part of the group (concatenation)"
                 if module not in producers:
                     producers.append(module)
@@ -181,7 +186,7 @@ def _classify(dg: tp.DependencyGraph, group: Any, names: dict[nn.Module, str]) -
         return None, f"{names[module]} ({type(module).__name__}) couples the group's channels"
     if not producers:
         return None, "no conv or linear layer produces these units"
-    units_of = {p.out_channels if isinstance(p, nn.modules.conv._ConvNd) else p.out_features for p in producers}
+    units_of = {_out_units(p) for p in producers}
     if len(units_of) != 1:
         return None, f"producers of different widths {sorted(units_of)}"
     sites: list[nn.Module] = []
@@ -222,7 +227,8 @@ def find_unit_groups(net: nn.Module, example: Tensor, *, ignore: Sequence[str] =
         found, reason = _classify(dg, group, names)
         if found is None:
             prods = tuple(sorted({names[d.target.module] for d, _ in group if d.target.module in names
-                                  and isinstance(d.target.module, PRODUCERS) and dg.is_out_channel_pruning_fn(d.handler)}))
+                                  and isinstance(d.target.module, PRODUCERS)
+                                  and dg.is_out_channel_pruning_fn(d.handler)}))
             skipped.append((prods, reason))
         else:
             groups.append(found)
@@ -270,6 +276,10 @@ class GraphNet(nn.Module):
         shape = tuple(int(s) for s in input_shape)
         if not shape or any(s < 1 for s in shape):
             raise ValueError(f"input_shape must be positive sizes of one example, got {list(input_shape)}")
+        placed = [n for n, m in net.named_modules() if isinstance(m, MaskSlot)]
+        if placed:
+            raise ValueError(f"{type(net).__name__} already places mask slots by hand ({', '.join(placed[:3])}); "
+                             "use it as it is, or replace its slots with nn.Identity() to let the graph place them")
         self.net = net
         self.input_shape = shape
         ref = next(iter(net.parameters()), None)
@@ -277,9 +287,10 @@ class GraphNet(nn.Module):
         groups, skipped = find_unit_groups(net, example, ignore=ignore)
         self.groups = groups
         self.skipped = skipped
-        self.slots = nn.ModuleList(GraphSlot(g.units, g.kind, g.sites) for g in groups)
+        slots = [GraphSlot(g.units, g.kind, g.sites) for g in groups]
+        self.slots = nn.ModuleList(slots)
         modules = dict(net.named_modules())
-        for slot in self.slots:
+        for slot in slots:
             for site in slot.sites:
                 modules[site].register_forward_hook(_SiteHook(slot))
         self.latent_count = sum(len(g.sites) for g in groups)

@@ -51,9 +51,8 @@ def _slots(model: GraphNet) -> list[GraphSlot]:
 @torch.no_grad()
 def _scale_site(module: nn.Module, scale: Tensor) -> None:
     """Multiply a site's output channels by ``scale`` (float64) inside its parameters."""
-    if isinstance(module, _BN):
-        params = [module.weight, module.bias]
-    elif isinstance(module, (_CONV, nn.Linear)):
+    params: list[Tensor | None]
+    if isinstance(module, (_BN, _CONV, nn.Linear)):
         params = [module.weight, module.bias]
     else:  # a GraphNet only places sites on these
         raise ValueError(f"cannot fold a mask into {type(module).__name__}")
