@@ -403,3 +403,15 @@ def test_graph_groups_match_the_output_side_hand_slots(name: str) -> None:
         assert found == [*blocks, (("fc1",), hand["mask_fc2"])]
         assert [g.sites for g in graph.groups][:2] == [("blocks.0.bn",), ("blocks.1.bn",)]
     assert graph.skipped == []
+
+
+@pytest.mark.slow
+def test_graph_compaction_exports_to_onnx(tmp_path: Path) -> None:
+    pytest.importorskip("onnx")
+    pytest.importorskip("onnxruntime")
+    pytest.importorskip("onnxscript")
+    from robustprune.sparsity.compact import export_onnx
+
+    _, small = trained_pruned(wrn, "bp")
+    assert export_onnx(small, tmp_path / "m.onnx", CIFAR) <= 1e-5
+    assert (tmp_path / "m.onnx").stat().st_size > 0
