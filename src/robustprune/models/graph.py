@@ -142,6 +142,13 @@ def output_layers(net: nn.Module, example: Tensor) -> list[nn.Module]:
     return found
 
 
+def trace_input(shape: Sequence[int], device: torch.device | None = None) -> Tensor:
+    """The input a network is traced on: one uniform [0, 1] example from a fixed seed (the global
+    RNG is left alone, so building a model draws nothing from it)."""
+    x = torch.rand(1, *shape, generator=torch.Generator().manual_seed(0))
+    return x if device is None else x.to(device)
+
+
 def dependency_graph(net: nn.Module, example: Tensor) -> tp.DependencyGraph:
     """Torch-Pruning's dependency graph of ``net`` traced on ``example`` in eval mode. (Layers to
     leave alone are passed when asking for groups, not here: ignoring the logits' layer while
@@ -283,7 +290,7 @@ class GraphNet(nn.Module):
         self.net = net
         self.input_shape = shape
         ref = next(iter(net.parameters()), None)
-        example = torch.rand(1, *shape, device=None if ref is None else ref.device)
+        example = trace_input(shape, None if ref is None else ref.device)
         groups, skipped = find_unit_groups(net, example, ignore=ignore)
         self.groups = groups
         self.skipped = skipped

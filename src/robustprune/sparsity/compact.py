@@ -100,7 +100,8 @@ def export_onnx(net: nn.Module, path: str | Path, input_shape: Sequence[int], *,
 
 
 def compact_summary(info: dict[str, Any]) -> dict[str, Any]:
-    """What a result card records about a compacted run: compact.json without the layer list and
+    """What a result card records about a compacted run: compact.json without the rebuild description and
     what the card already holds (its ``sparsity`` is the source's ``source_cost``)."""
-    skip = ("layers", "format", "version", "source_cost", "method", "model", "dataset")  # the card has these
+    # the card has these; "layers"/"graph" only rebuild the network
+    skip = ("layers", "graph", "format", "version", "source_cost", "method", "model", "dataset")
     return {"compacted": True, **{k: v for k, v in info.items() if k not in skip}}

@@ -35,7 +35,7 @@ import torch
 from torch import Tensor, nn
 
 from robustprune.models.base import model_mode
-from robustprune.models.graph import GraphNet, GraphSlot, dependency_graph
+from robustprune.models.graph import GraphNet, GraphSlot, dependency_graph, trace_input
 from robustprune.sparsity.fold import D, kept_units, slot_scale
 
 __all__ = ["apply_graph_spec", "compact_graph", "graph_spec"]
@@ -81,7 +81,7 @@ def compact_graph(model: GraphNet) -> GraphNet:
             slot.mask = None
         keeps.append(kept_units(active & (scale != 0)))
     ref = next(iter(small.parameters()), None)
-    example = torch.rand(1, *small.input_shape, device=None if ref is None else ref.device)
+    example = trace_input(small.input_shape, None if ref is None else ref.device)
     dg = dependency_graph(small.net, example)
     for slot, group, keep in zip(_slots(small), small.groups, keeps, strict=True):
         drop = sorted(set(range(slot.units)) - {int(k) for k in keep})
