@@ -74,7 +74,6 @@ class TinyWRN(nn.Module):
         return self.fc(F.adaptive_avg_pool2d(h, 1).flatten(1))
 
 
-@MODELS.register("test-graph-wrn")
 def _graph_wrn(*, num_classes: int = 10, in_channels: int = 1, image_size: int = 28, **_: object) -> nn.Module:
     return GraphNet(TinyWRN(num_classes=num_classes, in_channels=in_channels),
                     input_shape=(in_channels, image_size, image_size))
@@ -316,7 +315,10 @@ def test_bad_graph_descriptions_name_the_problem() -> None:
 
 # --------------------------------------------------------------------------------- run directories
 @pytest.mark.slow
-def test_graph_run_compacts_and_evaluates(tiny_mnist: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_graph_run_compacts_and_evaluates(tiny_mnist: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    # a model name for this test only (naming networks from elsewhere is the --model resolution's job)
+    monkeypatch.setitem(MODELS._items, "test-graph-wrn", _graph_wrn)
     run, out = tmp_path / "run", tmp_path / "small"
     assert main(["train", "--method", "bp", "--model", "test-graph-wrn", "--dataset", "mnist", "--epochs", "1",
                  "--out", str(run), "--data-dir", str(tiny_mnist), *TINY]) == 0
