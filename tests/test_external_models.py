@@ -12,7 +12,7 @@ from torch import nn
 
 from conftest import TINY
 from robustprune.config import TrainConfig
-from robustprune.models import ExternalModel, ModelSpecError, build_model, resolve_model
+from robustprune.models import ExternalModel, ModelSpecError, build_model, mask_slots, resolve_model
 from robustprune.train.run import build_model_for
 
 MNIST = {"num_classes": 10, "in_channels": 1, "image_size": 28, "mean": (0.1307,), "std": (0.3081,)}
@@ -26,7 +26,9 @@ def test_factory_gets_dataset_keys_and_model_args() -> None:
     assert model.net[-1].out_features == 10
     assert torch.equal(model.normalize.mean.flatten(), torch.tensor([0.1307]))
     logits, feats = model(torch.rand(4, 1, 28, 28), features=True)
-    assert logits.shape == (4, 10) and feats == [] and model.latent_count == 0
+    # the graph finds the conv's 3 output channels (its mask site is the BN after it)
+    assert logits.shape == (4, 10) and model.latent_count == len(feats) == 1
+    assert [slot.units for _, slot in mask_slots(model)] == [3] and feats[0].shape == (4, 3, 28, 28)
 
 
 def test_class_factory_gets_image_size() -> None:
@@ -117,7 +119,7 @@ def test_factory_model_round_trips_through_a_run(tiny_mnist: Path, tmp_path: Pat
     card = json.loads(card_path.read_text())
     assert card["model"] == "factory_models:tiny_cnn" and card["n"] == 16
     assert card["config"]["model_args"] == {"width": 3}
-    assert card["attacks"][0]["name"] == "pgd" and "vulnerability" not in card["attacks"][0]
+    assert card["attacks"][0]["name"] == "pgd" and len(card["attacks"][0]["vulnerability"]["per_layer"]) == 1
 
 
 def test_cli_names_a_bad_model(tiny_mnist: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -144,15 +146,17 @@ def test_suite_checks_model_and_model_args() -> None:
 
 
 @pytest.mark.parametrize("name", ["linear", "factory_models:tiny_cnn"])
-def test_models_without_latent_maps_evaluate_without_vulnerability(name: str) -> None:
-    """latent_count = 0 (the linear model, a wrapped outside model): attacked, no vulnerability."""
+def test_vulnerability_is_measured_where_a_model_has_latent_maps(name: str) -> None:
+    """latent_count = 0 (the linear model): attacked, no vulnerability; a wrapped outside model
+    gets latent maps from its traced graph, so its vulnerability is measured."""
     from robustprune.attacks import PGD
     from robustprune.eval.evaluate import evaluate
 
     model = build_model(name, **MNIST)
     x, y = torch.rand(8, 1, 28, 28), torch.randint(0, 10, (8,))
     res = evaluate(model, [(x, y)], [("pgd", PGD(eps=0.1, steps=2, step_size=0.05))], progress=False)  # type: ignore[arg-type]
-    assert res.total == 8 and res.attacks[0].total == 8 and res.attacks[0].vulnerability is None
+    assert res.total == 8 and res.attacks[0].total == 8
+    assert (res.attacks[0].vulnerability is None) == (name == "linear")
 
 
 def test_config_file_names_model_and_model_args() -> None:

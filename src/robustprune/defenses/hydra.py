@@ -74,6 +74,7 @@ def _scored_copy(m: nn.Module, sparsity: float) -> nn.Module:
     else:
         raise ValueError(f"HYDRA cannot score a {type(m).__name__} layer")
     new.weight, new.bias = m.weight, m.bias
+    new._forward_hooks.update(m._forward_hooks)  # a GraphNet's mask site keeps its mask (models.graph)
     new.init_scored(sparsity)
     return new.to(m.weight.device)
 

@@ -3,7 +3,9 @@
 :func:`compact_run` writes a run directory that ``load_run`` / ``robustprune eval`` accept like any
 run: ``config.yaml`` (copied, so cards still name the method, model and data set),
 ``model.safetensors`` (the compact weights from :func:`robustprune.sparsity.compact.compact_model`),
-``compact.json`` (the layer list, widths, source sparsity, equivalence check, measured cost) and,
+``compact.json`` (how to rebuild the network — the layer list of a ``CompactNet``, or for a
+graph-masked network (:class:`~robustprune.models.graph.GraphNet`) the resized widths of its own
+layers — plus widths, source sparsity, equivalence check, measured cost) and,
 with ``onnx=True``, ``model.onnx`` checked against onnxruntime.
 
 >>> compact_run("runs/anpvs", out="runs/anpvs-compact", onnx=True)      # doctest: +SKIP
@@ -25,8 +27,10 @@ from robustprune.metrics import paper_cost, sparsity_summary
 from robustprune.metrics.cost import ARCHS
 from robustprune.metrics.measured import count_params, measured_cost
 from robustprune.models.base import UnitMask, mask_slots
+from robustprune.models.graph import GraphNet
 from robustprune.sparsity.compact import FOLD_TOL, compact_model, equivalence_error, export_onnx
-from robustprune.sparsity.compact_net import COMPACT_FILE, FORMAT, VERSION, CompactNet, read_compact
+from robustprune.sparsity.compact_net import COMPACT_FILE, FORMAT, VERSION, CompactNet, read_compact_info
+from robustprune.sparsity.graph_compact import graph_spec
 from robustprune.train.checkpoint import save_weights
 from robustprune.train.run import load_run
 from robustprune.utils import atomic_write_json, provenance
@@ -51,7 +55,7 @@ def _source_cost(model_name: str, model: nn.Module, info: Any) -> dict[str, Any]
     return out
 
 
-def _write(tmp: Path, run: Any, net: CompactNet, record: dict[str, Any], onnx: bool) -> None:
+def _write(tmp: Path, run: Any, net: nn.Module, record: dict[str, Any], onnx: bool) -> None:
     shutil.copy2(run.path / "config.yaml", tmp / "config.yaml")
     save_weights(net, tmp / "model.safetensors")
     if onnx:
@@ -95,6 +99,8 @@ def compact_run(
     shape = (info.in_channels, info.image_size, info.image_size)
     t0 = time.perf_counter()
     net = compact_model(run.model, input_shape=shape)
+    graph = isinstance(net, GraphNet)
+    graph_latent_inexact: list[int] = []  # a graph compaction's removed units were exactly 0
     err, logit_scale = equivalence_error(run.model, net, shape)
     record: dict[str, Any] = {
         "format": FORMAT, "version": VERSION, "source_run": str(Path(run_dir).resolve()),
@@ -102,12 +108,17 @@ def compact_run(
         "dataset": run.cfg.dataset, "input_shape": list(shape), "dtype": str(next(net.parameters()).dtype),
         "widths": _widths(run.model), "params": count_params(net),
         "max_abs_diff": err, "logit_scale": logit_scale,
-        "latent_inexact_units": [d["inexact"] for d in net.layers_spec if d["op"] == "feature"],
+        "latent_inexact_units": graph_latent_inexact if graph else [
+            d["inexact"] for d in cast(CompactNet, net).layers_spec if d["op"] == "feature"],
         "source_cost": _source_cost(run.cfg.model, run.model, info),
         "measured": measured_cost(run.model, net, shape, batch_sizes=batch_sizes, repeats=repeats) if measure else None,
-        "onnx": None, "layers": net.layers_spec, **provenance("cpu"),
+        "onnx": None, **provenance("cpu"),
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
+    if graph:  # rebuilt from the run's own architecture, resized (sparsity.graph_compact)
+        record.update(kind="graph", graph=graph_spec(cast(GraphNet, net)))
+    else:
+        record.update(kind="layers", layers=cast(CompactNet, net).layers_spec)
     record["wall_s"] = time.perf_counter() - t0
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.parent / f".{out.name}.tmp-{os.getpid()}"
@@ -124,7 +135,7 @@ def compact_run(
 
 def format_compact(run_dir: str | Path) -> str:
     """A short text summary of a compacted run directory (what ``robustprune compact`` prints)."""
-    _, info = read_compact(run_dir)
+    info = read_compact_info(run_dir)
     widths = ", ".join(f"{k} {w['active']}/{w['units']}" for k, w in info["widths"].items()) or "no mask slots"
     lines = [f"compacted {info['method']} / {info['model']} / {info['dataset']} -> {run_dir}",
              f"active units: {widths}",

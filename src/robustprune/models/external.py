@@ -16,10 +16,12 @@
 them as parameters (a ``**kwargs`` catch-all gets none of them); ``model_args`` win over them.
 
 An external model is wrapped in :class:`ExternalModel`: the dataset's ``Normalize`` first (inputs
-stay in pixel space [0, 1], so ε keeps its units), then the model; the wrapper follows the model
-contract with no latent maps (``latent_count = 0``, like the ``linear`` model). Building one runs
-a probe forward on two zero images of the dataset's shape in eval mode, so a model that cannot
-take the input, or gives other than ``[batch, num_classes]`` logits, is refused at once.
+stay in pixel space [0, 1], so ε keeps its units), then the model. The wrapper is a
+:class:`~robustprune.models.graph.GraphNet`: its mask slots (and latent maps, one per mask site)
+come from the model's traced graph, so the masked methods, the metrics and ``compact`` work on it
+as on the built-in models. Building one runs a probe forward on two zero images of the dataset's
+shape in eval mode, so a model that cannot take the input, or gives other than
+``[batch, num_classes]`` logits, is refused at once, before the graph is traced.
 """
 
 from __future__ import annotations
@@ -35,6 +37,7 @@ import torch
 from torch import Tensor, nn
 
 from robustprune.models.base import Normalize, model_mode
+from robustprune.models.graph import GraphNet
 from robustprune.registry import MODELS
 from robustprune.utils import UserError
 
@@ -198,10 +201,36 @@ def build_external(spec: ModelSpec, model_args: dict[str, Any], *, num_classes: 
     net = _call(spec, {**passed, **model_args})
     if not isinstance(net, nn.Module):
         raise ModelSpecError(f"model {spec.name!r} returned a {type(net).__name__}, not a torch.nn.Module")
-    model = ExternalModel(net, mean=mean, std=std, name=spec.name)
-    _probe(model, spec.name, (in_channels, image_size, image_size), num_classes,
+    shape = (in_channels, image_size, image_size)
+    _probe(_Probe(net, Normalize(mean, std), spec.name), spec.name, shape, num_classes,
            passed_classes="num_classes" in passed or "num_classes" in model_args)
-    return model
+    try:
+        return ExternalModel(net, mean=mean, std=std, name=spec.name, input_shape=shape)
+    except Exception as e:
+        raise ModelSpecError(f"model {spec.name!r}: its graph could not be traced to find its prunable units: "
+                             f"{type(e).__name__}: {e}") from e
+
+
+def _logits(out: Any, name: str) -> Tensor:
+    """A model output as a logits tensor: the tensor itself, or a tensor ``logits`` attribute
+    (torchvision's Inception/GoogLeNet training outputs)."""
+    if isinstance(out, Tensor):
+        return out
+    logits = getattr(out, "logits", None)
+    if not isinstance(logits, Tensor):
+        raise ModelSpecError(f"model {name!r} returned a {type(out).__name__}, not a logits tensor")
+    return logits
+
+
+class _Probe(nn.Module):
+    """``net(normalize(x))`` as logits: what the probe forward runs before the graph is traced."""
+
+    def __init__(self, net: nn.Module, normalize: nn.Module, name: str) -> None:
+        super().__init__()
+        self.net, self.normalize, self.name = net, normalize, name
+
+    def forward(self, x: Tensor) -> Tensor:
+        return _logits(self.net(self.normalize(x)), self.name)
 
 
 @torch.no_grad()
@@ -222,34 +251,28 @@ def _probe(model: nn.Module, name: str, shape: tuple[int, int, int], num_classes
                              f"{list(x.shape)}; expected [2, {num_classes}] logits{hint}")
 
 
-class ExternalModel(nn.Module):
-    """An outside model behind the dataset's normalisation: ``net(normalize(x))``.
+class ExternalModel(GraphNet):
+    """An outside model behind the dataset's normalisation: ``net(normalize(x))``, with mask slots
+    from its traced graph (:class:`~robustprune.models.graph.GraphNet`).
 
     Follows the model contract (``model(x)`` logits for inputs in [0, 1]; ``features=True`` gives
-    ``(logits, [])``, no latent maps). State-dict keys are ``normalize.mean``, ``normalize.std``
-    and the wrapped model's own under ``net.``. An output that is not a tensor but carries a tensor
-    ``logits`` attribute (torchvision's Inception/GoogLeNet training outputs) gives those logits.
+    ``(logits, maps)``, one map per mask site). State-dict keys are ``normalize.mean``,
+    ``normalize.std``, the wrapped model's own under ``net.`` and masks under ``slots.``. An output
+    that is not a tensor but carries a tensor ``logits`` attribute (torchvision's
+    Inception/GoogLeNet training outputs) gives those logits.
 
-    >>> model = ExternalModel(nn.Sequential(nn.Flatten(), nn.Linear(784, 10)), mean=(0.1307,), std=(0.3081,))
+    >>> model = ExternalModel(nn.Sequential(nn.Flatten(), nn.Linear(784, 10)), mean=(0.1307,), std=(0.3081,),
+    ...                       input_shape=(1, 28, 28))
     """
 
-    latent_count = 0
-
-    def __init__(self, net: nn.Module, *, mean: Sequence[float], std: Sequence[float], name: str = "") -> None:
-        super().__init__()
+    def __init__(self, net: nn.Module, *, mean: Sequence[float], std: Sequence[float], name: str = "",
+                 input_shape: Sequence[int]) -> None:
+        super().__init__(net, input_shape=input_shape)
         self.normalize = Normalize(mean, std)
-        self.net = net
         self.source_name = name
 
-    def forward(self, x: Tensor, features: bool = False) -> Tensor | tuple[Tensor, list[Tensor]]:
-        out = self.net(self.normalize(x))
-        if not isinstance(out, Tensor):
-            logits = getattr(out, "logits", None)
-            if not isinstance(logits, Tensor):
-                raise ModelSpecError(f"model {self.source_name or type(self.net).__name__!r} returned a "
-                                     f"{type(out).__name__}, not a logits tensor")
-            out = logits
-        return (out, []) if features else out
+    def logits_of(self, x: Tensor) -> Tensor:
+        return _logits(self.net(self.normalize(x)), self.source_name or type(self.net).__name__)
 
     def extra_repr(self) -> str:
         return f"source={self.source_name!r}" if self.source_name else ""

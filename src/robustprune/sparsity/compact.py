@@ -7,8 +7,11 @@ eval-mode logits; :func:`export_onnx` writes it as ONNX. Compacting a whole run 
 job :func:`robustprune.jobs.compact.compact_run`.
 
 Supported: every model whose class declares a ``fold_plan`` (lenet-300-100, lenet5-caffe, vgg16,
-resnet18 with masks on the blocks' inner channels). A model without masks, or with nothing
-pruned, compacts to a network of the same widths.
+resnet18 with masks on the blocks' inner channels), and any network wrapped in
+:class:`~robustprune.models.graph.GraphNet` (mask slots found from its traced graph), which
+:func:`~robustprune.sparsity.graph_compact.compact_graph` prunes through the same graph into a
+smaller ``GraphNet`` of the same classes. A model without masks, or with nothing pruned, compacts
+to a network of the same widths.
 
 >>> net = compact_model(masked_model)         # masked_model(x) == net(x) in eval mode
 """
@@ -23,8 +26,9 @@ import torch
 from torch import nn
 
 from robustprune.models.base import model_mode
-from robustprune.sparsity.compact_net import CompactNet
+from robustprune.models.graph import GraphNet
 from robustprune.sparsity.fold import fold_model
+from robustprune.sparsity.graph_compact import compact_graph
 from robustprune.utils import MissingExtraError
 
 __all__ = ["FOLD_TOL", "compact_model", "compact_summary", "equivalence_error", "export_onnx"]
@@ -44,8 +48,10 @@ def equivalence_error(model: nn.Module, compact: nn.Module, input_shape: Sequenc
         return float((want - compact(x)).abs().max()), float(want.abs().max())
 
 
-def compact_model(model: nn.Module, *, check: bool = True, input_shape: Sequence[int] | None = None) -> CompactNet:
-    """The compact dense equivalent of ``model``'s eval-mode computation (a new module, eval mode).
+def compact_model(model: nn.Module, *, check: bool = True, input_shape: Sequence[int] | None = None) -> nn.Module:
+    """The compact dense equivalent of ``model``'s eval-mode computation (a new module, eval mode):
+    a :class:`~robustprune.sparsity.compact_net.CompactNet` for the registered architectures, a
+    smaller :class:`~robustprune.models.graph.GraphNet` for a graph-masked network.
 
     With ``check`` (default) both networks run on random inputs and a difference beyond
     ``FOLD_TOL`` relative to the logits' scale raises ``RuntimeError`` (e.g. a mask that breaks
@@ -55,7 +61,11 @@ def compact_model(model: nn.Module, *, check: bool = True, input_shape: Sequence
     >>> net = compact_model(install_bbd(build_model("lenet5-caffe")).eval())
     >>> sum(p.numel() for p in net.parameters())   # only the active units' weights remain
     """
-    net, shape = fold_model(model)
+    net: nn.Module
+    if isinstance(model, GraphNet):
+        net, shape = compact_graph(model), model.input_shape
+    else:
+        net, shape = fold_model(model)
     if check:
         err, scale = equivalence_error(model, net, tuple(input_shape) if input_shape is not None else shape)
         scale = max(1.0, scale)
@@ -90,7 +100,8 @@ def export_onnx(net: nn.Module, path: str | Path, input_shape: Sequence[int], *,
 
 
 def compact_summary(info: dict[str, Any]) -> dict[str, Any]:
-    """What a result card records about a compacted run: compact.json without the layer list and
+    """What a result card records about a compacted run: compact.json without the rebuild description and
     what the card already holds (its ``sparsity`` is the source's ``source_cost``)."""
-    skip = ("layers", "format", "version", "source_cost", "method", "model", "dataset")  # the card has these
+    # the card has these; "layers"/"graph" only rebuild the network
+    skip = ("layers", "graph", "format", "version", "source_cost", "method", "model", "dataset")
     return {"compacted": True, **{k: v for k, v in info.items() if k not in skip}}

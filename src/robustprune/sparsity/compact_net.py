@@ -197,12 +197,12 @@ class CompactNet(nn.Module):
 COMPACT_FILE = "compact.json"
 
 
-def read_compact(run_dir: str | Path) -> tuple[CompactNet, dict[str, Any]]:
-    """The (zero-initialised) network described by ``RUN/compact.json`` and that description.
-
-    A corrupt or foreign file raises ``ValueError`` naming it; load the weights afterwards
-    (``model.safetensors``).
-    """
+def read_compact_info(run_dir: str | Path) -> dict[str, Any]:
+    """The checked contents of ``RUN/compact.json``. ``kind`` says how to rebuild the network:
+    ``"layers"`` (or absent): a :class:`CompactNet` from ``layers`` (:func:`read_compact`);
+    ``"graph"``: the run's own architecture resized to ``graph``
+    (:func:`robustprune.sparsity.graph_compact.apply_graph_spec`). A corrupt or foreign file raises
+    ``ValueError`` naming it."""
     path = Path(run_dir) / COMPACT_FILE
     try:
         info = json.loads(path.read_text())
@@ -212,6 +212,21 @@ def read_compact(run_dir: str | Path) -> tuple[CompactNet, dict[str, Any]]:
         raise ValueError(f"{path} is not a robustprune compact description (format must be {FORMAT!r})")
     if info.get("version") != VERSION:
         raise ValueError(f"{path} has compact format version {info.get('version')!r}; this robustprune reads {VERSION}")
+    if info.get("kind", "layers") not in ("layers", "graph"):
+        raise ValueError(f"{path}: unknown compaction kind {info.get('kind')!r}; known: layers, graph")
+    return info
+
+
+def read_compact(run_dir: str | Path) -> tuple[CompactNet, dict[str, Any]]:
+    """The (zero-initialised) network described by ``RUN/compact.json`` and that description.
+
+    A corrupt or foreign file raises ``ValueError`` naming it; load the weights afterwards
+    (``model.safetensors``).
+    """
+    path = Path(run_dir) / COMPACT_FILE
+    info = read_compact_info(run_dir)
+    if info.get("kind", "layers") != "layers":
+        raise ValueError(f"{path} describes a {info.get('kind')!r} compaction, not a layer list")
     try:
         return CompactNet(cast("list[dict[str, Any]]", info.get("layers"))), info  # CompactNet checks it
     except ValueError as e:

@@ -15,7 +15,9 @@ from robustprune.config import AMP_MODES, TrainConfig, load_train_config
 from robustprune.data import dataset_info
 from robustprune.defenses import Method, MethodContext, build_method
 from robustprune.models import build_model
-from robustprune.sparsity.compact_net import COMPACT_FILE, read_compact
+from robustprune.models.graph import GraphNet
+from robustprune.sparsity.compact_net import COMPACT_FILE, read_compact, read_compact_info
+from robustprune.sparsity.graph_compact import apply_graph_spec
 from robustprune.train.checkpoint import CheckpointError, load_checkpoint, load_weights
 from robustprune.train.warmstart import InitReport, warm_start
 
@@ -120,7 +122,18 @@ def load_run(run_dir: str | Path, *, device: torch.device | str = "cpu") -> Load
     model: nn.Module
     compact = None
     if (run_dir / COMPACT_FILE).is_file():  # a compacted run rebuilds its own (smaller) architecture
-        model, compact = read_compact(run_dir)
+        compact = read_compact_info(run_dir)
+        if compact.get("kind") == "graph":  # the run's own network, resized (sparsity.graph_compact)
+            dense = build_model_for(cfg)
+            if not isinstance(dense, GraphNet):
+                raise ValueError(f"{run_dir / COMPACT_FILE} describes a graph compaction, but model "
+                                 f"{cfg.model!r} builds a {type(dense).__name__}, not a GraphNet")
+            try:
+                model = apply_graph_spec(dense, compact.get("graph"))  # type: ignore[arg-type]
+            except ValueError as e:
+                raise ValueError(f"{run_dir / COMPACT_FILE}: {e}") from e
+        else:
+            model, compact = read_compact(run_dir)
     else:
         model = method.prepare(build_model_for(cfg))
     final = run_dir / "model.safetensors"
