@@ -67,11 +67,12 @@ def _work(run: TaskFn, task: Task, suite: Suite, out_dir: Path) -> tuple[str, fl
     return result, time.perf_counter() - t0
 
 
-def _prefetch_data(tasks: list[Task]) -> None:
-    """Load every dataset the tasks use once, here: a missing one is downloaded by one process only."""
+def prefetch_data(tasks: list[Task], *, refetch: bool = False) -> None:
+    """Load every dataset the tasks use once, here: a missing one is downloaded by one process only
+    (a damaged one replaced, with ``refetch``)."""
     for dataset, data_dir in dict.fromkeys((t.spec.cfg.dataset, t.spec.cfg.data_dir) for t in tasks):
         for split in ("train", "test"):
-            load_split(dataset, split, data_dir=data_dir)
+            load_split(dataset, split, data_dir=data_dir, refetch=refetch)
 
 
 def _check_plan(tasks: list[Task]) -> None:
@@ -101,7 +102,7 @@ def run_tasks_parallel(tasks: list[Task], suite: Suite, out_dir: Path, *, run: T
     _check_plan(tasks)
     if not tasks:
         return
-    _prefetch_data(tasks)
+    prefetch_data(tasks)
     order = {t.name: i for i, t in enumerate(tasks)}
     pending, running, done = list(tasks), dict[Future, Task](), set[str]()
     failed: tuple[Task, BaseException] | None = None

@@ -31,7 +31,7 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
-from robustprune.compare.parallel import run_tasks_parallel
+from robustprune.compare.parallel import prefetch_data, run_tasks_parallel
 from robustprune.compare.plan import RunSpec, Task, plan_runs, plan_suite, run_key
 from robustprune.compare.suite import Suite
 from robustprune.config import TrainConfig, load_train_config, save_yaml, to_dict
@@ -47,7 +47,7 @@ __all__ = ["RunSpec", "Task", "card_path", "comparable", "config_diff", "plan_ru
            "run_suite", "run_task", "suite_card", "suite_lock"]
 
 #: config fields that may differ between a finished run and the suite without making it another run
-IGNORED_FIELDS = ("out", "data_dir", "progress", "device", "resume", "init_from")
+IGNORED_FIELDS = ("out", "data_dir", "refetch_data", "progress", "device", "resume", "init_from")
 #: a running ``run_suite`` holds this file (its pid) in the suite directory
 LOCK = ".compare.lock"
 
@@ -161,8 +161,13 @@ def run_task(task: Task, suite: Suite, out_dir: Path, *, progress: bool = True) 
 
 
 def run_suite(suite: Suite, out_dir: str | Path, *, data_dir: str | None = None, device: str | None = None,
-              progress: bool = True, report: bool = True, jobs: int = 1, threads: int | None = None) -> list[Path]:
+              progress: bool = True, report: bool = True, jobs: int = 1, threads: int | None = None,
+              refetch_data: bool = False) -> list[Path]:
     """Train, evaluate and report every run of ``suite`` in ``out_dir``; returns the report files.
+
+    ``refetch_data`` first replaces damaged files of the suite's datasets by downloaded, checked
+    copies (``load_split(refetch=True)``); without it a damaged dataset file stops the suite with an
+    error naming it.
 
     ``jobs > 1`` runs independent tasks in that many worker processes, each with ``threads`` torch
     threads (see :mod:`robustprune.compare.parallel`); the results are those of ``jobs == 1``, which
@@ -178,6 +183,8 @@ def run_suite(suite: Suite, out_dir: str | Path, *, data_dir: str | None = None,
     with suite_lock(out_dir):
         save_yaml(suite_to_dict(suite), out_dir / "suite.yaml")
         _drop_stale_cards(out_dir, {t.spec.key for t in tasks if t.kind == "evaluate"})
+        if refetch_data:
+            prefetch_data(tasks, refetch=True)
         if jobs == 1:
             _run_tasks(tasks, suite, out_dir, progress=progress, threads=threads)
         else:

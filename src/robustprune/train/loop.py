@@ -63,7 +63,7 @@ def make_scheduler(cfg: TrainConfig, opt: torch.optim.Optimizer, total_steps: in
 
 def train_split(cfg: TrainConfig) -> tuple[Tensor, Tensor]:
     """The training examples this run uses (after ``limit_train`` and the validation hold-out)."""
-    images, labels = load_split(cfg.dataset, "train", data_dir=cfg.data_dir)
+    images, labels = load_split(cfg.dataset, "train", data_dir=cfg.data_dir, refetch=cfg.refetch_data)
     if cfg.val_size:
         if cfg.val_size >= len(labels):
             raise ValueError(f"val_size={cfg.val_size} leaves no training data ({len(labels)} examples)")
@@ -74,7 +74,8 @@ def train_split(cfg: TrainConfig) -> tuple[Tensor, Tensor]:
 
 
 def resolve_resume(cfg: TrainConfig) -> TrainConfig:
-    """On ``--resume`` the saved config wins, except the epoch count, device and progress bars."""
+    """On ``--resume`` the saved config wins, except the epoch count, device, progress bars and
+    ``refetch_data``."""
     saved = Path(cfg.out) / "config.yaml"
     if not (cfg.resume and saved.is_file()):
         return cfg
@@ -82,7 +83,8 @@ def resolve_resume(cfg: TrainConfig) -> TrainConfig:
     if old.epochs != cfg.epochs and old.schedule != "constant":
         warnings.warn(f"resuming {cfg.out} with epochs={cfg.epochs} instead of {old.epochs}: the {old.schedule} "
                       "learning-rate schedule is stretched from here on", stacklevel=3)
-    return replace(old, epochs=cfg.epochs, device=cfg.device, progress=cfg.progress, resume=True)
+    return replace(old, epochs=cfg.epochs, device=cfg.device, progress=cfg.progress, resume=True,
+                   refetch_data=cfg.refetch_data)
 
 
 def step(method: Method, model: nn.Module, groups: list[ParamGroup], opts: list[torch.optim.Optimizer],
