@@ -10,6 +10,9 @@ the sequential runner (weights and accuracies; wall times and the CPU latency of
 measured while other tasks run). Datasets are loaded once in the parent first, so that a download
 happens there, not in two workers writing one directory at once.
 
+A worker exits as soon as the runner that started it dies, so a killed suite leaves no process
+behind that would keep writing while a rerun takes over the directory.
+
 On a failure no new task is started (the sequential runner also stops at its first error): running
 tasks finish and keep their results, so a rerun resumes; then :class:`TaskFailed` names the task and
 its exception.
@@ -23,6 +26,7 @@ from __future__ import annotations
 import multiprocessing
 import os
 import sys
+import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
@@ -57,8 +61,22 @@ def default_threads(jobs: int) -> int:
     return max(1, cpus // jobs)
 
 
-def _init_worker(threads: int) -> None:
+#: how often a worker checks that the runner that started it is alive (seconds)
+PARENT_CHECK_S = 0.25
+
+
+def _init_worker(threads: int, parent: int) -> None:
     torch.set_num_threads(threads)
+    threading.Thread(target=_exit_with_parent, args=(parent,), name="robustprune-parent-watch", daemon=True).start()
+
+
+def _exit_with_parent(parent: int) -> None:
+    """A worker whose runner died (``kill -9``, the OOM killer) exits at once instead of finishing its
+    task in a suite directory that a rerun may meanwhile take over (it would then also live on,
+    idle, for ever). What it was writing is atomic, so stopping it anywhere loses nothing."""
+    while os.getppid() == parent:
+        time.sleep(PARENT_CHECK_S)
+    os._exit(1)
 
 
 def _work(run: TaskFn, task: Task, suite: Suite, out_dir: Path) -> tuple[str, float]:
@@ -108,7 +126,7 @@ def run_tasks_parallel(tasks: list[Task], suite: Suite, out_dir: Path, *, run: T
     failed: tuple[Task, BaseException] | None = None
     bar = tqdm(total=len(tasks), desc=suite.name, unit="task", disable=not progress, dynamic_ncols=True)
     pool = ProcessPoolExecutor(max_workers=min(jobs, len(tasks)), mp_context=multiprocessing.get_context("spawn"),
-                               initializer=_init_worker, initargs=(threads,))
+                               initializer=_init_worker, initargs=(threads, os.getpid()))
     try:
         while pending or running:
             if failed is None:

@@ -21,6 +21,7 @@ import dataclasses
 import hashlib
 import json
 import os
+import shutil
 import sys
 import time
 from collections.abc import Iterator
@@ -39,9 +40,9 @@ from robustprune.defenses import TestTimeSpec
 from robustprune.eval import evaluate_run
 from robustprune.reports import render_report
 from robustprune.train import fit
-from robustprune.train.checkpoint import latest_checkpoint
+from robustprune.train.checkpoint import CKPT_DIR, latest_checkpoint
 from robustprune.train.run import train_attack
-from robustprune.utils import atomic_write_json, atomic_write_text
+from robustprune.utils import atomic_write_json, atomic_write_text, fault_point
 
 __all__ = ["RunSpec", "Task", "card_path", "comparable", "config_diff", "plan_runs", "plan_suite", "run_key",
            "run_suite", "run_task", "suite_card", "suite_lock"]
@@ -154,9 +155,12 @@ def method_label(spec: RunSpec) -> str:
 def run_task(task: Task, suite: Suite, out_dir: Path, *, progress: bool = True) -> str:
     """Do one task; returns what happened (trained, resumed, reused, evaluated)."""
     if task.kind == "train":
-        return train_task(task.spec, progress=progress)
+        result = train_task(task.spec, progress=progress)
+        fault_point("task-done")
+        return result
     result = eval_task(suite, task.spec, runs_dir=out_dir / "runs", progress=progress)
     atomic_write_json(out_dir / "cards" / f"{task.spec.key}.json", suite_card(suite, task.spec))
+    fault_point("task-done")
     return result
 
 
@@ -181,6 +185,7 @@ def run_suite(suite: Suite, out_dir: str | Path, *, data_dir: str | None = None,
     tasks = plan_suite(suite, out_dir, data_dir=data_dir, device=device)
     out_dir.mkdir(parents=True, exist_ok=True)
     with suite_lock(out_dir):
+        _drop_temp_files(out_dir)
         save_yaml(suite_to_dict(suite), out_dir / "suite.yaml")
         _drop_stale_cards(out_dir, {t.spec.key for t in tasks if t.kind == "evaluate"})
         if refetch_data:
@@ -245,6 +250,17 @@ def _alive(pid: int) -> bool:
     except PermissionError:
         return True
     return True
+
+
+def _drop_temp_files(out_dir: Path) -> None:
+    """Remove what a killed runner left half-written: ``atomic_write``'s temporary files
+    (``.<name>.*.tmp``) and unfinished checkpoint directories (``.epoch-*.tmp-<pid>``). Called under
+    the suite lock, so no live runner is writing them; the files they were to replace are intact."""
+    for path in sorted(out_dir.rglob(".*.tmp*"), reverse=True):
+        if path.is_dir() and path.parent.name == CKPT_DIR and path.name.startswith(".epoch-"):
+            shutil.rmtree(path, ignore_errors=True)
+        elif path.is_file() and path.name.endswith(".tmp"):
+            path.unlink(missing_ok=True)
 
 
 def _drop_stale_cards(out_dir: Path, keep: set[str]) -> None:

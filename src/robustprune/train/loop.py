@@ -30,7 +30,7 @@ from robustprune.train.distributed import (
     shard_batch_size,
 )
 from robustprune.train.run import amp_context, build_model_for, init_from, method_context, use_channels_last
-from robustprune.utils import atomic_write_json, provenance, resolve_device
+from robustprune.utils import atomic_write_json, fault_point, provenance, resolve_device
 
 
 def make_optimizer(cfg: TrainConfig, group: ParamGroup) -> torch.optim.Optimizer:
@@ -71,6 +71,13 @@ def train_split(cfg: TrainConfig) -> tuple[Tensor, Tensor]:
     if cfg.limit_train is not None:
         images, labels = images[: cfg.limit_train], labels[: cfg.limit_train]
     return images, labels
+
+
+def saved_config(cfg: TrainConfig) -> TrainConfig:
+    """The config a run records (config.yaml, run.json): the run's, not the invocation's, so that
+    ``resume`` and ``refetch_data`` are off; an interrupted and resumed run records what an
+    uninterrupted one does."""
+    return replace(cfg, resume=False, refetch_data=False)
 
 
 def resolve_resume(cfg: TrainConfig) -> TrainConfig:
@@ -214,7 +221,7 @@ class Trainer:
             return
         save_weights(self.model, self.out / "model.safetensors")
         atomic_write_json(self.out / "run.json", {
-            "status": "complete", "config": to_dict(self.cfg), "epochs_done": len(self.history),
+            "status": "complete", "config": to_dict(saved_config(self.cfg)), "epochs_done": len(self.history),
             "history": self.history, "train_size": self.train_size, "wall_s": self.wall,
             "method_info": self.method.card_fields(),
             "world_size": self.dist.world_size, **provenance(self.device),
@@ -231,7 +238,7 @@ def fit(cfg: TrainConfig) -> Path:
         tr.restore()
     if tr.dist.is_main:
         tr.out.mkdir(parents=True, exist_ok=True)
-        save_yaml(to_dict(tr.cfg), tr.out / "config.yaml")
+        save_yaml(to_dict(saved_config(tr.cfg)), tr.out / "config.yaml")
     for epoch in range(tr.start, tr.cfg.epochs):
         tr.train_epoch(epoch)
         if tr.method.stop_training:
@@ -258,6 +265,7 @@ def run_epoch(tr: Trainer, epoch: int) -> dict[str, float]:
             for s in tr.scheds:
                 s.step()
             tr.method.after_step(tr.model, tr.global_step + i + 1)
+            fault_point("train-step")
             for k, v in logs.items():
                 sums[k] = sums[k] + v if k in sums else v.clone()
             n += 1
