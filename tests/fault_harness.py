@@ -27,8 +27,8 @@ from typing import Any
 
 import torch
 import yaml
-from conftest import make_digits, write_idx
 
+from conftest import make_digits, write_idx
 from robustprune import utils
 from robustprune.compare import parse_suite, run_suite
 from robustprune.utils import atomic_write
@@ -169,6 +169,35 @@ def differences(a: Any, b: Any, where: str = "") -> list[str]:
     if isinstance(a, list) and isinstance(b, list) and len(a) == len(b):
         return [d for i, (x, y) in enumerate(zip(a, b, strict=True)) for d in differences(x, y, f"{where}[{i}]")]
     return [] if a == b else [f"{where}: {str(a)[:80]} != {str(b)[:80]}"]
+
+
+def unreadable(out: Path) -> list[str]:
+    """Files of a suite directory (temporary ones aside) that do not read whole: what a fault must
+    never leave, even before the rerun."""
+    from safetensors.torch import load_file
+
+    bad = []
+    for p in sorted(out.rglob("*")):
+        if not p.is_file() or any(part.startswith(".") for part in p.relative_to(out).parts):
+            continue
+        try:
+            if p.suffix == ".json":
+                json.loads(p.read_text())
+            elif p.suffix == ".yaml":
+                yaml.safe_load(p.read_text())
+            elif p.suffix == ".safetensors":
+                load_file(str(p))
+            elif p.suffix == ".pt":
+                torch.load(p, map_location="cpu", weights_only=True)
+            elif p.name == "LATEST":
+                assert (p.parent / p.read_text().strip()).is_dir()
+            elif p.suffix == ".png":
+                assert p.read_bytes().startswith((b"\x89PNG\r\n\x1a\n", b"plot stub"))
+            elif p.suffix == ".md":
+                assert p.read_text().startswith("# ")
+        except Exception:  # noqa: BLE001 - any failure to read is the finding
+            bad.append(str(p.relative_to(out)))
+    return bad
 
 
 def leftovers(out: Path) -> list[str]:

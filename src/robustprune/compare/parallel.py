@@ -30,6 +30,7 @@ import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
+from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
 
 import torch
@@ -38,9 +39,14 @@ from tqdm.auto import tqdm
 from robustprune.compare.plan import Task
 from robustprune.compare.suite import Suite
 from robustprune.data import load_split
+from robustprune.utils import UserError
 
 #: runs one task in a worker: ``run(task, suite, out_dir, progress=False) -> what happened``
 TaskFn = Callable[..., str]
+
+
+class WorkerDied(UserError, RuntimeError):
+    """A worker process of a parallel suite run ended without an answer (killed by a signal)."""
 
 
 class TaskFailed(RuntimeError):
@@ -142,6 +148,11 @@ def run_tasks_parallel(tasks: list[Task], suite: Suite, out_dir: Path, *, run: T
                 try:
                     result, seconds = fut.result()
                 except Exception as e:  # the worker's exception, its traceback as __cause__
+                    if isinstance(e, BrokenProcessPool):  # a worker was killed: every running task ends here
+                        died = WorkerDied(f"a worker process died while {task.name} ran (killed by a signal: out of "
+                                          "memory, kill -9?); what finished is kept: rerun to resume")
+                        died.__cause__ = e
+                        e = died
                     failed = failed or (task, e)
                     if progress:
                         bar.write(f"[failed] {task.kind} {task.spec.key}: {type(e).__name__}: {e}", file=sys.stderr)
