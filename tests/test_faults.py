@@ -221,3 +221,41 @@ def _group_has_workers(pgid: int) -> bool:
         return False
     ps = subprocess.run(["ps", "-o", "pid=,stat=", "-g", str(pgid)], capture_output=True, text=True).stdout
     return any("Z" not in line.split()[1] for line in ps.strip().splitlines() if line.strip())
+
+
+# ---------------------------------------------------------------- the hook and the disk-full error themselves
+
+
+def test_the_fault_hook_is_inert_unless_set_and_acts_on_the_nth_pass(monkeypatch: pytest.MonkeyPatch) -> None:
+    for _ in range(3):
+        utils.fault_point("atomic-write")  # unset: nothing happens
+    monkeypatch.setenv(FAULT_ENV, "train-step:2:enospc")
+    utils.fault_point("atomic-write")  # another point: nothing
+    utils.fault_point("train-step")  # the first pass: nothing
+    with pytest.raises(OSError, match="No space left on device"):
+        utils.fault_point("train-step")
+    utils.fault_point("train-step")  # only the n-th pass acts
+    monkeypatch.setenv(FAULT_ENV, "eval-batch:1:explode")
+    with pytest.raises(ValueError, match="unknown action 'explode'"):
+        utils.fault_point("eval-batch")
+
+
+def test_a_writer_failing_on_a_full_disk_without_errno_is_named(tmp_path: Path,
+                                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    """torch.save reports a full disk as RuntimeError('... unexpected pos ...'): recognised by the
+    free space left, the target untouched and no temporary file left."""
+    target = tmp_path / "state.pt"
+    target.write_bytes(b"old")
+
+    def torch_like(p: Path) -> None:
+        p.write_bytes(b"partial")
+        raise RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 576 vs 534")
+
+    full = os.statvfs_result((4096, 4096, 100, 0, 0, 100, 0, 0, 0, 255))
+    monkeypatch.setattr(utils.os, "statvfs", lambda d: full)
+    with pytest.raises(DiskFullError, match=f"cannot write {target}: no space left on device .*unexpected pos"):
+        utils.atomic_write(target, torch_like)
+    assert target.read_bytes() == b"old" and sorted(p.name for p in tmp_path.iterdir()) == ["state.pt"]
+    monkeypatch.undo()
+    with pytest.raises(RuntimeError, match="unexpected pos"):  # with room on the disk it stays a bug
+        utils.atomic_write(target, torch_like)
