@@ -100,20 +100,29 @@ def run_cli(suite: Path, out: Path, fault: str | None = None, *, jobs: int = 1,
             timeout: float = 600) -> subprocess.CompletedProcess[str]:
     """``python -m robustprune compare`` in a new process group (so ``killgroup`` ends it and its
     workers, and nothing else); a group that outlives its leader is killed before returning."""
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(SRC), os.environ.get("PYTHONPATH", "")]),
-           "OMP_NUM_THREADS": "1"}
-    env.pop(utils.FAULT_ENV, None)
-    if fault is not None:
-        env[utils.FAULT_ENV] = fault
-    cmd = [sys.executable, "-m", "robustprune", "compare", str(suite), "--out", str(out), "--no-progress",
-           "--jobs", str(jobs), "--threads", "1"]
-    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    cmd = cli_command(suite, out, jobs=jobs)
+    proc = subprocess.Popen(cmd, env=cli_env(fault), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             start_new_session=True)
     try:
         stdout, stderr = proc.communicate(timeout=timeout)
     finally:
         _reap_group(proc.pid)
     return subprocess.CompletedProcess(cmd, proc.returncode, stdout, stderr)
+
+
+def cli_command(suite: Path, out: Path, *, jobs: int = 1) -> list[str]:
+    return [sys.executable, "-m", "robustprune", "compare", str(suite), "--out", str(out), "--no-progress",
+            "--jobs", str(jobs), "--threads", "1"]
+
+
+def cli_env(fault: str | None) -> dict[str, str]:
+    """This environment, running this checkout's robustprune, with ``$ROBUSTPRUNE_FAULT=fault`` (or unset)."""
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(SRC), os.environ.get("PYTHONPATH", "")]),
+           "OMP_NUM_THREADS": "1"}
+    env.pop(utils.FAULT_ENV, None)
+    if fault is not None:
+        env[utils.FAULT_ENV] = fault
+    return env
 
 
 def _reap_group(pgid: int) -> None:

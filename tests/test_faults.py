@@ -18,6 +18,8 @@ from typing import Any
 import pytest
 
 from fault_harness import (
+    cli_command,
+    cli_env,
     count_points,
     differences,
     group_alive,
@@ -206,20 +208,21 @@ def test_jobs_2_killed_then_rerun_equals_an_uninterrupted_run(case: dict[str, An
 
 @pytest.mark.slow
 def test_jobs_2_workers_exit_with_their_runner(case: dict[str, Any], tmp_path: Path) -> None:
-    env = {**os.environ, FAULT_ENV: "train-step:3:killparent"}
-    proc = subprocess.Popen(
-        ["python", "-m", "robustprune", "compare", str(case["suite"]), "--out", str(tmp_path / "s"), "--no-progress",
-         "--jobs", "2", "--threads", "1"], env=env, start_new_session=True, stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL)
-    proc.wait(timeout=600)
-    assert proc.returncode == -signal.SIGKILL
-    assert wait_for(lambda: not _group_has_workers(proc.pid), timeout=10)
+    proc = subprocess.Popen(cli_command(case["suite"], tmp_path / "s", jobs=2), env=cli_env("train-step:3:killparent"),
+                            start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        proc.wait(timeout=600)
+        assert proc.returncode == -signal.SIGKILL
+        assert wait_for(lambda: not _group_has_workers(proc.pid), timeout=10)  # the orphaned workers exit
+    finally:
+        if group_alive(proc.pid):
+            os.killpg(proc.pid, signal.SIGKILL)
 
 
 def _group_has_workers(pgid: int) -> bool:
     if not group_alive(pgid):
         return False
-    ps = subprocess.run(["ps", "-o", "pid=,stat=", "-g", str(pgid)], capture_output=True, text=True).stdout
+    ps = subprocess.run(["ps", "-o", "pid=,stat=", "-s", str(pgid)], capture_output=True, text=True).stdout
     return any("Z" not in line.split()[1] for line in ps.strip().splitlines() if line.strip())
 
 
