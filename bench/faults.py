@@ -7,8 +7,8 @@ by a rerun without the fault:
 
 * ``kill``: SIGKILL at the n-th pass of a point, for every n an uninterrupted run passes it
   (``--jobs 1``, a forked child of this process);
-* ``enospc``: a full disk (``OSError(ENOSPC)``) at the n-th atomic write, for every n (in-process);
-  it must be the named ``DiskFullError``;
+* ``enospc``: a full disk (``OSError(ENOSPC)``) at the n-th atomic write: the first, middle and
+  last (every n with ``--enospc-all``; in-process); it must be the named ``DiskFullError``;
 * ``--jobs 2``, ``python -m robustprune compare`` subprocesses with both workers training: the
   whole process group killed at several steps, one worker killed, the runner killed (its workers
   must exit), all killed during evaluation;
@@ -23,7 +23,7 @@ temporary file left. *Data lost* counts files left unreadable plus results that 
 rerun: it must be 0. The ``kill``/``enospc`` rows stub the report's two plots (as the tests do; they
 are not compared and take most of a tiny run's time), the ``--jobs 2`` rows draw them.
 
-    PYTHONPATH=src python bench/faults.py                # ~15-25 min on 2 busy CPU cores
+    PYTHONPATH=src python bench/faults.py --tmpfs        # ~20-30 min on 2 busy CPU cores
     PYTHONPATH=src python bench/faults.py --quick        # a few injections of each kind
 """
 
@@ -108,8 +108,8 @@ def forked_kills(tally: Tally, suite: Path, work: Path, counts: dict[str, int], 
 
 
 def full_disk(tally: Tally, suite: Path, work: Path, counts: dict[str, int], ref: dict[str, Any],
-              quick: bool) -> None:
-    for n in _pick(counts["atomic-write"], quick):
+              every: bool) -> None:
+    for n in _pick(counts["atomic-write"], not every):
         out = work / f"enospc-{n}"
         utils._fault_hits.clear()
         os.environ[FAULT_ENV] = f"atomic-write:{n}:enospc"
@@ -189,7 +189,10 @@ def tmpfs(tally: Tally, suite: Path, work: Path) -> None:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--quick", action="store_true", help="first, middle and last pass of each point only")
+    ap.add_argument("--quick", action="store_true", help="kill at the first, middle and last pass of each point only "
+                    "(default: every pass), and the basic --jobs 2 faults only")
+    ap.add_argument("--enospc-all", dest="enospc_all", action="store_true",
+                    help="a full disk at every atomic write (default: the first, middle and last)")
     ap.add_argument("--tmpfs", action="store_true", help="also fill a real 1 MiB tmpfs (needs root)")
     ap.add_argument("--no-jobs2", dest="jobs2", action="store_false", help="skip the --jobs 2 subprocess runs")
     args = ap.parse_args()
@@ -206,7 +209,7 @@ def main() -> None:
         ref = results(work / "reference")
         print(f"fault points passed by an uninterrupted run: {counts}", file=sys.stderr)
         forked_kills(tally, suite, work, counts, ref, args.quick)
-        full_disk(tally, suite, work, counts, ref, args.quick)
+        full_disk(tally, suite, work, counts, ref, args.enospc_all)
         second_runner(tally, suite, work, ref)
         if args.tmpfs:
             tmpfs(tally, suite, work)
