@@ -342,8 +342,11 @@ def test_torchvision_failure_restores_socket_timeout(tmp_path: Path, monkeypatch
     monkeypatch.setattr(torchvision.datasets, "CIFAR10", Offline)
     with pytest.raises(DataError, match="torchvision.*network is unreachable"):
         load_split("cifar10", "test", data_dir=tmp_path)
-    assert seen == [(str(tmp_path), True, sources.DOWNLOAD_SOCKET_TIMEOUT_S)]
+    ((root, download, timeout),) = seen  # downloads go to a staging directory inside the data directory
+    assert Path(root).parent == tmp_path and Path(root).name.startswith(sources.STAGING_PREFIX)
+    assert (download, timeout) == (True, sources.DOWNLOAD_SOCKET_TIMEOUT_S)
     assert socket.getdefaulttimeout() is None
+    assert list(tmp_path.iterdir()) == []  # the staging directory is gone
 
 
 # --- real datasets on this machine -------------------------------------------------------------

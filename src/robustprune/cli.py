@@ -52,6 +52,9 @@ def _compare_parser() -> ArgumentParser:
     p.add_argument("--out", type=str, required=True, help="suite directory (runs/, cards/, table, plots)")
     p.add_argument("--data-dir", dest="data_dir", type=str | None, default=None,
                    help="dataset directory for every run (else the suite's, $ROBUSTPRUNE_DATA, the cache)")
+    p.add_argument("--refetch-data", dest="refetch_data", action=YES_NO(), default=False,
+                   help="first replace damaged dataset files by downloaded, checked copies (each damaged one "
+                        "kept as <name>.damaged); without it a damaged file is an error and is never touched")
     p.add_argument("--device", type=str | None, default=None, help="auto, cpu or cuda for every run")
     p.add_argument("--jobs", type=int, default=1,
                    help="tasks run at once, in worker processes, each after the runs it needs (1: one by one)")
@@ -278,7 +281,7 @@ def cmd_compare(ns: Namespace) -> int:
     _at_least_one("--jobs", ns.jobs)
     _at_least_one("--threads", ns.threads)
     written = run_suite(load_suite(ns.suite), ns.out, data_dir=ns.data_dir, device=ns.device, progress=ns.progress,
-                        jobs=ns.jobs, threads=ns.threads)
+                        jobs=ns.jobs, threads=ns.threads, refetch_data=ns.refetch_data)
     print(written[0].read_text())
     print("written: " + ", ".join(str(w) for w in written), file=sys.stderr)
     return 0

@@ -43,6 +43,11 @@ class TrainConfig:
     data_dir: str | None = field(
         default=None, metadata={"help": "dataset directory (else $ROBUSTPRUNE_DATA, else cache)"}
     )
+    refetch_data: bool = field(
+        default=False, metadata={"help": "replace a damaged dataset file in the data directory by a downloaded, "
+                                         "checked copy (the damaged one is kept as <name>.damaged); without it "
+                                         "a damaged file is an error and is never touched"}
+    )
     seed: int = field(default=0, metadata={"help": "seed; fixes a CPU run to the bit"})
     limit_train: int | None = field(default=None, metadata={"help": "train on the first N training examples"})
     val_size: int = field(default=0, metadata={"help": "hold out the last N training examples as validation"})

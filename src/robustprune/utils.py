@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import errno
 import functools
 import json
 import os
+import signal
 import subprocess
 import tempfile
 from collections.abc import Callable
@@ -25,6 +27,59 @@ class UserError(Exception):
 
 class MissingExtraError(UserError, ImportError, RuntimeError):
     """An optional dependency is not installed (``pip install 'robustprune[<extra>]'``)."""
+
+
+class DiskFullError(UserError, OSError):
+    """A file could not be written for want of space (or quota); the message names the file. The
+    file was written atomically, so what was there before is intact and nothing half-written is left."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(errno.ENOSPC, message)
+
+    def __str__(self) -> str:
+        return str(self.strerror)
+
+
+#: test-only fault injection (``fault_point``): ``<point>:<n>[:<action>]``
+FAULT_ENV = "ROBUSTPRUNE_FAULT"
+FAULT_ACTIONS = ("kill", "killgroup", "killparent", "stop", "enospc")
+_fault_hits: dict[str, int] = {}
+
+
+def fault_point(name: str) -> None:
+    """A named point where the fault-injection tests (``tests/test_faults.py``, ``bench/faults.py``)
+    stop the program; inert unless ``$ROBUSTPRUNE_FAULT`` names this point.
+
+    ``ROBUSTPRUNE_FAULT=<point>:<n>[:<action>]`` acts the ``n``-th time this process passes
+    ``point`` (counted per process): ``kill`` (the default) sends itself SIGKILL, ``killgroup``
+    SIGKILLs its whole process group (a ``--jobs`` parent and all its workers), ``killparent`` its
+    parent (a ``--jobs`` worker's runner), ``stop`` sends itself SIGSTOP (alive, holding its locks),
+    ``enospc`` raises ``OSError(ENOSPC)`` as a full disk would. The points: ``train-step`` (after each optimiser step),
+    ``checkpoint-written`` (an epoch's files written, not yet renamed into place),
+    ``checkpoint-renamed`` (renamed, ``LATEST`` not yet updated), ``atomic-write`` (any file written
+    and synced, not yet renamed over its target), ``eval-batch`` (after each evaluated batch),
+    ``task-done`` (a suite task finished, the next not started).
+    """
+    spec = os.environ.get(FAULT_ENV)
+    if not spec or spec.partition(":")[0] != name:
+        return
+    _, count, action = (spec.split(":", 2) + ["", ""])[:3]
+    _fault_hits[name] = _fault_hits.get(name, 0) + 1
+    if _fault_hits[name] != int(count or 1):
+        return
+    if action == "enospc":
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+    if action == "stop":
+        os.kill(os.getpid(), signal.SIGSTOP)
+        return
+    if action == "killparent":
+        os.kill(os.getppid(), signal.SIGKILL)
+        return
+    if action == "killgroup":
+        os.killpg(os.getpgid(0), signal.SIGKILL)
+    elif action not in ("", "kill"):
+        raise ValueError(f"{FAULT_ENV}={spec!r}: unknown action {action!r}; one of {', '.join(FAULT_ACTIONS)}")
+    os.kill(os.getpid(), signal.SIGKILL)
 
 
 P = ParamSpec("P")
@@ -50,20 +105,55 @@ def atomic_write(path: str | os.PathLike, write: Callable[[Path], object]) -> No
 
     A crash at any moment leaves either the old file or the new one, never half a file. The file
     gets the permissions of a plain ``open()`` (0666 less the umask), not mkstemp's private 0600.
+    A full disk (or quota) raises :class:`DiskFullError` naming ``path``, whichever writer failed.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    except OSError as e:
+        if _disk_full(e, path.parent):
+            raise DiskFullError(f"cannot write {path}: no space left on device ({e})") from e
+        raise
     os.close(fd)
     try:
         os.chmod(tmp, 0o666 & ~_umask())
         write(Path(tmp))
         with open(tmp, "rb") as fh:
             os.fsync(fh.fileno())
+        fault_point("atomic-write")
         os.replace(tmp, path)
+    except Exception as e:
+        full = _disk_full(e, path.parent)
+        Path(tmp).unlink(missing_ok=True)
+        if full:
+            raise DiskFullError(f"cannot write {path}: no space left on device "
+                                f"({type(e).__name__}: {e}); the previous file, if any, is intact: "
+                                "free some space and rerun") from e
+        raise
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+#: free space below which a failed write is put down to a full disk (writers such as ``torch.save``
+#: report ENOSPC without its errno)
+FULL_DISK_BYTES = 1 << 20
+
+
+def _disk_full(e: BaseException, directory: Path) -> bool:
+    """Whether ``e`` (raised while writing into ``directory``) comes from a full disk or quota."""
+    if isinstance(e, DiskFullError):
+        return False  # already named
+    if isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT):
+        return True
+    if "No space left on device" in str(e) or "os error 28" in str(e):
+        return True
+    try:
+        st = os.statvfs(directory)
+    except OSError:
+        return False
+    return st.f_bavail * st.f_frsize < FULL_DISK_BYTES
 
 
 def _umask() -> int:

@@ -10,6 +10,9 @@ the sequential runner (weights and accuracies; wall times and the CPU latency of
 measured while other tasks run). Datasets are loaded once in the parent first, so that a download
 happens there, not in two workers writing one directory at once.
 
+A worker exits as soon as the runner that started it dies, so a killed suite leaves no process
+behind that would keep writing while a rerun takes over the directory.
+
 On a failure no new task is started (the sequential runner also stops at its first error): running
 tasks finish and keep their results, so a rerun resumes; then :class:`TaskFailed` names the task and
 its exception.
@@ -23,9 +26,11 @@ from __future__ import annotations
 import multiprocessing
 import os
 import sys
+import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
+from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
 
 import torch
@@ -34,9 +39,14 @@ from tqdm.auto import tqdm
 from robustprune.compare.plan import Task
 from robustprune.compare.suite import Suite
 from robustprune.data import load_split
+from robustprune.utils import UserError
 
 #: runs one task in a worker: ``run(task, suite, out_dir, progress=False) -> what happened``
 TaskFn = Callable[..., str]
+
+
+class WorkerDied(UserError, RuntimeError):
+    """A worker process of a parallel suite run ended without an answer (killed by a signal)."""
 
 
 class TaskFailed(RuntimeError):
@@ -57,8 +67,22 @@ def default_threads(jobs: int) -> int:
     return max(1, cpus // jobs)
 
 
-def _init_worker(threads: int) -> None:
+#: how often a worker checks that the runner that started it is alive (seconds)
+PARENT_CHECK_S = 0.25
+
+
+def _init_worker(threads: int, parent: int) -> None:
     torch.set_num_threads(threads)
+    threading.Thread(target=_exit_with_parent, args=(parent,), name="robustprune-parent-watch", daemon=True).start()
+
+
+def _exit_with_parent(parent: int) -> None:
+    """A worker whose runner died (``kill -9``, the OOM killer) exits at once instead of finishing its
+    task in a suite directory that a rerun may meanwhile take over (it would then also live on,
+    idle, for ever). What it was writing is atomic, so stopping it anywhere loses nothing."""
+    while os.getppid() == parent:
+        time.sleep(PARENT_CHECK_S)
+    os._exit(1)
 
 
 def _work(run: TaskFn, task: Task, suite: Suite, out_dir: Path) -> tuple[str, float]:
@@ -67,11 +91,12 @@ def _work(run: TaskFn, task: Task, suite: Suite, out_dir: Path) -> tuple[str, fl
     return result, time.perf_counter() - t0
 
 
-def _prefetch_data(tasks: list[Task]) -> None:
-    """Load every dataset the tasks use once, here: a missing one is downloaded by one process only."""
+def prefetch_data(tasks: list[Task], *, refetch: bool = False) -> None:
+    """Load every dataset the tasks use once, here: a missing one is downloaded by one process only
+    (a damaged one replaced, with ``refetch``)."""
     for dataset, data_dir in dict.fromkeys((t.spec.cfg.dataset, t.spec.cfg.data_dir) for t in tasks):
         for split in ("train", "test"):
-            load_split(dataset, split, data_dir=data_dir)
+            load_split(dataset, split, data_dir=data_dir, refetch=refetch)
 
 
 def _check_plan(tasks: list[Task]) -> None:
@@ -101,13 +126,13 @@ def run_tasks_parallel(tasks: list[Task], suite: Suite, out_dir: Path, *, run: T
     _check_plan(tasks)
     if not tasks:
         return
-    _prefetch_data(tasks)
+    prefetch_data(tasks)
     order = {t.name: i for i, t in enumerate(tasks)}
     pending, running, done = list(tasks), dict[Future, Task](), set[str]()
     failed: tuple[Task, BaseException] | None = None
     bar = tqdm(total=len(tasks), desc=suite.name, unit="task", disable=not progress, dynamic_ncols=True)
     pool = ProcessPoolExecutor(max_workers=min(jobs, len(tasks)), mp_context=multiprocessing.get_context("spawn"),
-                               initializer=_init_worker, initargs=(threads,))
+                               initializer=_init_worker, initargs=(threads, os.getpid()))
     try:
         while pending or running:
             if failed is None:
@@ -123,6 +148,11 @@ def run_tasks_parallel(tasks: list[Task], suite: Suite, out_dir: Path, *, run: T
                 try:
                     result, seconds = fut.result()
                 except Exception as e:  # the worker's exception, its traceback as __cause__
+                    if isinstance(e, BrokenProcessPool):  # a worker was killed: every running task ends here
+                        died = WorkerDied(f"a worker process died while {task.name} ran (killed by a signal: out of "
+                                          "memory, kill -9?); what finished is kept: rerun to resume")
+                        died.__cause__ = e
+                        e = died
                     failed = failed or (task, e)
                     if progress:
                         bar.write(f"[failed] {task.kind} {task.spec.key}: {type(e).__name__}: {e}", file=sys.stderr)

@@ -21,6 +21,7 @@ import dataclasses
 import hashlib
 import json
 import os
+import shutil
 import sys
 import time
 from collections.abc import Iterator
@@ -31,7 +32,7 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
-from robustprune.compare.parallel import run_tasks_parallel
+from robustprune.compare.parallel import prefetch_data, run_tasks_parallel
 from robustprune.compare.plan import RunSpec, Task, plan_runs, plan_suite, run_key
 from robustprune.compare.suite import Suite
 from robustprune.config import TrainConfig, load_train_config, save_yaml, to_dict
@@ -39,15 +40,16 @@ from robustprune.defenses import TestTimeSpec
 from robustprune.eval import evaluate_run
 from robustprune.reports import render_report
 from robustprune.train import fit
-from robustprune.train.checkpoint import latest_checkpoint
+from robustprune.train.checkpoint import CKPT_DIR, latest_checkpoint
 from robustprune.train.run import train_attack
-from robustprune.utils import atomic_write_json, atomic_write_text
+from robustprune.utils import atomic_write_json, atomic_write_text, fault_point
 
 __all__ = ["RunSpec", "Task", "card_path", "comparable", "config_diff", "plan_runs", "plan_suite", "run_key",
            "run_suite", "run_task", "suite_card", "suite_lock"]
 
 #: config fields that may differ between a finished run and the suite without making it another run
-IGNORED_FIELDS = ("out", "data_dir", "progress", "device", "resume", "init_from", "tensorboard", "tensorboard_every")
+IGNORED_FIELDS = ("out", "data_dir", "refetch_data", "progress", "device", "resume", "init_from", "tensorboard",
+                  "tensorboard_every")
 #: a running ``run_suite`` holds this file (its pid) in the suite directory
 LOCK = ".compare.lock"
 
@@ -154,15 +156,23 @@ def method_label(spec: RunSpec) -> str:
 def run_task(task: Task, suite: Suite, out_dir: Path, *, progress: bool = True) -> str:
     """Do one task; returns what happened (trained, resumed, reused, evaluated)."""
     if task.kind == "train":
-        return train_task(task.spec, progress=progress)
+        result = train_task(task.spec, progress=progress)
+        fault_point("task-done")
+        return result
     result = eval_task(suite, task.spec, runs_dir=out_dir / "runs", progress=progress)
     atomic_write_json(out_dir / "cards" / f"{task.spec.key}.json", suite_card(suite, task.spec))
+    fault_point("task-done")
     return result
 
 
 def run_suite(suite: Suite, out_dir: str | Path, *, data_dir: str | None = None, device: str | None = None,
-              progress: bool = True, report: bool = True, jobs: int = 1, threads: int | None = None) -> list[Path]:
+              progress: bool = True, report: bool = True, jobs: int = 1, threads: int | None = None,
+              refetch_data: bool = False) -> list[Path]:
     """Train, evaluate and report every run of ``suite`` in ``out_dir``; returns the report files.
+
+    ``refetch_data`` first replaces damaged files of the suite's datasets by downloaded, checked
+    copies (``load_split(refetch=True)``); without it a damaged dataset file stops the suite with an
+    error naming it.
 
     ``jobs > 1`` runs independent tasks in that many worker processes, each with ``threads`` torch
     threads (see :mod:`robustprune.compare.parallel`); the results are those of ``jobs == 1``, which
@@ -176,8 +186,11 @@ def run_suite(suite: Suite, out_dir: str | Path, *, data_dir: str | None = None,
     tasks = plan_suite(suite, out_dir, data_dir=data_dir, device=device)
     out_dir.mkdir(parents=True, exist_ok=True)
     with suite_lock(out_dir):
+        _drop_temp_files(out_dir)
         save_yaml(suite_to_dict(suite), out_dir / "suite.yaml")
         _drop_stale_cards(out_dir, {t.spec.key for t in tasks if t.kind == "evaluate"})
+        if refetch_data:
+            prefetch_data(tasks, refetch=True)
         if jobs == 1:
             _run_tasks(tasks, suite, out_dir, progress=progress, threads=threads)
         else:
@@ -238,6 +251,17 @@ def _alive(pid: int) -> bool:
     except PermissionError:
         return True
     return True
+
+
+def _drop_temp_files(out_dir: Path) -> None:
+    """Remove what a killed runner left half-written: ``atomic_write``'s temporary files
+    (``.<name>.*.tmp``) and unfinished checkpoint directories (``.epoch-*.tmp-<pid>``). Called under
+    the suite lock, so no live runner is writing them; the files they were to replace are intact."""
+    for path in sorted(out_dir.rglob(".*.tmp*"), reverse=True):
+        if path.is_dir() and path.parent.name == CKPT_DIR and path.name.startswith(".epoch-"):
+            shutil.rmtree(path, ignore_errors=True)
+        elif path.is_file() and path.name.endswith(".tmp"):
+            path.unlink(missing_ok=True)
 
 
 def _drop_stale_cards(out_dir: Path, keep: set[str]) -> None:

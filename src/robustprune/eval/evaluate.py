@@ -16,6 +16,7 @@ from robustprune.attacks import Attack, is_stochastic
 from robustprune.data import TensorLoader
 from robustprune.metrics import VulnerabilityMeter
 from robustprune.models import model_mode
+from robustprune.utils import fault_point
 
 
 @dataclass
@@ -111,6 +112,7 @@ def evaluate(
                     r.vulnerability = r.vulnerability or VulnerabilityMeter()
                     r.vulnerability.update(feats, adv_feats)
                 r.wall_s += time.perf_counter() - ta
+            fault_point("eval-batch")
     res.wall_s = time.perf_counter() - t0
     res.warnings += sanity_warnings(res)
     for w in res.warnings:

@@ -27,7 +27,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from robustprune.utils import UserError, atomic_write, atomic_write_text
+from robustprune.utils import UserError, atomic_write, atomic_write_text, fault_point
 
 CKPT_DIR = "checkpoints"
 
@@ -71,11 +71,13 @@ def save_checkpoint(run_dir: Path, epoch: int, model: nn.Module, state: dict[str
     try:
         save_weights(model, tmp / "model.safetensors")
         atomic_write(tmp / "state.pt", lambda p: torch.save(state, p))
+        fault_point("checkpoint-written")
         shutil.rmtree(final, ignore_errors=True)
         os.rename(tmp, final)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+    fault_point("checkpoint-renamed")
     atomic_write_text(root / "LATEST", final.name + "\n")
     for old in sorted(root.glob("epoch-*"))[:-keep]:
         shutil.rmtree(old, ignore_errors=True)

@@ -31,7 +31,7 @@ from robustprune.train.distributed import (
 )
 from robustprune.train.run import amp_context, build_model_for, init_from, method_context, use_channels_last
 from robustprune.train.tensorboard import TrainLogger
-from robustprune.utils import atomic_write_json, provenance, resolve_device
+from robustprune.utils import atomic_write_json, fault_point, provenance, resolve_device
 
 
 def make_optimizer(cfg: TrainConfig, group: ParamGroup) -> torch.optim.Optimizer:
@@ -64,7 +64,7 @@ def make_scheduler(cfg: TrainConfig, opt: torch.optim.Optimizer, total_steps: in
 
 def train_split(cfg: TrainConfig) -> tuple[Tensor, Tensor]:
     """The training examples this run uses (after ``limit_train`` and the validation hold-out)."""
-    images, labels = load_split(cfg.dataset, "train", data_dir=cfg.data_dir)
+    images, labels = load_split(cfg.dataset, "train", data_dir=cfg.data_dir, refetch=cfg.refetch_data)
     if cfg.val_size:
         if cfg.val_size >= len(labels):
             raise ValueError(f"val_size={cfg.val_size} leaves no training data ({len(labels)} examples)")
@@ -74,8 +74,16 @@ def train_split(cfg: TrainConfig) -> tuple[Tensor, Tensor]:
     return images, labels
 
 
+def saved_config(cfg: TrainConfig) -> TrainConfig:
+    """The config a run records (config.yaml, run.json): the run's, not the invocation's, so that
+    ``resume`` and ``refetch_data`` are off; an interrupted and resumed run records what an
+    uninterrupted one does."""
+    return replace(cfg, resume=False, refetch_data=False)
+
+
 def resolve_resume(cfg: TrainConfig) -> TrainConfig:
-    """On ``--resume`` the saved config wins, except the epoch count, device and progress bars."""
+    """On ``--resume`` the saved config wins, except the epoch count, device, progress bars and
+    ``refetch_data``."""
     saved = Path(cfg.out) / "config.yaml"
     if not (cfg.resume and saved.is_file()):
         return cfg
@@ -84,7 +92,7 @@ def resolve_resume(cfg: TrainConfig) -> TrainConfig:
         warnings.warn(f"resuming {cfg.out} with epochs={cfg.epochs} instead of {old.epochs}: the {old.schedule} "
                       "learning-rate schedule is stretched from here on", stacklevel=3)
     return replace(old, epochs=cfg.epochs, device=cfg.device, progress=cfg.progress, tensorboard=cfg.tensorboard,
-                   tensorboard_every=cfg.tensorboard_every, resume=True)
+                   tensorboard_every=cfg.tensorboard_every, resume=True, refetch_data=cfg.refetch_data)
 
 
 def step(method: Method, model: nn.Module, groups: list[ParamGroup], opts: list[torch.optim.Optimizer],
@@ -233,7 +241,7 @@ class Trainer:
             return
         save_weights(self.model, self.out / "model.safetensors")
         atomic_write_json(self.out / "run.json", {
-            "status": "complete", "config": to_dict(self.cfg), "epochs_done": len(self.history),
+            "status": "complete", "config": to_dict(saved_config(self.cfg)), "epochs_done": len(self.history),
             "history": self.history, "train_size": self.train_size, "wall_s": self.wall,
             "method_info": self.method.card_fields(),
             **({"init": self.init_record} if self.init_record is not None else {}),
@@ -251,7 +259,7 @@ def fit(cfg: TrainConfig) -> Path:
         tr.restore()
     if tr.dist.is_main:
         tr.out.mkdir(parents=True, exist_ok=True)
-        save_yaml(to_dict(tr.cfg), tr.out / "config.yaml")
+        save_yaml(to_dict(saved_config(tr.cfg)), tr.out / "config.yaml")
     tr.open_log()
     try:
         for epoch in range(tr.start, tr.cfg.epochs):
@@ -284,6 +292,7 @@ def run_epoch(tr: Trainer, epoch: int) -> dict[str, float]:
             tr.method.after_step(tr.model, tr.global_step + i + 1)
             if tr.tb.enabled:
                 tr.tb.step(tr.global_step + i + 1, logs, tr.learning_rates(), last=i == len(loader) - 1)
+            fault_point("train-step")
             for k, v in logs.items():
                 sums[k] = sums[k] + v if k in sums else v.clone()
             n += 1
