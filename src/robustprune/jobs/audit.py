@@ -4,7 +4,8 @@
 FGSM → PGD-40 → PGD-100 with 5 restarts → EOT-PGD-40 (when the model is random in eval mode) →
 AutoAttack (when pyautoattack is installed, as it is with the package; ``rand`` for random models) → transfer from a
 source model (when given), plus a robust-accuracy-vs-ε sweep with FMN-L∞'s security curve beside
-it (deterministic models), an unbounded (ε = 1) attack and an input-gradient census, and turns them into the checks of :mod:`robustprune.eval.checks`. The
+it (deterministic models), an unbounded (ε = 1) attack and an input-gradient census, and turns them
+into the checks of :mod:`robustprune.eval.checks`. The
 result is a JSON card (``audit.json``), a markdown report (``audit.md``) and the curve and
 loss-surface plots beside them.
 """

@@ -150,7 +150,7 @@ def with_security(curve: dict[str, Any], model: nn.Module, loader: TensorLoader,
     """``curve`` plus ``security``: FMN-L∞'s security curve at the curve's ε values, or
     ``{"skipped": why}`` (``fmn=False``, or a model random in eval mode)."""
     if not fmn:
-        return curve | {"security": {"skipped": "FMN disabled (--fmn no)"}}
+        return curve | {"security": {"skipped": "FMN disabled (--no-fmn)"}}
     if curve["stochastic"]:
         return curve | {"security": {"skipped": "the model is random in eval mode: no minimal distance"}}
     eps = [p["eps"] for p in curve["points"]]

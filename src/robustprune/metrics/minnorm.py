@@ -109,7 +109,8 @@ def minimal_distances(model: nn.Module, loader: Any, attack: MinNormAttack, *,
     >>> security_points(d["distances"], d["correct"], [0, 0.1, 0.2, 0.3])  # doctest: +SKIP
     """
     if not isinstance(attack, MinNormAttack):
-        raise ValueError(f"attack must be a MinNormAttack (DeepFool, CarliniWagnerL2, FMN), got {type(attack).__name__}")
+        raise ValueError(f"attack must be a MinNormAttack (DeepFool, CarliniWagnerL2, FMN), "
+                         f"got {type(attack).__name__}")
     norms: list[Tensor] = []
     correct: list[Tensor] = []
     with model_mode(model):

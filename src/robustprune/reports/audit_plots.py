@@ -1,9 +1,9 @@
 """Plots of the robustness audit, rendered from its JSON data only (STYLE example 7).
 
 :func:`plot_curve` draws robust accuracy against ε (``curve.json``), with the audit's other attacks
-at the dataset's ε as markers and, where the card has one, FMN's security curve beside the PGD sweep; :func:`plot_surface` draws the loss surfaces of ``surface.json`` as
-3-D plots with a contour map underneath. Matplotlib's object API (Agg, no pyplot state), imported
-lazily; files are written atomically.
+at the dataset's ε as markers and, where the card has one, FMN's security curve beside the PGD
+sweep; :func:`plot_surface` draws the loss surfaces of ``surface.json`` as 3-D plots with a
+contour map underneath. Matplotlib's object API (Agg, no pyplot state), imported lazily; files are written atomically.
 """
 
 from __future__ import annotations
