@@ -191,10 +191,22 @@ def test_cli_audit_curve_surface(at_run: Path, tiny_mnist: Path, tmp_path: Path,
     for name in ("audit.md", "curve.png", "curve.json", "surface.png", "surface.json"):
         assert (out / name).stat().st_size > 0, name
     assert "## Checks" in capsys.readouterr().out
-    assert (out / "audit.md").read_text().startswith("# Robustness audit: at / lenet5-caffe / mnist")
-    assert main(["curve", str(at_run), "--eps", "0,0.2", "--steps", "3", "--limit", "8", "--data-dir",
-                 str(tiny_mnist), "--out", str(tmp_path / "c"), "--no_progress"]) == 0
-    assert len(json.loads((tmp_path / "c" / "curve.json").read_text())["points"]) == 2
+    md = (out / "audit.md").read_text()
+    assert md.startswith("# Robustness audit: at / lenet5-caffe / mnist") and "| FMN security % |" in md
+    sec = card["security"]  # FMN-L∞ on the sweep's ε, from per-example distances
+    assert [p["eps"] for p in sec["points"]] == [0, 0.1, 0.3] and len(sec["distances"]) == 12
+    assert sec["points"][0]["robust_acc"] == pytest.approx(card["clean_acc"])
+    assert json.loads((out / "curve.json").read_text())["security"]["points"] == sec["points"]
+    assert main(["curve", str(at_run), "--eps", "0,0.2", "--steps", "3", "--limit", "8", "--fmn-steps", "5",
+                 "--fmn-targets", "2", "--data-dir", str(tiny_mnist), "--out", str(tmp_path / "c"),
+                 "--no_progress"]) == 0
+    curve = json.loads((tmp_path / "c" / "curve.json").read_text())
+    atk = curve["security"]["attack"]
+    assert len(curve["points"]) == 2 and (atk["name"], atk["steps"], atk["targets"]) == ("fmn", 5, 2)
+    assert "FMN security %" in capsys.readouterr().out
+    assert main(["curve", str(at_run), "--eps", "0,0.2", "--steps", "3", "--limit", "8", "--no-fmn", "--data-dir",
+                 str(tiny_mnist), "--out", str(tmp_path / "c2"), "--no_progress"]) == 0
+    assert "skipped" in json.loads((tmp_path / "c2" / "curve.json").read_text())["security"]
     assert main(["surface", str(at_run), "--points", "2", "--resolution", "5", "--data-dir", str(tiny_mnist),
                  "--out", str(tmp_path / "s")]) == 0
     surf = json.loads((tmp_path / "s" / "surface.json").read_text())
@@ -205,7 +217,8 @@ def test_cli_audit_curve_surface(at_run: Path, tiny_mnist: Path, tmp_path: Path,
     ("cmd", "flags", "needle"),
     [("audit", ["--eps", "1.5"], "1.5"), ("audit", ["--autoattack", "maybe"], "maybe"),
      ("audit", ["--limit", "0"], "limit"), ("audit", ["--eps-sweep", "0,x"], "'x'"), ("curve", ["--eps", "0,2"], "2"),
-     ("surface", ["--points", "0"], "points")],
+     ("surface", ["--points", "0"], "points"), ("curve", ["--fmn-steps", "0"], "steps"),
+     ("audit", ["--fmn-targets", "-1"], "-1")],
 )
 def test_cli_bad_input_names_the_value_and_writes_nothing(at_run: Path, tiny_mnist: Path, tmp_path: Path,
                                                           capsys: pytest.CaptureFixture[str], cmd: str,

@@ -263,7 +263,8 @@ def test_minimal_distances_in_the_attacks_norm(plain: nn.Module) -> None:
 
     x, y = levels(64, seed=7)
     attack = LinfGrid()
-    d = torch.tensor(minimal_distances(plain, [(x, y)], attack, progress=False), dtype=torch.float64)
+    found = minimal_distances(plain, [(x, y)], attack, progress=False)["distances"]
+    d = torch.tensor([math.inf if v is None else v for v in found], dtype=torch.float64)
     res = attack(plain, x, y)
     linf = (res.x_adv - x).flatten(1).abs().amax(1).double()
     with torch.no_grad():
@@ -298,3 +299,21 @@ def test_reads_the_autoattack_card_that_eval_writes(at_run: Path) -> None:
     with pytest.raises(ExportError, match="full test set"):
         _check_autoattack(rc, eps=0.3, allow_partial=False, what="test")
     assert "weight_sparsity" in rc.card["sparsity"]
+
+
+def test_cli_measure_fmn_writes_linf_distances(at_run: Path, capsys: pytest.CaptureFixture[str],
+                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    """`--measure-fmn N` measures FMN-L∞ on N points before exporting (here the export then refuses
+    the run, which has no AutoAttack card, after the distances are written); N < 1 is refused by name."""
+    import robustprune.jobs.curve as curve
+    from robustprune.attacks import FMN
+
+    monkeypatch.setattr(curve, "fmn_attack", lambda norm: FMN(norm=norm, steps=10))  # fewer steps: test speed
+    assert main(["export", str(at_run), "--format", "apb", "--measure-fmn", "8"]) == 2
+    err = capsys.readouterr().err
+    assert "distances-fmn.json" in err and "autoattack" in err
+    md = read_distances(at_run / "eval" / "distances-fmn.json")
+    assert md.norm == "linf" and md.attack["name"] == "fmn" and len(md.distances) == 8
+    assert all(d >= 0 for d in md.distances)
+    assert main(["export", str(at_run), "--format", "apb", "--measure-fmn", "0"]) == 2
+    assert "--measure-fmn" in capsys.readouterr().err

@@ -86,6 +86,9 @@ def _export_parser() -> ArgumentParser:
                    help="evaluation card with the AutoAttack result (default: found under RUN/eval)")
     p.add_argument("--distances", type=str | None, default=None,
                    help="apb: minimal-distances file (default: the newest RUN/eval/distances-*.json)")
+    p.add_argument("--measure-fmn", dest="measure_fmn", type=int | None, default=None,
+                   help="apb: first measure FMN-L-inf's minimal distances (100 steps, 3 class-directed passes) "
+                        "on the first N test points and write RUN/eval/distances-fmn.json (the benchmark uses 10000)")
     p.add_argument("--meta", type=str | None, default=None,
                    help="YAML/JSON mapping of fields no card knows (venue, download ids, ap_key, ...)")
     p.add_argument("--sparsity-rate", dest="sparsity_rate", type=int | None, default=None,
@@ -123,6 +126,17 @@ def _data_flags(p: ArgumentParser, *, limit: int | None) -> None:
     p.add_argument("--seed", type=int, default=0, help="seed of the attacks' random starts and directions")
 
 
+def _fmn_flags(p: ArgumentParser) -> None:
+    """--fmn / --fmn-steps / --fmn-targets: the FMN-L-inf security curve beside the PGD sweep."""
+    from robustprune.attacks.fmn import FMN_STEPS, FMN_TARGETS
+
+    p.add_argument("--fmn", action=YES_NO(), default=True,
+                   help="also draw FMN-L-inf's security curve (per-example minimal distances; deterministic models)")
+    p.add_argument("--fmn-steps", dest="fmn_steps", type=int, default=FMN_STEPS, help="FMN iterations per pass")
+    p.add_argument("--fmn-targets", dest="fmn_targets", type=int | None, default=FMN_TARGETS,
+                   help="FMN class-directed passes, one per top-scoring wrong class (null: one untargeted pass)")
+
+
 def _audit_parser() -> ArgumentParser:
     p = ArgumentParser(description="Attack ladder and gradient-masking checks; writes audit.json, audit.md, "
                                    "curve and loss-surface plots into --out.")
@@ -132,6 +146,7 @@ def _audit_parser() -> ArgumentParser:
     p.add_argument("--eps-sweep", dest="eps_sweep", type=str | None, default=None,
                    help="comma-separated eps values of the curve (default 0..2*eps)")
     p.add_argument("--autoattack", type=str, default="auto", help="auto (run when installed), yes or no")
+    _fmn_flags(p)
     p.add_argument("--surface", action=YES_NO(), default=True, help="also draw the loss surface")
     add_dataclass_flags(p, EvalConfig, skip=("attacks", "steps", "restarts", "eot"), defaults={"limit": 1000})
     _legacy_defense_flags(p)
@@ -141,11 +156,13 @@ def _audit_parser() -> ArgumentParser:
 
 
 def _curve_parser() -> ArgumentParser:
-    p = ArgumentParser(description="Robust accuracy vs eps (PGD, step 2.5*eps/steps); writes curve.json, curve.png.")
+    p = ArgumentParser(description="Robust accuracy vs eps (PGD, step 2.5*eps/steps) and FMN's security curve; "
+                                   "writes curve.json, curve.png.")
     p.add_argument("run", type=str, help="run directory")
     p.add_argument("--out", type=str, required=True, help="output directory")
     p.add_argument("--eps", type=str | None, default=None, help="comma-separated eps values (default 0..2*eps)")
     add_dataclass_flags(p, EvalConfig, skip=("attacks", "eps", "step_size", "restarts", "defense"))
+    _fmn_flags(p)
     _run_flags(p)
     p.add_argument("--progress", action=YES_NO(), default=True, help="show progress bars")
     return p
@@ -305,9 +322,17 @@ def cmd_compact(ns: Namespace) -> int:
 
 
 def cmd_export(ns: Namespace) -> int:
-    from robustprune.jobs.export import export_run
+    from robustprune.jobs.export import export_run, measure_distances
 
-    res = export_run(ns.run, fmt=ns.fmt, out=ns.out, card=ns.card, distances=ns.distances, meta=ns.meta,
+    distances = ns.distances
+    if ns.measure_fmn is not None:
+        from robustprune.jobs.curve import fmn_attack
+
+        if ns.measure_fmn < 1:
+            raise ValueError(f"--measure-fmn must be a number of test points >= 1, got {ns.measure_fmn}")
+        distances = str(measure_distances(ns.run, fmn_attack(norm="linf"), limit=ns.measure_fmn))
+        print(f"FMN-L-inf distances on {ns.measure_fmn} test points: {distances}", file=sys.stderr)
+    res = export_run(ns.run, fmt=ns.fmt, out=ns.out, card=ns.card, distances=distances, meta=ns.meta,
                      sparsity_rate=ns.sparsity_rate, allow_partial=ns.allow_partial)
     shown = {k: v for k, v in res["entry"].items() if k != "distances"}
     print(json.dumps(shown, indent=2))
@@ -335,7 +360,8 @@ def cmd_audit(ns: Namespace) -> int:
     from robustprune.reports.audit_report import render_audit_markdown
 
     card = audit_run(ns.run, eval_config_of(ns), out=ns.out, source=ns.source, eps_sweep=_floats(ns.eps_sweep),
-                     autoattack=ns.autoattack, surface=ns.surface, data_dir=ns.data_dir, device=ns.device,
+                     autoattack=ns.autoattack, fmn=ns.fmn, fmn_steps=ns.fmn_steps, fmn_targets=ns.fmn_targets,
+                     surface=ns.surface, data_dir=ns.data_dir, device=ns.device,
                      sap=ns.sap, sap_mode=ns.sap_mode, bnn_sample=ns.bnn_sample, progress=ns.progress)
     print(render_audit_markdown(card, surface=ns.surface))
     print(f"written: {ns.out}/audit.json, audit.md, curve.json, curve.png"
@@ -347,9 +373,15 @@ def cmd_curve(ns: Namespace) -> int:
     from robustprune.jobs.curve import curve_run
 
     curve = curve_run(ns.run, eval_config_of(ns, skip=("eps",)), out=ns.out, eps_list=_floats(ns.eps),
-                      data_dir=ns.data_dir, device=ns.device, progress=ns.progress)
-    print("| eps | robust accuracy % |\n|---|---|")
-    print("\n".join(f"| {p['eps']:g} | {p['robust_acc']:.2f} |" for p in curve["points"]))
+                      fmn=ns.fmn, fmn_steps=ns.fmn_steps, fmn_targets=ns.fmn_targets, data_dir=ns.data_dir,
+                      device=ns.device, progress=ns.progress)
+    sec = curve["security"].get("points")
+    print("| eps | PGD robust accuracy % |" + (" FMN security % |" if sec else "")
+          + "\n|---|---|" + ("---|" if sec else ""))
+    for i, p in enumerate(curve["points"]):
+        print(f"| {p['eps']:g} | {p['robust_acc']:.2f} |" + (f" {sec[i]['robust_acc']:.2f} |" if sec else ""))
+    if not sec:
+        print(f"security curve skipped: {curve['security']['skipped']}", file=sys.stderr)
     print(f"written: {ns.out}/curve.json, curve.png", file=sys.stderr)
     return 0
 

@@ -3,7 +3,7 @@
 Registered in ``ATTACKS``: ``"fgsm"``, ``"rfgsm"``, ``"pgd"``, ``"eot-pgd"``. ``TransferAttack``
 needs a source model and is built directly; so is ``AutoAttack`` (optional extra ``eval``, needs
 >= 4 classes). Minimum-norm attacks are another type (:class:`MinNormAttack`, returning norms and a
-success mask): ``DeepFool``, ``CarliniWagnerL2``.
+success mask): ``DeepFool``, ``CarliniWagnerL2`` (L2) and ``FMN`` (L∞, L2, L1).
 
 >>> attack = build_attack("pgd", eps=0.3, steps=40, step_size=0.01)
 """
@@ -24,13 +24,14 @@ from robustprune.attacks.base import (
 )
 from robustprune.attacks.cw import CarliniWagnerL2
 from robustprune.attacks.deepfool import DeepFool
+from robustprune.attacks.fmn import FMN
 from robustprune.attacks.minnorm import MinNormAttack, MinNormResult
 from robustprune.attacks.pgd import EOTPGD, FGSM, PGD, RFGSM
 from robustprune.attacks.transfer import TransferAttack
 from robustprune.registry import ATTACKS
 
 __all__ = [
-    "ATTACKS", "EOTPGD", "FGSM", "PGD", "RFGSM", "Attack", "AutoAttack", "CarliniWagnerL2", "DeepFool", "LossFn",
+    "ATTACKS", "EOTPGD", "FGSM", "PGD", "RFGSM", "Attack", "AutoAttack", "CarliniWagnerL2", "DeepFool", "FMN", "LossFn",
     "MinNormAttack", "MinNormResult", "TransferAttack", "build_attack", "cross_entropy_loss", "is_stochastic",
     "model_mode", "project", "seeded_generator",
 ]

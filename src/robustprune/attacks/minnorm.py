@@ -12,7 +12,9 @@ adversarial example?". They are a different type: ``attack(model, x, y) -> MinNo
 - ``success`` is *checked*, not claimed: one eval forward pass on the candidate decides whether it
   is misclassified. Where it is not, ``x_adv`` is ``x`` itself and ``norms`` is ``inf`` (no
   adversarial example found), so a failure can never pass for a small perturbation;
-- a point that is already misclassified is its own adversarial example: ``x_adv = x``, norm 0.
+- a point that is already misclassified is its own adversarial example: ``x_adv = x``, norm 0;
+- ``norms`` are measured by the base in the attack's ``norm`` (``"l2"`` for DeepFool and C&W,
+  ``"linf"``/``"l2"``/``"l1"`` for FMN), never taken from the subclass.
 """
 
 from __future__ import annotations
@@ -33,8 +35,8 @@ class MinNormResult:
 
     Attributes:
         x_adv: adversarial examples ``[B, ...]``; ``x`` itself where the attack failed.
-        norms: ``[B]`` L2 norm of ``x_adv - x``; ``inf`` where the attack failed, 0 for points
-            the model already misclassifies.
+        norms: ``[B]`` norm of ``x_adv - x`` in the attack's ``norm`` (L2 for DeepFool and C&W);
+            ``inf`` where the attack failed, 0 for points the model already misclassifies.
         success: ``[B]`` bool, the model misclassifies ``x_adv`` (checked by an eval forward pass).
     """
 
@@ -55,16 +57,44 @@ def check_positive(name: str, value: float, *, allow_zero: bool = False) -> floa
     return float(value)
 
 
+#: the norms a minimum-norm attack may minimise
+MIN_NORMS = ("linf", "l2", "l1")
+
+
+def check_norm(norm: str, allowed: tuple[str, ...] = MIN_NORMS) -> str:
+    """``ValueError`` naming ``norm`` unless it is one of ``allowed``."""
+    if norm not in allowed:
+        raise ValueError(f"norm must be one of {allowed}, got {norm!r}")
+    return norm
+
+
 def l2_norms(delta: Tensor) -> Tensor:
     """Per-example L2 norm ``[B]`` of a batch of perturbations."""
     return delta.flatten(1).norm(dim=1)
+
+
+def lp_norms(delta: Tensor, norm: str) -> Tensor:
+    """Per-example ``norm`` (``"linf"``, ``"l2"`` or ``"l1"``) ``[B]`` of a batch of perturbations.
+
+    >>> lp_norms(torch.tensor([[3.0, -4.0]]), "linf"), lp_norms(torch.tensor([[3.0, -4.0]]), "l1")
+    (tensor([4.]), tensor([7.]))
+    """
+    flat = delta.flatten(1)
+    if norm == "linf":
+        return flat.abs().amax(1)
+    if norm == "l2":
+        return flat.norm(dim=1)
+    if norm == "l1":
+        return flat.abs().sum(1)
+    raise ValueError(f"norm must be one of {MIN_NORMS}, got {norm!r}")
 
 
 class MinNormAttack:
     """Base class of the minimum-norm attacks: ``attack(model, x, y) -> MinNormResult``.
 
     Subclasses implement :meth:`perturb` (return a candidate ``x_adv`` per example; failures may
-    return anything) and extend :meth:`params`. The norm is L2 (Guo et al.'s r₂).
+    return anything) and extend :meth:`params`. ``norm`` is the norm the attack minimises and
+    the base measures: L2 by default (Guo et al.'s r₂); FMN sets it per instance.
 
     Args:
         eval_mode: attack the eval-mode model (default ``True``).
@@ -97,7 +127,8 @@ class MinNormAttack:
                 success = model(cand).argmax(1) != y
         keep = success.view(-1, *([1] * (x.dim() - 1)))
         x_adv = torch.where(keep, cand, x)
-        norms = torch.where(success, l2_norms(x_adv - x), torch.full_like(success, math.inf, dtype=x.dtype))
+        failed = torch.full_like(success, math.inf, dtype=x.dtype)
+        norms = torch.where(success, lp_norms(x_adv - x, self.norm), failed)
         return MinNormResult(x_adv=x_adv, norms=norms, success=success)
 
     def params(self) -> dict[str, Any]:

@@ -3,8 +3,9 @@
 "Robustness numbers are only as good as the attack." The audit runs, on the same test points,
 FGSM → PGD-40 → PGD-100 with 5 restarts → EOT-PGD-40 (when the model is random in eval mode) →
 AutoAttack (when pyautoattack is installed, as it is with the package; ``rand`` for random models) → transfer from a
-source model (when given), plus a robust-accuracy-vs-ε sweep, an unbounded (ε = 1) attack and
-an input-gradient census, and turns them into the checks of :mod:`robustprune.eval.checks`. The
+source model (when given), plus a robust-accuracy-vs-ε sweep with FMN-L∞'s security curve beside
+it (deterministic models), an unbounded (ε = 1) attack and an input-gradient census, and turns them
+into the checks of :mod:`robustprune.eval.checks`. The
 result is a JSON card (``audit.json``), a markdown report (``audit.md``) and the curve and
 loss-surface plots beside them.
 """
@@ -29,7 +30,16 @@ from robustprune.defenses import resolve_test_time
 from robustprune.eval import checks as C
 from robustprune.eval.card import eval_model, with_defense
 from robustprune.eval.evaluate import evaluate
-from robustprune.jobs.curve import check_eps_list, default_sweep, robust_curve, run_test_points
+from robustprune.jobs.curve import (
+    FMN_STEPS,
+    FMN_TARGETS,
+    check_eps_list,
+    default_sweep,
+    fmn_attack,
+    robust_curve,
+    run_test_points,
+    with_security,
+)
 from robustprune.jobs.surface import surface_of, write_surface
 from robustprune.reports.audit_plots import plot_curve
 from robustprune.reports.audit_report import render_audit_markdown
@@ -108,7 +118,8 @@ def _autoattack_mode(mode: str) -> tuple[bool, str]:
 @keeps_global_rng
 def audit(model: nn.Module, images: Tensor, labels: Tensor, *, eps: float, step_size: float,
           source: nn.Module | None = None, eps_sweep: list[float] | None = None, autoattack: str = "auto",
-          aa_options: dict[str, Any] | None = None, batch_size: int = 256, passes: int = 10, seed: int = 0,
+          aa_options: dict[str, Any] | None = None, fmn: bool = True, fmn_steps: int = FMN_STEPS,
+          fmn_targets: int | None = FMN_TARGETS, batch_size: int = 256, passes: int = 10, seed: int = 0,
           device: torch.device | str = "cpu", progress: bool = True) -> dict[str, Any]:
     """Audit ``model`` on ``images``/``labels`` (uint8 or [0, 1] floats): ladder, sweep, checks.
 
@@ -118,9 +129,11 @@ def audit(model: nn.Module, images: Tensor, labels: Tensor, *, eps: float, step_
         eps_sweep: ε values of the curve (default :func:`~robustprune.jobs.curve.default_sweep`).
         autoattack: ``"auto"`` (run when installed), ``"yes"`` (required) or ``"no"``.
         aa_options: ``n_iter``/``n_queries`` for a quick AutoAttack (recorded in the card).
+        fmn, fmn_steps, fmn_targets: FMN-L∞'s security curve at the sweep's ε (card ``security``,
+            :func:`~robustprune.jobs.curve.with_security`); skipped for random models.
         passes: forward passes averaged for models random in eval mode.
 
-    Returns the audit card: ``ladder``, ``curve``, ``unbounded``, ``gradients``, ``determinism``,
+    Returns the audit card: ``ladder``, ``curve``, ``security``, ``unbounded``, ``gradients``, ``determinism``,
     ``checks`` (each pass/warn/skip with evidence) and ``verdict``.
 
     >>> card = audit(model, x, y, eps=0.3, step_size=0.01)          # doctest: +SKIP
@@ -131,6 +144,8 @@ def audit(model: nn.Module, images: Tensor, labels: Tensor, *, eps: float, step_
         raise ValueError(f"step_size must be > 0, got {step_size!r}")
     sweep = check_eps_list(default_sweep(eps) if eps_sweep is None else eps_sweep)
     run_aa, aa_reason = _autoattack_mode(autoattack)
+    if fmn:  # bad FMN settings fail before the ladder runs
+        fmn_attack(steps=fmn_steps, targets=fmn_targets)
     loader = TensorLoader(images, labels, batch_size=batch_size, device=device)
     x0, _ = next(iter(loader))
     det = C.determinism_stats(model, x0)
@@ -145,12 +160,14 @@ def audit(model: nn.Module, images: Tensor, labels: Tensor, *, eps: float, step_
         ladder.append(run_rung(model, loader, rung, passes=passes, seed=seed, progress=progress, generator=gen))
     eot = 10 if det["stochastic"] else 1
     curve = robust_curve(model, loader, sweep, steps=40, eot=eot, passes=passes, seed=seed, progress=progress)
+    security = with_security(curve, model, loader, fmn=fmn, steps=fmn_steps, targets=fmn_targets,
+                             progress=progress)["security"]
     unbounded = robust_curve(model, loader, [1.0], steps=100, eot=eot, passes=passes, seed=seed, progress=False)
     grads = C.gradient_stats(model, loader)
     card = {
         "kind": "audit", "n": ladder[0]["n"], "eps": eps, "step_size": step_size, "norm": "linf", "seed": seed,
         "clean_acc": ladder[0]["clean_acc"], "stochastic": det["stochastic"], "determinism": det,
-        "ladder": ladder, "curve": curve, "unbounded": unbounded, "gradients": grads,
+        "ladder": ladder, "curve": curve, "security": security, "unbounded": unbounded, "gradients": grads,
     }
     checks = run_checks(card, autoattack_reason=aa_reason)
     warned = [c.name for c in checks if c.status == "warn"]
@@ -201,7 +218,8 @@ AUDIT_CONFIG = EvalConfig(limit=1000)
 
 def audit_run(run_dir: str | Path, config: EvalConfig | None = None, *, out: str | Path,
               source: str | Path | None = None, eps_sweep: list[float] | None = None, autoattack: str = "auto",
-              aa_options: dict[str, Any] | None = None, surface: bool = True, data_dir: str | None = None,
+              aa_options: dict[str, Any] | None = None, fmn: bool = True, fmn_steps: int = FMN_STEPS,
+              fmn_targets: int | None = FMN_TARGETS, surface: bool = True, data_dir: str | None = None,
               device: str = "auto", sap: float | None = None, sap_mode: str | None = None, bnn_sample: bool = False,
               progress: bool = True, **settings: Any) -> dict[str, Any]:
     """Audit run ``run_dir`` on its first ``limit`` test points; write into ``out``: ``audit.json``,
@@ -223,6 +241,8 @@ def audit_run(run_dir: str | Path, config: EvalConfig | None = None, *, out: str
     if eps_sweep is not None:
         check_eps_list(eps_sweep)
     _autoattack_mode(autoattack)
+    if fmn:
+        fmn_attack(steps=fmn_steps, targets=fmn_targets)
     test_time = resolve_test_time(cfg.defense)
     run, images, labels, dev = run_test_points(run_dir, limit=limit, data_dir=data_dir, device=device)
     model, fields = eval_model(run, test_time)
@@ -230,14 +250,14 @@ def audit_run(run_dir: str | Path, config: EvalConfig | None = None, *, out: str
     eps, step_size = info.eps(cfg.eps), info.step(cfg.step_size)
     src = load_run(source, device=dev).model if source is not None else None
     card = audit(model, images, labels, eps=eps, step_size=step_size, source=src, eps_sweep=eps_sweep,
-                 autoattack=autoattack, aa_options=aa_options, batch_size=batch_size, passes=passes, seed=seed,
-                 device=dev, progress=progress)
+                 autoattack=autoattack, aa_options=aa_options, fmn=fmn, fmn_steps=fmn_steps, fmn_targets=fmn_targets,
+                 batch_size=batch_size, passes=passes, seed=seed, device=dev, progress=progress)
     meta = {"run": str(run_dir), "method": run.cfg.method, "model": run.cfg.model, "dataset": run.cfg.dataset,
             "source": None if source is None else str(source), "limit": limit, **fields}
     card = {**meta, "train_seed": run.cfg.seed, **card, "config": to_dict(run.cfg), **provenance(dev),
             "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
     out = Path(out)
-    curve = {**meta, **card["curve"], "default_eps": eps, "marks": [
+    curve = {**meta, **card["curve"], "security": card["security"], "default_eps": eps, "marks": [
         {"label": e["name"], "eps": eps, "robust_acc": e["robust_acc"]} for e in card["ladder"]]}
     atomic_write_json(out / "curve.json", curve)
     plot_curve(curve, out / "curve.png")

@@ -4,10 +4,19 @@ For an honestly evaluated model the curve starts at the clean accuracy, falls mo
 reaches ~0 % well before ε = 1 (Carlini et al. 2019, "On evaluating adversarial robustness"). Each
 point is PGD with random start and the step size scaled with ε (``2.5·ε/steps``, Madry et al.'s
 heuristic), with EOT for models that are random in eval mode.
+
+Beside it, for deterministic models, the **security curve** of a minimum-norm attack (FMN-L∞,
+:class:`~robustprune.attacks.fmn.FMN`): one run gives every point's minimal distance ``d_i``, and
+``robust_acc(ε)`` = % of points correctly classified with ``d_i > ε`` — the whole curve from one
+attack, exact at every ε, not only on the PGD grid (Pintor et al. 2021; the "security evaluation
+curve" of Biggio & Roli 2018). The two should agree; an FMN curve well above PGD means FMN
+under-converged, well below means PGD did. :func:`fmn_distances_run` returns the per-example
+distances of a run for other consumers.
 """
 
 from __future__ import annotations
 
+import math
 import time
 from pathlib import Path
 from typing import Any
@@ -17,9 +26,12 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from robustprune.attacks import PGD, is_stochastic, seeded_generator
+from robustprune.attacks.fmn import FMN, FMN_STEPS, FMN_TARGETS
+from robustprune.attacks.minnorm import check_norm
 from robustprune.config import EvalConfig, eval_config
 from robustprune.data import TensorLoader, check_eps, dataset_info, load_split
 from robustprune.eval.evaluate import evaluate
+from robustprune.metrics.minnorm import minimal_distances, security_points
 from robustprune.reports.audit_plots import plot_curve
 from robustprune.train import load_run
 from robustprune.utils import atomic_write_json, keeps_global_rng, provenance, resolve_device
@@ -38,6 +50,17 @@ def check_eps_list(eps_list: list[float]) -> list[float]:
     if not eps_list:
         raise ValueError("eps list is empty")
     return [check_eps(e, what="every eps") for e in eps_list]
+
+
+def check_radii(eps_list: list[float]) -> list[float]:
+    """``ValueError`` naming the bad value unless every radius is a finite number >= 0 (L2/L1 radii
+    may exceed 1)."""
+    if not eps_list:
+        raise ValueError("eps list is empty")
+    for e in eps_list:
+        if isinstance(e, bool) or not isinstance(e, int | float) or not math.isfinite(e) or e < 0:
+            raise ValueError(f"every eps must be a finite number >= 0, got {e!r}")
+    return [float(e) for e in eps_list]
 
 
 def sweep_attack(eps: float, *, steps: int = 40, eot: int = 1, restarts: int = 1,
@@ -82,6 +105,33 @@ def robust_curve(model: nn.Module, loader: TensorLoader, eps_list: list[float], 
             "points": points}
 
 
+def fmn_attack(*, norm: str = "linf", steps: int = FMN_STEPS, targets: int | None = FMN_TARGETS) -> FMN:
+    """The FMN of the security curves: ``steps`` iterations, ``targets`` class-directed passes."""
+    return FMN(norm=norm, steps=steps, targets=targets)
+
+
+def security_curve(model: nn.Module, loader: TensorLoader, eps_list: list[float], *, norm: str = "linf",
+                   steps: int = FMN_STEPS, targets: int | None = FMN_TARGETS,
+                   progress: bool = True) -> dict[str, Any]:
+    """FMN's per-example minimal distances on ``loader`` and the security curve at ``eps_list``.
+
+    Returns :func:`~robustprune.metrics.minnorm.minimal_distances`'s fields (``distances``,
+    ``correct``, ``n_failed``, ``median``, ...) plus ``kind`` ``"security"``, ``points``
+    (``[{"eps", "robust_acc"}]``) and ``wall_s``. The model must be deterministic in eval mode.
+
+    >>> security_curve(model, loader, [0, 0.1, 0.2, 0.3])["points"]      # doctest: +SKIP
+    """
+    eps_list = check_eps_list(eps_list) if norm == "linf" else check_radii(eps_list)
+    x0, _ = next(iter(loader))
+    if is_stochastic(model, x0):
+        raise ValueError("the security curve needs a model that is deterministic in eval mode; a minimum-norm "
+                         "distance of a random model is not defined")
+    t0 = time.perf_counter()
+    d = minimal_distances(model, loader, fmn_attack(norm=norm, steps=steps, targets=targets), progress=progress)
+    return {"kind": "security", **d, "points": security_points(d["distances"], d["correct"], eps_list),
+            "wall_s": time.perf_counter() - t0}
+
+
 def run_test_points(run_dir: str | Path, *, limit: int | None, data_dir: str | None,
                     device: str | torch.device) -> tuple[Any, Tensor, Tensor, torch.device]:
     """``(loaded run, test images, test labels, device)``: the first ``limit`` test points of a run."""
@@ -95,15 +145,31 @@ def run_test_points(run_dir: str | Path, *, limit: int | None, data_dir: str | N
     return run, images, labels, dev
 
 
+def with_security(curve: dict[str, Any], model: nn.Module, loader: TensorLoader, *, fmn: bool, steps: int,
+                  targets: int | None, progress: bool) -> dict[str, Any]:
+    """``curve`` plus ``security``: FMN-L∞'s security curve at the curve's ε values, or
+    ``{"skipped": why}`` (``fmn=False``, or a model random in eval mode)."""
+    if not fmn:
+        return curve | {"security": {"skipped": "FMN disabled (--no-fmn)"}}
+    if curve["stochastic"]:
+        return curve | {"security": {"skipped": "the model is random in eval mode: no minimal distance"}}
+    eps = [p["eps"] for p in curve["points"]]
+    return curve | {"security": security_curve(model, loader, eps, steps=steps, targets=targets, progress=progress)}
+
+
 @keeps_global_rng
 def curve_run(run_dir: str | Path, config: EvalConfig | None = None, *, out: str | Path,
-              eps_list: list[float] | None = None, data_dir: str | None = None, device: str = "auto",
+              eps_list: list[float] | None = None, fmn: bool = True, fmn_steps: int = FMN_STEPS,
+              fmn_targets: int | None = FMN_TARGETS, data_dir: str | None = None, device: str = "auto",
               progress: bool = True, **settings: Any) -> dict[str, Any]:
     """Sweep ε for run ``run_dir``; write ``curve.json`` and ``curve.png`` into ``out``.
 
     ``config`` with ``settings`` replacing its fields gives ``steps``, ``eot``, ``limit``,
     ``batch_size``, ``passes`` and ``seed``; the sweep's ε values are ``eps_list`` (default:
-    :func:`default_sweep` of the dataset's ε) and each point's step is ``2.5·ε/steps``.
+    :func:`default_sweep` of the dataset's ε) and each point's step is ``2.5·ε/steps``. With
+    ``fmn`` (default) the card's ``security`` holds FMN-L∞'s per-example distances and its security
+    curve at the same ε (:func:`security_curve`, ``fmn_steps`` iterations, ``fmn_targets``
+    class-directed passes), drawn in the same plot.
 
     >>> curve_run("runs/at", out="runs/at/curve", eps_list=[0, 0.1, 0.2, 0.3, 0.4])   # doctest: +SKIP
     """
@@ -111,6 +177,8 @@ def curve_run(run_dir: str | Path, config: EvalConfig | None = None, *, out: str
     steps, eot, limit, batch_size, passes, seed = cfg.steps, cfg.eot, cfg.limit, cfg.batch_size, cfg.passes, cfg.seed
     if eps_list is not None:
         check_eps_list(eps_list)
+    if fmn:  # bad FMN settings fail before the sweep runs
+        fmn_attack(steps=fmn_steps, targets=fmn_targets)
     run, images, labels, dev = run_test_points(run_dir, limit=limit, data_dir=data_dir, device=device)
     info = dataset_info(run.cfg.dataset)
     eps_list = default_sweep(info.default_eps) if eps_list is None else eps_list
@@ -118,9 +186,39 @@ def curve_run(run_dir: str | Path, config: EvalConfig | None = None, *, out: str
     t0 = time.perf_counter()
     curve = robust_curve(run.model, loader, eps_list, steps=steps, eot=eot, passes=passes, seed=seed,
                          progress=progress)
+    curve = with_security(curve, run.model, loader, fmn=fmn, steps=fmn_steps, targets=fmn_targets, progress=progress)
     curve |= {"run": str(run_dir), "method": run.cfg.method, "model": run.cfg.model, "dataset": run.cfg.dataset,
               "default_eps": info.default_eps, "seed": seed, **provenance(dev), "wall_s": time.perf_counter() - t0}
     out = Path(out)
     atomic_write_json(out / "curve.json", curve)
     plot_curve(curve, out / "curve.png")
     return curve
+
+
+def fmn_distances_run(run_dir: str | Path, config: EvalConfig | None = None, *, norm: str = "linf",
+                      steps: int = FMN_STEPS, targets: int | None = FMN_TARGETS, data_dir: str | None = None,
+                      device: str = "auto", progress: bool = True, **settings: Any) -> dict[str, Any]:
+    """Per-example FMN minimal distances of run ``run_dir`` on its first ``limit`` test points.
+
+    ``config``/``settings`` give ``limit`` and ``batch_size``. Returns
+    :func:`~robustprune.metrics.minnorm.minimal_distances`'s dict (``distances`` in ``norm``, one
+    per test point in order, 0 for misclassified points, ``None`` where FMN found no adversarial
+    example; ``correct``; ``attack``; ``n_failed``; ``median``) plus ``labels`` and the run's
+    ``run``/``method``/``model``/``dataset`` and provenance. Nothing is written. The run's model must
+    be deterministic in eval mode.
+
+    >>> d = fmn_distances_run("runs/at", limit=1000, norm="l2")          # doctest: +SKIP
+    >>> d["distances"][:3], d["correct"][:3]                               # doctest: +SKIP
+    """
+    cfg = eval_config(config, **settings)
+    check_norm(norm)
+    run, images, labels, dev = run_test_points(run_dir, limit=cfg.limit, data_dir=data_dir, device=device)
+    loader = TensorLoader(images, labels, batch_size=cfg.batch_size, device=dev)
+    x0, _ = next(iter(loader))
+    if is_stochastic(run.model, x0):
+        raise ValueError(f"run {str(run_dir)!r}: its model is random in eval mode; minimal distances need a "
+                         "deterministic model")
+    t0 = time.perf_counter()
+    d = minimal_distances(run.model, loader, fmn_attack(norm=norm, steps=steps, targets=targets), progress=progress)
+    return {"run": str(run_dir), "method": run.cfg.method, "model": run.cfg.model, "dataset": run.cfg.dataset,
+            **d, "labels": labels.tolist(), **provenance(dev), "wall_s": time.perf_counter() - t0}

@@ -173,8 +173,9 @@ def measure_distances(run_dir: str | Path, attack: Any, *, limit: int | None = N
     if limit is not None:
         images, labels = images[:limit], labels[:limit]
     t0 = time.perf_counter()
-    d = minimal_distances(run.model, TensorLoader(images, labels, batch_size=batch_size, device=dev), attack,
-                          progress=progress)
+    found = minimal_distances(run.model, TensorLoader(images, labels, batch_size=batch_size, device=dev), attack,
+                              progress=progress)
+    d = [math.inf if v is None else float(v) for v in found["distances"]]  # None: no adversarial example found
     name = attack.params()["name"]
     md = MinimalDistances(attack=attack.params(), norm=attack.norm, distances=d, dataset=run.cfg.dataset,
                           extra={"run": str(run_dir), "limit": limit, "wall_s": time.perf_counter() - t0,

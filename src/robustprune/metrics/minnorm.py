@@ -94,36 +94,63 @@ def minnorm_robustness(model: nn.Module, loader: Any, attack: MinNormAttack, *,
     return {"attack": attack.params(), "clean_acc": clean, **out}
 
 
-#: the norms a per-example distance can be measured in (``MinNormAttack.norm``)
-DISTANCE_NORMS = {"l2": 2.0, "linf": math.inf}
-
-
 def minimal_distances(model: nn.Module, loader: Any, attack: MinNormAttack, *,
-                      progress: bool = True) -> list[float]:
-    """Per test point, in ``loader``'s order: the distance from ``x`` to the adversarial example
-    ``attack`` found, in the attack's own norm (``attack.norm``, ``"l2"`` or ``"linf"``).
+                      progress: bool = True) -> dict[str, Any]:
+    """Per-example minimal distances of ``model`` under the minimum-norm ``attack`` (eval mode).
 
-    0 for a point the model already misclassifies; ``inf`` where the attack found none (the
-    point counts as robust at every radius). The robust accuracy at radius ε is the share of
-    distances above ε (the security curve of Piras et al.'s benchmark).
+    Returns ``attack`` (its parameters), ``norm``, ``n``, ``clean_acc`` (%), ``correct`` (one bool
+    per point, in loader order) and ``distances``: per point, the norm of the attack's adversarial
+    example; 0 for a point the model already misclassifies; ``None`` where the attack found none
+    (counted as robust at every ε by :func:`security_points`, the optimistic reading, like a PGD
+    that fails). ``n_failed`` counts those; ``median`` is the median over correctly classified
+    points with failures as +∞ (``None`` if that is +∞ or there are none).
 
-    >>> d = minimal_distances(model, loader, fmn_linf)                # doctest: +SKIP
-    >>> sum(v > 8 / 255 for v in d) / len(d)                          # doctest: +SKIP
+    >>> d = minimal_distances(model, loader, FMN(norm="linf"))          # doctest: +SKIP
+    >>> security_points(d["distances"], d["correct"], [0, 0.1, 0.2, 0.3])  # doctest: +SKIP
     """
     if not isinstance(attack, MinNormAttack):
-        raise ValueError(f"attack must be a MinNormAttack, got {type(attack).__name__}")
-    norm = getattr(attack, "norm", "l2")
-    if norm not in DISTANCE_NORMS:
-        raise ValueError(f"attack {attack.params()['name']!r} has norm {norm!r}; known: {', '.join(DISTANCE_NORMS)}")
-    p = DISTANCE_NORMS[norm]
-    out: list[float] = []
+        raise ValueError(f"attack must be a MinNormAttack (DeepFool, CarliniWagnerL2, FMN), "
+                         f"got {type(attack).__name__}")
+    norms: list[Tensor] = []
+    correct: list[Tensor] = []
     with model_mode(model):
         for x, y in tqdm(loader, desc=attack.params()["name"], disable=not progress, leave=False, dynamic_ncols=True):
             with torch.no_grad():
-                wrong = model(x).argmax(1) != y
+                ok = model(x).argmax(1) == y
             res = attack(model, x, y)
-            d = (res.x_adv - x).flatten(1).norm(p=p, dim=1).double()
-            d = torch.where(res.success, d, torch.full_like(d, math.inf))
-            d = torch.where(wrong, torch.zeros_like(d), d)  # already misclassified: distance 0, whatever the attack did
-            out += d.cpu().tolist()
+            norms.append(torch.where(ok, res.norms, torch.zeros_like(res.norms)).double().cpu())
+            correct.append(ok.cpu())
+    d, ok = torch.cat(norms), torch.cat(correct)
+    n, n_ok = len(d), int(ok.sum())
+    kept = d[ok]
+    median = float(kept.median()) if n_ok else None
+    return {
+        "attack": attack.params(), "norm": attack.norm, "n": n,
+        "clean_acc": 100.0 * n_ok / n if n else math.nan,
+        "n_failed": int(torch.isinf(kept).sum()),
+        "median": median if median is not None and math.isfinite(median) else None,
+        "correct": ok.tolist(),
+        "distances": [None if math.isinf(v) else v for v in d.tolist()],
+    }
+
+
+def security_points(distances: list[float | None], correct: list[bool], eps_list: list[float]) -> list[dict[str, Any]]:
+    """The security curve at each ε: ``robust_acc(ε)`` = % of all points that are correctly
+    classified and whose minimal distance is > ε (``None``: no adversarial example found, robust).
+
+    At ε = 0 it is the clean accuracy; it never increases with ε. Against a fixed-budget attack at
+    the same ε it is the accuracy of an attack that succeeds wherever the minimum-norm attack's
+    point lies inside the ball.
+
+    >>> security_points([0.0, 0.2, None, 0.05], [False, True, True, True], [0, 0.1, 0.3])
+    [{'eps': 0, 'robust_acc': 75.0}, {'eps': 0.1, 'robust_acc': 50.0}, {'eps': 0.3, 'robust_acc': 25.0}]
+    """
+    if len(distances) != len(correct):
+        raise ValueError(f"distances and correct differ in length: {len(distances)} vs {len(correct)}")
+    n = len(distances)
+    d = [math.inf if v is None else float(v) for v in distances]
+    out = []
+    for eps in eps_list:
+        kept = sum(1 for ok, v in zip(correct, d, strict=True) if ok and v > eps)
+        out.append({"eps": eps, "robust_acc": 100.0 * kept / n if n else math.nan})
     return out

@@ -1,9 +1,9 @@
 """Plots of the robustness audit, rendered from its JSON data only (STYLE example 7).
 
 :func:`plot_curve` draws robust accuracy against ε (``curve.json``), with the audit's other attacks
-at the dataset's ε as markers; :func:`plot_surface` draws the loss surfaces of ``surface.json`` as
-3-D plots with a contour map underneath. Matplotlib's object API (Agg, no pyplot state), imported
-lazily; files are written atomically.
+at the dataset's ε as markers and, where the card has one, FMN's security curve beside the PGD
+sweep; :func:`plot_surface` draws the loss surfaces of ``surface.json`` as 3-D plots with a
+contour map underneath. Matplotlib's object API (Agg, no pyplot state), imported lazily; files are written atomically.
 """
 
 from __future__ import annotations
@@ -24,7 +24,9 @@ def _save(fig: Any, path: str | Path) -> Path:
 
 def plot_curve(curve: dict[str, Any], path: str | Path) -> Path:
     """Robust accuracy (%) vs ε from a curve card; ``curve["marks"]`` (optional) adds
-    ``{"label", "eps", "robust_acc"}`` points such as FGSM or AutoAttack at the dataset's ε.
+    ``{"label", "eps", "robust_acc"}`` points such as FGSM or AutoAttack at the dataset's ε;
+    ``curve["security"]`` (optional, with ``points``) adds the minimum-norm attack's security curve,
+    drawn at every ε from its per-example ``distances`` with its values at the sweep's ε marked.
 
     >>> plot_curve(json.load(open("audit/curve.json")), "audit/curve.png")   # doctest: +SKIP
     """
@@ -39,6 +41,9 @@ def plot_curve(curve: dict[str, Any], path: str | Path) -> Path:
     steps = atk.get("steps", "?")
     label = f"PGD-{steps} sweep, step 2.5·ε/{steps}" + (f", EOT-{atk['eot']}" if atk.get("eot", 1) > 1 else "")
     ax.plot([p["eps"] for p in pts], [p["robust_acc"] for p in pts], "-o", color="C0", label=label, zorder=3)
+    security = curve.get("security") or {}
+    if security.get("points"):
+        _plot_security(ax, security, hi=max(p["eps"] for p in pts))
     for i, mark in enumerate(curve.get("marks", [])):
         ax.plot([mark["eps"]], [mark["robust_acc"]], MARKERS[i % len(MARKERS)], color=f"C{i + 1}", markersize=8,
                 linestyle="none", label=f"{mark['label']} ({mark['robust_acc']:.1f} %)", zorder=4)
@@ -53,6 +58,29 @@ def plot_curve(curve: dict[str, Any], path: str | Path) -> Path:
     ax.set_title(f"{title}  (n = {curve.get('n', '?')})" if title else f"robust accuracy vs ε (n = {curve.get('n')})")
     ax.legend(loc="upper right", fontsize=8)
     return _save(fig, path)
+
+
+def security_label(security: dict[str, Any]) -> str:
+    """``FMN-L∞, 100 steps × 3 targets``: the attack of a security card, for legends and reports."""
+    atk = security.get("attack", {})
+    norm = {"linf": "L∞", "l2": "L2", "l1": "L1"}.get(atk.get("norm", ""), atk.get("norm", "?"))
+    passes = f" × {atk['targets']} targets" if atk.get("targets") else ""
+    return f"{str(atk.get('name', '?')).upper()}-{norm}, {atk.get('steps', '?')} steps{passes}"
+
+
+def _plot_security(ax: Any, security: dict[str, Any], *, hi: float) -> None:
+    """The security curve ``% of points correct with distance > ε`` on [0, ``hi``]."""
+    import numpy as np
+
+    n = security["n"]
+    d = np.array([np.inf if v is None else v for v, ok in zip(security["distances"], security["correct"], strict=True)
+                  if ok], dtype=float)
+    grid = np.linspace(0.0, hi, 401)
+    acc = 100.0 * (d[None, :] > grid[:, None]).sum(1) / max(n, 1)
+    ax.plot(grid, acc, "-", color="C9", linewidth=1.6, label=f"{security_label(security)} security curve", zorder=3)
+    sp = security["points"]
+    ax.plot([p["eps"] for p in sp], [p["robust_acc"] for p in sp], "s", color="C9", markersize=5,
+            markerfacecolor="none", linestyle="none", zorder=3)
 
 
 def plot_surface(surface: dict[str, Any], path: str | Path) -> Path:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from robustprune.reports.audit_plots import security_label
+
 STATUS = {"pass": "PASS", "warn": "**WARN**", "skip": "skip"}
 
 
@@ -41,6 +43,20 @@ def _ladder(card: dict[str, Any]) -> list[str]:
     return lines
 
 
+def _security(sec: dict[str, Any] | None) -> list[str]:
+    """The security-curve row under the ε table and a line on its distances (or why it was skipped)."""
+    if not sec:
+        return []
+    if "points" not in sec:
+        return ["", f"Security curve skipped: {sec.get('skipped', '-')}."]
+    pts = sec["points"]
+    median = "-" if sec["median"] is None else f"{sec['median']:.4g}"
+    return ["| FMN security % | " + " | ".join(f"{p['robust_acc']:.2f}" for p in pts) + " |", "",
+            f"Security curve: {security_label(sec)}; % of points classified correctly whose minimal "
+            f"distance exceeds ε; median distance over correct points {median}; no adversarial example "
+            f"found for {sec['n_failed']} of them (counted as robust); {sec['wall_s']:.0f} s."]
+
+
 def render_audit_markdown(card: dict[str, Any], *, surface: bool = True) -> str:
     """Markdown: header, verdict, attack ladder, checks with evidence, ε curve and plot, loss surface.
 
@@ -73,6 +89,7 @@ def render_audit_markdown(card: dict[str, Any], *, surface: bool = True) -> str:
               "| ε | " + " | ".join(f"{p['eps']:g}" for p in curve["points"]) + " |",
               "|---|" + "---|" * len(curve["points"]),
               "| robust % | " + " | ".join(f"{p['robust_acc']:.2f}" for p in curve["points"]) + " |"]
+    lines += _security(card.get("security"))
     lines += ["", "![robust accuracy vs eps](curve.png)"]
     if surface:
         lines += ["", "## Loss surface", "",
