@@ -27,7 +27,9 @@ independently trained model the transfer attack is crafted on: if ID has one see
 seed; otherwise the i-th seed of the target is attacked from the i-th seed of ID (so the source can
 be seeded apart from the targets). A run may not be its own source, nor a copy of itself (same
 config and seed). ``report: false`` runs are trained (as dependencies) but neither evaluated nor
-tabled. Every error raises ``ValueError`` naming the run and the value at fault.
+tabled. Every error raises ``ValueError`` naming the run and the value at fault. A run id names
+the run's directory (``runs/<id>-s<seed>``): letters, digits and ``._+-``, a letter or digit
+first, no ``..``, at most 100 characters (docs/security.md).
 
 Evaluation variants. A run may carry its own ``eval:`` mapping, merged key by key over the suite's
 (``limit``, ``attacks``, ...). ``model_of: ID`` makes a row that trains nothing and evaluates run
@@ -241,8 +243,7 @@ def _run_entry(data: Any, index: int, defaults: dict[str, Any], seeds: tuple[int
                train_keys: tuple[str, ...], where: str) -> RunEntry:
     if not isinstance(data, dict):
         raise ValueError(f"{where}: runs[{index}] must be a mapping, got {data!r}")
-    run_id = data.get("id")
-    check_run_id(run_id, f"{where}: runs[{index}]")
+    run_id = check_run_id(data.get("id"), f"{where}: runs[{index}]")
     here = f"{where}: run {run_id!r}"
     if "seed" in data:
         raise ValueError(f"{here}: use 'seeds: [{data['seed']}]' instead of 'seed'")
