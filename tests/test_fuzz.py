@@ -327,7 +327,7 @@ def cli_argvs(draw: Callable[[Any], Any], where: Path) -> tuple[list[str], list[
     for flag in draw(st.lists(st.sampled_from(flags), max_size=4)) if flags else []:
         value = flag_value(draw)
         argv += [flag, value] if not draw(st.booleans()) or not flag.startswith("--no-") else [flag]
-        names += [flag.lstrip("-").replace("-", "_"), flag, value, value.strip()] + value.split(",")
+        names += [flag.lstrip("-").replace("-", "_"), flag, value, repr(value), value.strip()] + value.split(",")
     return argv, names + ["no-such-run"]
 
 

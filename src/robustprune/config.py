@@ -78,6 +78,8 @@ class TrainConfig:
 
     def validate(self) -> None:
         """Raise ``ValueError`` naming the first bad value (a value of the wrong type included)."""
+        if self.adv_eps is not None:  # the one ε rule first: its message says what an ε is
+            check_eps(self.adv_eps, what="adv_eps")
         check_fields(self)
         checks = [
             (self.epochs >= 1, f"epochs must be >= 1, got {self.epochs}"),
@@ -141,9 +143,9 @@ class EvalConfig:
 
     def validate(self) -> None:
         """``ValueError`` naming the first bad value (ε by :func:`robustprune.data.check_eps`)."""
-        check_fields(self)
-        if self.eps is not None:
+        if self.eps is not None:  # the one ε rule first: its message says what an ε is
             check_eps(self.eps)
+        check_fields(self)
         checks = [
             (len(self.attacks) > 0, "attacks is empty"),
             (self.steps >= 1, f"steps must be >= 1, got {self.steps}"),
