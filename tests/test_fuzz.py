@@ -327,7 +327,8 @@ def cli_argvs(draw: Callable[[Any], Any], where: Path) -> tuple[list[str], list[
     for flag in draw(st.lists(st.sampled_from(flags), max_size=4)) if flags else []:
         value = flag_value(draw)
         argv += [flag, value] if not draw(st.booleans()) or not flag.startswith("--no-") else [flag]
-        names += [flag.lstrip("-").replace("-", "_"), flag, value, repr(value), value.strip()] + value.split(",")
+        names += [flag.lstrip("-").replace("-", "_"), flag, value, repr(value), value.strip(),
+                  f"unrecognized arguments: {value}"] + value.split(",")
     return argv, names + ["no-such-run"]
 
 
@@ -385,7 +386,9 @@ def config_mutations(draw: Callable[[Any], Any]) -> tuple[Any, list[str]]:
 
 
 def check_train_config(path: Path, data: Any, names: list[str], extra: list[str]) -> None:
-    path.write_text(yaml.safe_dump(data, allow_unicode=True))
+    text = yaml.safe_dump(data, allow_unicode=True)
+    path.write_text(text)
+    names = names + [text.strip(), text.splitlines()[0] if text.strip() else text]
     code, err = run_cli(["train", "--config", str(path), "--out", str(path.parent / "run"), *extra])
     assert code in (0, 2), (code, err)
     if code == 2:

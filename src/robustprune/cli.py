@@ -23,17 +23,19 @@ EVAL_FIELDS = tuple(f.name for f in dataclasses.fields(EvalConfig))
 
 
 class CheckedConfigFile(ActionConfigFile):
-    """``--config FILE``, refusing a mapping key that is not text (``0: null``) with a message naming
-    it; jsonargparse's own message for one names neither the key nor the file."""
+    """``--config FILE``, refusing a mapping key that is not a flag's name (``0: null``, ``'1e309': 1``)
+    with a message naming it and the file; jsonargparse's own message for some of them names neither."""
 
     def __call__(self, parser: Any, cfg: Any, values: Any, option_string: str | None = None) -> None:
         try:
             data = yaml.safe_load(Path(values).read_text())
         except (OSError, TypeError, ValueError, yaml.YAMLError):
             data = None  # jsonargparse reports unreadable files and bad YAML itself
-        bad = [k for k in data if not isinstance(k, str)] if isinstance(data, dict) else []
+        known = {a.dest for a in parser._actions}
+        bad = [k for k in data if not isinstance(k, str) or k not in known] if isinstance(data, dict) else []
         if bad:
-            raise TypeError(f"--config {values}: keys must be flag names, got {bad[0]!r}")
+            raise TypeError(f"--config {values}: keys must be flag names ({', '.join(sorted(known - {'help'}))}), "
+                            f"got {bad[0]!r}")
         super().__call__(parser, cfg, values, option_string)
 
 
