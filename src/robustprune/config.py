@@ -203,7 +203,7 @@ def load_train_config(path: Path) -> TrainConfig:
     raise ``ValueError`` naming the file and the key."""
     try:
         data = yaml.safe_load(Path(path).read_text())
-    except (OSError, UnicodeDecodeError, yaml.YAMLError) as e:
+    except (OSError, ValueError, yaml.YAMLError) as e:  # ValueError: non-UTF-8 bytes, "\U10010000"
         raise ValueError(f"cannot read config {path}: {e}") from e
     if not isinstance(data, dict):
         raise ValueError(f"config {path} is not a mapping")

@@ -153,7 +153,7 @@ def load_suite(path: str | Path) -> Suite:
         data = yaml.safe_load(path.read_text())
     except (OSError, UnicodeDecodeError) as e:
         raise ValueError(f"cannot read suite {path}: {e}") from e
-    except yaml.YAMLError as e:
+    except (yaml.YAMLError, ValueError) as e:  # PyYAML raises ValueError for "\U10010000" (chr() range)
         raise ValueError(f"suite {path} is not valid YAML: {e}") from e
     return parse_suite(data, default_name=path.stem, where=str(path))
 
