@@ -9,8 +9,10 @@ import dataclasses
 import json
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
+import yaml
 from jsonargparse import ActionConfigFile, ArgumentParser, Namespace
 
 from robustprune.config import YES_NO, EvalConfig, TrainConfig, add_dataclass_flags, eval_config_of
@@ -20,9 +22,26 @@ from robustprune.utils import UserError
 EVAL_FIELDS = tuple(f.name for f in dataclasses.fields(EvalConfig))
 
 
+class CheckedConfigFile(ActionConfigFile):
+    """``--config FILE``, refusing a mapping key that is not a flag's name (``0: null``, ``'1e309': 1``)
+    with a message naming it and the file; jsonargparse's own message for some of them names neither."""
+
+    def __call__(self, parser: Any, cfg: Any, values: Any, option_string: str | None = None) -> None:
+        try:
+            data = yaml.safe_load(Path(values).read_text())
+        except (OSError, TypeError, ValueError, yaml.YAMLError):
+            data = None  # jsonargparse reports unreadable files and bad YAML itself
+        known = {a.dest for a in parser._actions}
+        bad = [k for k in data if not isinstance(k, str) or k not in known] if isinstance(data, dict) else []
+        if bad:
+            raise TypeError(f"--config {values}: keys must be flag names ({', '.join(sorted(known - {'help'}))}), "
+                            f"got {bad[0]!r}")
+        super().__call__(parser, cfg, values, option_string)
+
+
 def _train_parser() -> ArgumentParser:
     p = ArgumentParser(description="Train a model with a method; resumable, writes a run directory.")
-    p.add_argument("--config", action=ActionConfigFile, help="YAML experiment file (flags override it)")
+    p.add_argument("--config", action=CheckedConfigFile, help="YAML experiment file (flags override it)")
     add_dataclass_flags(p, TrainConfig)
     return p
 

@@ -10,6 +10,7 @@ import dataclasses
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import NoneType, UnionType
 from typing import Any
 
 import yaml
@@ -17,6 +18,9 @@ from jsonargparse import ActionYesNo
 
 from robustprune.data import check_eps
 from robustprune.utils import atomic_write_text
+
+#: seeds are in [0, SEED_LIMIT): what ``torch.manual_seed`` takes without overflowing
+SEED_LIMIT = 2**63
 
 #: mixed-precision modes of training (``TrainConfig.amp``)
 AMP_MODES = ("none", "bf16")
@@ -101,9 +105,15 @@ class TrainConfig:
         default=50, metadata={"help": "optimiser steps between two TensorBoard points (their mean is written)"})
 
     def validate(self) -> None:
-        """Raise ``ValueError`` naming the first bad value."""
+        """Raise ``ValueError`` naming the first bad value (a value of the wrong type included)."""
+        if self.adv_eps is not None:  # the one ε rule first: its message says what an ε is
+            check_eps(self.adv_eps, what="adv_eps")
+        check_fields(self)
         checks = [
             (self.epochs >= 1, f"epochs must be >= 1, got {self.epochs}"),
+            (0 <= self.seed < SEED_LIMIT, f"seed must be in [0, 2**63), got {self.seed}"),
+            (all(isinstance(k, str) for k in self.method_args),
+             f"method_args must be named by text (beta: 4), got {self.method_args!r}"),
             (self.batch_size >= 1, f"batch_size must be >= 1, got {self.batch_size}"),
             (self.limit_train is None or self.limit_train >= 1, f"limit_train must be >= 1, got {self.limit_train}"),
             (self.val_size >= 0, f"val_size must be >= 0, got {self.val_size}"),
@@ -164,8 +174,9 @@ class EvalConfig:
 
     def validate(self) -> None:
         """``ValueError`` naming the first bad value (ε by :func:`robustprune.data.check_eps`)."""
-        if self.eps is not None:
+        if self.eps is not None:  # the one ε rule first: its message says what an ε is
             check_eps(self.eps)
+        check_fields(self)
         checks = [
             (len(self.attacks) > 0, "attacks is empty"),
             (self.steps >= 1, f"steps must be >= 1, got {self.steps}"),
@@ -175,6 +186,7 @@ class EvalConfig:
             (self.limit is None or self.limit >= 1, f"limit must be >= 1, got {self.limit}"),
             (self.batch_size >= 1, f"batch_size must be >= 1, got {self.batch_size}"),
             (self.passes >= 1, f"passes must be >= 1, got {self.passes}"),
+            (0 <= self.seed < SEED_LIMIT, f"seed must be in [0, 2**63), got {self.seed}"),
         ]
         for ok, msg in checks:
             if not ok:
@@ -218,10 +230,11 @@ def save_yaml(data: dict[str, Any], path: Path) -> None:
 
 
 def load_train_config(path: Path) -> TrainConfig:
-    """Read a saved (resolved) config; unknown keys raise ``ValueError`` naming them."""
+    """Read a saved (resolved) config; unknown keys, values of the wrong type and unreadable files
+    raise ``ValueError`` naming the file and the key."""
     try:
         data = yaml.safe_load(Path(path).read_text())
-    except (OSError, yaml.YAMLError) as e:
+    except (OSError, ValueError, yaml.YAMLError) as e:  # ValueError: non-UTF-8 bytes, "\U10010000"
         raise ValueError(f"cannot read config {path}: {e}") from e
     if not isinstance(data, dict):
         raise ValueError(f"config {path} is not a mapping")
@@ -229,11 +242,52 @@ def load_train_config(path: Path) -> TrainConfig:
 
 
 def from_dict(cls: type, data: dict[str, Any], *, source: str = "config") -> Any:
+    """``cls(**data)`` after checking that every key is a field and every value has its field's type."""
     names = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(data) - names)
+    unknown = sorted(str(k) for k in set(data) - names)
     if unknown:
         raise ValueError(f"{source}: unknown keys {unknown}; known: {sorted(names)}")
+    hints = typing.get_type_hints(cls)
+    for key, value in data.items():
+        check_type(value, hints[key], f"{source}: {key}")
     return cls(**data)
+
+
+def check_fields(obj: Any) -> None:
+    """Every field of the dataclass instance ``obj`` has its annotated type, else ``ValueError``
+    naming the field and value (``method_args: null`` in a ``--config`` file)."""
+    hints = typing.get_type_hints(type(obj))
+    for f in dataclasses.fields(obj):
+        check_type(getattr(obj, f.name), hints[f.name], f.name)
+
+
+def check_type(value: Any, hint: Any, where: str) -> None:
+    """Reject a YAML value of the wrong type (``epochs: "2"``) with the value in the message."""
+    if type_ok(value, hint):
+        return
+    raise ValueError(f"{where} has the wrong type: {value!r} is not {getattr(hint, '__name__', hint)}")
+
+
+def type_ok(value: Any, hint: Any) -> bool:
+    """Whether a loaded YAML value fits a field annotation (``int | None``, ``list[float]``, ...); an
+    int is a float, a bool is neither."""
+    origin = typing.get_origin(hint)
+    if origin in (UnionType, typing.Union):
+        return any(type_ok(value, h) for h in typing.get_args(hint))
+    if hint is NoneType:
+        return value is None
+    if hint is Any:
+        return True
+    if origin in (list, tuple):
+        (arg, *_) = typing.get_args(hint) or (Any,)
+        return isinstance(value, (list, tuple)) and all(type_ok(v, arg) for v in value)
+    if origin is dict:
+        return isinstance(value, dict)
+    if hint is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if hint is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    return isinstance(value, hint)
 
 
 def YES_NO() -> Any:  # noqa: N802  (an action class, spelled like one)

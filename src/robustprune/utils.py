@@ -179,14 +179,18 @@ def _json_default(obj: Any) -> Any:
 
 
 def resolve_device(device: str | torch.device = "auto") -> torch.device:
-    """``auto`` -> cuda when available, else cpu. Asking for cuda without one is an error."""
+    """``auto`` -> cuda when available, else cpu. Asking for cuda without one, or for a device torch
+    does not know (``--device gpu``), is a ``ValueError`` naming it."""
     if isinstance(device, torch.device):
         return device
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise ValueError(f"device {device!r} requested but CUDA is not available")
-    return torch.device(device)
+    try:
+        return torch.device(device)
+    except RuntimeError as e:  # torch's message for an unknown device type lists the known ones
+        raise ValueError(f"unknown device {device!r}: {e}") from None
 
 
 @cache

@@ -27,7 +27,9 @@ independently trained model the transfer attack is crafted on: if ID has one see
 seed; otherwise the i-th seed of the target is attacked from the i-th seed of ID (so the source can
 be seeded apart from the targets). A run may not be its own source, nor a copy of itself (same
 config and seed). ``report: false`` runs are trained (as dependencies) but neither evaluated nor
-tabled. Every error raises ``ValueError`` naming the run and the value at fault.
+tabled. Every error raises ``ValueError`` naming the run and the value at fault. A run id names
+the run's directory (``runs/<id>-s<seed>``): letters, digits and ``._+-``, a letter or digit
+first, no ``..``, at most 100 characters (docs/security.md).
 
 Evaluation variants. A run may carry its own ``eval:`` mapping, merged key by key over the suite's
 (``limit``, ``attacks``, ...). ``model_of: ID`` makes a row that trains nothing and evaluates run
@@ -51,12 +53,11 @@ import re
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from types import NoneType, UnionType
 from typing import Any
 
 import yaml
 
-from robustprune.config import EvalConfig, TrainConfig
+from robustprune.config import SEED_LIMIT, EvalConfig, TrainConfig, check_type
 from robustprune.defenses import TestTimeSpec, build_method, legacy_test_time
 from robustprune.eval.card import attack_names
 from robustprune.models import check_model_args, resolve_model
@@ -69,7 +70,11 @@ RUN_KEYS = ("id", "seeds", "source", "report", "init_from", "eval", "model_of")
 #: the keys a ``model_of`` row may set (it trains nothing, so no training fields)
 MODEL_OF_KEYS = ("id", "model_of", "eval", "source", "report")
 TOP_KEYS = ("name", "description", "seeds", "defaults", "runs", "eval")
-ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]*$")
+#: a run id names directories and files in the suite directory (``runs/<id>-s<seed>``): letters,
+#: digits and ``._+-``, starting with a letter or digit, no ``..``, at most ID_MAX characters, so no
+#: id is a path that leaves the suite directory (``../x``, ``/abs``, ``a/b``) or too long a file name
+ID_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+-]*")
+ID_MAX = 100
 
 
 @dataclass(frozen=True)
@@ -146,9 +151,9 @@ def load_suite(path: str | Path) -> Suite:
     path = Path(path)
     try:
         data = yaml.safe_load(path.read_text())
-    except OSError as e:
+    except (OSError, UnicodeDecodeError) as e:
         raise ValueError(f"cannot read suite {path}: {e}") from e
-    except yaml.YAMLError as e:
+    except (yaml.YAMLError, ValueError) as e:  # PyYAML raises ValueError for "\U10010000" (chr() range)
         raise ValueError(f"suite {path} is not valid YAML: {e}") from e
     return parse_suite(data, default_name=path.stem, where=str(path))
 
@@ -191,6 +196,9 @@ def _seeds(value: Any, where: str) -> tuple[int, ...]:
         raise ValueError(f"{where} must be a non-empty list of integers, got {value!r}")
     if len(set(value)) != len(value):
         raise ValueError(f"{where} has repeated seeds: {value!r}")
+    bad = [s for s in value if not 0 <= s < SEED_LIMIT]
+    if bad:
+        raise ValueError(f"{where}: seeds must be in [0, 2**63), got {bad!r}")
     return tuple(value)
 
 
@@ -206,7 +214,7 @@ def _eval_spec(data: Any, where: str) -> EvalSpec:
     hints = {**typing.get_type_hints(EvalSpec), **LEGACY_DEFENSE_KEYS}
     for key, value in data.items():
         if key != "defense":
-            _check_type(value, hints[key], f"{where}: eval.{key}")
+            check_type(value, hints[key], f"{where}: eval.{key}")
     kw = {k: v for k, v in data.items() if k not in LEGACY_DEFENSE_KEYS}
     legacy = {k: data[k] for k in LEGACY_DEFENSE_KEYS if k in data}
     try:
@@ -235,9 +243,7 @@ def _run_entry(data: Any, index: int, defaults: dict[str, Any], seeds: tuple[int
                train_keys: tuple[str, ...], where: str) -> RunEntry:
     if not isinstance(data, dict):
         raise ValueError(f"{where}: runs[{index}] must be a mapping, got {data!r}")
-    run_id = data.get("id")
-    if not isinstance(run_id, str) or not ID_PATTERN.match(run_id):
-        raise ValueError(f"{where}: runs[{index}] needs an id of letters, digits, '.', '_', '+', '-', got {run_id!r}")
+    run_id = check_run_id(data.get("id"), f"{where}: runs[{index}]")
     here = f"{where}: run {run_id!r}"
     if "seed" in data:
         raise ValueError(f"{here}: use 'seeds: [{data['seed']}]' instead of 'seed'")
@@ -257,15 +263,27 @@ def _run_entry(data: Any, index: int, defaults: dict[str, Any], seeds: tuple[int
                         model_of=data["model_of"])
     _no_unknown(data, RUN_KEYS + tuple(k for k in train_keys if k != "init_from"), here)
     train = {**defaults, **{k: v for k, v in data.items() if k not in RUN_KEYS}}
+    for args, whose in ((defaults.get("method_args"), f"{where}: defaults"), (data.get("method_args"), here)):
+        if args is not None and not isinstance(args, dict):
+            raise ValueError(f"{whose}: method_args must be a mapping, got {args!r}")
     train["method_args"] = {**(defaults.get("method_args") or {}), **(data.get("method_args") or {})}
     hints = typing.get_type_hints(TrainConfig)
     for key, value in train.items():
-        _check_type(value, hints[key], f"{here}: {key}")
+        check_type(value, hints[key], f"{here}: {key}")
     for key in ("init_from", "source"):
         if data.get(key) is not None and not isinstance(data[key], str):
             raise ValueError(f"{here}: {key} must be a run id, got {data[key]!r}")
     return RunEntry(id=run_id, seeds=_seeds(data.get("seeds", list(seeds)), f"{here}: seeds"), train=train,
                     init_from=data.get("init_from"), source=source, report=report, eval=ev)
+
+
+def check_run_id(run_id: Any, where: str) -> str:
+    """``run_id`` if it is a safe run id (see :data:`ID_PATTERN`), else ``ValueError`` naming it."""
+    if (not isinstance(run_id, str) or not ID_PATTERN.fullmatch(run_id) or ".." in run_id
+            or len(run_id) > ID_MAX):
+        raise ValueError(f"{where} needs an id of letters, digits, '.', '_', '+', '-' (no '..', a letter or "
+                         f"digit first, at most {ID_MAX} characters), got {run_id!r}")
+    return run_id
 
 
 def _resolve_model_of(runs: tuple[RunEntry, ...], where: str) -> tuple[RunEntry, ...]:
@@ -284,33 +302,6 @@ def _resolve_model_of(runs: tuple[RunEntry, ...], where: str) -> tuple[RunEntry,
             r = dataclasses.replace(r, train=dict(target.train), seeds=target.seeds, init_from=target.init_from)
         out.append(r)
     return tuple(out)
-
-
-def _check_type(value: Any, hint: Any, where: str) -> None:
-    """Reject a YAML value of the wrong type (``epochs: "2"``) with the value in the message."""
-    if _type_ok(value, hint):
-        return
-    raise ValueError(f"{where} has the wrong type: {value!r} is not {getattr(hint, '__name__', hint)}")
-
-
-def _type_ok(value: Any, hint: Any) -> bool:
-    origin = typing.get_origin(hint)
-    if origin in (UnionType, typing.Union):
-        return any(_type_ok(value, h) for h in typing.get_args(hint))
-    if hint is NoneType:
-        return value is None
-    if hint is Any:
-        return True
-    if origin in (list, tuple):
-        (arg, *_) = typing.get_args(hint) or (Any,)
-        return isinstance(value, (list, tuple)) and all(_type_ok(v, arg) for v in value)
-    if origin is dict:
-        return isinstance(value, dict)
-    if hint is float:
-        return isinstance(value, (int, float)) and not isinstance(value, bool)
-    if hint is int:
-        return isinstance(value, int) and not isinstance(value, bool)
-    return isinstance(value, hint)
 
 
 def validate_suite(suite: Suite, *, where: str = "suite") -> None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import gzip
 import importlib
 import io
+import math
 import pickle
 import struct
 import zlib
@@ -49,7 +50,7 @@ def parse_idx(data: bytes, *, magic: int, source: Path | str) -> np.ndarray:
     dims = struct.unpack_from(f">{ndim}I", data, 4)
     if ndim > 1 and min(dims[1:]) == 0:
         raise DataError(f"{source}: IDX dimensions {dims} have a zero extent")
-    want = head + int(np.prod(dims, dtype=np.int64))
+    want = head + math.prod(dims)  # Python ints: a product of 32-bit extents must not wrap
     if len(data) != want:
         what = "truncated" if len(data) < want else "trailing bytes"
         raise DataError(
@@ -117,13 +118,18 @@ class _NumpyOnlyUnpickler(pickle.Unpickler):
 
     def find_class(self, module: str, name: str) -> Any:
         if (module, name) == ("_codecs", "encode"):  # how protocol 2 spells bytes under Python 3
-            import codecs
-
-            return codecs.encode
+            return _latin1_encode
         if (module, name) in _ALLOWED:
             modules, attr = _ALLOWED[(module, name)]
             return _numpy_attr(modules, attr)
         raise pickle.UnpicklingError(f"refusing to unpickle {module}.{name} (only numpy arrays are allowed)")
+
+
+def _latin1_encode(text: str, encoding: str) -> bytes:
+    """``codecs.encode`` as protocol-2 pickles call it for bytes (``latin1`` only, no other codec)."""
+    if encoding not in ("latin1", "latin-1") or not isinstance(text, str):
+        raise pickle.UnpicklingError(f"refusing _codecs.encode({type(text).__name__}, {encoding!r}) (only latin1)")
+    return text.encode("latin1")
 
 
 class Readable(Protocol):
@@ -135,11 +141,15 @@ class Readable(Protocol):
 
 
 def safe_unpickle(fh: Readable, *, source: Path | str) -> Any:
-    """Unpickle data made of containers and numpy arrays; anything else raises :class:`DataError`."""
+    """Unpickle data made of containers and numpy arrays; anything else raises :class:`DataError`.
+
+    Every exception of the unpickler is a damaged or hostile file: a flipped byte reaches pickle's
+    and numpy's reconstruction code with states they reject in many ways (``LookupError``,
+    ``OverflowError``, ``MemoryError`` for an absurd declared size, numpy's ``RuntimeError`` and
+    ``SystemError``), so all of them become the one named error."""
     try:
         return _NumpyOnlyUnpickler(fh, encoding="latin1").load()
-    except (pickle.UnpicklingError, EOFError, OSError, zlib.error, ValueError, TypeError, AttributeError,
-            IndexError, KeyError) as e:
+    except Exception as e:
         raise DataError(f"{source}: cannot unpickle ({type(e).__name__}: {e})") from e
 
 
@@ -148,6 +158,14 @@ def _get(d: dict, key: str, source: Path) -> Any:
         if k in d:
             return d[k]
     raise DataError(f"{source}: no {key!r} entry (keys: {sorted(map(str, d))})")
+
+
+def _array(value: Any, key: str, source: Path) -> np.ndarray:
+    """``np.asarray(value)``; a value numpy cannot make an array of (ragged lists) is a :class:`DataError`."""
+    try:
+        return np.asarray(value)
+    except (ValueError, TypeError, OverflowError) as e:
+        raise DataError(f"{source}: {key!r} is not an array ({type(e).__name__}: {e})") from e
 
 
 def read_cifar_batch(path: Path, *, label_key: str, num_classes: int) -> tuple[np.ndarray, np.ndarray]:
@@ -162,10 +180,10 @@ def read_cifar_batch(path: Path, *, label_key: str, num_classes: int) -> tuple[n
     d = safe_unpickle(io.BytesIO(raw), source=path)
     if not isinstance(d, dict):
         raise DataError(f"{path}: expected a dict, found {type(d).__name__}")
-    data = np.asarray(_get(d, "data", path))
+    data = _array(_get(d, "data", path), "data", path)
     if data.dtype != np.uint8 or data.ndim != 2 or data.shape[1] != 3 * 32 * 32:
         raise DataError(f"{path}: 'data' is {data.dtype} {data.shape}, expected uint8 [N, 3072]")
-    labels = np.asarray(_get(d, label_key, path))
+    labels = _array(_get(d, label_key, path), label_key, path)
     if labels.dtype.kind not in "iu":
         raise DataError(f"{path}: {label_key!r} holds {labels.dtype} values, expected integers")
     if labels.shape != (data.shape[0],):

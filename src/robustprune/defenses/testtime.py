@@ -92,6 +92,8 @@ class TestTimeSpec:
             opts = {k: v for k, v in value.items() if k != "name"}
             if not isinstance(value.get("name"), str):
                 raise ValueError(f"a test-time defense needs a name, got {value!r}")
+            if not all(isinstance(k, str) for k in opts):
+                raise ValueError(f"test-time defense options are named by text, got {value!r}")
             spec = cls(value["name"], tuple(sorted(opts.items())))
         elif isinstance(value, str):
             spec = cls._from_text(value)
@@ -109,7 +111,11 @@ class TestTimeSpec:
             key, eq, raw = item.partition("=")
             if not eq or not key.strip():
                 raise ValueError(f"test-time defense option {item!r} in {text!r} is not key=value")
-            opts[key.strip()] = yaml.safe_load(raw)
+            try:
+                opts[key.strip()] = yaml.safe_load(raw)
+            except yaml.YAMLError as e:
+                raise ValueError(f"test-time defense option {item!r} in {text!r} has a value that is not "
+                                 f"a YAML scalar: {e}") from None
         return cls(name.strip(), tuple(sorted(opts.items())))
 
     def build(self) -> TestTimeDefense:

@@ -104,6 +104,24 @@ def load_checkpoint(run_dir: Path) -> Checkpoint:
         state = torch.load(path / "state.pt", map_location="cpu", weights_only=True)
     except Exception as e:  # torch raises several types for corrupt pickles
         raise CheckpointError(f"corrupt training state {path / 'state.pt'}: {e}") from e
-    if not isinstance(state, dict) or "epoch" not in state:
-        raise CheckpointError(f"training state {path / 'state.pt'} has no epoch")
-    return Checkpoint(epoch=int(state["epoch"]), weights=weights, state=state)
+    check_state(state, path / "state.pt")
+    return Checkpoint(epoch=state["epoch"], weights=weights, state=state)
+
+
+#: the entries of a training state (``Trainer.train_epoch`` writes them) and their types
+STATE_TYPES: dict[str, type | tuple[type, ...]] = {"epoch": int, "global_step": int, "wall_s": (int, float),
+                                                   "history": list, "optimizers": list, "schedulers": list}
+
+
+def check_state(state: Any, path: Path) -> None:
+    """A training state holds every entry of :data:`STATE_TYPES` with its type (``method``, a
+    dict, is optional); anything else raises :class:`CheckpointError` naming the file and entry."""
+    if not isinstance(state, dict):
+        raise CheckpointError(f"training state {path} is a {type(state).__name__}, not a mapping")
+    for key, kind in STATE_TYPES.items():
+        if key not in state:
+            raise CheckpointError(f"training state {path} has no {key!r}")
+        if not isinstance(state[key], kind) or isinstance(state[key], bool):
+            raise CheckpointError(f"training state {path}: {key!r} is {state[key]!r}, not {kind}")
+    if not isinstance(state.get("method", {}), dict):
+        raise CheckpointError(f"training state {path}: 'method' is {state['method']!r}, not a mapping")
