@@ -633,6 +633,14 @@ def test_idx_overflowing_header_is_refused() -> None:
         parse_idx(head, magic=IDX_IMAGES, source="x.idx")
 
 
+def test_idx_empty_array_of_impossible_shape_is_refused() -> None:
+    """Zero images of 2^32-1 x 2^32-1 pixels: the size check passes (0 bytes of data) but numpy
+    refuses the shape (found by the 10,000-input run)."""
+    head = struct.pack(">4I", IDX_IMAGES, 0, 2 ** 32 - 1, 2 ** 32 - 1)
+    with pytest.raises(DataError, match=r"x\.idx: IDX dimensions \(0, 4294967295, 4294967295\)"):
+        parse_idx(head, magic=IDX_IMAGES, source="x.idx")
+
+
 # ---------------------------------------------------------------- CIFAR batches
 
 arrays = st.builds(lambda shape, dt: np.zeros(shape, dtype=dt),

@@ -56,7 +56,10 @@ def parse_idx(data: bytes, *, magic: int, source: Path | str) -> np.ndarray:
         raise DataError(
             f"{source}: {what}: header says dimensions {dims} ({want} bytes), file has {len(data)}"
         )
-    return np.frombuffer(data, dtype=np.uint8, offset=head).reshape(dims)
+    try:
+        return np.frombuffer(data, dtype=np.uint8, offset=head).reshape(dims)
+    except ValueError as e:  # e.g. (0, 2^32-1, 2^32-1): zero bytes, but numpy refuses the shape
+        raise DataError(f"{source}: IDX dimensions {dims} cannot be an array ({e})") from e
 
 
 def read_idx_images(path: Path, *, image_size: int) -> np.ndarray:
