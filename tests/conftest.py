@@ -48,16 +48,20 @@ def make_digits(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
     return images.astype(np.uint8), labels
 
 
-@pytest.fixture
-def tiny_mnist(tmp_path: Path) -> Path:
-    """A data directory holding a 256/64 synthetic 'MNIST' in torchvision's layout."""
-    root = tmp_path / "data"
+def write_tiny_mnist(root: Path) -> Path:
+    """Write a 256/64 synthetic 'MNIST' in torchvision's layout under ``root``; returns ``root``."""
     raw = root / "MNIST" / "raw"
     for split, n, seed in (("train", 256, 0), ("t10k", 64, 1)):
         images, labels = make_digits(n, seed)
         write_idx(raw / f"{split}-images-idx3-ubyte", images)
         write_idx(raw / f"{split}-labels-idx1-ubyte", labels)
     return root
+
+
+@pytest.fixture
+def tiny_mnist(tmp_path: Path) -> Path:
+    """A data directory holding a 256/64 synthetic 'MNIST' in torchvision's layout."""
+    return write_tiny_mnist(tmp_path / "data")
 
 
 #: training flags of the tiny CLI runs (64 images, batch 32, PGD-2 of 0.1)

@@ -28,7 +28,7 @@ from typing import Any
 import torch
 import yaml
 
-from conftest import make_digits, write_idx
+from conftest import write_tiny_mnist
 from robustprune import utils
 from robustprune.compare import parse_suite, run_suite
 from robustprune.utils import atomic_write
@@ -41,12 +41,7 @@ VOLATILE = {"wall_s", "total_wall_s", "epoch_time_s", "time_s", "created", "trai
 
 def write_case(root: Path) -> tuple[Path, Path]:
     """Generated MNIST-like data and the tiny suite file in ``root``; returns (suite file, data dir)."""
-    data = root / "data"
-    raw = data / "MNIST" / "raw"
-    for split, n, seed in (("train", 256, 0), ("t10k", 64, 1)):
-        images, labels = make_digits(n, seed)
-        write_idx(raw / f"{split}-images-idx3-ubyte", images)
-        write_idx(raw / f"{split}-labels-idx1-ubyte", labels)
+    data = write_tiny_mnist(root / "data")
     suite = {
         "name": "faults", "seeds": [0],
         "defaults": {"model": "lenet5-caffe", "dataset": "mnist", "epochs": 2, "limit_train": 128,

@@ -1,9 +1,12 @@
 """Tiny data, a plain trained model and models built to fail the audit's checks.
 
-Shared by test_audit.py, test_autoattack.py and test_minnorm.py (not collected: no ``test_`` prefix).
+Shared by test_audit.py, test_autoattack.py, test_minnorm.py and test_fmn.py (not collected: no
+``test_`` prefix).
 """
 
 from __future__ import annotations
+
+from collections.abc import Iterator
 
 import torch
 import torch.nn.functional as F
@@ -94,3 +97,22 @@ class Trap(nn.Module):
         phi = (-1 + 0.8 * torch.exp(-(((s - 0.04) / 0.02) ** 2)) - 3 * torch.sigmoid((s - 0.08) / 0.01)
                + 6 * torch.sigmoid((s - 0.2) / 0.01))
         return _two_logits(phi, x)
+
+
+def linear_model(w: Tensor, b: Tensor) -> nn.Module:
+    """Logits ``W·flatten(x) + b`` with the given weights, in float64 for exact distances."""
+    lin = nn.Linear(w.shape[1], w.shape[0]).double()
+    with torch.no_grad():
+        lin.weight.copy_(w)
+        lin.bias.copy_(b)
+    return nn.Sequential(nn.Flatten(), lin).eval()
+
+
+def one_thread() -> Iterator[None]:
+    """Body of the minimum-norm tests' autouse fixture. Tiny tensors: one thread avoids OpenMP
+    hand-offs that, on a loaded 2-core machine, made these ops up to ~50x slower than
+    single-threaded (measured while writing these tests)."""
+    prev = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(prev)

@@ -11,7 +11,7 @@ import pytest
 import torch
 from torch import Tensor, nn
 
-from robust_toys import Quantised, levels, trained_mlp
+from robust_toys import Quantised, levels, linear_model, one_thread, trained_mlp
 from robustprune.attacks import PGD, seeded_generator
 from robustprune.attacks.fmn import FMN, project_l1_ball, project_lp_ball
 from robustprune.attacks.minnorm import MinNormResult, lp_norms
@@ -24,18 +24,7 @@ DUAL = {"linf": 1.0, "l2": 2.0, "l1": math.inf}
 
 @pytest.fixture(autouse=True)
 def _one_thread() -> Iterator[None]:
-    prev = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(prev)
-
-
-def linear_model(w: Tensor, b: Tensor) -> nn.Module:
-    lin = nn.Linear(w.shape[1], w.shape[0]).double()
-    with torch.no_grad():
-        lin.weight.copy_(w)
-        lin.bias.copy_(b)
-    return nn.Sequential(nn.Flatten(), lin).eval()
+    yield from one_thread()
 
 
 def linear_problem(classes: int, n: int, seed: int,

@@ -9,7 +9,7 @@ import pytest
 import torch
 from torch import Tensor, nn
 
-from robust_toys import Quantised, levels, trained_mlp
+from robust_toys import Quantised, levels, linear_model, one_thread, trained_mlp
 from robustprune.attacks.cw import CarliniWagnerL2
 from robustprune.attacks.deepfool import DeepFool
 from robustprune.attacks.minnorm import MinNormAttack, MinNormResult
@@ -18,21 +18,7 @@ from robustprune.metrics.minnorm import MinNormMeter, minnorm_robustness
 
 @pytest.fixture(autouse=True)
 def _one_thread() -> Iterator[None]:
-    """Tiny tensors: one thread avoids OpenMP hand-offs that, on a loaded 2-core machine, made
-    these ops up to ~50x slower than single-threaded (measured while writing these tests)."""
-    prev = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(prev)
-
-
-def linear_model(w: Tensor, b: Tensor) -> nn.Module:
-    """Logits ``W·flatten(x) + b`` with the given weights, in float64 for exact distances."""
-    lin = nn.Linear(w.shape[1], w.shape[0]).double()
-    with torch.no_grad():
-        lin.weight.copy_(w)
-        lin.bias.copy_(b)
-    return nn.Sequential(nn.Flatten(), lin).eval()
+    yield from one_thread()
 
 
 def near_boundary(model: nn.Module, n: int, seed: int = 0, spread: float = 0.05) -> tuple[Tensor, Tensor]:
