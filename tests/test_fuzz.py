@@ -24,7 +24,6 @@ import json
 import os
 import pickle
 import struct
-import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -124,10 +123,9 @@ def corrupt(data: bytes, draw: Callable[[Any], Any]) -> bytes:
 
 
 @pytest.fixture(scope="module")
-def scratch() -> Iterator[Path]:
-    """One directory the examples of this module overwrite their files in."""
-    with tempfile.TemporaryDirectory(prefix="robustprune-fuzz-") as d:
-        yield Path(d)
+def scratch(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One directory (under pytest's temporary root) the examples of this module overwrite their files in."""
+    return tmp_path_factory.mktemp("fuzz")
 
 
 # ---------------------------------------------------------------- suite YAML
