@@ -360,6 +360,17 @@ def test_fuzz_cli_reaches_the_library(monkeypatch: pytest.MonkeyPatch, tmp_path:
     assert code == 2 and "no-such-run" in err and "config.yaml" in err
 
 
+@pytest.mark.parametrize("command", ["calibration", "eval"])
+def test_fuzz_found_defense_value_named_with_its_flag(monkeypatch: pytest.MonkeyPatch, tmp_path: Path,
+                                                      command: str) -> None:
+    """Found by the 10,000-input run: ``calibration --defense sap:mode=slow`` said only "SAP mode
+    must be one of ('exact', 'fast'), got 'slow'"; the message now quotes the spec as written."""
+    with fast_cli(monkeypatch):
+        code, err = run_cli([command, str(tmp_path / "no-such-run"), "--out", str(tmp_path / "out"),
+                             "--defense", "sap:mode=slow"])
+    assert code == 2 and "'sap:mode=slow'" in err and "'exact', 'fast'" in err
+
+
 # ---------------------------------------------------------------- train config YAML
 
 BASE_CONFIG: dict[str, Any] = {"method": "anp-vs", "model": "lenet5-caffe", "dataset": "mnist", "epochs": 2,

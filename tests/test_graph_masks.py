@@ -355,13 +355,47 @@ def without_hand_slots(model: nn.Module) -> nn.Module:
     return model
 
 
+def train_few_steps(model: nn.Module, method: str, ctx: MethodContext, shape: tuple[int, ...],
+                    steps: int = 3, batch: int = 8) -> tuple[Tensor, list[Tensor], list[Tensor]]:
+    """``steps`` training steps of ``method`` on fixed random batches (the masks' noise and dropout
+    from a fixed global seed), then eval-mode logits, latent maps and every parameter (weights,
+    then masks, in order)."""
+    m = build_method(method, ctx=ctx)
+    m.prepare(model)
+    groups = m.param_groups(model)
+    opts = [torch.optim.Adam(g.params, lr=g.lr, weight_decay=g.weight_decay) for g in groups]
+    torch.manual_seed(7)  # the masks' noise and dropout: drawn in the same order by both models
+    g = torch.Generator().manual_seed(3)
+    for _ in range(steps):
+        step(m, model, groups, opts, torch.rand(batch, *shape, generator=g),  # type: ignore[arg-type]
+             torch.randint(0, 10, (batch,), generator=g))
+    model.eval()
+    with torch.no_grad():
+        logits, feats = model(torch.rand(4, *shape, generator=g), features=True)
+        params = [p.detach().clone() for p in (*base_parameters(model), *mask_parameters(model))]
+    return logits, list(feats), params
+
+
+def assert_same_training(hand: nn.Module, graph: nn.Module, method: str, ctx: MethodContext,
+                         shape: tuple[int, ...], **kw: int) -> None:
+    want_logits, want_feats, want_params = train_few_steps(hand, method, ctx, shape, **kw)
+    got_logits, got_feats, got_params = train_few_steps(graph, method, ctx, shape, **kw)
+    assert torch.equal(want_logits, got_logits)
+    assert len(want_feats) == len(got_feats) and all(torch.equal(a, b) for a, b in zip(want_feats, got_feats,
+                                                                                          strict=True))
+    assert len(want_params) == len(got_params)
+    assert all(torch.equal(a, b) for a, b in zip(want_params, got_params, strict=True))
+
+
+MNIST_CTX = MethodContext(dataset="mnist", train_size=1000, num_classes=10, adv_eps=0.3, adv_steps=1,
+                          adv_step_size=0.1, lr=1e-2, weight_decay=1e-4, total_steps=10)
+
+
 def test_graph_slots_train_exactly_like_lenet300_hand_slots() -> None:
     """LeNet-300-100's hand slots sit right after fc1 and fc2, where the graph puts its sites: the
     same units in the same order, and a few ``bp`` steps give identical parameters and logits."""
     from robustprune.models import build_model
 
-    ctx = MethodContext(dataset="mnist", train_size=1000, num_classes=10, adv_eps=0.3, adv_steps=1,
-                        adv_step_size=0.1, lr=1e-2, weight_decay=1e-4, total_steps=10)
     torch.manual_seed(0)
     hand = build_model("lenet-300-100")
     graph = GraphNet(without_hand_slots(copy.deepcopy(hand)), input_shape=(1, 28, 28))
@@ -369,31 +403,59 @@ def test_graph_slots_train_exactly_like_lenet300_hand_slots() -> None:
     assert [g.sites for g in graph.groups] == [("fc1",), ("fc2",)]
     with pytest.raises(ValueError, match="mask1"):
         GraphNet(build_model("lenet-300-100"), input_shape=(1, 28, 28))  # no double masks
-    runs = []
-    for model in (hand, graph):
-        m = build_method("bp", ctx=ctx)
-        m.prepare(model)
-        groups = m.param_groups(model)
-        opts = [torch.optim.Adam(g.params, lr=g.lr, weight_decay=g.weight_decay) for g in groups]
-        torch.manual_seed(7)  # the masks' noise: drawn in the same order by both
-        g = torch.Generator().manual_seed(3)
-        for _ in range(3):
-            step(m, model, groups, opts, torch.rand(16, 1, 28, 28, generator=g),  # type: ignore[arg-type]
-                 torch.randint(0, 10, (16,), generator=g))
-        model.eval()
-        with torch.no_grad():
-            params = [*base_parameters(model), *mask_parameters(model)]  # weights, then masks, in order
-            runs.append((model(torch.rand(4, 1, 28, 28, generator=g)), [p.detach().clone() for p in params]))
-    (want, p_hand), (got, p_graph) = runs
-    assert torch.equal(want, got)
-    assert len(p_hand) == len(p_graph) == 10 and all(torch.equal(a, b) for a, b in zip(p_hand, p_graph, strict=True))
+    assert_same_training(hand, graph, "bp", MNIST_CTX, (1, 28, 28))
+
+
+@pytest.mark.parametrize("name", ["lenet-300-100", "lenet5-caffe", "vgg16"])
+def test_anpvs_placement_finds_the_hand_slots(name: str) -> None:
+    """With ``placement="anp-vs"`` the graph puts a mask where each registered model's hand slot is:
+    the same units, in the same order, at the same place (conv outputs before their batch norm,
+    linear layers' inputs), and the network keeps its own latent maps."""
+    from robustprune.models import build_model
+
+    model = build_model(name)
+    hand = [(n, s.units) for n, s in mask_slots(model)]
+    shape = CIFAR if name == "vgg16" else (1, 28, 28)
+    graph = GraphNet(without_hand_slots(model), input_shape=shape, placement="anp-vs")
+    got = [(g.side, g.sites, g.units) for g in graph.groups]
+    if name == "lenet-300-100":  # masks on fc2's and fc3's inputs: after fc1's and fc2's ReLU
+        want = [("in", ("fc2",), 300), ("in", ("fc3",), 100)]
+    elif name == "lenet5-caffe":
+        want = [("out", ("conv1",), 20), ("out", ("conv2",), 50), ("in", ("fc1",), 800), ("in", ("fc2",), 500)]
+    else:
+        want = [*(("out", (f"blocks.{i}.conv",), u) for i, (_, u) in enumerate(hand[:13])),
+                ("in", ("fc1",), 512), ("in", ("fc2",), 512)]
+    assert got == want and [u for *_, u in got] == [u for _, u in hand]
+    assert graph.own_latents and graph.latent_count == type(model).latent_count
+    assert graph.skipped == []
+    assert all(not g.removable for g in graph.groups if g.side == "in")
+    with pytest.raises(ValueError, match="placement 'paper'"):
+        GraphNet(without_hand_slots(build_model(name)), input_shape=shape, placement="paper")  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(("name", "method"), [("lenet5-caffe", "bp"), ("lenet5-caffe", "anp-vs"),
+                                              ("vgg16", "bp"), ("vgg16", "anp-vs")])
+def test_anpvs_placement_trains_exactly_like_the_hand_slots(name: str, method: str) -> None:
+    """The registered models through the automatic mechanism: a few steps of ``bp`` (masks and KL)
+    and of ``anp-vs`` (adversarial examples, the vulnerability term on the latent maps) give
+    bit-identical parameters, logits and latent maps to the same model with its hand slots."""
+    from robustprune.models import build_model
+
+    torch.manual_seed(0)
+    hand = build_model(name)
+    shape = CIFAR if name == "vgg16" else (1, 28, 28)
+    graph = GraphNet(without_hand_slots(copy.deepcopy(hand)), input_shape=shape, placement="anp-vs")
+    if name == "vgg16":  # two steps of batch 4 (VGG-16 is the slow one); BN's batch statistics need > 1
+        assert_same_training(hand, graph, method, CTX, shape, steps=2, batch=4)
+    else:
+        assert_same_training(hand, graph, method, MNIST_CTX, shape)
 
 
 @pytest.mark.parametrize("name", ["lenet5-caffe", "vgg16"])
 def test_graph_groups_match_the_output_side_hand_slots(name: str) -> None:
-    """On LeNet5-Caffe and VGG-16 the graph finds exactly the hand slots that mask a layer's outputs,
-    in the same order; the hand slots on a linear layer's *inputs* (LeNet5's 800-way mask3, VGG's
-    mask_fc1) are not output units, and VGG-16's hand masks sit before the BN, the graph's after it."""
+    """With the default placement the graph finds the hand slots that mask a layer's outputs, in the
+    same order, but masks after a batch norm (so pruned units can be removed) and leaves linear
+    layers' inputs alone (LeNet5's 800-way mask3, VGG's mask_fc1 are not output units)."""
     from robustprune.models import build_model
 
     model = build_model(name, **({"in_channels": 1, "image_size": 28} if name == "lenet5-caffe" else {}))
@@ -408,7 +470,29 @@ def test_graph_groups_match_the_output_side_hand_slots(name: str) -> None:
         blocks = [((f"blocks.{i}.conv",), hand[f"blocks.{i}.mask"]) for i in range(13)]
         assert found == [*blocks, (("fc1",), hand["mask_fc2"])]
         assert [g.sites for g in graph.groups][:2] == [("blocks.0.bn",), ("blocks.1.bn",)]
-    assert graph.skipped == []
+    assert graph.skipped == [] and all(g.removable and g.side == "out" for g in graph.groups)
+
+
+def test_anpvs_placement_compacts_exactly() -> None:
+    """Compacting an ``anp-vs``-placed LeNet5-Caffe folds every mask (the input-side ones into the
+    linear layers' columns) and removes the pruned units of the groups masked without a batch norm
+    after them: logits within 1e-5, conv channels gone, fc1 keeps its input width."""
+    from robustprune.models import build_model
+
+    torch.manual_seed(0)
+    graph = GraphNet(without_hand_slots(build_model("lenet5-caffe")), input_shape=(1, 28, 28), placement="anp-vs")
+    install_bbd(graph)
+    prune_half(graph)
+    graph.eval()
+    small = compact_model(graph)
+    assert isinstance(small, GraphNet)
+    x = torch.rand(8, 1, 28, 28)
+    with torch.no_grad():
+        assert (graph(x) - small(x)).abs().max().item() <= 1e-5
+    net = small.net
+    assert net.conv1.out_channels < 20 and net.conv2.out_channels < 50
+    assert net.fc1.in_features == net.conv2.out_channels * 16  # only the pruned channels' columns left
+    assert net.fc2.in_features == 500  # input-side groups are folded, not removed
 
 
 @pytest.mark.slow

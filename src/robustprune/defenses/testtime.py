@@ -125,6 +125,8 @@ class TestTimeSpec:
             return cls(**dict(self.options))
         except TypeError as e:
             raise ValueError(f"bad options for test-time defense {self.name!r}: {dict(self.options)} ({e})") from e
+        except ValueError as e:  # a value the defense refuses: name the whole spec as it was written
+            raise ValueError(f"test-time defense {str(self)!r}: {e}") from e
 
     def __str__(self) -> str:
         return self.name + (":" + ",".join(f"{k}={v}" for k, v in self.options) if self.options else "")

@@ -31,14 +31,22 @@ QUIRKS = {
     "bnn_prior": "AT-BNN: (ρ₀, σ_p), the initial softplus⁻¹ std and the prior std (default (-3, 1), LeNet's)",
     "fold_plan": "compaction: the steps (dicts; kinds in sparsity.fold.STEPS) saying which layer, mask and BN "
                  "fold into which; a model without one cannot be compacted",
+    "bbd_conv_init": "BBD masks: the initial a' of conv masks (default -1, E[π] ≈ 0.24; VGG-16's 2, E[π] ≈ 0.68)",
 }
+#: quirks that name no module, so a wrapper (a graph-masked ``GraphNet`` in its ``net``) inherits them
+#: from the network it wraps
+VALUE_QUIRKS = frozenset({"bnn_prior", "bbd_conv_init"})
 
 
 def model_quirk(model: nn.Module, name: str) -> Any:
     """The quirk ``name`` (one of :data:`QUIRKS`) that ``model``'s class declares, else ``None``."""
     if name not in QUIRKS:
         raise ValueError(f"unknown model quirk {name!r}; known: {', '.join(QUIRKS)}")
-    return getattr(type(model), name, None)
+    value = getattr(type(model), name, None)
+    inner = getattr(model, "net", None)
+    if value is None and name in VALUE_QUIRKS and isinstance(inner, nn.Module) and inner is not model:
+        return model_quirk(inner, name)
+    return value
 
 
 class Normalize(nn.Module):

@@ -265,6 +265,8 @@ class ExternalModel(GraphNet):
     ...                       input_shape=(1, 28, 28))
     """
 
+    use_own_latents = False  # the latent maps are the mask sites' outputs, read behind the normalisation
+
     def __init__(self, net: nn.Module, *, mean: Sequence[float], std: Sequence[float], name: str = "",
                  input_shape: Sequence[int]) -> None:
         super().__init__(net, input_shape=input_shape)

@@ -18,6 +18,29 @@ its slots here instead:
    ANP-VS's vulnerability), and ``mask_slots(model)`` lists one :class:`GraphSlot` per group, in
    forward order, so every method and metric that fills or reads mask slots works unchanged.
 
+Two placements (``placement=``):
+
+- ``"outputs"`` (the default, above): every output unit group, masked after its batch norm, so
+  every pruned unit can be removed exactly;
+- ``"anp-vs"``: where ANP-VS places its masks on its own networks. A convolution's channels are
+  masked on the convolution's output, *before* its batch norm; linear layers are masked on their
+  *inputs* (a forward pre-hook; ``side="in"``), every linear layer that reads the output of
+  another conv or linear layer (so the network's input pixels are never masked, the
+  classifier's inputs are). A linear layer after a flatten thus gets one mask per flattened
+  position (LeNet5-Caffe's 800 inputs of fc1). The output groups of linear layers get no mask
+  of their own: the next linear layer's input mask covers them. With this placement the
+  registered LeNet-300-100, LeNet5-Caffe and VGG-16, their hand-placed slots replaced by
+  identities, get the same units in the same order and train to the same parameters as with
+  their slots (tests/test_graph_masks.py). Compaction folds every mask exactly but removes the
+  units only of groups masked after their batch norm (``removable``): a channel pruned before a
+  batch norm still leaves the norm's constant shift, and an input-side mask's units are columns
+  of one layer, not units of the graph.
+
+A network that declares its own latent maps (a ``latent_count`` class attribute and
+``forward(x, features=True)``, as every registered model does) keeps them: ``features=True``
+returns the network's maps, not the mask sites' outputs, so ANP-VS's vulnerability reads the same
+maps with either kind of slot.
+
 A group is left without a mask (listed in :attr:`GraphNet.skipped` with the reason) when removing
 its units could not be exact: a normalisation layer that is not directly after a producer (it
 would turn a zero channel into a constant), a group-wise normalisation (GroupNorm, LayerNorm),
@@ -30,9 +53,10 @@ concatenation so that a site sees only part of the group. The logits' layer is n
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, cast
+from typing import Any, Literal, cast
 
 import torch
 import torch_pruning as tp
@@ -42,21 +66,32 @@ from robustprune.models.base import MaskSlot, SlotKind, model_mode
 
 PRODUCERS = (nn.modules.conv._ConvNd, nn.Linear)
 BATCH_NORMS = (nn.modules.batchnorm._BatchNorm,)
+Placement = Literal["outputs", "anp-vs"]
+PLACEMENTS: tuple[Placement, ...] = ("outputs", "anp-vs")
 
 
 @dataclass(frozen=True)
 class UnitGroup:
     """One set of coupled prunable units: ``units`` channels produced by every layer in
     ``producers`` (module names inside the wrapped network); ``sites`` are where the mask
-    multiplies (each producer, or the batch norm right after it), in forward order."""
+    multiplies (each producer, or the batch norm right after it), in forward order.
+
+    ``side="in"`` is an input-side group (the ``anp-vs`` placement): the ``units`` input features of
+    the one linear layer named in ``producers`` and ``sites``, masked as they enter it.
+    ``removable``: compaction can remove the pruned units exactly (every pruned unit is 0 wherever
+    it flows); false for input-side groups and for groups masked before their batch norm, which
+    compaction folds but keeps at full width."""
 
     units: int
     kind: SlotKind
     producers: tuple[str, ...]
     sites: tuple[str, ...]
+    side: Literal["out", "in"] = "out"
+    removable: bool = True
 
     def as_dict(self) -> dict[str, Any]:
-        return {"units": self.units, "kind": self.kind, "producers": list(self.producers), "sites": list(self.sites)}
+        return {"units": self.units, "kind": self.kind, "producers": list(self.producers), "sites": list(self.sites),
+                "side": self.side, "removable": self.removable}
 
 
 class GraphSlot(MaskSlot):
@@ -119,6 +154,16 @@ class _SiteHook:
         return self.slot.at_site(out)
 
 
+class _InputSiteHook:
+    """A forward pre-hook that applies ``slot`` to a linear layer's input (an input-side site)."""
+
+    def __init__(self, slot: GraphSlot) -> None:
+        self.slot = slot
+
+    def __call__(self, module: nn.Module, args: tuple[Any, ...]) -> tuple[Any, ...]:
+        return (self.slot.at_site(args[0]), *args[1:])
+
+
 def output_layers(net: nn.Module, example: Tensor) -> list[nn.Module]:
     """The conv/linear layers whose output *is* the network's output (the logits' layer), found by
     running ``net`` once and comparing storage."""
@@ -167,9 +212,11 @@ def _is_full(idxs: Any, n: int) -> bool:
     return [int(i) for i in idxs] == list(range(n))
 
 
-def _classify(dg: tp.DependencyGraph, group: Any, names: dict[nn.Module, str]) -> tuple[UnitGroup | None, str]:
+def _classify(dg: tp.DependencyGraph, group: Any, names: dict[nn.Module, str], *,
+              before_norm: bool = False) -> tuple[UnitGroup | None, str]:
     """A Torch-Pruning group as a :class:`UnitGroup`, or ``(None, reason)`` when masking it could not
-    be removed exactly."""
+    be removed exactly. ``before_norm``: sites are the producers themselves even where a batch norm
+    follows (the ``anp-vs`` placement; such a group is not ``removable``)."""
     producers: list[nn.Module] = []
     norms: list[nn.Module] = []
     for dep, idxs in group:
@@ -205,22 +252,55 @@ def _classify(dg: tp.DependencyGraph, group: Any, names: dict[nn.Module, str]) -
     for bn in norms:
         if bn not in sites:
             return None, f"batch norm {names[bn]} does not directly follow a producer of the group"
+    removable = True
+    if before_norm and norms:
+        sites, removable = list(producers), False
     order = {m: i for i, m in enumerate(names)}
     producers.sort(key=order.__getitem__)
     sites.sort(key=order.__getitem__)
     kind: SlotKind = "conv" if isinstance(producers[0], nn.modules.conv._ConvNd) else "fc"
-    return UnitGroup(units_of.pop(), kind, tuple(names[p] for p in producers), tuple(names[s] for s in sites)), ""
+    return UnitGroup(units_of.pop(), kind, tuple(names[p] for p in producers), tuple(names[s] for s in sites),
+                     removable=removable), ""
 
 
-def find_unit_groups(net: nn.Module, example: Tensor, *, ignore: Sequence[str] = ()) -> tuple[
-        list[UnitGroup], list[tuple[tuple[str, ...], str]]]:
+def _reads_a_producer(dg: tp.DependencyGraph, module: nn.Module) -> bool:
+    """Whether a conv or linear layer lies upstream of ``module`` in the traced graph (walking back
+    through functional ops, norms, pooling and reshapes): false for a layer that reads the input."""
+    stack, seen = list(dg.module2node[module].inputs), set()
+    while stack:
+        node = stack.pop()
+        if id(node) in seen:
+            continue
+        seen.add(id(node))
+        if isinstance(node.module, PRODUCERS):
+            return True
+        stack.extend(node.inputs)
+    return False
+
+
+def _input_groups(dg: tp.DependencyGraph, names: dict[nn.Module, str], input_dims: dict[str, int]) -> list[UnitGroup]:
+    """The ``anp-vs`` placement's input-side groups: one per linear layer that reads another
+    producer's output as a 2-D ``[batch, features]`` input."""
+    found = []
+    for module, name in names.items():
+        if (isinstance(module, nn.Linear) and module in dg.module2node and input_dims.get(name) == 2
+                and _reads_a_producer(dg, module)):
+            found.append(UnitGroup(int(module.in_features), "fc", (name,), (name,), side="in", removable=False))
+    return found
+
+
+def find_unit_groups(net: nn.Module, example: Tensor, *, ignore: Sequence[str] = (),
+                     placement: Placement = "outputs") -> tuple[list[UnitGroup], list[tuple[tuple[str, ...], str]]]:
     """The prunable unit groups of ``net`` (in forward order of their first site) and the groups left
     unmasked with the reason, as ``(groups, skipped)``; ``skipped`` entries are
     ``(producer names, reason)``.
 
     ``example`` is one input batch; ``ignore`` names layers whose outputs are never pruned (the layer
-    producing the logits is always ignored). An unknown name raises ``ValueError`` naming it.
+    producing the logits is always ignored); ``placement`` is ``"outputs"`` or ``"anp-vs"`` (module
+    docstring). An unknown name or placement raises ``ValueError`` naming it.
     """
+    if placement not in PLACEMENTS:
+        raise ValueError(f"unknown mask placement {placement!r}; known: {', '.join(PLACEMENTS)}")
     names = {m: n for n, m in net.named_modules() if n}
     by_name = {n: m for m, n in names.items()}
     for n in ignore:
@@ -230,8 +310,11 @@ def find_unit_groups(net: nn.Module, example: Tensor, *, ignore: Sequence[str] =
     dg = dependency_graph(net, example)
     groups: list[UnitGroup] = []
     skipped: list[tuple[tuple[str, ...], str]] = []
+    anp = placement == "anp-vs"
     for group in dg.get_all_groups(ignored_layers=ignored, root_module_types=PRODUCERS):
-        found, reason = _classify(dg, group, names)
+        found, reason = _classify(dg, group, names, before_norm=anp)
+        if anp and found is not None and found.kind == "fc":
+            continue  # masked where the next linear layer reads them
         if found is None:
             prods = tuple(sorted({names[d.target.module] for d, _ in group if d.target.module in names
                                   and isinstance(d.target.module, PRODUCERS)
@@ -239,18 +322,24 @@ def find_unit_groups(net: nn.Module, example: Tensor, *, ignore: Sequence[str] =
             skipped.append((prods, reason))
         else:
             groups.append(found)
-    first_use = _call_order(net, example)
+    first_use, input_dims = _call_order(net, example)
+    if anp:
+        groups += _input_groups(dg, names, input_dims)
     groups.sort(key=lambda g: min(first_use.get(s, 1 << 30) for s in g.sites))
     return groups, skipped
 
 
-def _call_order(net: nn.Module, example: Tensor) -> dict[str, int]:
-    """Module name -> the index of its first call in one eval-mode forward pass."""
+def _call_order(net: nn.Module, example: Tensor) -> tuple[dict[str, int], dict[str, int]]:
+    """Module name -> the index of its first call (completion order) in one eval-mode forward pass,
+    and module name -> the number of dimensions of its first input."""
     order: dict[str, int] = {}
+    dims: dict[str, int] = {}
 
     def hook_for(name: str) -> Any:
         def hook(mod: nn.Module, args: Any, out: Any) -> None:
             order.setdefault(name, len(order))
+            if args and isinstance(args[0], Tensor):
+                dims.setdefault(name, args[0].dim())
         return hook
 
     hooks = [m.register_forward_hook(hook_for(n)) for n, m in net.named_modules() if n]
@@ -260,16 +349,29 @@ def _call_order(net: nn.Module, example: Tensor) -> dict[str, int]:
     finally:
         for h in hooks:
             h.remove()
-    return order
+    return order, dims
+
+
+def declares_latents(net: nn.Module) -> bool:
+    """Whether ``net`` follows the model contract's latent maps: a ``latent_count`` class attribute
+    and a ``features`` parameter of ``forward``."""
+    if not isinstance(getattr(type(net), "latent_count", None), int):
+        return False
+    try:
+        return "features" in inspect.signature(net.forward).parameters
+    except (TypeError, ValueError):
+        return False
 
 
 class GraphNet(nn.Module):
     """Any network in robustprune's model contract, with one :class:`GraphSlot` per unit group.
 
     ``net`` maps inputs to logits; ``input_shape`` is one example's shape (``(3, 32, 32)``), used
-    once to trace the graph. ``ignore`` names layers whose outputs are never pruned. Attributes:
-    ``groups`` (the :class:`UnitGroup` of each slot, same order as ``slots``), ``skipped`` (groups
-    left unmasked, with the reason), ``latent_count`` (one latent map per mask site).
+    once to trace the graph. ``ignore`` names layers whose outputs are never pruned; ``placement``
+    is ``"outputs"`` or ``"anp-vs"`` (module docstring). Attributes: ``groups`` (the
+    :class:`UnitGroup` of each slot, same order as ``slots``), ``skipped`` (groups left unmasked,
+    with the reason), ``latent_count`` (one latent map per mask site, or the network's own count
+    when it declares its maps: ``own_latents``).
 
     The wrapped network's weights are under ``net.`` in the state dict; masks under ``slots.``.
 
@@ -278,7 +380,12 @@ class GraphNet(nn.Module):
     >>> logits, feats = model(x, features=True)
     """
 
-    def __init__(self, net: nn.Module, *, input_shape: Sequence[int], ignore: Sequence[str] = ()) -> None:
+    #: a subclass that puts a transform in front of the network (``logits_of``) sets this false, so the
+    #: network's own ``forward(x, features=True)`` is never called without the transform
+    use_own_latents = True
+
+    def __init__(self, net: nn.Module, *, input_shape: Sequence[int], ignore: Sequence[str] = (),
+                 placement: Placement = "outputs") -> None:
         super().__init__()
         shape = tuple(int(s) for s in input_shape)
         if not shape or any(s < 1 for s in shape):
@@ -289,26 +396,37 @@ class GraphNet(nn.Module):
                              "use it as it is, or replace its slots with nn.Identity() to let the graph place them")
         self.net = net
         self.input_shape = shape
+        self.placement = placement
         ref = next(iter(net.parameters()), None)
         example = trace_input(shape, None if ref is None else ref.device)
-        groups, skipped = find_unit_groups(net, example, ignore=ignore)
+        groups, skipped = find_unit_groups(net, example, ignore=ignore, placement=placement)
         self.groups = groups
         self.skipped = skipped
         slots = [GraphSlot(g.units, g.kind, g.sites) for g in groups]
         self.slots = nn.ModuleList(slots)
         modules = dict(net.named_modules())
-        for slot in slots:
+        for slot, group in zip(slots, groups, strict=True):
             for site in slot.sites:
-                modules[site].register_forward_hook(_SiteHook(slot))
-        self.latent_count = sum(len(g.sites) for g in groups)
+                if group.side == "in":
+                    modules[site].register_forward_pre_hook(_InputSiteHook(slot))
+                else:
+                    modules[site].register_forward_hook(_SiteHook(slot))
+        #: the wrapped network declares its own latent maps (``latent_count``, ``forward(x, features)``)
+        self.own_latents = self.use_own_latents and declares_latents(net)
+        self.latent_count = (int(getattr(type(net), "latent_count", 0)) if self.own_latents
+                             else sum(len(g.sites) for g in groups))
 
     def forward(self, x: Tensor, features: bool = False) -> Tensor | tuple[Tensor, list[Tensor]]:
         feats: list[Tensor] = []
         slots = [s for s in self.slots if isinstance(s, GraphSlot)]
+        own = features and self.own_latents
         for s in slots:
-            s._z, s._feats = None, feats if features else None
+            s._z, s._feats = None, feats if features and not own else None
         try:
-            logits = self.logits_of(x)
+            if own:
+                logits, feats = self.net(x, features=True)
+            else:
+                logits = self.logits_of(x)
         finally:
             for s in slots:
                 s._z, s._feats = None, None
@@ -320,5 +438,5 @@ class GraphNet(nn.Module):
 
     def describe(self) -> dict[str, Any]:
         """JSON-ready: the groups and the skipped ones."""
-        return {"groups": [g.as_dict() for g in self.groups],
+        return {"placement": self.placement, "groups": [g.as_dict() for g in self.groups],
                 "skipped": [{"producers": list(p), "reason": r} for p, r in self.skipped]}

@@ -56,6 +56,8 @@ class VGG16(nn.Module):
     cas_placements = (("blocks.10", 512, False), ("blocks.11", 512, False), ("blocks.12", 512, False))
     #: AT-BNN's (ρ₀, σ_p) for the large CIFAR networks
     bnn_prior = (-5.0, 0.1)
+    #: ANP-VS initialises VGG-16's conv masks at a' = 2 (E[π] ≈ 0.68)
+    bbd_conv_init = 2.0
     #: compaction (``sparsity.fold``): mask_fc2 (after fc1's BN and ReLU) drops fc1 outputs and
     #: scales fc2's inputs; fc1's pre-BN output and its post-ReLU output are latent maps
     fold_plan = (

@@ -29,7 +29,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from robustprune.models.base import MaskSlot, install_masks, installed_masks
+from robustprune.models.base import MaskSlot, install_masks, installed_masks, model_quirk
 
 EULER_GAMMA = 0.5772156649015329
 FREE_MIN, FREE_MAX = -10.0, 50.0
@@ -250,8 +250,10 @@ def shared_noise(model: nn.Module) -> Iterator[None]:
 
 
 def default_a_init_conv(model: nn.Module) -> float:
-    """The ANP-VS initialisation: a' = 2 for VGG-16's conv masks (E[π] ≈ 0.68), a' = -1 otherwise (E[π] ≈ 0.24)."""
-    return 2.0 if type(model).__name__ == "VGG16" else -1.0
+    """The ANP-VS initialisation of conv masks: the model's ``bbd_conv_init`` quirk (VGG-16's a' = 2,
+    E[π] ≈ 0.68; a graph-masked wrapper inherits its network's), else a' = -1 (E[π] ≈ 0.24)."""
+    value = model_quirk(model, "bbd_conv_init")
+    return -1.0 if value is None else float(value)
 
 
 def install_bbd(

@@ -11,6 +11,8 @@ A graph-masked network is compacted in three steps, on a copy:
    their batch norms' entries, and the input channels of every layer that reads them (the next
    conv, a residual partner, the classifier after a flatten). Removing a unit that is exactly 0
    everywhere changes nothing, so the logits stay equal (up to float rounding of the fold);
+   Groups that are not ``removable`` (the ``anp-vs`` placement's input-side masks and masks before
+   a batch norm) are folded in step 1 but keep their full width;
 3. each slot keeps ``kept``, the original indices of its surviving units, so latent maps are
    scattered back to the original widths (a removed unit's masked output was 0).
 
@@ -63,6 +65,15 @@ def _scale_site(module: nn.Module, scale: Tensor) -> None:
 
 
 @torch.no_grad()
+def _scale_inputs(module: nn.Module, scale: Tensor) -> None:
+    """Multiply a linear layer's input features by ``scale`` inside its weight's columns."""
+    if not isinstance(module, nn.Linear):
+        raise ValueError(f"cannot fold an input-side mask into {type(module).__name__}")
+    w = module.weight
+    w.copy_((w.to(D) * scale.to(w.device).view(1, -1)).to(w.dtype))
+
+
+@torch.no_grad()
 def compact_graph(model: GraphNet) -> GraphNet:
     """A physically smaller copy of ``model`` (eval mode, no masks) computing its eval-mode logits.
 
@@ -77,9 +88,9 @@ def compact_graph(model: GraphNet) -> GraphNet:
         scale, active = slot_scale(f"slots.{i}", slot)
         if slot.mask is not None:
             for site in group.sites:
-                _scale_site(modules[site], scale)
+                (_scale_inputs if group.side == "in" else _scale_site)(modules[site], scale)
             slot.mask = None
-        keeps.append(kept_units(active & (scale != 0)))
+        keeps.append(kept_units(active & (scale != 0)) if group.removable else torch.arange(slot.units))
     ref = next(iter(small.parameters()), None)
     example = trace_input(small.input_shape, None if ref is None else ref.device)
     dg = dependency_graph(small.net, example)
