@@ -6,6 +6,11 @@ held out (``TrainConfig.val_size``); every run is then scored on the first ``--v
 those held-out examples with PGD-40 (ε 0.3, step 0.01): clean and robust accuracy, white-box
 latent vulnerability, unit sparsity, paper memory %. No test image is read.
 
+``--start at`` selects for the protocol of pruning a robust model: every candidate starts from the
+AT run (instead of the standard one) and trains ``--epochs`` more, and the reference it is held
+against is that AT run trained on dense for the same extra epochs (``pretrained-at``, the
+``at-more`` rows of the suites); the AT start is scored too, as ``at-start``.
+
 Selection rule: among the candidates whose validation PGD-40 accuracy is within ``--tolerance``
 points of the AT reference's (and, with ``--max-vuln-ratio R``, whose validation vulnerability is at
 most R × AT's), the one with the highest unit sparsity (ties: the lower vulnerability); when none
@@ -94,6 +99,9 @@ def main() -> None:
     ap.add_argument("--variant", action="append", default=[], help="NAME=JSON method_args")
     ap.add_argument("--method", default="anp-vs-fast", help="method of the candidates")
     ap.add_argument("--report", default="selection.json", help="file name of the report in --out")
+    ap.add_argument("--start", choices=("standard", "at"), default="standard",
+                    help="what the candidates start from: the standard run (the paper's protocol) or the AT run "
+                         "(pruning a robust model; the reference is then AT trained on for the same epochs)")
     args = ap.parse_args()
     if args.val_points > args.val_size:
         ap.error(f"--val-points {args.val_points} exceeds --val-size {args.val_size}")
@@ -103,12 +111,20 @@ def main() -> None:
                        adv_step_size=args.adv_step_size, progress=False)
     val = validation_points(args)
     std = train(replace(base, method="standard", out=str(root / "standard")))
-    at = score("at", train(replace(base, method="at", out=str(root / "at"))), val)
+    at_run = train(replace(base, method="at", out=str(root / "at")))
+    start = std
+    extra: dict[str, Any] = {}
+    if args.start == "at":
+        extra["at_start"] = score("at-start", at_run, val)
+        print(json.dumps(extra["at_start"]), flush=True)
+        at_run = train(replace(base, method="pretrained-at", init_from=str(at_run), out=str(root / "at-more")))
+        start = root / "at"
+    at = score("at-more" if args.start == "at" else "at", at_run, val)
     print(json.dumps(at), flush=True)
     candidates = []
     for spec in args.variant:
         name, _, js = spec.partition("=")
-        cfg = replace(base, method=args.method, init_from=str(std), method_args=json.loads(js or "{}"),
+        cfg = replace(base, method=args.method, init_from=str(start), method_args=json.loads(js or "{}"),
                       out=str(root / name))
         candidates.append({**score(name, train(cfg), val), "method_args": cfg.method_args})
         print(json.dumps(candidates[-1]), flush=True)
@@ -120,7 +136,8 @@ def main() -> None:
         "rule": f"highest unit sparsity within {args.tolerance} points of AT's validation PGD-40"
                 + ("" if args.max_vuln_ratio is None else f" and vulnerability <= {args.max_vuln_ratio} x AT's")
                 + ", else the most robust",
-        "reference": at, "candidates": candidates, "chosen": None if chosen is None else chosen["name"],
+        "start": args.start, "reference": at, **extra, "candidates": candidates,
+        "chosen": None if chosen is None else chosen["name"],
     }
     (root / args.report).write_text(json.dumps(report, indent=2) + "\n")
     print(f"chosen: {report['chosen']}", flush=True)
