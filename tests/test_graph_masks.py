@@ -487,8 +487,17 @@ def test_anpvs_placement_compacts_exactly() -> None:
     small = compact_model(graph)
     assert isinstance(small, GraphNet)
     x = torch.rand(8, 1, 28, 28)
+    graph.own_latents = False  # compare the sites' latent maps (the compacted copy reads those)
     with torch.no_grad():
-        assert (graph(x) - small(x)).abs().max().item() <= 1e-5
+        (want, want_maps), (got, got_maps) = graph(x, features=True), small(x, features=True)
+    assert (want - got).abs().max().item() <= 1e-5
+    assert [m.shape for m in want_maps] == [m.shape for m in got_maps]  # scattered back to full width
+    assert all((a - b).abs().max().item() <= 1e-4 for a, b in zip(want_maps, got_maps, strict=True))
+    rebuilt = apply_graph_spec(GraphNet(without_hand_slots(build_model("lenet5-caffe")), input_shape=(1, 28, 28),
+                                        placement="anp-vs"), graph_spec(small))
+    rebuilt.load_state_dict(small.state_dict())
+    with torch.no_grad():
+        assert torch.equal(rebuilt.eval()(x), got)
     net = small.net
     assert net.conv1.out_channels < 20 and net.conv2.out_channels < 50
     assert net.fc1.in_features == net.conv2.out_channels * 16  # only the pruned channels' columns left

@@ -102,7 +102,9 @@ class GraphSlot(MaskSlot):
     once per forward pass, ``mask(ones[B, units])``, and every site is multiplied by it, so all
     producers of a channel see the same sample. After compaction (``mask`` is ``None``) the buffer
     ``kept`` lists the original indices of the units still present, so latent maps can be scattered
-    back to the full width (a removed unit's masked output was exactly 0).
+    back to the full width (a removed unit's masked output was exactly 0). A compacted input-side
+    slot multiplies its layer's input by ``in_scale`` (the mask's eval-mode multiplier on the kept
+    columns), so its latent map stays the masked input.
     """
 
     def __init__(self, units: int, kind: SlotKind, sites: Sequence[str]) -> None:
@@ -110,12 +112,15 @@ class GraphSlot(MaskSlot):
         self.sites = tuple(sites)
         self.kept: Tensor
         self.register_buffer("kept", torch.arange(units), persistent=False)
+        #: after compaction, an input-side slot's eval-mode multiplier on its kept units (``None`` before)
+        self.in_scale: Tensor | None
+        self.register_buffer("in_scale", None)
         self._z: Tensor | None = None
         self._feats: list[Tensor] | None = None
 
     def forward(self, x: Tensor) -> Tensor:
         if self.mask is None:
-            return x
+            return x if self.in_scale is None else x * self.in_scale.to(x.dtype)
         if len(self.sites) == 1:
             return self.mask(x)
         if self._z is None or self._z.shape[0] != x.shape[0]:

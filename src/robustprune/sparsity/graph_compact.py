@@ -11,10 +11,14 @@ A graph-masked network is compacted in three steps, on a copy:
    their batch norms' entries, and the input channels of every layer that reads them (the next
    conv, a residual partner, the classifier after a flatten). Removing a unit that is exactly 0
    everywhere changes nothing, so the logits stay equal (up to float rounding of the fold);
-   Groups that are not ``removable`` (the ``anp-vs`` placement's input-side masks and masks before
-   a batch norm) are folded in step 1 but keep their full width;
+   Groups that are not ``removable`` keep their full width: masks before a batch norm are folded
+   in step 1 like the others, and an input-side mask (the ``anp-vs`` placement) stays as a fixed
+   multiplier ``in_scale`` on its layer's input, so its latent map is still the masked input;
 3. each slot keeps ``kept``, the original indices of its surviving units, so latent maps are
-   scattered back to the original widths (a removed unit's masked output was 0).
+   scattered back to the original widths (a removed unit's masked output was 0); an input-side
+   slot's ``kept`` are the input columns its layer still has. A network's own latent maps
+   (``own_latents``) would come out at the compacted widths, so the compacted copy reads its
+   sites' maps instead.
 
 The result is again a ``GraphNet`` of the same classes (a torchvision ResNet stays a torchvision
 ResNet with narrower layers). What it takes to rebuild it from the dense architecture is
@@ -65,15 +69,6 @@ def _scale_site(module: nn.Module, scale: Tensor) -> None:
 
 
 @torch.no_grad()
-def _scale_inputs(module: nn.Module, scale: Tensor) -> None:
-    """Multiply a linear layer's input features by ``scale`` inside its weight's columns."""
-    if not isinstance(module, nn.Linear):
-        raise ValueError(f"cannot fold an input-side mask into {type(module).__name__}")
-    w = module.weight
-    w.copy_((w.to(D) * scale.to(w.device).view(1, -1)).to(w.dtype))
-
-
-@torch.no_grad()
 def compact_graph(model: GraphNet) -> GraphNet:
     """A physically smaller copy of ``model`` (eval mode, no masks) computing its eval-mode logits.
 
@@ -87,21 +82,42 @@ def compact_graph(model: GraphNet) -> GraphNet:
     for i, (slot, group) in enumerate(zip(_slots(small), small.groups, strict=True)):
         scale, active = slot_scale(f"slots.{i}", slot)
         if slot.mask is not None:
-            for site in group.sites:
-                (_scale_inputs if group.side == "in" else _scale_site)(modules[site], scale)
+            if group.side == "in":  # kept as a multiplier on the input, so the latent map stays the masked input
+                slot.in_scale = scale.to(slot.kept.device, torch.float32)
+            else:
+                for site in group.sites:
+                    _scale_site(modules[site], scale)
             slot.mask = None
         keeps.append(kept_units(active & (scale != 0)) if group.removable else torch.arange(slot.units))
     ref = next(iter(small.parameters()), None)
     example = trace_input(small.input_shape, None if ref is None else ref.device)
     dg = dependency_graph(small.net, example)
+    # an input-side slot's units are its linear layer's input columns: follow which original columns
+    # survive when another group's pruning removes some of them (a flatten after a pruned conv)
+    alive = {modules[g.sites[0]]: list(range(s.units)) for s, g in zip(_slots(small), small.groups, strict=True)
+             if g.side == "in"}
     for slot, group, keep in zip(_slots(small), small.groups, keeps, strict=True):
         drop = sorted(set(range(slot.units)) - {int(k) for k in keep})
         if drop:
             root = modules[group.producers[0]]
             pruner = dg.get_pruner_of_module(root)
             pg = dg.get_pruning_group(root, pruner.prune_out_channels, idxs=drop)
+            for dep, idxs in pg:
+                cols = alive.get(dep.target.module)
+                if cols is not None and not dg.is_out_channel_pruning_fn(dep.handler):
+                    gone = {int(i) for i in idxs}
+                    cols[:] = [c for i, c in enumerate(cols) if i not in gone]
             pg.prune()
         slot.kept = keep.to(slot.kept.device)
+    for slot, group in zip(_slots(small), small.groups, strict=True):
+        if group.side == "in":
+            slot.kept = torch.tensor(alive[modules[group.sites[0]]], dtype=torch.long, device=slot.kept.device)
+            if slot.in_scale is not None:
+                slot.in_scale = slot.in_scale[slot.kept]
+    # the network's own latent maps would come out at the compacted widths: read the sites instead,
+    # scattered back to the original widths
+    small.own_latents = False
+    small.latent_count = sum(len(g.sites) for g in small.groups)
     return small
 
 
@@ -188,6 +204,10 @@ def apply_graph_spec(model: GraphNet, spec: dict[str, Any]) -> GraphNet:
             raise ValueError(f"compact description: slot {i} kept units must be indices below {slot.units}, "
                              f"got {kept!r}")
         slot.kept = torch.tensor(kept, dtype=torch.long, device=slot.kept.device)
+        if model.groups[i].side == "in":  # filled by load_state_dict
+            slot.in_scale = torch.ones(len(kept), device=slot.kept.device)
+    model.own_latents = False  # as compact_graph leaves it
+    model.latent_count = sum(len(g.sites) for g in model.groups)
     with model_mode(model):  # resized layers must still fit together
         ref = next(iter(model.parameters()), None)
         try:
