@@ -451,6 +451,22 @@ def test_anpvs_placement_trains_exactly_like_the_hand_slots(name: str, method: s
         assert_same_training(hand, graph, method, MNIST_CTX, shape)
 
 
+def test_resnet18_hand_slots_are_the_inner_groups_of_the_default_placement() -> None:
+    """The registered resnet18 masks only its blocks' inner channels (after bn1), leaving the residual
+    streams whole: the default placement with the streams' producers ignored finds exactly those
+    slots, and two ``bp`` steps train bit-identically."""
+    from robustprune.models import build_model
+
+    torch.manual_seed(0)
+    hand = build_model("resnet18")
+    stream = ["conv1", *(n for n, _ in hand.named_modules() if n.endswith((".conv2", ".shortcut.0")))]
+    graph = GraphNet(without_hand_slots(copy.deepcopy(hand)), input_shape=CIFAR, ignore=stream)
+    assert [(g.sites, g.units) for g in graph.groups] == [((f"blocks.{i}.bn1",), s.units)
+                                                          for i, (_, s) in enumerate(mask_slots(hand))]
+    assert graph.skipped == [] and graph.own_latents and graph.latent_count == 8
+    assert_same_training(hand, graph, "bp", CTX, CIFAR, steps=2, batch=4)
+
+
 @pytest.mark.parametrize("name", ["lenet5-caffe", "vgg16"])
 def test_graph_groups_match_the_output_side_hand_slots(name: str) -> None:
     """With the default placement the graph finds the hand slots that mask a layer's outputs, in the
