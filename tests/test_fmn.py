@@ -91,21 +91,6 @@ def test_misclassified_points_have_norm_zero_and_failures_are_flagged(norm: str)
     assert not res.success.any() and torch.isinf(res.norms).all() and torch.equal(res.x_adv, x)
 
 
-def test_mode_and_gradients_restored() -> None:
-    model = nn.Sequential(nn.Flatten(), nn.Linear(64, 16), nn.BatchNorm1d(16), nn.ReLU(), nn.Dropout(0.5),
-                          nn.Linear(16, 4))
-    model.train()
-    model[1].weight.grad = torch.ones_like(model[1].weight)
-    grad = model[1].weight.grad
-    x, y = levels(8, seed=10)
-    seen: list[bool] = []
-    model.register_forward_hook(lambda m, *_: seen.append(m.training))
-    FMN(steps=3, targets=2)(model, x, y)
-    assert seen and not any(seen)
-    assert model.training and all(m.training for m in model.modules())
-    assert model[1].weight.grad is grad and torch.equal(grad, torch.ones_like(grad))
-
-
 @pytest.mark.parametrize(
     ("build", "needle"),
     [(lambda: FMN(norm="l0"), "l0"), (lambda: FMN(steps=0), "steps"), (lambda: FMN(step_size=-1.0), "-1.0"),

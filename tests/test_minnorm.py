@@ -12,6 +12,7 @@ from torch import Tensor, nn
 from robust_toys import Quantised, levels, linear_model, one_thread, trained_mlp
 from robustprune.attacks.cw import CarliniWagnerL2
 from robustprune.attacks.deepfool import DeepFool
+from robustprune.attacks.fmn import FMN
 from robustprune.attacks.minnorm import MinNormAttack, MinNormResult
 from robustprune.metrics.minnorm import MinNormMeter, minnorm_robustness
 
@@ -143,7 +144,7 @@ def test_mode_and_gradients_restored() -> None:
     x, y = levels(8, seed=10)
     seen: list[bool] = []
     model.register_forward_hook(lambda m, *_: seen.append(m.training))
-    for attack in (DeepFool(steps=3), CarliniWagnerL2(steps=3, binary_search_steps=1)):
+    for attack in (DeepFool(steps=3), CarliniWagnerL2(steps=3, binary_search_steps=1), FMN(steps=3, targets=2)):
         attack(model, x, y)
     assert seen and not any(seen), "attacks must run the model in eval mode"
     assert model.training and all(m.training for m in model.modules())
