@@ -222,6 +222,47 @@ def test_mask_hold_releases_the_masks_once_adversarial_accuracy_rises() -> None:
     assert m.frozen_groups() == frozenset()  # released for good
 
 
+def test_mask_until_fixes_the_masks_and_fine_tunes_the_pruned_network() -> None:
+    """After ``mask_until`` the masks stop stepping and the training forward is the eval forward
+    (no sampling), so the weights train on exactly the network that is evaluated."""
+    model, m, groups, opts = setup("anp-vs", mask_until=0.3)
+    x, y = batch()
+    for i in range(3):
+        assert not m.fine_tuning()  # type: ignore[attr-defined]
+        step(m, model, groups, opts, x, y)  # type: ignore[arg-type]
+        m.after_step(model, i + 1)  # type: ignore[attr-defined]
+    assert m.fine_tuning() and m.frozen_groups() == {"masks"}  # type: ignore[attr-defined]
+    masks_before, weights_before = snapshot(groups[0].params), snapshot(groups[1].params)
+    step(m, model, groups, opts, x, y)  # type: ignore[arg-type]
+    assert not moved(masks_before, groups[0].params)
+    assert moved(weights_before, groups[1].params)
+    assert all(layer.fixed for layer in bbd_layers(model))
+    model.train()
+    train_out = model(x)
+    assert torch.equal(train_out, model(x))  # deterministic in training mode
+    model.eval()
+    assert torch.allclose(train_out, model(x))
+    resumed = build_method("anp-vs", ctx=CTX, mask_until=0.3)
+    resumed.load_state_dict(m.state_dict())  # type: ignore[attr-defined]
+    assert resumed.fine_tuning()  # type: ignore[attr-defined]
+    assert m.card_fields()["mask_until"] == 0.3  # type: ignore[attr-defined]
+
+
+def test_masks_sample_in_training_before_mask_until() -> None:
+    model, m, groups, opts = setup("anp-vs", mask_until=0.5)
+    step(m, model, groups, opts, *batch())  # type: ignore[arg-type]
+    assert not any(layer.fixed for layer in bbd_layers(model))
+    model.train()
+    x, _ = batch()
+    assert not torch.equal(model(x), model(x))
+
+
+@pytest.mark.parametrize("kw", [{"mask_until": 0.0}, {"mask_until": 1.2}, {"mask_until": 0.2, "mask_warmup": 0.3}])
+def test_mask_until_must_follow_the_warmup(kw: dict[str, float]) -> None:
+    with pytest.raises(ValueError, match="mask_until"):
+        build_method("anp-vs", ctx=CTX, **kw)  # type: ignore[arg-type]
+
+
 @pytest.mark.parametrize("value", [-0.1, 1.5])
 def test_mask_hold_must_be_an_accuracy(value: float) -> None:
     with pytest.raises(ValueError, match=str(value)):

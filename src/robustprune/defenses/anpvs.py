@@ -38,7 +38,7 @@ from robustprune.defenses.standard import AdversarialTraining
 from robustprune.metrics import unit_sparsity, vulnerability
 from robustprune.models import base_parameters, installed_masks, mask_parameters
 from robustprune.registry import METHODS
-from robustprune.sparsity.bbdropout import BBDropout, install_bbd, model_kl, shared_noise
+from robustprune.sparsity.bbdropout import BBDropout, fix_masks, install_bbd, model_kl, shared_noise
 
 
 class MaskedMethod(Method):
@@ -157,6 +157,10 @@ class ANPVS(MaskedMethod):
       or a gentler attack it does not (bench/RESULTS.md, "Training protocols and the ANP-VS
       collapse"). Measured there: it prevents the collapse but, at 20k images × 2 epochs, never
       released the masks, so it pruned nothing.
+    - ``mask_until``: the masks learn only until that fraction of training; afterwards they stop
+      stepping and are fixed at their eval values (thresholded E[π], no sampling), and the weights
+      fine-tune adversarially on exactly the pruned network that is evaluated and compacted
+      (prune, then fine-tune, as ADMM and HYDRA do). 1.0 (the default) never fixes them.
     - ``kl_warmup`` ramps β/N from 0 over that fraction of training.
     - ``mask_loss="mixed"`` gives the masks the weights' [CE + 2·CE_adv]/3 instead of CE_adv alone.
 
@@ -179,6 +183,7 @@ class ANPVS(MaskedMethod):
         kl_warmup: float = 0.0,
         mask_warmup: float = 0.0,
         mask_hold: float = 0.0,
+        mask_until: float = 1.0,
         mask_loss: str = "adv",
         **mask_kw: Any,
     ) -> None:
@@ -193,7 +198,12 @@ class ANPVS(MaskedMethod):
                 raise ValueError(f"{key} must be a fraction in [0, 1), got {frac}")
         if not 0 <= mask_hold <= 1:
             raise ValueError(f"mask_hold must be an accuracy in [0, 1], got {mask_hold}")
+        if not mask_warmup < mask_until <= 1:
+            raise ValueError(
+                f"mask_until must be a fraction in (mask_warmup, 1] = ({mask_warmup}, 1], got {mask_until}"
+            )
         self.mask_warmup = mask_warmup
+        self.mask_until = mask_until
         self.mask_hold = mask_hold
         self.adv_acc_ema: float | None = None
         self.released = mask_hold == 0
@@ -213,7 +223,12 @@ class ANPVS(MaskedMethod):
             ramp = min(1.0, self.step_no / (self.kl_warmup * self.ctx.total_steps))
         return ramp * self.beta / self.kl_size
 
+    def fine_tuning(self) -> bool:
+        """True once ``mask_until`` of training has passed: masks fixed, weights fine-tune."""
+        return self.mask_until < 1 and self.step_no >= self.mask_until * self.ctx.total_steps
+
     def loss(self, model: nn.Module, x: Tensor, y: Tensor) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
+        fix_masks(model, self.fine_tuning())
         x_adv = self.attack(model, x, y)
         with shared_noise(model):
             logits, feats = model(x, features=True)
@@ -245,14 +260,15 @@ class ANPVS(MaskedMethod):
             self.released_at = self.step_no
 
     def frozen_groups(self) -> frozenset[str]:
-        """The masks while ``mask_warmup`` lasts or ``mask_hold`` holds them."""
-        if self.step_no < self.mask_warmup * self.ctx.total_steps or not self.released:
+        """The masks while ``mask_warmup`` lasts or ``mask_hold`` holds them, and after ``mask_until``."""
+        if self.step_no < self.mask_warmup * self.ctx.total_steps or not self.released or self.fine_tuning():
             return frozenset({"masks"})
         return frozenset()
 
     def card_fields(self) -> dict[str, Any]:
         out = super().card_fields()
-        out.update({"lam": self.lam, "mask_warmup": self.mask_warmup, "mask_hold": self.mask_hold})
+        out.update({"lam": self.lam, "mask_warmup": self.mask_warmup, "mask_hold": self.mask_hold,
+                    "mask_until": self.mask_until})
         if self.mask_hold > 0:
             out["mask_hold_released_at_step"] = self.released_at
         return out

@@ -95,6 +95,8 @@ class BBDropout(nn.Module):
         self.threshold = float(threshold)
         self.a_uc = nn.Parameter(torch.full((units,), a_init))
         self.b_uc = nn.Parameter(torch.full((units,), b_init))
+        #: when True the training-mode forward uses the eval mask too (see :func:`fix_masks`)
+        self.fixed = False
         # shared-noise state (see shared_noise): raw uniforms (v [units], u [B, units]) or None
         self._sharing = False
         self._noise: tuple[Tensor, Tensor] | None = None
@@ -201,7 +203,7 @@ class BBDropout(nn.Module):
                 f"BBDropout with {self.units} units got input of shape {tuple(x.shape)} "
                 f"(unit dim 1 has {x.shape[1] if x.dim() >= 2 else 'no'} entries, expected {self.units})"
             )
-        if self.training:
+        if self.training and not self.fixed:
             dtype = torch.promote_types(x.dtype, self.a_uc.dtype)
             v, u = self._draw(x.shape[0], device=x.device, dtype=dtype)
             z = self._mask_from_noise(v, u)
@@ -213,7 +215,7 @@ class BBDropout(nn.Module):
     def extra_repr(self) -> str:
         return (
             f"units={self.units}, kind={self.kind}, alpha={self.alpha:g}, tau={self.tau:g}, "
-            f"threshold={self.threshold:g}"
+            f"threshold={self.threshold:g}" + (", fixed" if self.fixed else "")
         )
 
 
@@ -247,6 +249,14 @@ def shared_noise(model: nn.Module) -> Iterator[None]:
     finally:
         for m, (sharing, noise) in zip(layers, saved, strict=True):
             m._sharing, m._noise = sharing, noise
+
+
+def fix_masks(model: nn.Module, fixed: bool = True) -> None:
+    """Make every BBDropout of ``model`` use its deterministic eval mask (thresholded E[π]) in
+    training mode too (``fixed=False`` restores sampling). Fine-tuning the weights of a pruned
+    network this way trains exactly the network that is evaluated and compacted."""
+    for m in bbd_layers(model):
+        m.fixed = fixed
 
 
 def default_a_init_conv(model: nn.Module) -> float:
