@@ -14,7 +14,9 @@ against is that AT run trained on dense for the same extra epochs (``pretrained-
 Selection rule: among the candidates whose validation PGD-40 accuracy is within ``--tolerance``
 points of the AT reference's (and, with ``--max-vuln-ratio R``, whose validation vulnerability is at
 most R × AT's), the one with the highest unit sparsity (ties: the lower vulnerability); when none
-qualifies, the most robust candidate.
+qualifies, the most robust candidate. ``--diagnostic NAME=JSON`` runs are trained and scored the
+same way and reported under ``diagnostics`` but never chosen (β 0, for instance, isolates what the
+recipe costs when nothing is pruned: the fallback would otherwise pick it as the most robust).
 
     python bench/anpvs_variants.py --out /tmp/select --data-dir DIR --limit-train 20000 --val-size 5000 \\
         --epochs 2 --adv-steps 5 --adv-step-size 0.04 --method anp-vs-fast \\
@@ -97,6 +99,8 @@ def main() -> None:
     ap.add_argument("--max-vuln-ratio", type=float, default=None,
                     help="also require validation vulnerability <= this x AT's")
     ap.add_argument("--variant", action="append", default=[], help="NAME=JSON method_args")
+    ap.add_argument("--diagnostic", action="append", default=[],
+                    help="NAME=JSON method_args: trained and scored like a variant, reported, never chosen")
     ap.add_argument("--method", default="anp-vs-fast", help="method of the candidates")
     ap.add_argument("--report", default="selection.json", help="file name of the report in --out")
     ap.add_argument("--start", choices=("standard", "at"), default="standard",
@@ -121,13 +125,15 @@ def main() -> None:
         start = root / "at"
     at = score("at-more" if args.start == "at" else "at", at_run, val)
     print(json.dumps(at), flush=True)
-    candidates = []
-    for spec in args.variant:
-        name, _, js = spec.partition("=")
-        cfg = replace(base, method=args.method, init_from=str(start), method_args=json.loads(js or "{}"),
-                      out=str(root / name))
-        candidates.append({**score(name, train(cfg), val), "method_args": cfg.method_args})
-        print(json.dumps(candidates[-1]), flush=True)
+    scored: dict[str, list[dict[str, Any]]] = {"variant": [], "diagnostic": []}
+    for kind in scored:
+        for spec in getattr(args, kind):
+            name, _, js = spec.partition("=")
+            cfg = replace(base, method=args.method, init_from=str(start), method_args=json.loads(js or "{}"),
+                          out=str(root / name))
+            scored[kind].append({**score(name, train(cfg), val), "method_args": cfg.method_args})
+            print(json.dumps(scored[kind][-1]), flush=True)
+    candidates = scored["variant"]
     chosen = choose(at, candidates, args.tolerance, args.max_vuln_ratio) if candidates else None
     report = {
         "command": " ".join(["python", "bench/anpvs_variants.py", *sys.argv[1:]]),
@@ -137,7 +143,7 @@ def main() -> None:
                 + ("" if args.max_vuln_ratio is None else f" and vulnerability <= {args.max_vuln_ratio} x AT's")
                 + ", else the most robust",
         "start": args.start, "reference": at, **extra, "candidates": candidates,
-        "chosen": None if chosen is None else chosen["name"],
+        "diagnostics": scored["diagnostic"], "chosen": None if chosen is None else chosen["name"],
     }
     (root / args.report).write_text(json.dumps(report, indent=2) + "\n")
     print(f"chosen: {report['chosen']}", flush=True)
