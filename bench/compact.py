@@ -90,7 +90,8 @@ def summarise(info: dict[str, Any], masked: dict[str, float], compact: dict[str,
         "target_speedup_b256_ge_half_flops_ratio": m["speedup_b256"] >= 0.5 * m["flops_speedup"],
         "masked": masked,
         "compact": compact,
-        "target_pgd40_within_0.1": abs(masked["pgd40_acc"] - compact["pgd40_acc"]) <= 0.1,
+        # accuracies are percents: 84.4 - 84.3 is 0.1000000000000085 in floats, one example of 1,000
+        "target_pgd40_within_0.1": abs(masked["pgd40_acc"] - compact["pgd40_acc"]) <= 0.1 + 1e-9,
         "max_abs_logit_diff": info["max_abs_diff"],
     }
 
