@@ -228,7 +228,8 @@ class ANPVS(MaskedMethod):
         return self.mask_until < 1 and self.step_no >= self.mask_until * self.ctx.total_steps
 
     def loss(self, model: nn.Module, x: Tensor, y: Tensor) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
-        fix_masks(model, self.fine_tuning())
+        if self.mask_until < 1:  # the faithful recipe never fixes its masks: no module walk per step
+            fix_masks(model, self.fine_tuning())
         x_adv = self.attack(model, x, y)
         with shared_noise(model):
             logits, feats = model(x, features=True)
