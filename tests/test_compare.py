@@ -139,7 +139,8 @@ def test_every_shipped_suite_parses_and_the_medium_table_is_autoattack_led() -> 
     robust = [r for r in medium.runs if r.train["method"] not in ("standard", "bp")]
     assert {r.train["adv_step_size"] for r in robust} == {0.04, 0.1}  # one attack per protocol
     assert {r.train["adv_steps"] for r in robust} == {5}
-    claims = {"at-strong", "at-more-strong", "anp-vs-fast-from-at-strong", "anp-vs-fast-novs-from-at-strong"}
+    claims = {"at-strong", "at-more-strong", "anp-vs-fast-b12-from-at-strong", "anp-vs-fast-from-at-strong",
+              "anp-vs-fast-novs-from-at-strong"}
     assert {r.id: r.seeds for r in medium.runs if r.id in claims} == dict.fromkeys(claims, (0, 1))
 
 
