@@ -15,6 +15,7 @@ import yaml
 import robustprune.train as train_mod
 from robustprune.cli import main
 from robustprune.compare import load_suite, parse_suite, plan_suite, run_suite
+from robustprune.compare.plan import only_rows
 from robustprune.reports import render_markdown, summarize
 from robustprune.reports.table import mean_std
 
@@ -145,6 +146,36 @@ def test_every_shipped_suite_parses_and_the_medium_table_is_autoattack_led() -> 
 
 
 # ---------------------------------------------------------------- the runner
+
+
+
+def test_only_keeps_the_rows_and_the_trainings_they_need(tmp_path: Path) -> None:
+    suite = parse_suite(tiny_suite(tmp_path))
+    tasks = plan_suite(suite, tmp_path / "out")
+    kept = [t.name for t in only_rows(tasks, suite, ["anp-vs"])]
+    # anp-vs starts from standard and is attacked by transfer from at: both trainings, not standard's evaluation
+    assert kept == [t.name for t in tasks if t.name in
+                    {"train:standard-s0", "train:anp-vs-s0", "train:at-s7", "evaluate:anp-vs-s0"}]
+    assert len(kept) == 4
+    with pytest.raises(ValueError, match=r"'ghost' is not a run of suite 'tiny'.*standard, anp-vs, at"):
+        only_rows(tasks, suite, ["anp-vs", "ghost"])
+
+
+def test_only_runs_one_row_then_the_rest_reuses_it(tiny_mnist: Path, tmp_path: Path,
+                                                  capsys: pytest.CaptureFixture[str]) -> None:
+    suite_file = tmp_path / "tiny.yaml"
+    suite_file.write_text(yaml.safe_dump(tiny_suite(tiny_mnist)))
+    out = tmp_path / "suite"
+    assert main(["compare", str(suite_file), "--out", str(tmp_path / "never"), "--only", "standard,ghost"]) == 2
+    assert "'ghost' is not a run" in capsys.readouterr().err and not (tmp_path / "never").exists()
+    assert main(["compare", str(suite_file), "--out", str(out), "--only", "standard", "--no-progress"]) == 0
+    assert sorted(p.name for p in (out / "runs").iterdir()) == ["at-s7", "standard-s0"]
+    assert sorted(p.name for p in (out / "cards").iterdir()) == ["standard-s0.json"]
+    assert [r["run_id"] for r in json.loads((out / "table.json").read_text())["rows"]] == ["standard"]
+    standard = _mtimes(out / "runs" / "standard-s0", "run.json")
+    assert main(["compare", str(suite_file), "--out", str(out), "--no-progress"]) == 0
+    assert _mtimes(out / "runs" / "standard-s0", "run.json") == standard  # reused, not retrained
+    assert [r["run_id"] for r in json.loads((out / "table.json").read_text())["rows"]] == ["standard", "anp-vs"]
 
 
 def _mtimes(root: Path, pattern: str) -> dict[str, int]:

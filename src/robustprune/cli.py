@@ -79,6 +79,9 @@ def _compare_parser() -> ArgumentParser:
                    help="tasks run at once, in worker processes, each after the runs it needs (1: one by one)")
     p.add_argument("--threads", type=int | None, default=None,
                    help="torch threads per task (default: the CPUs shared out over --jobs; torch's for --jobs 1)")
+    p.add_argument("--only", type=str | None, default=None,
+                   help="comma-separated run ids: train and evaluate only these rows (every seed) and the runs "
+                        "they need; the report still shows every row that has a card")
     p.add_argument("--progress", action=YES_NO(), default=True, help="show progress bars")
     return p
 
@@ -316,8 +319,9 @@ def cmd_compare(ns: Namespace) -> int:
 
     _at_least_one("--jobs", ns.jobs)
     _at_least_one("--threads", ns.threads)
+    only = None if ns.only is None else [r.strip() for r in ns.only.split(",") if r.strip()]
     written = run_suite(load_suite(ns.suite), ns.out, data_dir=ns.data_dir, device=ns.device, progress=ns.progress,
-                        jobs=ns.jobs, threads=ns.threads, refetch_data=ns.refetch_data)
+                        jobs=ns.jobs, threads=ns.threads, refetch_data=ns.refetch_data, only=only)
     print(written[0].read_text())
     print("written: " + ", ".join(str(w) for w in written), file=sys.stderr)
     return 0

@@ -107,3 +107,24 @@ def plan_suite(suite: Suite, out_dir: str | Path, *, data_dir: str | None = None
         tasks += ready
         evals = [e for e in evals if e not in ready]
     return tasks + evals
+
+
+def only_rows(tasks: list[Task], suite: Suite, rows: list[str]) -> list[Task]:
+    """The tasks of the suite runs ``rows`` (every seed) and, transitively, the trainings they need,
+    in plan order. An id that is not a run of the suite raises ``ValueError`` naming it."""
+    ids = [r.id for r in suite.runs]
+    unknown = [r for r in rows if r not in ids]
+    if unknown:
+        raise ValueError(f"--only: {', '.join(map(repr, unknown))} is not a run of suite {suite.name!r} "
+                         f"(its runs: {', '.join(ids)})")
+    if not rows:
+        raise ValueError("--only: no run ids given")
+    by_name = {t.name: t for t in tasks}
+    keep = {t.name for t in tasks if t.spec.run.id in rows}
+    todo = list(keep)
+    while todo:
+        for need in by_name[todo.pop()].needs:
+            if need not in keep:
+                keep.add(need)
+                todo.append(need)
+    return [t for t in tasks if t.name in keep]

@@ -33,7 +33,7 @@ import torch
 from tqdm.auto import tqdm
 
 from robustprune.compare.parallel import prefetch_data, run_tasks_parallel
-from robustprune.compare.plan import RunSpec, Task, plan_runs, plan_suite, run_key
+from robustprune.compare.plan import RunSpec, Task, only_rows, plan_runs, plan_suite, run_key
 from robustprune.compare.suite import Suite
 from robustprune.config import TrainConfig, load_train_config, save_yaml, to_dict
 from robustprune.defenses import TestTimeSpec
@@ -167,8 +167,11 @@ def run_task(task: Task, suite: Suite, out_dir: Path, *, progress: bool = True) 
 
 def run_suite(suite: Suite, out_dir: str | Path, *, data_dir: str | None = None, device: str | None = None,
               progress: bool = True, report: bool = True, jobs: int = 1, threads: int | None = None,
-              refetch_data: bool = False) -> list[Path]:
+              refetch_data: bool = False, only: list[str] | None = None) -> list[Path]:
     """Train, evaluate and report every run of ``suite`` in ``out_dir``; returns the report files.
+
+    ``only`` restricts this invocation to those run ids (every seed) and the trainings they need;
+    the cards of the other runs are kept and the report shows every run that has one.
 
     ``refetch_data`` first replaces damaged files of the suite's datasets by downloaded, checked
     copies (``load_split(refetch=True)``); without it a damaged dataset file stops the suite with an
@@ -184,17 +187,18 @@ def run_suite(suite: Suite, out_dir: str | Path, *, data_dir: str | None = None,
         raise ValueError(f"threads must be >= 1, got {threads}")
     out_dir = Path(out_dir)
     tasks = plan_suite(suite, out_dir, data_dir=data_dir, device=device)
+    todo = tasks if only is None else only_rows(tasks, suite, only)
     out_dir.mkdir(parents=True, exist_ok=True)
     with suite_lock(out_dir):
         _drop_temp_files(out_dir)
         save_yaml(suite_to_dict(suite), out_dir / "suite.yaml")
         _drop_stale_cards(out_dir, {t.spec.key for t in tasks if t.kind == "evaluate"})
         if refetch_data:
-            prefetch_data(tasks, refetch=True)
+            prefetch_data(todo, refetch=True)
         if jobs == 1:
-            _run_tasks(tasks, suite, out_dir, progress=progress, threads=threads)
+            _run_tasks(todo, suite, out_dir, progress=progress, threads=threads)
         else:
-            run_tasks_parallel(tasks, suite, out_dir, run=run_task, jobs=jobs, progress=progress, threads=threads)
+            run_tasks_parallel(todo, suite, out_dir, run=run_task, jobs=jobs, progress=progress, threads=threads)
     if not report:
         return []
     return render_report(out_dir)
