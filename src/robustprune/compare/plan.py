@@ -115,7 +115,8 @@ def only_rows(tasks: list[Task], suite: Suite, rows: list[str]) -> list[Task]:
     ids = [r.id for r in suite.runs]
     unknown = [r for r in rows if r not in ids]
     if unknown:
-        raise ValueError(f"--only: {', '.join(map(repr, unknown))} is not a run of suite {suite.name!r} "
+        verb = "is not a run" if len(unknown) == 1 else "are not runs"
+        raise ValueError(f"--only: {', '.join(map(repr, unknown))} {verb} of suite {suite.name!r} "
                          f"(its runs: {', '.join(ids)})")
     if not rows:
         raise ValueError("--only: no run ids given")
