@@ -148,7 +148,6 @@ def test_every_shipped_suite_parses_and_the_medium_table_is_autoattack_led() -> 
 # ---------------------------------------------------------------- the runner
 
 
-
 def test_only_keeps_the_rows_and_the_trainings_they_need(tmp_path: Path) -> None:
     suite = parse_suite(tiny_suite(tmp_path))
     tasks = plan_suite(suite, tmp_path / "out")
