@@ -364,6 +364,22 @@ def test_plots_from_hand_made_cards(tmp_path: Path) -> None:
     assert not (tmp_path / "none.png").exists()
 
 
+def test_robust_vs_memory_plots_the_strongest_white_box_attack(tmp_path: Path) -> None:
+    from robustprune.reports.plots import plot_robust_vs_memory, robust_vs_memory_points
+
+    at = [_card("at", s, 99.0, 90.0 + s, 94.0, 100.0) for s in (0, 1)]
+    for card, aa in zip(at, (70.0, 74.0), strict=True):  # AutoAttack finds less than PGD-40's 90 / 91
+        card["eval"]["attacks"].append({"name": "autoattack", "params": {"name": "autoattack", "eps": 0.3},
+                                        "robust_acc": aa})
+    pgd_only = _card("bp", 0, 99.0, 1.0, 50.0, 90.0, order=1)
+    points = {p["run_id"]: p for p in robust_vs_memory_points([*at, pgd_only])}
+    assert points["at"]["white_box_key"] == "worst_white_box"
+    assert points["at"]["white_box"] == (pytest.approx(72.0), pytest.approx(math.sqrt(8)))  # not PGD's 90.5
+    assert points["at"]["black_box"] == (94.0, 0.0) and points["at"]["memory"] == (100.0, 0.0)
+    assert points["bp"]["white_box_key"] == "white_box" and points["bp"]["white_box"] == (1.0, 0.0)
+    assert plot_robust_vs_memory([*at, pgd_only], tmp_path / "m.png") == tmp_path / "m.png"
+
+
 def test_mean_std_edge_cases() -> None:
     assert mean_std([]) == {"mean": None, "std": None, "n": 0, "values": []}
     assert mean_std([2.0, 4.0, 6.0])["std"] == pytest.approx(2.0)
