@@ -1,8 +1,11 @@
-"""Shared fixtures: tiny generated datasets in torchvision's MNIST layout, tiny configs."""
+"""Shared fixtures: tiny generated datasets in torchvision's MNIST layout, tiny configs; the skip
+report that CI reads (``ROBUSTPRUNE_SKIP_REPORT``)."""
 
 from __future__ import annotations
 
 import gzip
+import json
+import os
 import struct
 from collections.abc import Iterator
 from pathlib import Path
@@ -105,3 +108,36 @@ def plain() -> nn.Module:
         return trained_mlp()
     finally:
         torch.set_num_threads(prev)
+
+
+# ------------------------------------------------------------------ skip report (read by .ci/skips.py)
+#: every skipped test or module of this session: its node id and the reason pytest gave
+_SKIPPED: list[dict[str, str]] = []
+
+
+def _skip_reason(report: pytest.TestReport | pytest.CollectReport) -> str:
+    longrepr = report.longrepr
+    if isinstance(longrepr, tuple):  # (path, line, "Skipped: reason")
+        return str(longrepr[2]).removeprefix("Skipped: ")
+    return str(longrepr)
+
+
+def pytest_runtest_logreport(report: pytest.TestReport) -> None:
+    if report.skipped and report.when in ("setup", "call"):
+        _SKIPPED.append({"nodeid": report.nodeid, "reason": _skip_reason(report)})
+
+
+def pytest_collectreport(report: pytest.CollectReport) -> None:
+    if report.skipped:  # a module that skips as a whole (a module-level pytest.importorskip)
+        _SKIPPED.append({"nodeid": report.nodeid, "reason": _skip_reason(report)})
+
+
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    """With ``ROBUSTPRUNE_SKIP_REPORT=FILE`` set, write this session's skips to FILE as JSON, so
+    that CI can tell a test skipped for a missing optional package from one skipped for a missing
+    required one (and run the former again once the extras are installed)."""
+    path = os.environ.get("ROBUSTPRUNE_SKIP_REPORT")
+    if path:
+        tmp = Path(path).with_name(Path(path).name + ".tmp")
+        tmp.write_text(json.dumps({"skipped": _SKIPPED}, indent=1) + "\n")
+        os.replace(tmp, path)
