@@ -17,6 +17,7 @@ import tomllib
 from pathlib import Path
 from typing import Any
 
+import pytest
 import yaml
 
 from optional_deps import OPTIONAL_EXTRAS, OPTIONAL_MODULES
@@ -228,3 +229,17 @@ def test_the_blocker_really_blocks() -> None:
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert json.loads(proc.stdout) == sorted(OPTIONAL_MODULES)
+
+
+def test_ci_runs_the_readme_blocks_and_they_install_no_extra() -> None:
+    """.ci/run executes these blocks as written; they install the package with ``dev`` only, so
+    the optional packages are really absent from CI's first phase."""
+    namespace: dict[str, Any] = {"__name__": "readme_block", "__file__": str(ROOT / ".ci" / "readme_block.py")}
+    exec((ROOT / ".ci" / "readme_block.py").read_text(), namespace)
+    readme = (ROOT / "README.md").read_text()
+    setup, tests = namespace["block"](readme, "Set-up"), namespace["block"](readme, "Tests")
+    assert 'pip install -e ".[dev]"' in setup.splitlines()
+    assert not any(extra in setup for extra in [*OPTIONAL_EXTRAS, *OPTIONAL_MODULES])
+    assert tests.split() == ["pytest"]
+    with pytest.raises(ValueError, match="no section '## Nowhere'"):
+        namespace["block"](readme, "Nowhere")
