@@ -11,6 +11,7 @@ SRC = Path(__file__).resolve().parents[1] / "src" / "robustprune"
 LAYERS: tuple[tuple[str, ...], ...] = (
     ("robustprune",),
     ("utils", "registry"),
+    ("records",),
     ("data", "models", "reports"),
     ("config", "attacks", "sparsity"),
     ("metrics",),

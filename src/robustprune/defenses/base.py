@@ -133,6 +133,14 @@ class Method:
     stochastic: bool = False
     #: the paper the method follows (benchmark exports cite it); None: none recorded
     reference: ClassVar[Reference | None] = None
+    #: the version of the method's training code: bump it in the change that alters what it trains
+    #: (its loss, its hooks, the training attack it uses), and ``compare`` trains its finished runs
+    #: again (``robustprune.records``; ``train.run.train_code_parts``)
+    version: ClassVar[int] = 1
+    #: what kind of training its model has had, in the taxonomy's words (``"nt"`` natural, ``"at"``
+    #: adversarial PGD, ``"trades"``): a run started ``--init-from`` this method's run is pruned from
+    #: such a model (the benchmark's "pretraining"); None: not one of those
+    training: ClassVar[str | None] = None
 
     @classmethod
     def taxonomy(cls, method_args: dict[str, Any]) -> PruningTaxonomy | None:

@@ -2,8 +2,9 @@
 
 (a) :func:`plot_vulnerability` — the paper's figure: per latent layer, the distribution of the
 per-unit latent vulnerability |F(x) − F(x_adv)| under the white-box attack, one row per run, seeds
-pooled. Units with zero vulnerability (pruned units, dead ReLUs) are drawn as a separate grey bar
-just left of zero and counted in the legend.
+pooled. Units with zero vulnerability are drawn as a separate bar just left of zero, split into the
+units their mask prunes (hatched) and active ones (dead ReLUs, grey), and counted in the legend;
+each panel names the layer's mean over all units (the paper's) and over active units only.
 (b) :func:`plot_robust_vs_memory` — white-box and black-box accuracy against the paper's memory %,
 mean ± std over seeds. The white-box point is the row's strongest white-box attack (the lowest
 accuracy over them, AutoAttack where it was run), PGD only for rows evaluated with PGD alone: the
@@ -14,10 +15,12 @@ Matplotlib is used through its object API (no pyplot state, no display) and impo
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from robustprune.reports.table import group_cards, summarize
+from robustprune.records import SuiteCard, Vulnerability
+from robustprune.reports.table import CardLike, as_card, group_cards, summarize
 from robustprune.utils import atomic_write
 
 #: a unit whose vulnerability is at most this is counted as zero (pruned or dead)
@@ -29,26 +32,36 @@ def _save(fig: Any, path: Path) -> Path:
     return path
 
 
-def _white_box_units(card: dict[str, Any]) -> list[list[float]] | None:
-    for a in card["eval"].get("attacks", []):
-        if not a.get("params", {}).get("transfer"):
-            return a.get("vulnerability", {}).get("per_unit")
+def _white_box(card: SuiteCard) -> Vulnerability | None:
+    """The vulnerability of the card's first white-box attack, when it has per-unit values."""
+    for a in card.eval.attacks:
+        if not a.transfer:
+            v = a.vulnerability
+            return v if v is not None and v.per_unit is not None else None
     return None
 
 
-def pooled_units(cards: list[dict[str, Any]]) -> list[tuple[str, list[list[float]]]]:
+def pooled_units(cards: Sequence[CardLike]) -> list[tuple[str, list[list[float]]]]:
     """Per run id: per layer, the per-unit white-box vulnerabilities of all its seeds."""
+    return [(run_id, [[v for v, _ in layer] for layer in layers]) for run_id, layers in _pooled(cards)]
+
+
+def _pooled(cards: Sequence[CardLike]) -> list[tuple[str, list[list[tuple[float, bool]]]]]:
+    """Per run id: per layer, (vulnerability, pruned by its mask) of every unit of all its seeds."""
     out = []
     for run_id, group in group_cards(cards):
-        layers: list[list[float]] = []
+        layers: list[list[tuple[float, bool]]] = []
         for card in group:
-            units = _white_box_units(card)
-            if units is None:
+            vul = _white_box(card)
+            if vul is None or vul.per_unit is None:
                 continue
+            units = vul.per_unit
+            pruned = vul.pruned_units or [[] for _ in units]
             while len(layers) < len(units):
                 layers.append([])
-            for pooled, values in zip(layers, units, strict=False):
-                pooled.extend(float(v) for v in values)
+            for pooled, values, gone in zip(layers, units, pruned, strict=False):
+                off = set(gone)
+                pooled.extend((float(v), i in off) for i, v in enumerate(values))
         if layers:
             out.append((run_id, layers))
     return out
@@ -64,19 +77,24 @@ def run_color(i: int) -> str:
     return RUN_COLORS[i % len(RUN_COLORS)]
 
 
-def plot_vulnerability(cards: list[dict[str, Any]], path: str | Path, *, bins: int = 30) -> Path | None:
-    """Write the per-layer histograms of per-unit vulnerability; None when no card has per-unit data."""
+def plot_vulnerability(cards: Sequence[CardLike], path: str | Path, *, bins: int = 30) -> Path | None:
+    """Write the per-layer histograms of per-unit vulnerability; None when no card has per-unit data.
+
+    Units with zero vulnerability are one hatched bar left of zero, split into those their mask
+    prunes and the active ones (dead ReLUs); each panel names the layer's mean over all units (the
+    paper's) and over active units."""
     import numpy as np
     from matplotlib.figure import Figure
 
-    data = pooled_units(cards)
+    data = _pooled(cards)
     if not data:
         return None
     n_layers = max(len(layers) for _, layers in data)
     fig = Figure(figsize=(3.6 * n_layers, 2.2 * len(data) + 0.6), layout="constrained")
     axes = fig.subplots(len(data), n_layers, squeeze=False, sharex="col")
     for col in range(n_layers):
-        top = max((max(layers[col]) for _, layers in data if col < len(layers) and layers[col]), default=1.0)
+        top = max((max(v for v, _ in layers[col]) for _, layers in data if col < len(layers) and layers[col]),
+                  default=1.0)
         edges = np.linspace(0.0, top if top > 0 else 1.0, bins + 1)
         width = edges[1] - edges[0]
         for row, (run_id, layers) in enumerate(data):
@@ -84,13 +102,22 @@ def plot_vulnerability(cards: list[dict[str, Any]], path: str | Path, *, bins: i
             if col >= len(layers) or not layers[col]:
                 ax.set_axis_off()
                 continue
-            v = np.asarray(layers[col])
+            v = np.asarray([u for u, _ in layers[col]])
+            pruned = np.asarray([p for _, p in layers[col]], dtype=bool)
             zero = v <= ZERO
+            dead = zero & ~pruned
             weight = 100.0 / len(v)
             ax.hist(v[~zero], bins=edges, weights=np.full((~zero).sum(), weight), color=run_color(row),
-                    label=f"active: {(~zero).sum()}")
-            ax.bar([-1.25 * width], [zero.sum() * weight], width=width, align="edge", color="white", edgecolor="k",
-                   hatch="///", label=f"zero (pruned/dead): {zero.sum()}")  # left of 0, apart from the smallest bin
+                    label=f"nonzero: {(~zero).sum()}")
+            # left of 0, apart from the smallest bin: pruned by the mask (hatched), then active but zero (dead)
+            ax.bar([-1.25 * width], [(zero & pruned).sum() * weight], width=width, align="edge", color="white",
+                   edgecolor="k", hatch="///", label=f"pruned: {(zero & pruned).sum()}")
+            ax.bar([-1.25 * width], [dead.sum() * weight], bottom=[(zero & pruned).sum() * weight], width=width,
+                   align="edge", color="lightgrey", edgecolor="k",
+                   label=f"zero, active (dead){'' if pruned.any() else ' or pruned'}: {dead.sum()}")
+            active = ~pruned
+            ax.text(0.98, 0.5, f"mean {v.mean():.4f}\nactive {v[active].mean() if active.any() else 0.0:.4f}",
+                    transform=ax.transAxes, ha="right", fontsize=7)
             ax.legend(fontsize=7, loc="upper right", frameon=False)
             if row == 0:
                 ax.set_title(f"latent layer {col + 1} ({len(layers[col]) // max(1, _seeds(cards, run_id))} units)",
@@ -104,11 +131,11 @@ def plot_vulnerability(cards: list[dict[str, Any]], path: str | Path, *, bins: i
     return _save(fig, Path(path))
 
 
-def _seeds(cards: list[dict[str, Any]], run_id: str) -> int:
-    return sum(1 for c in cards if c["run_id"] == run_id and _white_box_units(c) is not None)
+def _seeds(cards: Sequence[CardLike], run_id: str) -> int:
+    return sum(1 for c in map(as_card, cards) if c.run_id == run_id and _white_box(c) is not None)
 
 
-def robust_vs_memory_points(cards: list[dict[str, Any]]) -> list[dict[str, Any]]:
+def robust_vs_memory_points(cards: Sequence[CardLike]) -> list[dict[str, Any]]:
     """The points of :func:`plot_robust_vs_memory`, one per run id with memory data: ``memory``,
     ``white_box`` and ``black_box`` as (mean, std) or None, and ``white_box_key``, the table metric
     the white-box point shows ("worst_white_box" where the row ran several white-box attacks, else
@@ -129,7 +156,7 @@ def _pair(stat: dict[str, Any]) -> tuple[float, float] | None:
     return None if stat["mean"] is None else (stat["mean"], stat["std"] or 0.0)
 
 
-def plot_robust_vs_memory(cards: list[dict[str, Any]], path: str | Path) -> Path | None:
+def plot_robust_vs_memory(cards: Sequence[CardLike], path: str | Path) -> Path | None:
     """Write white-box / black-box accuracy against memory %; None when no card has memory data."""
     from matplotlib.figure import Figure
     from matplotlib.ticker import NullFormatter

@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
-from typing import Any
 
+from robustprune.records import SuiteCard, read_suite_card
 from robustprune.reports.plots import plot_robust_vs_memory, plot_vulnerability
 from robustprune.reports.table import render_markdown, summarize
 from robustprune.utils import atomic_write_json, atomic_write_text
@@ -13,22 +12,14 @@ from robustprune.utils import atomic_write_json, atomic_write_text
 CARDS_DIR = "cards"
 
 
-def load_cards(out_dir: str | Path) -> list[dict[str, Any]]:
-    """Every suite card in ``out_dir/cards``; a missing or unreadable card raises ``ValueError``."""
+def load_cards(out_dir: str | Path) -> list[SuiteCard]:
+    """Every suite card in ``out_dir/cards`` as a typed record (older schemas migrated); a missing
+    or unreadable card raises ``ValueError`` saying how to re-make it."""
     folder = Path(out_dir) / CARDS_DIR
     paths = sorted(folder.glob("*.json"))
     if not paths:
         raise ValueError(f"no cards in {folder}; run `robustprune compare SUITE --out {out_dir}` first")
-    cards = []
-    for p in paths:
-        try:
-            card = json.loads(p.read_text())
-        except (OSError, json.JSONDecodeError) as e:
-            raise ValueError(f"cannot read card {p}: {e}") from e
-        if not isinstance(card, dict) or card.get("kind") != "suite-run":
-            raise ValueError(f"{p} is not a suite card (kind {card.get('kind') if isinstance(card, dict) else None!r})")
-        cards.append(card)
-    return cards
+    return [read_suite_card(p) for p in paths]  # a RecordError (ValueError) names the file and the remedy
 
 
 def render_report(out_dir: str | Path) -> list[Path]:

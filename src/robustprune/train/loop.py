@@ -16,6 +16,7 @@ from tqdm.auto import tqdm
 from robustprune.config import TrainConfig, load_train_config, save_yaml, to_dict
 from robustprune.data import TensorLoader, dataset_info, load_split
 from robustprune.defenses import Method, ParamGroup, build_method
+from robustprune.records import SCHEMA, CodeVersion, run_record, write_run_record
 from robustprune.train.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint, save_weights
 from robustprune.train.distributed import (
     DistInfo,
@@ -29,9 +30,16 @@ from robustprune.train.distributed import (
     reduce_mean,
     shard_batch_size,
 )
-from robustprune.train.run import amp_context, build_model_for, init_from, method_context, use_channels_last
+from robustprune.train.run import (
+    amp_context,
+    build_model_for,
+    init_from,
+    method_context,
+    train_code_parts,
+    use_channels_last,
+)
 from robustprune.train.tensorboard import TrainLogger
-from robustprune.utils import atomic_write_json, fault_point, provenance, resolve_device
+from robustprune.utils import fault_point, provenance, resolve_device
 
 
 def make_optimizer(cfg: TrainConfig, group: ParamGroup) -> torch.optim.Optimizer:
@@ -240,13 +248,14 @@ class Trainer:
         if not self.dist.is_main:
             return
         save_weights(self.model, self.out / "model.safetensors")
-        atomic_write_json(self.out / "run.json", {
+        write_run_record(self.out / "run.json", run_record({
+            "schema": SCHEMA, "code": CodeVersion.installed(train_code_parts(self.cfg)).to_dict(),
             "status": "complete", "config": to_dict(saved_config(self.cfg)), "epochs_done": len(self.history),
             "history": self.history, "train_size": self.train_size, "wall_s": self.wall,
             "method_info": self.method.card_fields(),
             **({"init": self.init_record} if self.init_record is not None else {}),
             "world_size": self.dist.world_size, **provenance(self.device),
-        })
+        }))
 
 
 def fit(cfg: TrainConfig) -> Path:

@@ -16,10 +16,22 @@ from robustprune.data import dataset_info
 from robustprune.defenses import Method, MethodContext, build_method
 from robustprune.models import build_model
 from robustprune.models.graph import GraphNet
+from robustprune.registry import METHODS
 from robustprune.sparsity.compact_net import COMPACT_FILE, read_compact, read_compact_info
 from robustprune.sparsity.graph_compact import apply_graph_spec
 from robustprune.train.checkpoint import CheckpointError, load_checkpoint, load_weights
 from robustprune.train.warmstart import InitReport, warm_start
+
+#: the version of the training loop (``fit``, schedules, checkpoints): bump it in the change that
+#: alters what every method trains; a method's own changes bump its ``Method.version``
+TRAIN_VERSION = 1
+
+
+def train_code_parts(cfg: TrainConfig) -> dict[str, int]:
+    """The versions of the code a run trained with ``cfg`` depends on: ``train`` (:data:`TRAIN_VERSION`)
+    and ``method:<name>`` (the method's ``version``). A finished run whose record names older parts
+    is stale (``compare`` trains it again)."""
+    return {"train": TRAIN_VERSION, f"method:{cfg.method}": int(getattr(METHODS.get(cfg.method), "version", 1))}
 
 
 def train_attack(cfg: TrainConfig) -> tuple[float, int, float]:
