@@ -5,9 +5,10 @@ from __future__ import annotations
 import pytest
 import torch
 
-from robustprune.models import MODELS, build_model, mask_slots
+from robustprune.models import MODELS, ModelInfo, build_model, mask_slots, model_info
 
-SHAPES = {"lenet-300-100": (1, 28), "lenet5-caffe": (1, 28), "vgg16": (3, 32), "resnet18": (3, 32), "linear": (1, 28)}
+#: every registered model's input shape (channels, size), from its own registry entry
+SHAPES = {name: model_info(name).shape for name in MODELS.names()}
 UNITS = {"lenet-300-100": 400, "lenet5-caffe": 1370, "vgg16": 5248, "resnet18": 2 * (64 + 128 + 256 + 512),
          "linear": 0}
 
@@ -19,8 +20,12 @@ def make(name: str) -> tuple[torch.nn.Module, torch.Tensor]:
     return model, torch.rand(4, c, s, s)
 
 
-def test_every_registered_model_has_a_shape() -> None:
-    assert set(MODELS.names()) == set(SHAPES)
+def test_every_registered_model_declares_its_facts() -> None:
+    assert all(isinstance(MODELS.facts(name).get("info"), ModelInfo) for name in MODELS.names())
+    assert {n: SHAPES[n] for n in ("lenet-300-100", "lenet5-caffe", "vgg16", "resnet18", "linear")} == {
+        "lenet-300-100": (1, 28), "lenet5-caffe": (1, 28), "vgg16": (3, 32), "resnet18": (3, 32), "linear": (1, 28)}
+    assert [n for n in MODELS.names() if model_info(n).paper_cost] == ["lenet-300-100", "lenet5-caffe", "vgg16"]
+    assert model_info("torchvision:resnet18") == ModelInfo()
 
 
 @pytest.mark.parametrize("name", sorted(SHAPES))

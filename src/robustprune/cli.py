@@ -50,8 +50,9 @@ def _eval_parser() -> ArgumentParser:
     p = ArgumentParser(description="Evaluate a run: clean and robust accuracy, vulnerability; writes a JSON card.")
     p.add_argument("run", type=str, help="run directory")
     p.add_argument("--attack", type=str, default="pgd",
-                   help="none, fgsm, rfgsm, pgd, eot-pgd, transfer, autoattack, and the minimum-norm "
-                        "deepfool, cw (r2 instead of accuracy); comma-separated for several")
+                   help="comma-separated attack names: none, the registered attacks (fgsm, rfgsm, pgd, eot-pgd), "
+                        "transfer, autoattack, and the registered minimum-norm attacks (deepfool, cw, fmn: r2 "
+                        "instead of accuracy); `robustprune list` names them all")
     add_dataclass_flags(p, EvalConfig, skip=("attacks",))
     p.add_argument("--source", type=str | None, default=None, help="run the transfer attack is crafted on")
     _legacy_defense_flags(p)
@@ -303,11 +304,12 @@ def cmd_list(_: Any) -> int:
     import robustprune.defenses  # noqa: F401
     import robustprune.models  # noqa: F401
     from robustprune.data import dataset_names
-    from robustprune.registry import ATTACKS, METHODS, MODELS, TEST_TIME
+    from robustprune.registry import ATTACKS, METHODS, MINNORM, MODELS, TEST_TIME
 
     for kind, names in (("models", MODELS.names()), ("methods", METHODS.names()),
-                        ("test-time defenses", TEST_TIME.names()), ("attacks", ATTACKS.names()),
-                        ("datasets", dataset_names())):
+                        ("test-time defenses", TEST_TIME.names()),
+                        ("attacks", [*ATTACKS.names(), "transfer", "autoattack"]),
+                        ("minimum-norm attacks", MINNORM.names()), ("datasets", dataset_names())):
         print(f"{kind}: {', '.join(names)}")
     print("outside models: torchvision:NAME (torchvision's classification models), package.module:function (an "
           "importable factory), both with --model-args (docs/models.md)")

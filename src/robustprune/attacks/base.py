@@ -18,7 +18,6 @@ does:
 from __future__ import annotations
 
 import contextlib
-import math
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -26,6 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from robustprune.data.catalog import check_eps
 from robustprune.models.base import model_mode
 
 #: ``(model, x_adv, y) -> per-example loss [B]`` that an attack maximises
@@ -39,12 +39,6 @@ RANGE_TOL = 1e-6
 def cross_entropy_loss(model: nn.Module, x_adv: Tensor, y: Tensor) -> Tensor:
     """The default attack loss: per-example cross-entropy of ``model(x_adv)`` (shape ``[B]``)."""
     return F.cross_entropy(model(x_adv), y, reduction="none")
-
-
-def check_eps(eps: float) -> float:
-    if not isinstance(eps, int | float) or not math.isfinite(eps) or eps < 0:
-        raise ValueError(f"eps must be a finite number >= 0, got {eps!r}")
-    return float(eps)
 
 
 def check_norm(norm: str) -> str:
@@ -153,8 +147,8 @@ class Attack:
 
     def __init__(self, *, eps: float, norm: str = "linf", eval_mode: bool = True,
                  generator: torch.Generator | None = None) -> None:
-        self.eps = check_eps(eps)
         self.norm = check_norm(norm)
+        self.eps = check_eps(eps, norm=self.norm)
         self.eval_mode = bool(eval_mode)
         if generator is not None and not isinstance(generator, torch.Generator):
             raise ValueError(f"generator must be a torch.Generator or None, got {type(generator).__name__}")

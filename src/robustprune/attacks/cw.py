@@ -10,6 +10,7 @@ from torch import Tensor, nn
 
 from robustprune.attacks.base import check_count
 from robustprune.attacks.minnorm import MinNormAttack, check_positive
+from robustprune.registry import MINNORM
 
 #: atanh of exactly ±1 is infinite: images are shrunk by this factor before the change of variables
 TANH_SHRINK = 1 - 1e-6
@@ -17,6 +18,7 @@ TANH_SHRINK = 1 - 1e-6
 C_UNBOUNDED = 1e9
 
 
+@MINNORM.register("cw")
 class CarliniWagnerL2(MinNormAttack):
     """C&W-L2: ``min ‖δ‖₂² + c·max(z_y − max_{j≠y} z_j, −κ)`` over ``x + δ = (tanh(w) + 1)/2``.
 

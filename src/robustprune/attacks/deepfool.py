@@ -9,6 +9,7 @@ from torch import Tensor, nn
 
 from robustprune.attacks.base import check_count
 from robustprune.attacks.minnorm import MinNormAttack, check_positive
+from robustprune.registry import MINNORM
 
 
 def _flat_norm(t: Tensor) -> Tensor:
@@ -16,6 +17,7 @@ def _flat_norm(t: Tensor) -> Tensor:
     return t.flatten(2).norm(dim=2)
 
 
+@MINNORM.register("deepfool")
 class DeepFool(MinNormAttack):
     """DeepFool, L2: step to the nearest boundary of the linearised classifier until fooled.
 

@@ -21,6 +21,7 @@ from torch import Tensor, nn
 
 from robustprune.attacks.base import check_count
 from robustprune.attacks.minnorm import MIN_NORMS, MinNormAttack, check_norm, check_positive, lp_norms
+from robustprune.registry import MINNORM
 
 #: the FMN of the security curves (``robustprune curve``/``audit``): iterations per pass and
 #: class-directed passes (``targets``)
@@ -76,6 +77,7 @@ def project_lp_ball(delta: Tensor, radius: Tensor, norm: str) -> Tensor:
     return project_l1_ball(delta, radius)
 
 
+@MINNORM.register("fmn")
 class FMN(MinNormAttack):
     """FMN: normalised gradient descent on the logit margin inside an adaptive ``norm`` ball.
 

@@ -16,7 +16,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from robustprune.attacks.base import Attack, LossFn, check_count, check_eps, cross_entropy_loss
+from robustprune.attacks.base import Attack, LossFn, check_count, cross_entropy_loss
+from robustprune.data.catalog import check_eps
 from robustprune.registry import ATTACKS
 
 STARTS = ("none", "uniform", "sign", "normal")

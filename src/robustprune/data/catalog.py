@@ -18,11 +18,20 @@ class DataError(UserError, RuntimeError):
     """A dataset could not be found or read; the message names the file or value at fault."""
 
 
-def check_eps(eps: float, *, what: str = "eps") -> float:
-    """The one rule for an L∞ radius: a finite number in [0, 1] (pixel units); else ``ValueError``
-    naming the value."""
-    if isinstance(eps, bool) or not isinstance(eps, int | float) or not math.isfinite(eps) or not 0 <= eps <= 1:
-        raise ValueError(f"{what} must be a number in [0, 1] (pixel units), got {eps!r}")
+def check_eps(eps: float, *, what: str = "eps", norm: str = "linf") -> float:
+    """The one rule for a threat-model radius; ``ValueError`` naming the value otherwise.
+
+    An L∞ radius (``norm="linf"``, the default) is a finite number in [0, 1] (pixel units); an L2 or
+    L1 radius (``"l2"``, ``"l1"``) a finite number >= 0 (it may exceed 1)."""
+    ok = not isinstance(eps, bool) and isinstance(eps, int | float) and math.isfinite(eps) and eps >= 0
+    if norm == "linf":
+        if not (ok and eps <= 1):
+            raise ValueError(f"{what} must be a number in [0, 1] (pixel units), got {eps!r}")
+    elif norm in ("l2", "l1"):
+        if not ok:
+            raise ValueError(f"{what} must be a finite number >= 0 (an {norm} radius in pixel units), got {eps!r}")
+    else:
+        raise ValueError(f"norm must be linf, l2 or l1, got {norm!r}")
     return float(eps)
 
 

@@ -1,5 +1,6 @@
-"""Training methods and test-time defenses. Importing this package registers every method in
-``METHODS`` and every test-time defense in ``TEST_TIME``.
+"""Training methods and test-time defenses. Importing this package imports every module in it
+(:func:`robustprune.registry.discover`), registering every method in ``METHODS`` and every
+test-time defense in ``TEST_TIME``: a new ``defenses/<name>.py`` needs no import list.
 
 Code outside ``defenses/`` uses only what this module exports: the method contract
 (:class:`Method`, :func:`build_method`) and the test-time defense contract
@@ -9,20 +10,11 @@ from __future__ import annotations
 
 from typing import Any
 
-from robustprune.defenses import (  # noqa: F401  (registration)
-    admm,
-    anpvs,
-    bnn,
-    cas,
-    hydra,
-    magnitude,
-    sap,
-    standard,
-    trades,
-)
 from robustprune.defenses.base import Method, MethodContext, ParamGroup
 from robustprune.defenses.testtime import TestTimeDefense, TestTimeSpec, legacy_test_time, resolve_test_time
-from robustprune.registry import METHODS, TEST_TIME
+from robustprune.registry import METHODS, TEST_TIME, discover
+
+discover(__name__)  # every method and test-time defense module registers itself
 
 __all__ = ["METHODS", "TEST_TIME", "Method", "MethodContext", "ParamGroup", "TestTimeDefense", "TestTimeSpec",
            "build_method", "legacy_test_time", "resolve_test_time"]

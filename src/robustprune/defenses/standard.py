@@ -21,6 +21,7 @@ class Standard(Method):
     """Cross-entropy (+ coupled L2 weight decay through the optimiser). the ANP-VS table's ``standard`` row."""
 
     name: ClassVar[str] = "standard"
+    training: ClassVar[str | None] = "nt"
 
 
 @METHODS.register("at")
@@ -35,6 +36,7 @@ class AdversarialTraining(Method):
     """
 
     name: ClassVar[str] = "at"
+    training: ClassVar[str | None] = "at"
     reference: ClassVar[Reference | None] = Reference(
         "Towards Deep Learning Models Resistant to Adversarial Attacks",
         ("Aleksander Madry", "Aleksandar Makelov", "Ludwig Schmidt", "Dimitris Tsipras", "Adrian Vladu"),

@@ -27,6 +27,7 @@ class TRADES(Method):
     """
 
     name: ClassVar[str] = "trades"
+    training: ClassVar[str | None] = "trades"
     reference: ClassVar[Reference | None] = Reference(
         "Theoretically Principled Trade-off between Robustness and Accuracy",
         ("Hongyang Zhang", "Yaodong Yu", "Jiantao Jiao", "Eric P. Xing", "Laurent El Ghaoui", "Michael I. Jordan"),

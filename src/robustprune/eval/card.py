@@ -12,11 +12,11 @@ from torch import nn
 
 from robustprune.attacks import (
     ATTACKS,
+    MINNORM,
     Attack,
-    CarliniWagnerL2,
-    DeepFool,
     TransferAttack,
     build_attack,
+    build_minnorm,
     seeded_generator,
 )
 from robustprune.attacks import autoattack as aa
@@ -25,6 +25,7 @@ from robustprune.data import TensorLoader, check_eps, dataset_info, load_split
 from robustprune.defenses import TestTimeDefense, TestTimeSpec, legacy_test_time, resolve_test_time
 from robustprune.eval.evaluate import EvalResult, evaluate
 from robustprune.metrics import paper_cost, sparsity_summary
+from robustprune.metrics.cost import has_paper_cost
 from robustprune.metrics.measured import measured_cost
 from robustprune.metrics.minnorm import minnorm_robustness
 from robustprune.metrics.unstructured import unstructured_cost
@@ -33,9 +34,6 @@ from robustprune.sparsity.compact import compact_model, compact_summary
 from robustprune.train.run import load_run
 from robustprune.utils import atomic_write_json, keeps_global_rng, provenance, resolve_device
 
-PAPER_ARCHS = ("lenet5-caffe", "lenet-300-100", "vgg16")
-#: minimum-norm attacks: no ε; they report r₂ (mean ‖δ‖₂ over correct points), not an accuracy
-MINNORM_NAMES = ("deepfool", "cw")
 #: attacks an evaluation builds itself: they need more than the threat model (a source model; the
 #: optional AutoAttack package)
 COMPOSITE_NAMES = ("transfer", "autoattack")
@@ -43,8 +41,9 @@ COMPOSITE_NAMES = ("transfer", "autoattack")
 
 def attack_names() -> tuple[str, ...]:
     """Every name an evaluation accepts: ``none``, the registered attacks (``ATTACKS``, as they are
-    now), the composite and the minimum-norm ones."""
-    return ("none", *ATTACKS.names(), *COMPOSITE_NAMES, *MINNORM_NAMES)
+    now), the composite ones and the registered minimum-norm ones (``MINNORM``: no ε; they report
+    r₂, the mean ‖δ‖₂ over correct points, not an accuracy)."""
+    return ("none", *ATTACKS.names(), *COMPOSITE_NAMES, *MINNORM.names())
 
 
 def build_eval_attack(
@@ -66,10 +65,10 @@ def build_eval_attack(
     standard version, or ``rand`` (EOT-20) when the model is random. ``generator`` is the random
     stream of every attack that takes one (``None``: the global RNG); AutoAttack seeds itself.
     """
-    if name not in attack_names() or name in MINNORM_NAMES:
-        known = [n for n in attack_names() if n not in MINNORM_NAMES]
+    if name not in attack_names() or name in MINNORM:
+        known = [n for n in attack_names() if n not in MINNORM]
         raise ValueError(f"unknown attack {name!r}; known: {', '.join(known)} (and the minimum-norm "
-                         f"{', '.join(MINNORM_NAMES)} through evaluate_run)")
+                         f"{', '.join(MINNORM.names())} through evaluate_run)")
     eps = check_eps(eps)
     if steps < 1:
         raise ValueError(f"steps must be >= 1, got {steps}")
@@ -132,11 +131,11 @@ def evaluate_run(
                                            bnn_sample=bnn_sample))
     test_time = resolve_test_time(cfg.defense)
     attacks, limit, seed = list(cfg.attacks), cfg.limit, cfg.seed
-    minnorm = [n for n in attacks if n in MINNORM_NAMES]
+    minnorm = [n for n in attacks if n in MINNORM]
     if minnorm and test_time is not None and test_time.stochastic:
         raise ValueError(f"minimum-norm attacks {minnorm} need a deterministic model; drop the test-time "
                          f"defense {test_time.name!r}")
-    attacks_bounded = [n for n in attacks if n not in MINNORM_NAMES]
+    attacks_bounded = [n for n in attacks if n not in MINNORM]
     dev = resolve_device(device)
     run = load_run(run_dir, device=dev)
     model, fields = eval_model(run, test_time)
@@ -200,8 +199,10 @@ def with_defense(settings: dict[str, Any], *, sap: float | None = None, sap_mode
 
 
 def minnorm_entry(name: str, model: nn.Module, loader: TensorLoader, *, progress: bool) -> dict[str, Any]:
-    """r₂ of ``model`` under the minimum-norm attack ``name`` (``deepfool`` or ``cw``), with its defaults."""
-    attack = DeepFool() if name == "deepfool" else CarliniWagnerL2()
+    """r₂ of ``model`` under the registered minimum-norm attack ``name`` (``MINNORM``: ``deepfool``,
+    ``cw``, ``fmn``, ...) with its defaults; one that minimises another norm too (FMN) minimises L2 here."""
+    takes_norm = "norm" in inspect.signature(MINNORM.get(name)).parameters
+    attack = build_minnorm(name, **({"norm": "l2"} if takes_norm else {}))
     return {"name": name, **minnorm_robustness(model, loader, attack, progress=progress)}
 
 
@@ -234,7 +235,7 @@ def model_cost(model_name: str, model: nn.Module, info: Any) -> dict[str, Any]:
     out: dict[str, Any] = sparsity_summary(model)
     if out["weight_sparsity"] > 0:  # unstructured zeros: nnz, CSR bytes, theoretical MACs
         out["unstructured"] = unstructured_cost(model, input_shape=(info.in_channels, info.image_size, info.image_size))
-    if model_name in PAPER_ARCHS:
+    if has_paper_cost(model_name):
         out["paper"] = paper_cost(model_name, model, in_channels=info.in_channels, num_classes=info.num_classes,
                                   image_size=info.image_size)
     return out

@@ -24,7 +24,7 @@ from torch import nn
 
 from robustprune.data import dataset_info
 from robustprune.metrics import paper_cost, sparsity_summary
-from robustprune.metrics.cost import ARCHS
+from robustprune.metrics.cost import has_paper_cost
 from robustprune.metrics.measured import count_params, measured_cost
 from robustprune.models.base import UnitMask, mask_slots
 from robustprune.models.graph import GraphNet
@@ -49,7 +49,7 @@ def _widths(model: nn.Module) -> dict[str, dict[str, int]]:
 def _source_cost(model_name: str, model: nn.Module, info: Any) -> dict[str, Any]:
     """The masked model's sparsity (and the paper's memory/FLOPs accounting) for the card."""
     out: dict[str, Any] = sparsity_summary(model)
-    if model_name in ARCHS:
+    if has_paper_cost(model_name):
         out["paper"] = paper_cost(model_name, model, in_channels=info.in_channels, num_classes=info.num_classes,
                                   image_size=info.image_size)
     return out

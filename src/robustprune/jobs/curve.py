@@ -16,7 +16,6 @@ distances of a run for other consumers.
 
 from __future__ import annotations
 
-import math
 import time
 from pathlib import Path
 from typing import Any
@@ -45,22 +44,12 @@ def default_sweep(eps: float) -> list[float]:
     return sorted({min(1.0, round(f * eps, 6)) for f in SWEEP_FACTORS})
 
 
-def check_eps_list(eps_list: list[float]) -> list[float]:
-    """``ValueError`` naming the bad value unless every ε passes :func:`~robustprune.data.check_eps`."""
+def check_eps_list(eps_list: list[float], *, norm: str = "linf") -> list[float]:
+    """``ValueError`` naming the bad value unless every radius passes :func:`~robustprune.data.check_eps`
+    for ``norm`` (L∞: in [0, 1]; L2/L1 radii may exceed 1)."""
     if not eps_list:
         raise ValueError("eps list is empty")
-    return [check_eps(e, what="every eps") for e in eps_list]
-
-
-def check_radii(eps_list: list[float]) -> list[float]:
-    """``ValueError`` naming the bad value unless every radius is a finite number >= 0 (L2/L1 radii
-    may exceed 1)."""
-    if not eps_list:
-        raise ValueError("eps list is empty")
-    for e in eps_list:
-        if isinstance(e, bool) or not isinstance(e, int | float) or not math.isfinite(e) or e < 0:
-            raise ValueError(f"every eps must be a finite number >= 0, got {e!r}")
-    return [float(e) for e in eps_list]
+    return [check_eps(e, what="every eps", norm=norm) for e in eps_list]
 
 
 def sweep_attack(eps: float, *, steps: int = 40, eot: int = 1, restarts: int = 1,
@@ -121,7 +110,7 @@ def security_curve(model: nn.Module, loader: TensorLoader, eps_list: list[float]
 
     >>> security_curve(model, loader, [0, 0.1, 0.2, 0.3])["points"]      # doctest: +SKIP
     """
-    eps_list = check_eps_list(eps_list) if norm == "linf" else check_radii(eps_list)
+    eps_list = check_eps_list(eps_list, norm=norm)
     x0, _ = next(iter(loader))
     if is_stochastic(model, x0):
         raise ValueError("the security curve needs a model that is deterministic in eval mode; a minimum-norm "

@@ -12,7 +12,8 @@ Two formats, each built from the run's cards only (``config.yaml``, the evaluati
   minimum-norm robust accuracy, the model's and the distances' download ids, normalisation and
   architecture notes) plus the per-example minimal L∞ distances (``<key>.pickle``, the list the
   benchmark's security-curve code reads) and the issue's body (``<key>.issue.md``), for CIFAR-10
-  and SVHN ResNet-18 / VGG-16 runs.
+  runs of the architectures the benchmark takes (``ModelInfo.apb_code``: ResNet-18, VGG-16; its
+  SVHN models need a data set robustprune does not load).
 
 Which field comes from which card is tabulated in docs/export.md. Fields no card can know (a
 paper's venue, download ids) come from ``meta`` (a YAML/JSON mapping) or are written as ``null``
@@ -29,7 +30,6 @@ FMN; the attack that produced the distances is named in the file and in the entr
 from __future__ import annotations
 
 import math
-import os
 import pickle
 import time
 from collections.abc import Mapping
@@ -42,28 +42,27 @@ import yaml
 
 from robustprune.config import load_train_config
 from robustprune.data import TensorLoader, load_split
+from robustprune.models import model_info
 from robustprune.registry import METHODS
-from robustprune.utils import UserError, atomic_write_json, provenance, resolve_device
+from robustprune.utils import UserError, atomic_write, atomic_write_json, provenance, resolve_device
 
 __all__ = ["APB_EPS", "FORMATS", "ExportError", "MinimalDistances", "export_run", "measure_distances",
            "read_distances", "write_distances"]
 
 FORMATS = ("robustbench", "apb")
-#: test points of the benchmarks' AutoAttack evaluation (the whole CIFAR-10 / SVHN test set)
+#: test points of the benchmarks' AutoAttack evaluation (the whole CIFAR-10 test set)
 FULL_TEST = 10000
 #: ε of both benchmarks' L∞ evaluation on CIFAR-10 (the APB's AutoAttack uses 0.031, its curves 8/255)
 APB_EPS = 8 / 255
 EPS_TOL = 1e-3
 #: RobustBench's L∞ leaderboards that a run of this package can be on: dataset -> ε
 ROBUSTBENCH_LINF = {"cifar10": 8 / 255, "cifar100": 8 / 255}
-#: the APB's data sets (our name -> the key's spelling) and architectures (our name -> key, name)
-APB_DATASETS = {"cifar10": "CIFAR10", "svhn": "SVHN"}
-APB_ARCHS = {"resnet18": ("R18", "resnet18"), "vgg16": ("V16", "vgg16")}
+#: the APB's data sets that robustprune loads (our name -> the key's spelling); its architectures
+#: are the models whose registry entry has an ``apb_code`` (``models.model_info``)
+APB_DATASETS = {"cifar10": "CIFAR10"}
 #: the sparsities (%) the APB takes: unstructured (US) and structured (S)
 APB_LEVELS = {"US": (90, 95, 99), "S": (50, 75, 90)}
 APB_LEVEL_TOL = 1.0
-ARCH_NAMES = {"resnet18": "ResNet-18", "vgg16": "VGG-16", "lenet5-caffe": "LeNet5-Caffe",
-              "lenet-300-100": "LeNet-300-100", "linear": "Linear"}
 #: how the taxonomy's training labels read in the APB's entries
 APB_TRAINING = {"at": "Adversarial Training (AT) PGD", "trades": "Adversarial Training (AT) TRADES",
                 "nt": "Natural Training (NT)", None: "Not Specified"}
@@ -72,8 +71,6 @@ APB_PIPELINE = {"after": "A-Methods Pruning After Training", "before": "B-Method
 APB_STRUCTURE = {"unstructured": "Unstructured (US)", "filters": "Structured (S) filters",
                  "channels": "Structured (S) channels"}
 APB_LOCALITY = {"local": "Local Pruning (L)", "global": "Global Pruning (G)", None: "Not Specified"}
-#: what the training label of an ``--init-from`` run's method is (the APB's "pretraining")
-PRETRAINING = {"standard": "nt", "at": "at", "pretrained-at": "at", "trades": "trades"}
 #: the APB's short names where they differ from ours upper-cased (its key is ``<short>_<reference key>``)
 APB_NAMES = {"admm": "RADMM", "anp-vs-fast": "ANPVS"}
 DISTANCES_KIND = "minimal-distances"
@@ -274,6 +271,22 @@ def _check_autoattack(rc: RunCards, *, eps: float, allow_partial: bool, what: st
     return float(rc.card["clean_acc"]), float(rc.aa["robust_acc"]), version
 
 
+def _arch_name(model: str) -> str:
+    """How benchmarks write the architecture (``ModelInfo.display_name``), else its own name."""
+    try:
+        return model_info(model).display_name or model
+    except ValueError:
+        return model
+
+
+def _apb_code(model: str) -> str | None:
+    """The architecture's code in the APB's model keys (``ModelInfo.apb_code``), ``None`` if it has none."""
+    try:
+        return model_info(model).apb_code
+    except ValueError:
+        return None
+
+
 def _method_cls(name: str) -> Any:
     import robustprune.defenses  # noqa: F401  (registers methods)
 
@@ -340,7 +353,7 @@ def robustbench_entry(rc: RunCards, *, meta: dict[str, Any], allow_partial: bool
         "number_forward_passes": int(rc.card.get("passes", 1)) if rc.card.get("stochastic") else 1,
         "dataset": cfg.dataset,
         "venue": ref.venue if ref else None,
-        "architecture": ARCH_NAMES.get(cfg.model, cfg.model),
+        "architecture": _arch_name(cfg.model),
         "eps": _eps_text(eps),
         "clean_acc": f"{clean:.2f}",
         "reported": None,
@@ -398,8 +411,12 @@ def _pretraining(cfg: Any) -> str | None:
     src = Path(cfg.init_from)
     src = src.parent if src.suffix == ".safetensors" else src
     try:
-        return PRETRAINING.get(load_train_config(src / "config.yaml").method)
+        method = load_train_config(src / "config.yaml").method
     except (OSError, ValueError, UserError):
+        return None
+    try:
+        return _method_cls(method).training
+    except ValueError:  # a method this version does not know
         return None
 
 
@@ -426,9 +443,10 @@ def apb_entry(rc: RunCards, md: MinimalDistances | None, *, meta: dict[str, Any]
     """The APB entry of the run (see the module docstring and docs/export.md)."""
     cfg = rc.cfg
     if cfg.dataset not in APB_DATASETS:
-        raise ExportError(f"the Adversarial Pruning Benchmark takes CIFAR-10 and SVHN networks only; run "
-                          f"{rc.run_dir} is trained on {cfg.dataset!r}")
-    if cfg.model not in APB_ARCHS:
+        raise ExportError(f"the Adversarial Pruning Benchmark takes CIFAR-10 and SVHN networks only (robustprune "
+                          f"loads CIFAR-10 of the two); run {rc.run_dir} is trained on {cfg.dataset!r}")
+    arch_code = _apb_code(cfg.model)
+    if arch_code is None:
         raise ExportError(f"the Adversarial Pruning Benchmark takes ResNet-18 and VGG-16 only; run {rc.run_dir} "
                           f"is a {cfg.model!r}")
     taxonomy = apb_taxonomy(cfg.method, dict(cfg.method_args or {}), pretraining=_pretraining(cfg))
@@ -456,7 +474,6 @@ def apb_entry(rc: RunCards, md: MinimalDistances | None, *, meta: dict[str, Any]
     tax = _method_cls(cfg.method).taxonomy(dict(cfg.method_args or {}))
     rate, measured = _apb_level(tax.structure, _sparsity(rc.card), meta.pop("sparsity_rate", None))
     st = "US" if tax.structure == "unstructured" else "S"
-    arch_code, _ = APB_ARCHS[cfg.model]
     key = f"{taxonomy['ap_key']}_{arch_code}_{APB_DATASETS[cfg.dataset]}_{st}_{rate}"
     entry: dict[str, Any] = {
         "format": "apb",
@@ -515,13 +532,8 @@ def apb_issue(entry: dict[str, Any]) -> str:
 # ---------------------------------------------------------------------------------------- the job
 
 
-def _write_atomic_bytes(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        tmp.write_bytes(data)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+def _write_bytes(path: Path, data: bytes) -> None:
+    atomic_write(path, lambda tmp: tmp.write_bytes(data))
 
 
 def export_run(run_dir: str | Path, *, fmt: str, out: str | Path | None = None, card: str | Path | None = None,
@@ -557,11 +569,11 @@ def export_run(run_dir: str | Path, *, fmt: str, out: str | Path | None = None, 
     key = entry["model_key"]
     base.mkdir(parents=True, exist_ok=True)
     pkl = base / f"{key}.pickle"
-    _write_atomic_bytes(pkl, pickle.dumps(list(md.distances) if md else []))
+    _write_bytes(pkl, pickle.dumps(list(md.distances) if md else []))
     path = base / f"{key}.json"
     atomic_write_json(path, entry)
     issue = base / f"{key}.issue.md"
-    _write_atomic_bytes(issue, apb_issue(entry).encode())
+    _write_bytes(issue, apb_issue(entry).encode())
     to_fill = [f for f in ("model_gdrive", "distances_gdrive") if entry[f][0] is None]
     to_fill += [f"json_entry.{k}" for k, v in entry["json_entry"].items() if v is None]
     return {"paths": [str(path), str(pkl), str(issue)], "entry": entry, "to_fill": to_fill}

@@ -9,7 +9,9 @@ The formulas are those of the reference code (the ANP-VS repository's
 - dense FLOPs  (2·in − 1)·out + out (bias) + out (activation; none for LeNet's last layer)
 - max-pool     C·H_out·W_out·4 (2×2, stride 2)
 
-A pruned unit shrinks both the layer that produces it and the one that reads it. Memory is
+The layer formulas are in :mod:`robustprune.models.accounting`; each architecture's formula is on
+its registry entry (``ModelInfo.paper_cost``: LeNet5-Caffe, LeNet-300-100, VGG-16), so a new model
+brings its own. A pruned unit shrinks both the layer that produces it and the one that reads it. Memory is
 reported as 100·M(active)/M(full) and FLOPs as the speed-up F(full)/F(active).
 
 Choices, documented:
@@ -29,102 +31,36 @@ F = 627,329,546.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 from torch import nn
 
 from robustprune.metrics.sparsity import active_units, total_units
-from robustprune.models.vgg import POOL_AFTER
-
-# model name -> (number of unit counts, default (in_channels, num_classes, image_size))
-ARCHS: dict[str, tuple[int, tuple[int, int, int]]] = {
-    "lenet5-caffe": (4, (1, 10, 28)),
-    "lenet-300-100": (2, (1, 10, 28)),
-    "vgg16": (15, (3, 10, 32)),
-}
+from robustprune.models import model_info
+from robustprune.models.accounting import PaperCost
+from robustprune.models.lenet import lenet5_sizes
 
 
-# --------------------------------------------------------------------------------- layer formulas
-def _conv_out(size: int, kernel: int, padding: int) -> int:
-    return size - kernel + 2 * padding + 1
+def has_paper_cost(model_name: str) -> bool:
+    """Whether model ``model_name`` declares the paper's accounting (``ModelInfo.paper_cost``)."""
+    try:
+        return model_info(model_name).paper_cost is not None
+    except ValueError:
+        return False
 
 
-def conv_memory(size: int, c_in: int, c_out: int, kernel: int, *, padding: int = 0, bn: bool = False) -> int:
-    out = _conv_out(size, kernel, padding)
-    n = kernel * kernel * c_in
-    return n * out * out + n * c_out + (2 * c_out if bn else 0)
+def _paper(model_name: str) -> PaperCost:
+    try:
+        paper = model_info(model_name).paper_cost
+    except ValueError:
+        paper = None
+    if paper is None:
+        from robustprune.registry import MODELS
 
-
-def dense_memory(n_in: int, n_out: int, *, bn: bool = False) -> int:
-    return n_in * n_out + n_out + (2 * n_in if bn else 0)
-
-
-def conv_flops(size: int, c_in: int, c_out: int, kernel: int, *, padding: int = 0) -> int:
-    positions = _conv_out(size, kernel, padding) ** 2
-    return c_out * positions * max(2 * kernel * kernel * c_in - 1, 0) + 2 * c_out * positions
-
-
-def dense_flops(n_in: int, n_out: int, *, activation: bool = True) -> int:
-    return max(2 * n_in - 1, 0) * n_out + n_out + (n_out if activation else 0)
-
-
-def pool_flops(size: int, channels: int) -> int:
-    """2×2 max-pool, stride 2, on a size×size map."""
-    return channels * (size // 2) ** 2 * 4
-
-
-# --------------------------------------------------------------------------------- architectures
-def _lenet5_sizes(image_size: int) -> tuple[int, int, int]:
-    s1 = _conv_out(image_size, 5, 0)
-    p1 = s1 // 2
-    return s1, p1, _conv_out(p1, 5, 0)
-
-
-def _lenet5(u: Sequence[int], c_in: int, classes: int, size: int, _: bool) -> tuple[int, int]:
-    n1, n2, n3, n4 = u
-    s1, p1, s2 = _lenet5_sizes(size)
-    memory = (
-        conv_memory(size, c_in, n1, 5) + conv_memory(p1, n1, n2, 5)
-        + dense_memory(n3, n4) + dense_memory(n4, classes)
-    )
-    flops = (
-        conv_flops(size, c_in, n1, 5) + pool_flops(s1, n1)
-        + conv_flops(p1, n1, n2, 5) + pool_flops(s2, n2)
-        + dense_flops(n3, n4) + dense_flops(n4, classes, activation=False)
-    )
-    return memory, flops
-
-
-def _lenet300(u: Sequence[int], c_in: int, classes: int, size: int, _: bool) -> tuple[int, int]:
-    n1, n2 = u
-    n0 = c_in * size * size
-    memory = dense_memory(n0, n1) + dense_memory(n1, n2) + dense_memory(n2, classes)
-    flops = dense_flops(n0, n1) + dense_flops(n1, n2) + dense_flops(n2, classes, activation=False)
-    return memory, flops
-
-
-def _vgg16(u: Sequence[int], c_in: int, classes: int, size: int, compat_bug: bool) -> tuple[int, int]:
-    channels = [c_in, *u[:13]]
-    memory = flops = 0
-    h = size
-    for i in range(13):
-        memory += conv_memory(h, channels[i], channels[i + 1], 3, padding=1, bn=True)
-        flops += conv_flops(h, channels[i], channels[i + 1], 3, padding=1)
-        if i in POOL_AFTER:
-            flops += pool_flops(h, channels[i + 1])
-            h //= 2
-    n14, n15 = u[13], u[14]
-    memory += (13 if compat_bug else 1) * (dense_memory(n14, n15, bn=True) + dense_memory(n15, classes))
-    flops += dense_flops(n14, n15) + dense_flops(n15, classes)
-    return memory, flops
-
-
-_COUNTERS: dict[str, Callable[[Sequence[int], int, int, int, bool], tuple[int, int]]] = {
-    "lenet5-caffe": _lenet5,
-    "lenet-300-100": _lenet300,
-    "vgg16": _vgg16,
-}
+        known = ", ".join(n for n in MODELS.names() if model_info(n).paper_cost is not None)
+        raise ValueError(f"no paper cost formulas for model {model_name!r}; known: {known}")
+    return paper
 
 
 def _count(
@@ -135,10 +71,8 @@ def _count(
     image_size: int | None,
     compat_bug: bool,
 ) -> tuple[int, int]:
-    if model_name not in ARCHS:
-        known = ", ".join(sorted(ARCHS))
-        raise ValueError(f"no paper cost formulas for model {model_name!r}; known: {known}")
-    n_units, (d_in, d_classes, d_size) = ARCHS[model_name]
+    paper = _paper(model_name)
+    n_units, (d_in, d_classes, d_size) = paper.units, paper.dims
     units = list(units)
     if len(units) != n_units:
         raise ValueError(
@@ -155,8 +89,7 @@ def _count(
     for key, value in dims.items():
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise ValueError(f"{key} must be a positive int, got {value!r}")
-    counter = _COUNTERS[model_name]
-    return counter(units, dims["in_channels"], dims["num_classes"], dims["image_size"], compat_bug)
+    return paper.count(units, dims["in_channels"], dims["num_classes"], dims["image_size"], compat_bug)
 
 
 def paper_memory(
@@ -217,7 +150,7 @@ def paper_cost(
         num_classes = _last_linear_out(model)
     kw: dict[str, Any] = {"in_channels": in_channels, "num_classes": num_classes, "image_size": image_size}
     if model_name == "lenet5-caffe" and len(full) == 4:
-        _, _, s2 = _lenet5_sizes(image_size or ARCHS[model_name][1][2])
+        _, _, s2 = lenet5_sizes(image_size or _paper(model_name).dims[2])
         if full[2] != full[1] * (s2 // 2) ** 2:
             raise ValueError(
                 f"lenet5-caffe with image_size={image_size} flattens {full[1] * (s2 // 2) ** 2} inputs, "

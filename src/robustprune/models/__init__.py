@@ -1,4 +1,5 @@
-"""Registered models. Importing this package registers every builder in ``MODELS``."""
+"""Registered models. Importing this package imports every module in it
+(:func:`robustprune.registry.discover`), registering every builder in ``MODELS``."""
 
 from __future__ import annotations
 
@@ -6,9 +7,9 @@ from typing import Any
 
 from torch import nn
 
-from robustprune.models import lenet, linear, resnet, vgg  # noqa: F401  (registration)
 from robustprune.models.base import (
     MaskSlot,
+    ModelInfo,
     Normalize,
     UnitMask,
     base_parameters,
@@ -28,13 +29,16 @@ from robustprune.models.external import (
     check_model_args,
     resolve_model,
 )
-from robustprune.registry import MODELS
+from robustprune.registry import MODELS, discover
+
+discover(__name__)  # every model module registers its builders
 
 __all__ = [
     "MODELS",
     "TORCHVISION_PREFIX",
     "ExternalModel",
     "MaskSlot",
+    "ModelInfo",
     "ModelSpec",
     "ModelSpecError",
     "Normalize",
@@ -46,6 +50,7 @@ __all__ = [
     "installed_masks",
     "mask_parameters",
     "mask_slots",
+    "model_info",
     "model_mode",
     "model_quirk",
     "resolve_model",
@@ -70,3 +75,14 @@ def build_model(name: str, *, model_args: dict[str, Any] | None = None, **kwargs
     if missing:
         raise ModelSpecError(f"model {name!r} is built for a dataset: pass {missing}")
     return build_external(spec, args, **kwargs)
+
+
+def model_info(name: str) -> ModelInfo:
+    """The facts registered with model ``name`` (:class:`ModelInfo`); an outside model
+    (``torchvision:NAME``, ``package.module:function``) has none beyond the defaults. A name that is
+    neither raises :class:`ModelSpecError` naming it."""
+    spec = resolve_model(name)
+    if spec.external:
+        return ModelInfo()
+    info = MODELS.facts(name).get("info")
+    return info if isinstance(info, ModelInfo) else ModelInfo()

@@ -18,12 +18,35 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
 from typing import Any, Literal, Protocol, runtime_checkable
 
 import torch
 from torch import Tensor, nn
 
+from robustprune.models.accounting import PaperCost
+
 SlotKind = Literal["conv", "fc"]
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """What other layers need to know about a registered architecture, declared on its registry
+    entry (``@MODELS.register("vgg16", info=ModelInfo(...))``) and read with ``models.model_info``:
+
+    - ``display_name``: how papers and benchmarks write it (``"VGG-16"``); ``None``: its registry name;
+    - ``shape``: ``(in_channels, image_size)`` of the inputs it is built for by default (the
+      registry-parametrised tests build it so);
+    - ``paper_cost``: the ANP-VS paper's memory/FLOPs accounting (:class:`~robustprune.models.accounting.PaperCost`),
+      ``None`` where the paper has none;
+    - ``apb_code``: its code in the Adversarial Pruning Benchmark's model keys (``"V16"``), ``None``
+      where the benchmark does not take it.
+    """
+
+    display_name: str | None = None
+    shape: tuple[int, int] = (1, 28)
+    paper_cost: PaperCost | None = None
+    apb_code: str | None = None
 
 #: the class attributes a model may declare for the methods that need them
 QUIRKS = {

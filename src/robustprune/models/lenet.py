@@ -2,10 +2,21 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from robustprune.models.base import MaskSlot
+from robustprune.models.accounting import (
+    PaperCost,
+    conv_flops,
+    conv_memory,
+    conv_out,
+    dense_flops,
+    dense_memory,
+    pool_flops,
+)
+from robustprune.models.base import MaskSlot, ModelInfo
 from robustprune.registry import MODELS
 
 
@@ -99,11 +110,45 @@ class LeNet5Caffe(nn.Module):
         return (logits, [h1, h2, h3]) if features else logits
 
 
-@MODELS.register("lenet-300-100")
+def lenet5_sizes(image_size: int) -> tuple[int, int, int]:
+    """LeNet5-Caffe's map sizes: after conv1, after the first pool, after conv2."""
+    s1 = conv_out(image_size, 5, 0)
+    p1 = s1 // 2
+    return s1, p1, conv_out(p1, 5, 0)
+
+
+def lenet5_paper_counts(u: Sequence[int], c_in: int, classes: int, size: int, _: bool) -> tuple[int, int]:
+    """The paper's memory and FLOPs of LeNet5-Caffe with unit counts [conv1, conv2, fc1 in, fc1 out]."""
+    n1, n2, n3, n4 = u
+    s1, p1, s2 = lenet5_sizes(size)
+    memory = (
+        conv_memory(size, c_in, n1, 5) + conv_memory(p1, n1, n2, 5)
+        + dense_memory(n3, n4) + dense_memory(n4, classes)
+    )
+    flops = (
+        conv_flops(size, c_in, n1, 5) + pool_flops(s1, n1)
+        + conv_flops(p1, n1, n2, 5) + pool_flops(s2, n2)
+        + dense_flops(n3, n4) + dense_flops(n4, classes, activation=False)
+    )
+    return memory, flops
+
+
+def lenet300_paper_counts(u: Sequence[int], c_in: int, classes: int, size: int, _: bool) -> tuple[int, int]:
+    """The paper's memory and FLOPs of LeNet-300-100 with unit counts [hidden 1, hidden 2]."""
+    n1, n2 = u
+    n0 = c_in * size * size
+    memory = dense_memory(n0, n1) + dense_memory(n1, n2) + dense_memory(n2, classes)
+    flops = dense_flops(n0, n1) + dense_flops(n1, n2) + dense_flops(n2, classes, activation=False)
+    return memory, flops
+
+
+@MODELS.register("lenet-300-100", info=ModelInfo(
+    display_name="LeNet-300-100", shape=(1, 28), paper_cost=PaperCost(2, (1, 10, 28), lenet300_paper_counts)))
 def lenet_300_100(*, num_classes: int = 10, in_channels: int = 1, image_size: int = 28, **_: object) -> nn.Module:
     return LeNet300100(num_classes=num_classes, in_features=in_channels * image_size * image_size)
 
 
-@MODELS.register("lenet5-caffe")
+@MODELS.register("lenet5-caffe", info=ModelInfo(
+    display_name="LeNet5-Caffe", shape=(1, 28), paper_cost=PaperCost(4, (1, 10, 28), lenet5_paper_counts)))
 def lenet5_caffe(*, num_classes: int = 10, in_channels: int = 1, image_size: int = 28, **_: object) -> nn.Module:
     return LeNet5Caffe(num_classes=num_classes, in_channels=in_channels, image_size=image_size)

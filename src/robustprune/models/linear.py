@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from torch import Tensor, nn
 
+from robustprune.models.base import ModelInfo
 from robustprune.registry import MODELS
 
 
@@ -30,6 +31,6 @@ class Linear(nn.Module):
         return (logits, []) if features else logits
 
 
-@MODELS.register("linear")
+@MODELS.register("linear", info=ModelInfo(display_name="Linear", shape=(1, 28)))
 def linear(*, num_classes: int = 10, in_channels: int = 1, image_size: int = 28, **_: object) -> nn.Module:
     return Linear(num_classes=num_classes, in_features=in_channels * image_size * image_size)

@@ -7,7 +7,7 @@ from collections.abc import Sequence
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from robustprune.models.base import MaskSlot, Normalize
+from robustprune.models.base import MaskSlot, ModelInfo, Normalize
 from robustprune.registry import MODELS
 
 #: (output channels, stride) of the eight residual blocks
@@ -87,7 +87,7 @@ class ResNet18(nn.Module):
         return (logits, feats) if features else logits
 
 
-@MODELS.register("resnet18")
+@MODELS.register("resnet18", info=ModelInfo(display_name="ResNet-18", shape=(3, 32), apb_code="R18"))
 def resnet18(
     *,
     num_classes: int = 10,

@@ -7,7 +7,8 @@ from collections.abc import Sequence
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from robustprune.models.base import MaskSlot, Normalize
+from robustprune.models.accounting import PaperCost, conv_flops, conv_memory, dense_flops, dense_memory, pool_flops
+from robustprune.models.base import MaskSlot, ModelInfo, Normalize
 from robustprune.registry import MODELS
 
 WIDTHS = (64, 64, 128, 128, 256, 256, 256, 512, 512, 512, 512, 512, 512)
@@ -109,7 +110,26 @@ class VGG16(nn.Module):
         return logits
 
 
-@MODELS.register("vgg16")
+def vgg16_paper_counts(u: Sequence[int], c_in: int, classes: int, size: int, compat_bug: bool) -> tuple[int, int]:
+    """The paper's memory and FLOPs of VGG-16 with 15 unit counts (13 conv blocks, fc1 and fc2
+    inputs); ``compat_bug`` counts the dense layers 13 times, as the reference code did."""
+    channels = [c_in, *u[:13]]
+    memory = flops = 0
+    h = size
+    for i in range(13):
+        memory += conv_memory(h, channels[i], channels[i + 1], 3, padding=1, bn=True)
+        flops += conv_flops(h, channels[i], channels[i + 1], 3, padding=1)
+        if i in POOL_AFTER:
+            flops += pool_flops(h, channels[i + 1])
+            h //= 2
+    n14, n15 = u[13], u[14]
+    memory += (13 if compat_bug else 1) * (dense_memory(n14, n15, bn=True) + dense_memory(n15, classes))
+    flops += dense_flops(n14, n15) + dense_flops(n15, classes)
+    return memory, flops
+
+
+@MODELS.register("vgg16", info=ModelInfo(display_name="VGG-16", shape=(3, 32), apb_code="V16",
+                                         paper_cost=PaperCost(15, (3, 10, 32), vgg16_paper_counts)))
 def vgg16(
     *,
     num_classes: int = 10,
