@@ -1,0 +1,166 @@
+"""Mutation testing of one package at a time with mutmut: how many small changes to the code the
+tests catch. A benchmark of the test suite, not part of the default test run.
+
+    pip install -e ".[dev,mutation]"
+    python bench/mutation.py metrics                          # every file, the tests that import it
+    python bench/mutation.py sparsity --files bbdropout.py,magnitude.py --tests tests/test_bbdropout.py
+
+It exports the committed tree (``git archive HEAD``: uncommitted changes are not measured) to a
+scratch directory, writes mutmut's ``[mutmut]`` settings there (``setup.cfg``: the package's files
+to mutate, the test files to run, the fork server that torch needs) and runs ``mutmut run``. mutmut
+first runs the selected tests once to learn which tests reach which function, then, for each
+mutant, runs only those tests. The test files default to those that import
+``robustprune.<package>``: a mutant reached only by other tests counts as not killed here.
+
+Writes ``bench/mutation_<package>.json`` (``--out``): the counts by mutmut's status, the kill rate,
+every survivor with its diff, the date, machine, command, commit and wall time. Mutants judged
+equivalent (no test can tell them apart: e.g. a changed default that every caller overrides) are
+listed with the reason in ``bench/mutation_equivalent.json`` ({mutant: reason}) and left out of
+``kill_rate_non_equivalent`` = killed / (mutants - equivalent).
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import io
+import json
+import os
+import platform
+import subprocess
+import sys
+import tarfile
+import tempfile
+import time
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+PACKAGES = ("attacks", "defenses", "metrics", "sparsity", "train")
+EQUIVALENT = ROOT / "bench" / "mutation_equivalent.json"
+
+
+def default_tests(package: str) -> list[str]:
+    """The test files that import ``robustprune.<package>`` (any of its modules)."""
+    needles = (f"robustprune.{package}", f"from robustprune import {package}")
+    return sorted(f"tests/{p.name}" for p in (ROOT / "tests").glob("test_*.py")
+                  if any(n in p.read_text() for n in needles))
+
+
+def export_head(dest: Path) -> str:
+    """Write the committed tree into ``dest``; returns the commit."""
+    commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, check=True, capture_output=True,
+                            text=True).stdout.strip()
+    archive = subprocess.run(["git", "archive", "--format=tar", commit], cwd=ROOT, check=True,
+                             capture_output=True).stdout
+    with tarfile.open(fileobj=io.BytesIO(archive)) as tar:
+        tar.extractall(dest, filter="data")
+    return commit
+
+
+def write_settings(work: Path, package: str, files: list[str] | None, tests: list[str]) -> list[str]:
+    """mutmut's settings in ``work/setup.cfg`` (pyproject.toml holds no [tool.mutmut], so mutmut reads
+    it); returns the mutated file patterns."""
+    base = f"src/robustprune/{package}"
+    patterns = [f"{base}/*"] if not files else [f"{base}/{f}" for f in files]
+    for p in patterns:
+        if not p.endswith("*") and not (work / p).is_file():
+            raise SystemExit(f"mutation: no file {p} in package {package!r}")
+    lines = ["[mutmut]", "source_paths = src", "only_mutate =", *(f"    {p}" for p in patterns),
+             "pytest_add_cli_args_test_selection =", *(f"    {t}" for t in tests),
+             # torch is not fork-safe after the test run mutmut makes first: fork from a clean server
+             "process_isolation = forkserver", ""]
+    (work / "setup.cfg").write_text("\n".join(lines))
+    return patterns
+
+
+def read_results(work: Path, package: str) -> dict[str, str]:
+    """{mutant name: mutmut status} from the ``.meta`` files mutmut leaves beside each mutated file."""
+    from mutmut.stats import status_by_exit_code
+
+    out: dict[str, str] = {}
+    for meta in sorted((work / "mutants" / "src" / "robustprune" / package).rglob("*.py.meta")):
+        for name, code in json.loads(meta.read_text())["exit_code_by_key"].items():
+            out[name] = status_by_exit_code[code]
+    return out
+
+
+def diff_of(work: Path, name: str) -> str:
+    proc = subprocess.run([sys.executable, "-m", "mutmut", "show", name], cwd=work, capture_output=True, text=True)
+    return proc.stdout.strip()
+
+
+def summarise(statuses: dict[str, str], equivalent: dict[str, str]) -> dict[str, Any]:
+    counts = Counter(statuses.values())
+    equiv = {k: v for k, v in equivalent.items() if k in statuses and statuses[k] != "killed"}
+    killed = counts.get("killed", 0)
+    return {
+        "mutants": len(statuses),
+        "counts": dict(sorted(counts.items())),
+        "killed": killed,
+        "survived": counts.get("survived", 0),
+        "timeouts": counts.get("timeout", 0),
+        "no_tests": counts.get("no tests", 0),
+        "equivalent": len(equiv),
+        "kill_rate": round(killed / len(statuses), 4) if statuses else None,
+        "kill_rate_non_equivalent": round(killed / (len(statuses) - len(equiv)), 4) if statuses else None,
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("package", choices=PACKAGES)
+    parser.add_argument("--files", default=None, help="comma-separated file names inside the package (default: all)")
+    parser.add_argument("--tests", nargs="+", default=None, help="test files (default: those importing the package)")
+    parser.add_argument("--max-children", type=int, default=os.cpu_count() or 1)
+    parser.add_argument("--out", type=Path, default=None, help="record (default bench/mutation_<package>.json)")
+    parser.add_argument("--keep", type=Path, default=None, help="work in this directory and keep it (mutants/)")
+    args = parser.parse_args(argv)
+    if args.max_children < 1:
+        parser.error(f"--max-children must be >= 1, got {args.max_children}")
+    try:
+        import mutmut
+    except ImportError:
+        parser.error('mutmut is not installed: pip install -e ".[mutation]"')
+    files = None if args.files is None else [f.strip() for f in args.files.split(",") if f.strip()]
+    tests = args.tests or default_tests(args.package)
+    out = args.out or ROOT / "bench" / f"mutation_{args.package}.json"
+    equivalent = json.loads(EQUIVALENT.read_text()) if EQUIVALENT.is_file() else {}
+
+    scratch = None if args.keep else tempfile.TemporaryDirectory(prefix="mutation-")
+    work = args.keep or Path(scratch.name)  # type: ignore[union-attr]
+    work.mkdir(parents=True, exist_ok=True)
+    commit = export_head(work)
+    patterns = write_settings(work, args.package, files, tests)
+    start = time.perf_counter()
+    proc = subprocess.run([sys.executable, "-m", "mutmut", "run", "--max-children", str(args.max_children)],
+                          cwd=work, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    wall = time.perf_counter() - start
+    statuses = read_results(work, args.package)
+    if proc.returncode != 0 or not statuses:
+        print(proc.stderr[-4000:], file=sys.stderr)
+        raise SystemExit(f"mutation: mutmut run failed (exit {proc.returncode}, {len(statuses)} results)")
+    survivors = [{"name": n, "status": s, "equivalent": equivalent.get(n), "diff": diff_of(work, n)}
+                 for n, s in sorted(statuses.items()) if s != "killed"]
+    record = {
+        "kind": "mutation", "tool": f"mutmut {mutmut.__version__}", "package": args.package,
+        "mutated": patterns, "tests": tests, **summarise(statuses, equivalent),
+        "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+        "machine": {"platform": platform.platform(), "python": platform.python_version(), "cpus": os.cpu_count(),
+                    "load_avg_1m_at_end": round(os.getloadavg()[0], 2)},
+        "command": "python bench/mutation.py " + " ".join(argv if argv is not None else sys.argv[1:]),
+        "commit": commit, "wall_s": round(wall, 1), "not_killed": survivors,
+    }
+    tmp = out.with_name(out.name + ".tmp")
+    tmp.write_text(json.dumps(record, indent=1, ensure_ascii=False) + "\n")
+    os.replace(tmp, out)
+    print(json.dumps({k: record[k] for k in ("package", "mutants", "counts", "kill_rate",
+                                             "kill_rate_non_equivalent", "wall_s")}))
+    if scratch is not None:
+        scratch.cleanup()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
