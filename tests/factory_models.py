@@ -41,3 +41,22 @@ def not_a_module(num_classes: int) -> list[int]:
 
 def raises(num_classes: int) -> nn.Module:
     raise RuntimeError("factory failed on purpose")
+
+
+class _Block(nn.Module):
+    def __init__(self, width: int) -> None:
+        super().__init__()
+        self.conv1, self.bn1 = nn.Conv2d(width, width, 3, padding=1, bias=False), nn.BatchNorm2d(width)
+        self.conv2, self.bn2 = nn.Conv2d(width, width, 3, padding=1, bias=False), nn.BatchNorm2d(width)
+
+    def forward(self, x: Any) -> Any:
+        return (x + self.bn2(self.conv2(self.bn1(self.conv1(x)).relu()))).relu()
+
+
+def tiny_resnet(num_classes: int, in_channels: int, width: int = 8, blocks: int = 2) -> nn.Module:
+    """A small residual network (stem conv-BN-ReLU, ``blocks`` basic blocks, pool, linear): its
+    residual stream is one mask group when masked through the graph."""
+    return nn.Sequential(
+        nn.Conv2d(in_channels, width, 3, padding=1, bias=False), nn.BatchNorm2d(width), nn.ReLU(),
+        *[_Block(width) for _ in range(blocks)], nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(width, num_classes),
+    )

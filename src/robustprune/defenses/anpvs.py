@@ -14,6 +14,13 @@ N is the data set's whole training split by default (``kl_n="dataset"``: MNIST 6
 the paper's weight per example whatever subset a run trains on; ``kl_n="train"`` divides by the
 examples this run trains on instead (the ELBO of that subset: on a 20k subset the prior is 3×
 stronger per example). The effective β/N is on every run's card (``run.json["method_info"]``).
+
+``mask_init`` (every method here): ``"paper"`` (the default, the recipe's own: keep rates start
+at E[π] ≈ 0.24, VGG conv 0.68, anp-vs-fast 0.75) or ``"function-preserving"``, for pruning a
+trained network (``--init-from``): keep rates start at 0.9 (unless ``a_init_*`` say otherwise)
+and each mask carries the fixed gain 1/E[π₀], so at step 0 the masked network's eval-mode logits
+are the trained network's and its training-mode ones equal them in expectation
+(:func:`~robustprune.sparsity.bbdropout.install_bbd`). The card names the one used.
 """
 
 from __future__ import annotations
@@ -38,7 +45,7 @@ from robustprune.defenses.standard import AdversarialTraining
 from robustprune.metrics import unit_sparsity, vulnerability
 from robustprune.models import base_parameters, installed_masks, mask_parameters
 from robustprune.registry import METHODS
-from robustprune.sparsity.bbdropout import BBDropout, fix_masks, install_bbd, model_kl, shared_noise
+from robustprune.sparsity.bbdropout import MASK_INITS, BBDropout, fix_masks, install_bbd, model_kl, shared_noise
 
 
 class MaskedMethod(Method):
@@ -53,18 +60,23 @@ class MaskedMethod(Method):
         *,
         ctx: MethodContext,
         mask_lr: float = 1e-2,
-        a_init_fc: float = -1.0,
+        a_init_fc: float | None = None,
         a_init_conv: float | None = None,
         threshold: float = 1e-3,
         kl_n: str = "dataset",
+        mask_init: str = "paper",
     ) -> None:
         super().__init__(ctx=ctx)
         if mask_lr <= 0:
             raise ValueError(f"mask_lr must be > 0, got {mask_lr}")
+        if mask_init not in MASK_INITS:
+            raise ValueError(f"mask_init must be one of {', '.join(MASK_INITS)}, got {mask_init!r}")
         ctx.prior_size(kl_n)  # checks the rule
         self.mask_lr = mask_lr
         self.kl_n = kl_n
-        self.mask_kw: dict[str, Any] = {"a_init_fc": a_init_fc, "a_init_conv": a_init_conv, "threshold": threshold}
+        self.mask_init = mask_init
+        self.mask_kw: dict[str, Any] = {"a_init_fc": a_init_fc, "a_init_conv": a_init_conv, "threshold": threshold,
+                                        "mask_init": mask_init}
 
     @property
     def kl_size(self) -> int:
@@ -83,7 +95,7 @@ class MaskedMethod(Method):
     def card_fields(self) -> dict[str, Any]:
         beta = self.beta
         return {**super().card_fields(), "beta": beta, "kl_n": self.kl_n, "kl_size": self.kl_size,
-                "train_size": self.ctx.train_size, "kl_weight": beta / self.kl_size}
+                "train_size": self.ctx.train_size, "kl_weight": beta / self.kl_size, "mask_init": self.mask_init}
 
     def prepare(self, model: nn.Module) -> nn.Module:
         return install_bbd(model, **self.mask_kw)
@@ -313,7 +325,8 @@ class ANPVSFast(ANPVS):
     60,000) and λ 1.0 (the paper's 1e-3 left the latent vulnerability at AT's). Other data sets
     have had no such selection: they get 9× the paper's β and the paper's λ. Every default can be
     overridden: to prune an adversarially trained MNIST model under the strong protocol (PGD-5 of
-    0.1), the same kind of selection prefers β 12 (``method_args: {beta: 12}``).
+    0.1), the same kind of selection prefers β 12 (``method_args: {beta: 12}``). With
+    ``mask_init: function-preserving`` the masks start at 0.9 with the gain, like the others'.
 
     >>> method = ANPVSFast(ctx=ctx)
     """
@@ -329,7 +342,7 @@ class ANPVSFast(ANPVS):
         else:
             paper_beta, lam = info.anpvs_beta_lambda(beta=kwargs.get("beta"), lam=kwargs.get("lam"))
             beta = 9.0 * paper_beta
-        defaults: dict[str, Any] = {
-            "beta": beta, "lam": lam, "mask_warmup": 0.3, "mask_lr": 5e-2, "a_init_fc": 2.95, "a_init_conv": 2.95,
-        }
+        defaults: dict[str, Any] = {"beta": beta, "lam": lam, "mask_warmup": 0.3, "mask_lr": 5e-2}
+        if kwargs.get("mask_init", "paper") == "paper":  # function-preserving brings its own keep rate (0.9)
+            defaults.update({"a_init_fc": 2.95, "a_init_conv": 2.95})
         super().__init__(ctx=ctx, **{**defaults, **kwargs})

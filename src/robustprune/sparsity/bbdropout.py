@@ -8,6 +8,12 @@ network sparsification with dependent variational beta-Bernoulli dropout"; Madaa
 - Training: π is drawn once per forward pass (shared by the batch) by inverse CDF, then a relaxed
   Bernoulli z = sigmoid((logit u + logit π)/τ) per example and unit; output x·z.
 - Eval: z_k = E[π_k] where E[π_k] > threshold, else exactly 0 (a soft, deterministic scale).
+- Function-preserving initialisation (``preserve=True``, for pruning a trained network): the layer
+  also holds a fixed per-unit gain g_k = 1/E[π_k] taken at construction (inverted dropout), and
+  multiplies its mask by it. At initialisation the eval-mode output is then the input itself (to
+  float rounding) and the training-mode output equals it in expectation (up to the Concrete
+  relaxation's bias, small at τ = 0.1); learning moves E[π] and so the unit's scale E[π]/E[π₀].
+  The paper's layers have no gain (g = 1): ``preserve=False``, the default.
 - ANP-VS compares clean and adversarial latent features under *the same* mask sample: run both
   forward passes inside :func:`shared_noise`.
 
@@ -23,7 +29,7 @@ from __future__ import annotations
 import math
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
@@ -58,7 +64,9 @@ class BBDropout(nn.Module):
     ``eval_scale()``, ``n_active()``). Defaults are the ANP-VS ones: a' = -1 (E[π] ≈ 0.239;
     use a' = 2, E[π] ≈ 0.680, for VGG conv masks), b' = 0.5413 (b ≈ 1), α = 1e-4, τ = 0.1,
     threshold 1e-3. The input's unit axis is dim 1; the mask broadcasts over any trailing
-    (spatial) dims.
+    (spatial) dims. ``preserve=True`` adds the fixed gain 1/E[π₀] of the module docstring (a
+    buffer ``gain``, saved with the weights), so the fresh layer passes its input through
+    unchanged in eval mode.
 
     >>> mask = BBDropout(20, kind="conv")
     >>> y = mask(torch.rand(8, 20, 24, 24))   # train: sampled mask; eval: thresholded E[π]
@@ -75,6 +83,7 @@ class BBDropout(nn.Module):
         alpha: float = 1e-4,
         tau: float = 0.1,
         threshold: float = 1e-3,
+        preserve: bool = False,
     ) -> None:
         super().__init__()
         if isinstance(units, bool) or not isinstance(units, int) or units < 1:
@@ -95,6 +104,18 @@ class BBDropout(nn.Module):
         self.threshold = float(threshold)
         self.a_uc = nn.Parameter(torch.full((units,), a_init))
         self.b_uc = nn.Parameter(torch.full((units,), b_init))
+        if not isinstance(preserve, bool):
+            raise ValueError(f"preserve must be True or False, got {preserve!r}")
+        self.gain: Tensor | None
+        if preserve:
+            with torch.no_grad():
+                keep0 = self.expected_keep()
+            if not bool((keep0 > threshold).all()):
+                raise ValueError(f"preserve=True needs an initial keep rate above the threshold {threshold:g}; "
+                                 f"a_init={a_init:g}, b_init={b_init:g} give E[pi] = {float(keep0[0]):.3g}")
+            self.register_buffer("gain", 1.0 / keep0)
+        else:
+            self.gain = None
         #: when True the training-mode forward uses the eval mask too (see :func:`fix_masks`)
         self.fixed = False
         # shared-noise state (see shared_noise): raw uniforms (v [units], u [B, units]) or None
@@ -135,8 +156,22 @@ class BBDropout(nn.Module):
         return torch.exp(log_e).to(self.a_uc.dtype)
 
     def _eval_mask(self) -> Tensor:
+        """The eval-mode multiplier before the gain: thresholded E[π]."""
         keep = self.expected_keep()
         return torch.where(keep > self.threshold, keep, torch.zeros_like(keep))
+
+    def _scaled(self, z: Tensor) -> Tensor:
+        """``z`` times the fixed gain (``preserve=True``), broadcast over the unit axis (last)."""
+        return z if self.gain is None else z * self.gain.to(z.dtype)
+
+    def _load_from_state_dict(self, state_dict: dict[str, Any], prefix: str, *args: Any, **kwargs: Any) -> None:
+        # A source that holds this mask's a', b' but no gain (a run of the paper's masks, loaded
+        # into a function-preserving layer with --init-from) defined its function with gain 1:
+        # keep that, rather than this layer's fresh 1/E[π₀] next to the source's a', b'.
+        if self.gain is not None and prefix + "a_uc" in state_dict and prefix + "gain" not in state_dict:
+            with torch.no_grad():
+                self.gain.fill_(1.0)
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     # ----------------------------------------------------------------------------- UnitMask contract
     def active(self) -> Tensor:
@@ -145,9 +180,10 @@ class BBDropout(nn.Module):
             return self.expected_keep() > self.threshold
 
     def eval_scale(self) -> Tensor:
-        """Float [units]: the eval-mode multiplier, E[π] where active else 0 (detached)."""
+        """Float [units]: the eval-mode multiplier, E[π] (times the gain, ``preserve=True``) where
+        active else 0 (detached)."""
         with torch.no_grad():
-            return self._eval_mask()
+            return self._scaled(self._eval_mask())
 
     def n_active(self) -> int:
         return int(self.active().sum().item())
@@ -187,14 +223,15 @@ class BBDropout(nn.Module):
         return torch.sigmoid(self._logit_pi(v))
 
     def sample_mask(self, batch: int) -> Tensor:
-        """The training-mode mask z, shape [batch, units]: one π for the batch, Concrete per example.
+        """The training-mode mask z, shape [batch, units]: one π for the batch, Concrete per example
+        (times the gain, ``preserve=True``).
 
         Inside :func:`shared_noise` the first call's noise is reused.
         """
         if isinstance(batch, bool) or not isinstance(batch, int) or batch < 1:
             raise ValueError(f"batch must be a positive int, got {batch!r}")
         v, u = self._draw(batch, device=self.a_uc.device, dtype=self.a_uc.dtype)
-        return self._mask_from_noise(v, u)
+        return self._scaled(self._mask_from_noise(v, u))
 
     # ----------------------------------------------------------------------------- forward
     def forward(self, x: Tensor) -> Tensor:
@@ -206,9 +243,9 @@ class BBDropout(nn.Module):
         if self.training and not self.fixed:
             dtype = torch.promote_types(x.dtype, self.a_uc.dtype)
             v, u = self._draw(x.shape[0], device=x.device, dtype=dtype)
-            z = self._mask_from_noise(v, u)
+            z = self._scaled(self._mask_from_noise(v, u))
         else:
-            z = self._eval_mask().unsqueeze(0)
+            z = self._scaled(self._eval_mask()).unsqueeze(0)
         z = z.reshape(*z.shape, *([1] * (x.dim() - 2)))
         return x * z.to(x.dtype)
 
@@ -216,6 +253,7 @@ class BBDropout(nn.Module):
         return (
             f"units={self.units}, kind={self.kind}, alpha={self.alpha:g}, tau={self.tau:g}, "
             f"threshold={self.threshold:g}" + (", fixed" if self.fixed else "")
+            + (", preserve" if self.gain is not None else "")
         )
 
 
@@ -266,26 +304,45 @@ def default_a_init_conv(model: nn.Module) -> float:
     return -1.0 if value is None else float(value)
 
 
+#: the initialisations of :func:`install_bbd` (``mask_init``)
+MASK_INITS = ("paper", "function-preserving")
+#: a' of every mask under ``mask_init="function-preserving"``: E[π₀] = a/(a+1) = 0.9 with b = 1
+PRESERVE_A_INIT = 9.0
+
+
 def install_bbd(
-    model: nn.Module, *, a_init_conv: float | None = None, a_init_fc: float = -1.0, **bbd_kwargs: float
+    model: nn.Module, *, a_init_conv: float | None = None, a_init_fc: float | None = None,
+    mask_init: str = "paper", **bbd_kwargs: float
 ) -> nn.Module:
     """Put a fresh :class:`BBDropout` into every mask slot of ``model``; returns the model.
 
-    ``a_init_conv`` defaults to :func:`default_a_init_conv`; ``bbd_kwargs`` (``b_init``,
-    ``alpha``, ``tau``, ``threshold``) go to every mask. The masks take the device and floating
-    dtype of the model's parameters.
+    ``mask_init="paper"`` (the ANP-VS recipe): ``a_init_conv`` defaults to
+    :func:`default_a_init_conv`, ``a_init_fc`` to a' = -1 (E[π] ≈ 0.24), no gain.
+    ``mask_init="function-preserving"`` (pruning a trained network): both default to
+    :data:`PRESERVE_A_INIT` (E[π₀] = 0.9) and every mask gets the gain 1/E[π₀]
+    (``BBDropout(preserve=True)``), so the masked model's eval-mode output equals the bare
+    model's at initialisation, and its training-mode output does in expectation.
+    ``bbd_kwargs`` (``b_init``, ``alpha``, ``tau``, ``threshold``) go to every mask. The masks
+    take the device and floating dtype of the model's parameters.
 
     >>> model = install_bbd(build_model("vgg16"))   # 5248 units, conv a' = 2, fc a' = -1
+    >>> model = install_bbd(trained, mask_init="function-preserving")   # computes what trained did
     """
-    for key in ("a_init", "kind", "units"):
+    if mask_init not in MASK_INITS:
+        raise ValueError(f"mask_init must be one of {', '.join(MASK_INITS)}, got {mask_init!r}")
+    preserve = mask_init == "function-preserving"
+    for key in ("a_init", "kind", "units", "preserve"):
         if key in bbd_kwargs:
             raise ValueError(f"install_bbd sets {key!r} itself; got {key}={bbd_kwargs[key]!r}")
-    conv_init = default_a_init_conv(model) if a_init_conv is None else a_init_conv
+    if a_init_conv is None:
+        a_init_conv = PRESERVE_A_INIT if preserve else default_a_init_conv(model)
+    if a_init_fc is None:
+        a_init_fc = PRESERVE_A_INIT if preserve else -1.0
     ref = next((p for p in model.parameters() if p.is_floating_point()), None)
 
     def factory(slot: MaskSlot) -> nn.Module:
-        a_init = conv_init if slot.kind == "conv" else a_init_fc
-        mask = BBDropout(slot.units, kind=slot.kind, a_init=a_init, **bbd_kwargs)
+        a_init = a_init_conv if slot.kind == "conv" else a_init_fc
+        mask = BBDropout(slot.units, kind=slot.kind, a_init=a_init, preserve=preserve, **bbd_kwargs)
         return mask if ref is None else mask.to(dtype=ref.dtype)
 
     return install_masks(model, factory)
