@@ -83,6 +83,9 @@ def _compare_parser() -> ArgumentParser:
     p.add_argument("--only", type=str | None, default=None,
                    help="comma-separated run ids: train and evaluate only these rows (every seed) and the runs "
                         "they need; the report still shows every row that has a card")
+    p.add_argument("--reuse-stale", dest="reuse_stale", action=YES_NO(), default=False,
+                   help="keep finished runs and cards made by older code (a method's, an attack's or the evaluation's "
+                        "version) instead of making them again; the report marks their rows")
     p.add_argument("--progress", action=YES_NO(), default=True, help="show progress bars")
     return p
 
@@ -323,7 +326,8 @@ def cmd_compare(ns: Namespace) -> int:
     _at_least_one("--threads", ns.threads)
     only = None if ns.only is None else [r.strip() for r in ns.only.split(",") if r.strip()]
     written = run_suite(load_suite(ns.suite), ns.out, data_dir=ns.data_dir, device=ns.device, progress=ns.progress,
-                        jobs=ns.jobs, threads=ns.threads, refetch_data=ns.refetch_data, only=only)
+                        jobs=ns.jobs, threads=ns.threads, refetch_data=ns.refetch_data, only=only,
+                        reuse_stale=ns.reuse_stale)
     print(written[0].read_text())
     print("written: " + ", ".join(str(w) for w in written), file=sys.stderr)
     return 0

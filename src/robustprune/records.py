@@ -95,6 +95,8 @@ class Record:
     NESTED_LISTS: ClassVar[dict[str, type[Record]]] = {}
     OMIT_NONE: ClassVar[frozenset[str]] = frozenset()
     extra: dict[str, Any]
+    #: the schema of the file the record was read from (before migration); not written
+    read_schema: int = SCHEMA
 
     @classmethod
     def from_dict(cls: type[R], data: Any) -> R:
@@ -218,7 +220,7 @@ class EvalCard(Record):
 
     NESTED = {"sparsity": Sparsity, "measured": Measured}
     NESTED_LISTS = {"attacks": AttackEntry}
-    OMIT_NONE = frozenset({"minnorm", "test_time", "sparsity", "compact", "measured", "n", "wall_s", "config",
+    OMIT_NONE = frozenset({"minnorm", "test_time", "sparsity", "n", "wall_s", "config",
                            "created", "total_wall_s", "stochastic", "passes", "run", "train_seed", "eval_seed",
                            "device", "device_name"})
     clean_acc: float | None = None
@@ -374,24 +376,32 @@ def _check_kind(data: dict[str, Any], kind: str, source: str, what: str) -> None
         raise RecordError(f"{source} is not a {what} (kind {data.get('kind')!r})")
 
 
+def _read_schema(record: R, data: Any) -> R:
+    record.read_schema = data.get("schema", 1)
+    return record
+
+
 def eval_card(data: Any, *, source: str = "evaluation card") -> EvalCard:
     """An :class:`EvalCard` from loaded JSON (any schema this code reads)."""
-    data = migrate(data, "eval", source=source)
-    _check_kind(data, "eval", source, "evaluation card")
-    return EvalCard.from_dict(data)
+    new = migrate(data, "eval", source=source)
+    _check_kind(new, "eval", source, "evaluation card")
+    return _read_schema(EvalCard.from_dict(new), data)
 
 
 def run_record(data: Any, *, source: str = "run record") -> RunRecord:
     """A :class:`RunRecord` from loaded JSON (any schema this code reads)."""
-    return RunRecord.from_dict(migrate(data, "run", source=source))
+    return _read_schema(RunRecord.from_dict(migrate(data, "run", source=source)), data)
 
 
 def suite_card(data: Any, *, source: str = "suite card") -> SuiteCard:
     """A :class:`SuiteCard` from loaded JSON (any schema this code reads)."""
-    data = migrate(data, "suite-run", source=source)
-    if data.get("kind", "suite-run") != "suite-run":
-        raise RecordError(f"{source} is not a suite card (kind {data.get('kind')!r})")
-    return SuiteCard.from_dict(data)
+    new = migrate(data, "suite-run", source=source)
+    if new.get("kind", "suite-run") != "suite-run":
+        raise RecordError(f"{source} is not a suite card (kind {new.get('kind')!r})")
+    card = _read_schema(SuiteCard.from_dict(new), data)
+    if isinstance(data.get("eval"), dict):
+        _read_schema(card.eval, data["eval"])
+    return card
 
 
 def _load(path: str | Path) -> Any:

@@ -12,19 +12,22 @@ The unit of work is a :class:`Task` (train one run, or evaluate one run); :func:
 lists them in an order that respects every dependency and records each task's prerequisites, so a
 scheduler can run independent tasks in parallel. :func:`run_suite` runs them one after another.
 Everything is resumable: finished runs with the same config are reused, interrupted ones resumed
-from their last checkpoint, cards reused while the eval settings and weights are unchanged.
+from their last checkpoint, cards reused while the eval settings and weights are unchanged. What
+code made a run or a card is on its record (:mod:`robustprune.records`): one made by an older
+version of the code that defines its numbers is made again (``reuse_stale`` keeps it, marked).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import json
 import os
 import shutil
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -38,11 +41,21 @@ from robustprune.compare.suite import Suite
 from robustprune.config import TrainConfig, load_train_config, save_yaml, to_dict
 from robustprune.defenses import TestTimeSpec
 from robustprune.eval import evaluate_run
+from robustprune.eval.card import eval_code_parts
+from robustprune.records import (
+    SCHEMA,
+    RecordError,
+    SuiteCard,
+    TrainSummary,
+    read_eval_card,
+    read_run_record,
+    write_suite_card,
+)
 from robustprune.reports import render_report
 from robustprune.train import fit
 from robustprune.train.checkpoint import CKPT_DIR, latest_checkpoint
-from robustprune.train.run import train_attack
-from robustprune.utils import atomic_write_json, atomic_write_text, fault_point
+from robustprune.train.run import train_attack, train_code_parts
+from robustprune.utils import atomic_write_text, fault_point
 
 __all__ = ["RunSpec", "Task", "card_path", "comparable", "config_diff", "plan_runs", "plan_suite", "run_key",
            "run_suite", "run_task", "suite_card", "suite_lock"]
@@ -82,18 +95,48 @@ def run_status(spec: RunSpec) -> str:
                          "delete it or choose another --out")
     info = out / "run.json"
     if info.is_file() and (out / "model.safetensors").is_file():
-        if json.loads(info.read_text()).get("status") == "complete":
+        if read_run_record(info).status == "complete":
             return "complete"
     return "partial" if latest_checkpoint(out) is not None else "new"
 
 
-def train_task(spec: RunSpec, *, progress: bool = True) -> str:
-    """Train ``spec`` unless it is finished; resume it from its checkpoint if interrupted."""
+def run_stale(spec: RunSpec) -> list[str]:
+    """Why the finished run of ``spec`` is older than the installed training code (its method's
+    ``version``, ``train.run.TRAIN_VERSION``), or started from a run trained again since: empty
+    when it is up to date."""
+    record = read_run_record(spec.out / "run.json")
+    reasons = record.code.older_parts(train_code_parts(spec.cfg))
+    init = spec.cfg.init_from
+    if init is not None and (Path(init) / "model.safetensors").is_file():
+        if (Path(init) / "model.safetensors").stat().st_mtime_ns > (spec.out / "model.safetensors").stat().st_mtime_ns:
+            reasons.append(f"init_from {Path(init).name} was trained again")
+    return reasons
+
+
+def train_task(spec: RunSpec, *, progress: bool = True, reuse_stale: bool = False) -> str:
+    """Train ``spec`` unless it is finished and up to date; resume it from its checkpoint if
+    interrupted; train a finished run again when its training code changed since (:func:`run_stale`),
+    unless ``reuse_stale``."""
     status = run_status(spec)
     if status == "complete":
-        return "reused"
+        stale = run_stale(spec)
+        if not stale:
+            return "reused"
+        if reuse_stale:
+            return f"reused, stale ({', '.join(stale)}; kept by --reuse-stale)"
+        _drop_training(spec.out)
+        fit(dataclasses.replace(spec.cfg, resume=False, progress=progress))
+        return f"trained again (stale: {', '.join(stale)})"
     fit(dataclasses.replace(spec.cfg, resume=status == "partial", progress=progress))
     return "resumed" if status == "partial" else "trained"
+
+
+def _drop_training(out: Path) -> None:
+    """Remove a finished run's weights, record and checkpoints, so that it trains from the start
+    (its config.yaml, the same, stays; its cards are re-made, being older than the new weights)."""
+    for name in ("run.json", "model.safetensors"):
+        (out / name).unlink(missing_ok=True)
+    shutil.rmtree(out / CKPT_DIR, ignore_errors=True)
 
 
 def eval_settings(suite: Suite, spec: RunSpec) -> dict[str, Any]:
@@ -105,46 +148,52 @@ def card_path(suite: Suite, spec: RunSpec) -> Path:
     return spec.out / "eval" / f"suite-{hashlib.sha256(blob).hexdigest()[:12]}.json"
 
 
-def _card_fresh(path: Path, models: list[Path]) -> bool:
+def card_stale(path: Path, models: list[Path], attacks: Sequence[str]) -> list[str] | None:
+    """Whether the card at ``path`` must be made (again): ``None`` when it is missing, unreadable, or
+    older than one of the weights in ``models``; else the reasons it is stale against the installed
+    code (its schema, ``eval.card.EVAL_VERSION``, an attack's ``version``), empty when up to date."""
     if not path.is_file():
-        return False
+        return None
     try:
-        card = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError):
-        return False
+        card = read_eval_card(path)
+    except RecordError:
+        return None
     newest = max(m.stat().st_mtime_ns for m in models)
-    return "clean_acc" in card and path.stat().st_mtime_ns >= newest
+    if card.clean_acc is None or path.stat().st_mtime_ns < newest:
+        return None
+    reasons = [f"card schema {card.read_schema} < {SCHEMA}"] if card.read_schema < SCHEMA else []
+    return reasons + card.code.older_parts(eval_code_parts(attacks))
 
 
-def eval_task(suite: Suite, spec: RunSpec, *, runs_dir: Path, progress: bool = True) -> str:
-    """Evaluate ``spec`` with the suite's settings, reusing its card while it is up to date."""
+def eval_task(suite: Suite, spec: RunSpec, *, runs_dir: Path, progress: bool = True,
+              reuse_stale: bool = False) -> tuple[str, list[str]]:
+    """Evaluate ``spec`` with the suite's settings, reusing its card while it is up to date; a card
+    made by older code (:func:`card_stale`) is made again, or kept when ``reuse_stale``. Returns what
+    happened and the stale reasons of a kept card."""
     path = card_path(suite, spec)
     source = None if spec.source_key is None else runs_dir / spec.source_key
     models = [spec.out / "model.safetensors"] + ([] if source is None else [source / "model.safetensors"])
-    if _card_fresh(path, models):
-        return "reused"
+    stale = card_stale(path, models, spec.eval.attacks)
+    if stale is not None and not stale:
+        return "reused", []
+    if stale and reuse_stale:
+        return f"reused, stale ({', '.join(stale)}; kept by --reuse-stale)", stale
     evaluate_run(spec.out, source=source, data_dir=spec.cfg.data_dir, device=spec.cfg.device, out=path,
                  progress=progress, **spec.eval.fields())
-    return "evaluated"
+    return ("evaluated" if stale is None else f"evaluated again (stale: {', '.join(stale)})"), []
 
 
-def suite_card(suite: Suite, spec: RunSpec) -> dict[str, Any]:
-    """A run's record for the report: its training record (run.json) joined to its evaluation card."""
-    info = json.loads((spec.out / "run.json").read_text())
-    card = json.loads(card_path(suite, spec).read_text())
-    train = {"wall_s": info.get("wall_s"), "epochs": info.get("epochs_done"),
-             "epoch_time_s": [h.get("time_s") for h in info.get("history", [])],
-             "train_size": info.get("train_size"), "device": info.get("device_name", info.get("device")),
-             "method_info": info.get("method_info")}
-    if not spec.trains:  # its training time is the other row's; keep only where it ran
-        train = {"device": train["device"], "epochs": train["epochs"], "method_info": train["method_info"]}
-    return {
-        "kind": "suite-run", "suite": suite.name, "run_id": spec.run.id, "seed": spec.seed, "order": spec.order,
-        "method": spec.cfg.method, "label": method_label(spec), "model": spec.cfg.model, "dataset": spec.cfg.dataset,
-        "init_from": None if spec.run.init_from is None else run_key(spec.run.init_from, spec.seed),
-        "model_of": None if spec.trains else spec.model_key,
-        "source": spec.source_key, "train": train, "eval": card,
-    }
+def suite_card(suite: Suite, spec: RunSpec, *, stale: Sequence[str] = ()) -> SuiteCard:
+    """A run's record for the report: its training record (run.json) joined to its evaluation card;
+    ``stale``: why the card (or the run) is older than the installed code, when kept anyway."""
+    info = read_run_record(spec.out / "run.json")
+    return SuiteCard(
+        suite=suite.name, run_id=spec.run.id, seed=spec.seed, order=spec.order, method=spec.cfg.method,
+        label=method_label(spec), model=spec.cfg.model, dataset=spec.cfg.dataset,
+        init_from=None if spec.run.init_from is None else run_key(spec.run.init_from, spec.seed),
+        model_of=None if spec.trains else spec.model_key, source=spec.source_key,
+        train=TrainSummary.of(info, trains=spec.trains), eval=read_eval_card(card_path(suite, spec)),
+        stale=list(stale))
 
 
 def method_label(spec: RunSpec) -> str:
@@ -153,22 +202,35 @@ def method_label(spec: RunSpec) -> str:
     return spec.cfg.method if defense is None else defense.build().row_label(spec.cfg.method)
 
 
-def run_task(task: Task, suite: Suite, out_dir: Path, *, progress: bool = True) -> str:
-    """Do one task; returns what happened (trained, resumed, reused, evaluated)."""
+def run_task(task: Task, suite: Suite, out_dir: Path, *, progress: bool = True, reuse_stale: bool = False) -> str:
+    """Do one task; returns what happened (trained, resumed, reused, evaluated; a stale record says
+    why it was made again or kept, and that line also goes to stderr)."""
     if task.kind == "train":
-        result = train_task(task.spec, progress=progress)
+        result = train_task(task.spec, progress=progress, reuse_stale=reuse_stale)
+        if "stale" in result:
+            print(f"train {task.spec.key}: {result}", file=sys.stderr)
         fault_point("task-done")
         return result
-    result = eval_task(suite, task.spec, runs_dir=out_dir / "runs", progress=progress)
-    atomic_write_json(out_dir / "cards" / f"{task.spec.key}.json", suite_card(suite, task.spec))
+    result, stale = eval_task(suite, task.spec, runs_dir=out_dir / "runs", progress=progress,
+                              reuse_stale=reuse_stale)
+    if "stale" in result:
+        print(f"evaluate {task.spec.key}: {result}", file=sys.stderr)
+    run_stale_reasons = run_stale(task.spec) if reuse_stale else []  # a stale run kept: its card says so too
+    write_suite_card(out_dir / "cards" / f"{task.spec.key}.json",
+                     suite_card(suite, task.spec, stale=[*run_stale_reasons, *stale]))
     fault_point("task-done")
     return result
 
 
 def run_suite(suite: Suite, out_dir: str | Path, *, data_dir: str | None = None, device: str | None = None,
               progress: bool = True, report: bool = True, jobs: int = 1, threads: int | None = None,
-              refetch_data: bool = False, only: list[str] | None = None) -> list[Path]:
+              refetch_data: bool = False, only: list[str] | None = None, reuse_stale: bool = False) -> list[Path]:
     """Train, evaluate and report every run of ``suite`` in ``out_dir``; returns the report files.
+
+    A finished run or a card made by older code than the installed one (a method's or an attack's
+    ``version``, ``eval.card.EVAL_VERSION``, the card schema: :mod:`robustprune.records`) is made
+    again, with a line on stderr saying why; ``reuse_stale`` keeps it instead, and the report marks
+    its row (``†``) and lists what is stale.
 
     ``only`` restricts this invocation to those run ids (every seed) and the trainings they need;
     the cards of the other runs are kept and the report shows every run that has one.
@@ -196,15 +258,17 @@ def run_suite(suite: Suite, out_dir: str | Path, *, data_dir: str | None = None,
         if refetch_data:
             prefetch_data(todo, refetch=True)
         if jobs == 1:
-            _run_tasks(todo, suite, out_dir, progress=progress, threads=threads)
+            _run_tasks(todo, suite, out_dir, progress=progress, threads=threads, reuse_stale=reuse_stale)
         else:
-            run_tasks_parallel(todo, suite, out_dir, run=run_task, jobs=jobs, progress=progress, threads=threads)
+            run_tasks_parallel(todo, suite, out_dir, run=functools.partial(run_task, reuse_stale=reuse_stale),
+                               jobs=jobs, progress=progress, threads=threads)
     if not report:
         return []
     return render_report(out_dir)
 
 
-def _run_tasks(tasks: list[Task], suite: Suite, out_dir: Path, *, progress: bool, threads: int | None = None) -> None:
+def _run_tasks(tasks: list[Task], suite: Suite, out_dir: Path, *, progress: bool, threads: int | None = None,
+               reuse_stale: bool = False) -> None:
     prev_threads = torch.get_num_threads()
     if threads is not None:
         torch.set_num_threads(threads)
@@ -214,7 +278,7 @@ def _run_tasks(tasks: list[Task], suite: Suite, out_dir: Path, *, progress: bool
             verb = "training" if task.kind == "train" else "evaluating"
             bar.set_postfix_str(f"{verb} {task.spec.key}")
             t0 = time.perf_counter()
-            result = run_task(task, suite, out_dir, progress=progress)
+            result = run_task(task, suite, out_dir, progress=progress, reuse_stale=reuse_stale)
             if progress:
                 bar.write(f"[{i + 1}/{len(tasks)}] {task.kind} {task.spec.key}: {result} "
                           f"({time.perf_counter() - t0:.0f} s)", file=sys.stderr)

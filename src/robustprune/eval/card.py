@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import inspect
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -30,9 +31,10 @@ from robustprune.metrics.measured import measured_cost
 from robustprune.metrics.minnorm import minnorm_robustness
 from robustprune.metrics.unstructured import unstructured_cost
 from robustprune.models import installed_masks
+from robustprune.records import SCHEMA, CodeVersion, EvalCard, eval_card, write_eval_card
 from robustprune.sparsity.compact import compact_model, compact_summary
 from robustprune.train.run import load_run
-from robustprune.utils import atomic_write_json, keeps_global_rng, provenance, resolve_device
+from robustprune.utils import keeps_global_rng, provenance, resolve_device
 
 #: attacks an evaluation builds itself: they need more than the threat model (a source model; the
 #: optional AutoAttack package)
@@ -163,7 +165,7 @@ def evaluate_run(
     res = evaluate(model, loader, named, passes=cfg.passes, progress=progress)
     minnorm_cards = [minnorm_entry(n, model, loader, progress=progress) for n in minnorm]
     card = make_card(run.cfg, res, run_dir=Path(run_dir), source=source, seed=seed, device=dev,
-                     wall_s=time.perf_counter() - t0)
+                     wall_s=time.perf_counter() - t0, attacks=attacks)
     if minnorm_cards:
         card["minnorm"] = minnorm_cards
     card.update(fields)
@@ -180,9 +182,9 @@ def evaluate_run(
         card["compact"] = compact_summary(run.compact)
     tag = "+".join(attacks) + ("" if test_time is None else test_time.tag())
     path = Path(out) if out is not None else Path(run_dir) / "eval" / f"{tag}.json"
-    atomic_write_json(path, card)
-    card["card_path"] = str(path)
-    return card
+    record = eval_card(card, source=str(path))  # the typed record: the one way a card reaches the disk
+    write_eval_card(path, record)
+    return {**record.to_dict(), "card_path": str(path)}
 
 
 def with_defense(settings: dict[str, Any], *, sap: float | None = None, sap_mode: str | None = None,
@@ -241,11 +243,41 @@ def model_cost(model_name: str, model: nn.Module, info: Any) -> dict[str, Any]:
     return out
 
 
+#: the version of the evaluation code (``evaluate``, this module, the metrics a card holds): bump it
+#: in the change that alters a card's numbers or adds a field the report reads, and every suite
+#: re-makes its cards (``compare``). 1: the code before versions; 2: vulnerability over active units
+EVAL_VERSION = 2
+
+
+def attack_version(name: str) -> int:
+    """The version of the evaluation attack ``name`` (its class's ``version``, 1 when it has none)."""
+    composite = {"transfer": TransferAttack, "autoattack": aa.AutoAttack}
+    registry = ATTACKS if name in ATTACKS else MINNORM if name in MINNORM else None
+    cls = composite.get(name) or (registry.get(name) if registry is not None else None)
+    return int(getattr(cls, "version", 1))
+
+
+def eval_code_parts(attacks: Sequence[str]) -> dict[str, int]:
+    """The versions of the code a card evaluated with ``attacks`` depends on: ``eval``
+    (:data:`EVAL_VERSION`) and ``attack:<name>`` for each attack (``transfer`` also PGD's, which it
+    runs on the source). A card whose parts are older than these is stale."""
+    parts = {"eval": EVAL_VERSION}
+    for name in attacks:
+        if name == "none":
+            continue
+        parts[f"attack:{name}"] = attack_version(name)
+        if name == "transfer":
+            parts["attack:pgd"] = attack_version("pgd")
+    return parts
+
+
 def make_card(cfg: Any, res: EvalResult, *, run_dir: Path, source: Any, seed: int, device: torch.device,
-              wall_s: float) -> dict[str, Any]:
-    """The JSON result card: method, model, data, seeds, attack parameters, config, versions,
-    device, wall time."""
+              wall_s: float, attacks: Sequence[str] = ()) -> dict[str, Any]:
+    """The JSON result card: method, model, data, seeds, attack parameters, config, versions
+    (``schema``, ``code``: see :mod:`robustprune.records`), device, wall time."""
     return {
+        "schema": SCHEMA,
+        "code": CodeVersion.installed(eval_code_parts(attacks)).to_dict(),
         "kind": "eval",
         "run": str(run_dir),
         "method": cfg.method,
@@ -262,30 +294,34 @@ def make_card(cfg: Any, res: EvalResult, *, run_dir: Path, source: Any, seed: in
     }
 
 
-def format_table(card: dict[str, Any]) -> str:
-    """A small markdown table of one card, for the terminal."""
-    rows = [("clean", "-", f"{card['clean_acc']:.2f}", "-")]
-    for a in card["attacks"]:
-        p = a["params"]
-        desc = ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in p.items()
+def format_table(card: dict[str, Any] | EvalCard) -> str:
+    """A small markdown table of one card (the record, or its JSON data), for the terminal."""
+    c = card if isinstance(card, EvalCard) else eval_card(card)
+    rows = [("clean", "-", f"{c.clean_acc:.2f}", "-", "-")]
+    for a in c.attacks:
+        desc = ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in a.params.items()
                          if k not in ("name",) and not isinstance(v, dict))
-        vul = f"{a['vulnerability']['mean']:.4f}" if "vulnerability" in a else "-"
-        rows.append((a["name"], desc, f"{a['robust_acc']:.2f}", vul))
-        stages = a.get("breakdown", {}).get("stages", [])
-        rows += [(f"↳ after {s['name']}", "-", f"{s['robust_acc']:.2f}", "-") for s in stages]
-    head = f"{card['method']} / {card['model']} / {card['dataset']}  (n={card['n']})"
-    if card.get("compact"):
+        v = a.vulnerability
+        vul = "-" if v is None else f"{v.mean:.4f}"
+        active = "-" if v is None or v.active_mean is None else f"{v.active_mean:.4f}"
+        rows.append((a.name, desc, f"{a.robust_acc:.2f}", vul, active))
+        stages = (a.breakdown or {}).get("stages", [])
+        rows += [(f"↳ after {s['name']}", "-", f"{s['robust_acc']:.2f}", "-", "-") for s in stages]
+    head = f"{c.method} / {c.model} / {c.dataset}  (n={c.n})"
+    if c.compact:
         head += "  [compacted]"
-    if card.get("test_time"):
-        head += f"  [{card['test_time']['label']}]"
-    if card.get("stochastic"):
-        head += f"  [stochastic: accuracy averaged over {card['passes']} passes]"
-    lines = [head, "", "| attack | parameters | accuracy % | vulnerability |", "|---|---|---|---|"]
-    lines += [f"| {a} | {b} | {c} | {d} |" for a, b, c, d in rows]
-    for m in card.get("minnorm", []):
+    if c.test_time:
+        head += f"  [{c.test_time['label']}]"
+    if c.stochastic:
+        head += f"  [stochastic: accuracy averaged over {c.passes} passes]"
+    lines = [head, "", "| attack | parameters | accuracy % | vulnerability | vulnerability (active units) |",
+             "|---|---|---|---|---|"]
+    lines += [f"| {a} | {b} | {d} | {e} | {f} |" for a, b, d, e, f in rows]
+    for m in c.minnorm or []:
         r2 = "—" if m["r2"] is None else f"r2 {m['r2']:.4f} (normalised {m['r2_normalised']:.4f})"
         rate = "—" if m["success_rate"] is None else f"{m['success_rate']:.2f} %"
-        lines.append(f"| {m['name']} | minimum-norm L2, success {rate} of {m['n_correct']} correct points | {r2} | - |")
-    for w in card.get("warnings", []):
+        lines.append(f"| {m['name']} | minimum-norm L2, success {rate} of {m['n_correct']} correct points | {r2} "
+                     "| - | - |")
+    for w in c.warnings:
         lines.append(f"WARNING: {w}")
     return "\n".join(lines)

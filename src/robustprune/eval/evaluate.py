@@ -15,6 +15,7 @@ from tqdm.auto import tqdm
 from robustprune.attacks import Attack, is_stochastic
 from robustprune.data import TensorLoader
 from robustprune.metrics import VulnerabilityMeter
+from robustprune.metrics.vulnerability import latent_active_units
 from robustprune.models import model_mode
 from robustprune.utils import fault_point
 
@@ -27,6 +28,8 @@ class AttackResult:
     total: int = 0
     wall_s: float = 0.0
     vulnerability: VulnerabilityMeter | None = None
+    #: per latent map, the units active in eval mode (``metrics.latent_active_units``); None: unknown
+    active: list[Tensor | None] | None = None
 
     def summary(self) -> dict[str, Any]:
         out: dict[str, Any] = {
@@ -37,6 +40,8 @@ class AttackResult:
             v = self.vulnerability
             out["vulnerability"] = {"mean": v.mean(), "per_layer": v.per_layer(),
                                     "per_unit": [u.tolist() for u in v.per_unit()]}
+            if self.active is not None:  # the mean over active units only, beside the paper's
+                out["vulnerability"].update(v.active_summary(self.active))
         return out
 
 
@@ -89,6 +94,9 @@ def evaluate(
     has_feats = vulnerability and getattr(model, "latent_count", 0) > 0
     t0 = time.perf_counter()
     with model_mode(model):
+        active = latent_active_units(model) if has_feats else None
+        for r in res.attacks:
+            r.active = active
         for i, (x, y) in enumerate(tqdm(loader, desc="eval", disable=not progress, leave=False, dynamic_ncols=True)):
             if i == 0:
                 res.stochastic = is_stochastic(model, x)

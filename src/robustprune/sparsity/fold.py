@@ -394,3 +394,26 @@ def fold_model(model: nn.Module) -> tuple[CompactNet, tuple[int, ...]]:
     dtype = torch.float32 if ref is None else ref.dtype
     compact = net.build(dtype)
     return compact.to(device=None if ref is None else ref.device), shape
+
+
+def latent_gates(model: nn.Module) -> list[str | None] | None:
+    """Per latent map of ``model``, in order, the mask slot whose units it carries, read from the
+    fold plan: the mask of the layer that produces it (``mask``, right after the layer; ``drop``, a
+    later mask that drops the layer's outputs; a ``mask`` step on a flat wire), ``None`` for a map
+    no mask gates (a residual block's output). ``None`` when the model declares no fold plan."""
+    steps = model_quirk(model, "fold_plan")
+    if steps is None:
+        return None
+    out: list[str | None] = []
+    gate: str | None = None
+    for st in steps:
+        op = st["op"]
+        if op in ("conv", "linear"):
+            gate = st.get("mask") or st.get("drop")
+        elif op in ("input", "normalize", "resblock", "avgpool"):
+            gate = None
+        elif op == "mask":
+            gate = st["mask"]
+        elif op == "feature":
+            out.append(gate)
+    return out
