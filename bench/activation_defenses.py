@@ -2,7 +2,7 @@
 
 Trains (small budget, resumable: finished runs are reused) ``standard``, ``at``, ``at+cas`` and
 ``at-bnn``, then writes, under ``--work``:
-1. SAP-``--sap`` on the standard and AT runs: FGSM, PGD (single sample, the original paper's
+1. SAP-``--pct`` on the standard and AT runs: FGSM, PGD (single sample, the original paper's
    evaluation) and EOT-PGD (K = 10) side by side, accuracy averaged over 10 passes;
 2. the audit (``robustprune.eval.audit``) of the SAP-wrapped AT model: its checks and verdict;
 3. AT+CAS and AT-BNN (mean weights) under PGD (final CE and CAS total loss) and AutoAttack (standard) on ``--aa-limit``
@@ -78,8 +78,8 @@ def evaluations(args: argparse.Namespace, runs: dict[str, Path], work: Path) -> 
         card = cached_eval(runs[m], work / "cards" / f"{m}.json", attacks=["fgsm", "pgd"], **ev)
         rows += rows_of(card, m)
         card = cached_eval(runs[m], work / "cards" / f"{m}_sap.json", attacks=["fgsm", "pgd", "eot-pgd"],
-                           sap=args.sap, sap_mode="fast", **ev)
-        rows += rows_of(card, f"{m} + SAP-{args.sap:g} (fast)")
+                           defense=f"sap:pct={args.pct},mode=fast", **ev)
+        rows += rows_of(card, f"{m} + SAP-{args.pct:g} (fast)")
     for m in ("at+cas", "at-bnn"):
         card = cached_eval(runs[m], work / "cards" / f"{m}_pgd.json", attacks=["pgd"], **ev)
         rows += rows_of(card, m)
@@ -88,7 +88,7 @@ def evaluations(args: argparse.Namespace, runs: dict[str, Path], work: Path) -> 
                                **(ev | {"limit": args.aa_limit}))
             rows += rows_of(card, m)
     card = cached_eval(runs["at-bnn"], work / "cards" / "at-bnn_sampled.json", attacks=["pgd", "eot-pgd"],
-                       bnn_sample=True, **ev)
+                       defense="bnn-sample", **ev)
     rows += rows_of(card, "at-bnn (sampled weights)")
     return rows
 
@@ -98,7 +98,7 @@ def sap_audit(args: argparse.Namespace, runs: dict[str, Path]) -> dict[str, Any]
 
     run, images, labels, dev = run_test_points(runs["at"], limit=args.audit_limit, data_dir=args.data_dir,
                                                device="cpu")
-    model = SAPModel(run.model, pct=args.sap, mode="fast")
+    model = SAPModel(run.model, pct=args.pct, mode="fast")
     card = audit(model, images, labels, eps=0.3, step_size=0.01, eps_sweep=[0.1, 0.3], autoattack="no",
                  passes=10, seed=0, device=dev, progress=False)
     return {"verdict": card["verdict"], "warned": card["warned"], "n": card["n"],
@@ -107,7 +107,7 @@ def sap_audit(args: argparse.Namespace, runs: dict[str, Path]) -> dict[str, Any]
 
 
 def analyses(args: argparse.Namespace, runs: dict[str, Path], work: Path) -> dict[str, Any]:
-    calib = calibration_run([runs["standard"], runs["at"]], sap=args.sap, sap_mode="exact", limit=args.limit,
+    calib = calibration_run([runs["standard"], runs["at"]], defense=f"sap:pct={args.pct}", limit=args.limit,
                             out=work / "calibration", data_dir=args.data_dir)
     chans = {}
     for m in ("at", "at+cas"):
@@ -142,7 +142,7 @@ def main() -> None:
     ap.add_argument("--audit-limit", type=int, default=200, help="test points of the audit and channel plots")
     ap.add_argument("--eval-steps", type=int, default=40, help="PGD / EOT-PGD iterations of the evaluations")
     ap.add_argument("--eval-step", type=float, default=0.01, help="their step size")
-    ap.add_argument("--sap", type=float, default=100.0)
+    ap.add_argument("--pct", type=float, default=100.0, help="SAP's percentage of samples")
     ap.add_argument("--no-autoattack", action="store_true")
     ap.add_argument("--skip-audit", action="store_true")
     ap.add_argument("--threads", type=int, default=2)

@@ -151,7 +151,7 @@ def ddp_ratio(*, images: int, epochs: int, batch: int, threads: int, tmp: Path, 
     data = random_mnist(tmp / "data", images)
     args = ["train", "--method", "at", "--model", "lenet5-caffe", "--dataset", "mnist", "--adv-steps",
             str(PGD_STEPS), "--batch-size", str(batch), "--limit-train", str(images), "--epochs", str(epochs),
-            "--device", "cpu", "--no_progress", "--schedule", "constant", "--data-dir", str(data)]
+            "--device", "cpu", "--no-progress", "--schedule", "constant", "--data-dir", str(data)]
     one = train_run([sys.executable, "-m", "robustprune", *args], tmp / "one", threads=threads, timeout_s=timeout_s)
     two = train_run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
                      "-m", "robustprune", *args], tmp / "two", threads=max(1, threads // 2), timeout_s=timeout_s)

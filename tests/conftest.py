@@ -68,7 +68,7 @@ def tiny_mnist(tmp_path: Path) -> Path:
 
 
 #: training flags of the tiny CLI runs (64 images, batch 32, PGD-2 of 0.1)
-TINY = ["--limit-train", "64", "--batch-size", "32", "--adv-steps", "2", "--adv-step-size", "0.1", "--no_progress"]
+TINY = ["--limit-train", "64", "--batch-size", "32", "--adv-steps", "2", "--adv-step-size", "0.1", "--no-progress"]
 
 
 @pytest.fixture

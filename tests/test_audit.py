@@ -159,20 +159,6 @@ def test_bad_arguments_raise(plain: nn.Module) -> None:
         audit(plain, x, y, eps=0.1, step_size=0.01, autoattack="sometimes", progress=False)
 
 
-def test_autoattack_missing_is_a_clear_error(monkeypatch: pytest.MonkeyPatch, plain: nn.Module) -> None:
-    import robustprune.attacks.autoattack as aa
-
-    monkeypatch.setattr(aa, "autoattack_available", lambda: False)
-    with pytest.raises(ImportError, match=r"pip install pyautoattack==0\.2\.0"):
-        aa.AutoAttack(eps=0.1)
-    x, y = levels(8, seed=6)
-    with pytest.raises(RuntimeError, match="pyautoattack"):
-        audit(plain, x, y, eps=EPS, step_size=0.001, autoattack="yes", progress=False)
-    card = audit(plain, x, y, eps=EPS, step_size=0.001, autoattack="auto", progress=False)
-    check = next(c for c in card["checks"] if c["name"] == "autoattack_vs_pgd")
-    assert check["status"] == "skip" and "not installed" in check["summary"]
-
-
 # ---- the command line, on a tiny trained run ----------------------------------------------------
 
 
@@ -183,7 +169,7 @@ def test_cli_audit_curve_surface(at_run: Path, tiny_mnist: Path, tmp_path: Path,
                                  capsys: pytest.CaptureFixture[str]) -> None:
     out = tmp_path / "audit"
     rc = main(["audit", str(at_run), "--limit", "12", "--autoattack", "no", "--source", str(at_run),
-               "--eps-sweep", "0,0.1,0.3", "--data-dir", str(tiny_mnist), "--out", str(out), "--no_progress"])
+               "--eps-sweep", "0,0.1,0.3", "--data-dir", str(tiny_mnist), "--out", str(out), "--no-progress"])
     assert rc == 0, capsys.readouterr().err
     card = json.loads((out / "audit.json").read_text())
     assert card["kind"] == "audit" and card["n"] == 12 and card["method"] == "at" and card["eps"] == 0.3
@@ -199,13 +185,13 @@ def test_cli_audit_curve_surface(at_run: Path, tiny_mnist: Path, tmp_path: Path,
     assert json.loads((out / "curve.json").read_text())["security"]["points"] == sec["points"]
     assert main(["curve", str(at_run), "--eps", "0,0.2", "--steps", "3", "--limit", "8", "--fmn-steps", "5",
                  "--fmn-targets", "2", "--data-dir", str(tiny_mnist), "--out", str(tmp_path / "c"),
-                 "--no_progress"]) == 0
+                 "--no-progress"]) == 0
     curve = json.loads((tmp_path / "c" / "curve.json").read_text())
     atk = curve["security"]["attack"]
     assert len(curve["points"]) == 2 and (atk["name"], atk["steps"], atk["targets"]) == ("fmn", 5, 2)
     assert "FMN security %" in capsys.readouterr().out
     assert main(["curve", str(at_run), "--eps", "0,0.2", "--steps", "3", "--limit", "8", "--no-fmn", "--data-dir",
-                 str(tiny_mnist), "--out", str(tmp_path / "c2"), "--no_progress"]) == 0
+                 str(tiny_mnist), "--out", str(tmp_path / "c2"), "--no-progress"]) == 0
     assert "skipped" in json.loads((tmp_path / "c2" / "curve.json").read_text())["security"]
     assert main(["surface", str(at_run), "--points", "2", "--resolution", "5", "--data-dir", str(tiny_mnist),
                  "--out", str(tmp_path / "s")]) == 0
@@ -249,16 +235,16 @@ def test_single_sample_attacks_on_a_random_model_are_flagged_when_they_overstate
 def test_cli_audit_of_a_sap_wrapped_run_runs_the_eot_rung(at_run: Path, tiny_mnist: Path, tmp_path: Path,
                                                           capsys: pytest.CaptureFixture[str]) -> None:
     out = tmp_path / "audit-sap"
-    rc = main(["audit", str(at_run), "--sap", "100", "--sap-mode", "fast", "--limit", "8", "--autoattack", "no",
-               "--passes", "2", "--eps-sweep", "0,0.3", "--no_surface", "--data-dir", str(tiny_mnist),
-               "--out", str(out), "--no_progress"])
+    rc = main(["audit", str(at_run), "--defense", "sap:pct=100,mode=fast", "--limit", "8", "--autoattack", "no",
+               "--passes", "2", "--eps-sweep", "0,0.3", "--no-surface", "--data-dir", str(tiny_mnist),
+               "--out", str(out), "--no-progress"])
     assert rc == 0, capsys.readouterr().err
     card = json.loads((out / "audit.json").read_text())
     assert card["defense"]["defense"] == "sap" and card["stochastic"]
     assert "eot-pgd-40" in [e["name"] for e in card["ladder"]]
     assert statuses(card)["single_sample_vs_eot"] in ("pass", "warn")
     assert "+ SAP-100 (fast)" in (out / "audit.md").read_text()
-    assert main(["audit", str(at_run), "--sap", "-1", "--out", str(tmp_path / "bad"), "--data-dir",
-                 str(tiny_mnist), "--no_progress"]) == 2
+    assert main(["audit", str(at_run), "--defense", "sap:pct=-1", "--out", str(tmp_path / "bad"), "--data-dir",
+                 str(tiny_mnist), "--no-progress"]) == 2
     assert "SAP percentage must be a number > 0, got -1" in capsys.readouterr().err
     assert not (tmp_path / "bad").exists()

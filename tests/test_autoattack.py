@@ -142,10 +142,10 @@ def test_eval_command_reports_each_stage(tiny_mnist: Path, tmp_path: Path, monke
     monkeypatch.setattr(aa, "AutoAttack", Quick)
     run = tmp_path / "run"
     assert main(["train", "--method", "standard", "--model", "lenet5-caffe", "--dataset", "mnist", "--epochs", "1",
-                 "--limit-train", "256", "--out", str(run), "--data-dir", str(tiny_mnist), "--no_progress"]) == 0
+                 "--limit-train", "256", "--out", str(run), "--data-dir", str(tiny_mnist), "--no-progress"]) == 0
     card_path = tmp_path / "card.json"
     assert main(["eval", str(run), "--attack", "pgd,autoattack", "--steps", "3", "--limit", "8", "--data-dir",
-                 str(tiny_mnist), "--out", str(card_path), "--no_progress"]) == 0
+                 str(tiny_mnist), "--out", str(card_path), "--no-progress"]) == 0
     card = json.loads(card_path.read_text())
     entry = card["attacks"][1]
     assert entry["name"] == "autoattack" and entry["params"]["n_iter"] == 3

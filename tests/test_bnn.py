@@ -121,7 +121,7 @@ def test_run_loads_and_card_reports_memory_and_sampling(tiny_mnist: Path, tmp_pa
     assert len(bayes_layers(run.model)) == 4 and not any(p.sample for _, p in bayes_layers(run.model))
     mean = evaluate_run(out, attacks=["none"], limit=16, progress=False)
     assert mean["memory_factor"] == 2.0 and not mean["stochastic"]
-    sampled = evaluate_run(out, attacks=["fgsm"], limit=16, passes=3, bnn_sample=True, progress=False)
+    sampled = evaluate_run(out, attacks=["fgsm"], limit=16, passes=3, defense="bnn-sample", progress=False)
     assert sampled["stochastic"] and sampled["bnn_sample"] and sampled["passes"] == 3
     assert Path(sampled["card_path"]).name == "fgsm-bnnsample.json"
 

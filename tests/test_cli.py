@@ -16,7 +16,7 @@ def test_train_then_eval_writes_a_card(at_run: Path, tiny_mnist: Path, tmp_path:
                                        capsys: pytest.CaptureFixture[str]) -> None:
     card_path = tmp_path / "card.json"
     rc = main(["eval", str(at_run), "--attack", "none,fgsm,pgd", "--eps", "0.3", "--steps", "3", "--step-size",
-               "0.1", "--limit", "40", "--data-dir", str(tiny_mnist), "--out", str(card_path), "--no_progress"])
+               "0.1", "--limit", "40", "--data-dir", str(tiny_mnist), "--out", str(card_path), "--no-progress"])
     assert rc == 0
     card = json.loads(card_path.read_text())
     for key in ("method", "model", "dataset", "train_seed", "config", "robustprune_version", "git_sha", "device",
@@ -34,10 +34,10 @@ def test_train_then_eval_writes_a_card(at_run: Path, tiny_mnist: Path, tmp_path:
 
 def test_transfer_needs_and_uses_a_source(at_run: Path, tiny_mnist: Path, tmp_path: Path) -> None:
     assert main(["eval", str(at_run), "--attack", "transfer", "--limit", "8", "--data-dir", str(tiny_mnist),
-                 "--no_progress"]) == 2
+                 "--no-progress"]) == 2
     out = tmp_path / "t.json"
     assert main(["eval", str(at_run), "--attack", "transfer", "--source", str(at_run), "--steps", "2", "--limit", "8",
-                 "--data-dir", str(tiny_mnist), "--out", str(out), "--no_progress"]) == 0
+                 "--data-dir", str(tiny_mnist), "--out", str(out), "--no-progress"]) == 0
     assert json.loads(out.read_text())["attacks"][0]["params"]["transfer"] is True
 
 
@@ -49,7 +49,7 @@ def test_transfer_needs_and_uses_a_source(at_run: Path, tiny_mnist: Path, tmp_pa
 def test_eval_bad_input(at_run: Path, tiny_mnist: Path, tmp_path: Path, flags: list[str], needle: str,
                         capsys: pytest.CaptureFixture[str]) -> None:
     out = tmp_path / "bad.json"
-    rc = main(["eval", str(at_run), "--data-dir", str(tiny_mnist), "--out", str(out), "--no_progress", *flags])
+    rc = main(["eval", str(at_run), "--data-dir", str(tiny_mnist), "--out", str(out), "--no-progress", *flags])
     assert rc == 2
     assert needle in capsys.readouterr().err
     assert not out.exists()
@@ -68,7 +68,7 @@ def test_config_file_and_flags(tiny_mnist: Path, tmp_path: Path) -> None:
     cfg.write_text("method: standard\nepochs: 3\nbatch_size: 16\nmethod_args: {}\n")
     out = tmp_path / "r"
     rc = main(["train", "--config", str(cfg), "--epochs", "1", "--out", str(out), "--data-dir", str(tiny_mnist),
-               "--limit-train", "32", "--no_progress"])
+               "--limit-train", "32", "--no-progress"])
     assert rc == 0
     import yaml
 
@@ -83,14 +83,6 @@ def test_python_dash_m_works() -> None:
     assert "lenet5-caffe" in listed["models"].split(", ") and "at" in listed["methods"].split(", ")
     assert {"sap", "bnn-sample"} <= set(listed["test-time defenses"].split(", "))
     assert "torchvision:NAME" in listed["outside models"]
-
-
-def test_one_flag_spelling_and_the_old_one_with_a_note(capsys: pytest.CaptureFixture[str]) -> None:
-    from robustprune.cli import modern_flags
-
-    assert modern_flags(["eval", "RUN", "--no_progress", "--no-json", "--limit", "8"]) == [
-        "eval", "RUN", "--no-progress", "--no-json", "--limit", "8"]
-    assert "--no_progress is deprecated; use --no-progress" in capsys.readouterr().err
 
 
 def test_a_bug_reaches_the_user_with_its_type(monkeypatch: pytest.MonkeyPatch,

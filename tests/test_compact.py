@@ -238,7 +238,7 @@ def tiny_data(trained_run: tuple[Path, Path]) -> Path:
 def test_cli_compact_then_eval(pruned_run: Path, tiny_data: Path, tmp_path: Path,
                                capsys: pytest.CaptureFixture[str]) -> None:
     out = tmp_path / "compact"
-    assert main(["compact", str(pruned_run), "--out", str(out), "--no_measure"]) == 0
+    assert main(["compact", str(pruned_run), "--out", str(out), "--no-measure"]) == 0
     assert "mask2" in capsys.readouterr().out
     assert {p.name for p in out.iterdir()} == {"config.yaml", "model.safetensors", "compact.json"}
     src, dst = load_run(pruned_run), load_run(out)
@@ -247,7 +247,7 @@ def test_cli_compact_then_eval(pruned_run: Path, tiny_data: Path, tmp_path: Path
     assert (logits(src.model, x) - logits(dst.model, x)).abs().max() <= 1e-5
     card_path = tmp_path / "card.json"
     assert main(["eval", str(out), "--attack", "pgd", "--steps", "2", "--limit", "16", "--data-dir", str(tiny_data),
-                 "--out", str(card_path), "--no_progress"]) == 0
+                 "--out", str(card_path), "--no-progress"]) == 0
     card = json.loads(card_path.read_text())
     assert card["method"] == "anp-vs" and card["compact"]["compacted"] is True
     assert card["sparsity"]["unit_sparsity"] > 20  # the masked source's sparsity, not the compact net's 0
@@ -294,7 +294,7 @@ def test_corrupt_compact_description_is_named(pruned_run: Path, tmp_path: Path) 
     (out / "compact.json").write_text("{not json")
     with pytest.raises(ValueError, match="compact.json"):
         load_run(out)
-    assert main(["compact", str(pruned_run), "--out", str(tmp_path / "again"), "--no_measure"]) == 0
+    assert main(["compact", str(pruned_run), "--out", str(tmp_path / "again"), "--no-measure"]) == 0
     with pytest.raises(ValueError, match="already compacted"):
         compact_run(tmp_path / "again", out=tmp_path / "twice", measure=False)
 

@@ -28,7 +28,8 @@ def sap_suite(data: Path) -> dict[str, Any]:
         "runs": [
             {"id": "standard", "method": "standard", "seeds": [0, 1]},
             {"id": "standard+sap", "model_of": "standard",
-             "eval": {"sap": 100, "sap_mode": "fast", "attacks": ["pgd", "eot-pgd"], "passes": 2}},
+             "eval": {"defense": {"name": "sap", "pct": 100, "mode": "fast"}, "attacks": ["pgd", "eot-pgd"],
+                      "passes": 2}},
         ],
         "eval": {"attacks": ["pgd"], "eps": 0.3, "steps": 2, "step_size": 0.1, "limit": 32},
     }
@@ -51,7 +52,7 @@ def test_model_of_row_takes_its_targets_training_and_merges_its_eval(tmp_path: P
     ("chained", "itself a model_of row"),
     ("bad-sap", "SAP percentage must be a number > 0, got -5"),
     ("bad-mode", "SAP mode must be one of"),
-    ("bnn-sample", "bnn_sample samples the weights of an at-bnn run; method is 'standard'"),
+    ("bnn-sample", "bnn-sample samples the weights of an at-bnn run; method is 'standard'"),
     ("eval-type", "eval must be a mapping"),
     ("eval-key", "stepz"),
 ])
@@ -66,11 +67,11 @@ def test_bad_eval_rows_are_named(change: str, needle: str, tmp_path: Path) -> No
     elif change == "chained":
         data["runs"].append({"id": "again", "model_of": "standard+sap"})
     elif change == "bad-sap":
-        row["eval"]["sap"] = -5
+        row["eval"]["defense"]["pct"] = -5
     elif change == "bad-mode":
-        row["eval"]["sap_mode"] = "approximate"
+        row["eval"]["defense"]["mode"] = "approximate"
     elif change == "bnn-sample":
-        row["eval"] = {"bnn_sample": True}
+        row["eval"] = {"defense": "bnn-sample"}
     elif change == "eval-type":
         row["eval"] = [1]
     elif change == "eval-key":
@@ -175,7 +176,7 @@ def test_eval_reports_minimum_norm_r2(at_run: Path, tiny_mnist: Path, tmp_path: 
         assert df["r2"] > 0 and 0 < df["r2_normalised"] < df["r2"]
     assert "| deepfool | minimum-norm L2" in format_table(card)
     with pytest.raises(ValueError, match="need a deterministic model"):
-        evaluate_run(at_run, attacks=["deepfool"], sap=100, data_dir=str(tiny_mnist), progress=False)
+        evaluate_run(at_run, attacks=["deepfool"], defense="sap:pct=100", data_dir=str(tiny_mnist), progress=False)
 
 
 def test_a_run_with_dataset_default_attack_settings_is_the_same_run(tmp_path: Path) -> None:

@@ -17,7 +17,7 @@ from robustprune.train import fit
 from robustprune.train.checkpoint import load_checkpoint, load_weights
 
 ARGS = ["--method", "standard", "--model", "lenet5-caffe", "--dataset", "mnist", "--batch-size", "32",
-        "--limit-train", "128", "--no_progress", "--device", "cpu", "--schedule", "constant"]
+        "--limit-train", "128", "--no-progress", "--device", "cpu", "--schedule", "constant"]
 
 
 def torchrun(tmp: Path, data: Path, out: Path, *extra: str) -> None:

@@ -141,7 +141,7 @@ BASE_SUITE: dict[str, Any] = {
 }
 TRAIN_KEYS = [f for f in TrainConfig.__dataclass_fields__]
 EVAL_KEYS = ["attacks", "eps", "steps", "step_size", "restarts", "eot", "defense", "limit", "batch_size",
-             "passes", "seed", "source", "sap", "sap_mode", "bnn_sample"]
+             "passes", "seed", "source"]
 RUN_KEYS = ["id", "seeds", "source", "report", "init_from", "eval", "model_of", "method_args"]
 
 

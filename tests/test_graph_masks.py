@@ -327,7 +327,7 @@ def test_graph_run_compacts_and_evaluates(tiny_mnist: Path, tmp_path: Path, caps
     from robustprune.train.checkpoint import save_weights
 
     save_weights(src.model, run / "model.safetensors")
-    assert main(["compact", str(run), "--out", str(out), "--no_measure"]) == 0
+    assert main(["compact", str(run), "--out", str(out), "--no-measure"]) == 0
     assert "slots.0" in capsys.readouterr().out
     info = json.loads((out / "compact.json").read_text())
     assert info["kind"] == "graph" and "layers" not in info and info["max_abs_diff"] <= 1e-5
@@ -338,7 +338,7 @@ def test_graph_run_compacts_and_evaluates(tiny_mnist: Path, tmp_path: Path, caps
         assert (load_run(run).model(x) - dst.model(x)).abs().max().item() <= 1e-5
     card = tmp_path / "card.json"
     assert main(["eval", str(out), "--attack", "pgd", "--steps", "2", "--limit", "16", "--data-dir", str(tiny_mnist),
-                 "--out", str(card), "--no_progress"]) == 0
+                 "--out", str(card), "--no-progress"]) == 0
     got = json.loads(card.read_text())
     assert got["compact"]["compacted"] is True and got["compact"]["kind"] == "graph"
     assert "graph" not in got["compact"]  # the rebuild description stays in compact.json

@@ -114,11 +114,11 @@ def test_eval_run_with_sap_writes_a_stochastic_card(tiny_mnist: Path, tmp_path: 
     run = fit(TrainConfig(method="standard", model="lenet5-caffe", dataset="mnist", epochs=1, out=str(tmp_path / "r"),
                           data_dir=str(tiny_mnist), limit_train=64, batch_size=32, progress=False))
     with pytest.raises(ValueError, match="'wrong'"):
-        evaluate_run(run, attacks=["fgsm"], sap=100.0, sap_mode="wrong", limit=8, progress=False)
+        evaluate_run(run, attacks=["fgsm"], defense="sap:pct=100.0,mode=wrong", limit=8, progress=False)
     assert not (Path(run) / "eval").exists()  # refused before any file
-    rc = main(["eval", str(run), "--attack", "fgsm,eot-pgd", "--steps", "2", "--eot", "2", "--sap", "100",
-               "--sap-mode", "fast", "--limit", "16", "--passes", "3", "--out", str(tmp_path / "card.json"),
-               "--no_progress", "--json"])
+    rc = main(["eval", str(run), "--attack", "fgsm,eot-pgd", "--steps", "2", "--eot", "2",
+               "--defense", "sap:pct=100,mode=fast", "--limit", "16", "--passes", "3",
+               "--out", str(tmp_path / "card.json"), "--no-progress", "--json"])
     assert rc == 0
     import json
 
@@ -127,7 +127,7 @@ def test_eval_run_with_sap_writes_a_stochastic_card(tiny_mnist: Path, tmp_path: 
     assert card["defense"] == {"defense": "sap", "pct": 100.0, "mode": "fast",
                                "paper": "Dhillon et al. 2018, Stochastic Activation Pruning"}
     assert any("'fgsm'" in w for w in card["warnings"])
-    rc = main(["calibration", str(run), "--sap", "100", "--sap-mode", "fast", "--limit", "16", "--passes", "3",
+    rc = main(["calibration", str(run), "--defense", "sap:pct=100,mode=fast", "--limit", "16", "--passes", "3",
                "--out", str(tmp_path / "calib")])
     assert rc == 0
     data = json.loads((tmp_path / "calib" / "calibration.json").read_text())

@@ -78,7 +78,7 @@ def test_sweep_control_trains_dense_runs_with_the_same_history(linear_run: Path,
     assert sweep_sparsity(linear_run, rounds=2, out=out, rho=0.5, control=True, **FAST)["control"] == res["control"]
     assert "control" not in sweep_sparsity(linear_run, rounds=2, out=out, rho=0.5, **FAST)
     argv = ["sweep-sparsity", str(linear_run), "--rounds", "2", "--out", str(out), "--rho", "0.5", "--control",
-            "--limit", "16", "--deepfool-steps", "5", "--cw-steps", "5", "--cw-search", "1", "--no_progress"]
+            "--limit", "16", "--deepfool-steps", "5", "--cw-steps", "5", "--cw-search", "1", "--no-progress"]
     assert main(argv) == 0
     lines = capsys.readouterr().out.strip().splitlines()
     assert "FGSM % (dense)" in lines[0] and len(lines) == 2 + 3

@@ -1,4 +1,4 @@
-"""The test-time defense contract: every registered defense as data, legacy spellings, card hashes."""
+"""The test-time defense contract: every registered defense as data, its card hash."""
 
 from __future__ import annotations
 
@@ -16,8 +16,6 @@ from robustprune.defenses import (
     TestTimeDefense,
     TestTimeSpec,
     build_method,
-    legacy_test_time,
-    resolve_test_time,
 )
 from robustprune.models import build_model
 
@@ -46,8 +44,6 @@ def test_text_and_mapping_spellings_are_one_spec() -> None:
     text = TestTimeSpec.parse("sap:pct=100,mode=fast")
     assert text == TestTimeSpec.parse({"name": "sap", "mode": "fast", "pct": 100})
     assert TestTimeSpec.parse(str(text)) == text
-    assert legacy_test_time(sap=100, sap_mode="fast") == text
-    assert legacy_test_time(bnn_sample=True) == TestTimeSpec("bnn-sample")
 
 
 @pytest.mark.parametrize(("value", "match"), [
@@ -62,11 +58,6 @@ def test_bad_specs_are_refused_naming_the_value(value: object, match: str) -> No
         TestTimeSpec.parse(value)
 
 
-def test_naming_the_defense_twice_is_refused() -> None:
-    with pytest.raises(ValueError, match="once"):
-        resolve_test_time("sap:pct=50", sap=100)
-
-
 def test_bnn_sample_refuses_a_run_without_gaussian_weights() -> None:
     with pytest.raises(ValueError, match="method is 'at'"):
         TestTimeSpec.parse("bnn-sample").build().check(build_method("at", ctx=CTX))
@@ -79,19 +70,16 @@ def _suite(eval_row: dict[str, object]) -> dict[str, object]:
                      {"id": "row", "model_of": "standard", "eval": eval_row}]}
 
 
-@pytest.mark.parametrize(("new", "old"), [
-    ({"defense": {"name": "sap", "pct": 100}}, {"sap": 100}),
-    ({"defense": "sap:pct=100,mode=fast"}, {"sap": 100, "sap_mode": "fast"}),
-])
-def test_suite_defense_as_data_keeps_the_card_of_the_older_keys(new: dict[str, object], old: dict[str, object],
-                                                                 tmp_path: Path) -> None:
+def test_suite_defense_as_data_names_its_own_card(tmp_path: Path) -> None:
+    """The card of a row with a test-time defense is named by the defense's canonical settings: the
+    text and mapping spellings, with or without the default mode, are one card; no defense is another."""
     def path(row: dict[str, object]) -> Path:
         suite = parse_suite(_suite(row))
         task = next(t for t in plan_suite(suite, tmp_path) if t.name == "evaluate:row-s0")
         return card_path(suite, task.spec)
 
-    assert path(new) == path(old)
-    assert path(new) != path({})
+    assert path({"defense": {"name": "sap", "pct": 100}}) == path({"defense": "sap:pct=100.0,mode=exact"})
+    assert path({"defense": "sap:pct=100,mode=fast"}) != path({"defense": "sap:pct=100"}) != path({})
 
 
 def test_no_module_outside_defenses_imports_a_defense_module() -> None:
@@ -113,9 +101,7 @@ def test_cli_names_the_defense_as_data(at_run: Path, tiny_mnist: Path, tmp_path:
 
     out = tmp_path / "card.json"
     assert main(["eval", str(at_run), "--attack", "fgsm", "--defense", "sap:pct=100,mode=fast", "--limit", "8",
-                 "--passes", "2", "--data-dir", str(tiny_mnist), "--out", str(out), "--no_progress"]) == 0
+                 "--passes", "2", "--data-dir", str(tiny_mnist), "--out", str(out), "--no-progress"]) == 0
     card = json.loads(out.read_text())
     assert card["stochastic"] and card["test_time"] == {"name": "sap", "pct": 100, "mode": "fast",
                                                         "label": "SAP-100 (fast)"}
-    assert main(["eval", str(at_run), "--defense", "sap:pct=100", "--sap", "50", "--limit", "8",
-                 "--data-dir", str(tiny_mnist), "--no_progress"]) == 2

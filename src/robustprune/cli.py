@@ -55,7 +55,6 @@ def _eval_parser() -> ArgumentParser:
                         "instead of accuracy); `robustprune list` names them all")
     add_dataclass_flags(p, EvalConfig, skip=("attacks",))
     p.add_argument("--source", type=str | None, default=None, help="run the transfer attack is crafted on")
-    _legacy_defense_flags(p)
     p.add_argument("--data-dir", dest="data_dir", type=str | None, default=None, help="dataset directory")
     p.add_argument("--device", type=str, default="auto", help="auto, cpu or cuda")
     p.add_argument("--threads", type=int | None, default=None, help="torch CPU threads (default: torch's)")
@@ -130,16 +129,6 @@ def _report_parser() -> ArgumentParser:
     return p
 
 
-def _legacy_defense_flags(p: ArgumentParser, *, bnn: bool = True) -> None:
-    """--sap / --sap-mode / --bnn-sample: the older spelling of --defense."""
-    p.add_argument("--sap", type=float | None, default=None, help="same as --defense sap:pct=PCT")
-    p.add_argument("--sap-mode", dest="sap_mode", type=str | None, default=None,
-                   help="with --sap: SAP sampling, exact or fast")
-    if bnn:
-        p.add_argument("--bnn-sample", dest="bnn_sample", action=YES_NO(), default=False,
-                       help="same as --defense bnn-sample")
-
-
 def _run_flags(p: ArgumentParser) -> None:
     p.add_argument("--data-dir", dest="data_dir", type=str | None, default=None, help="dataset directory")
     p.add_argument("--device", type=str, default="auto", help="auto, cpu or cuda")
@@ -171,11 +160,10 @@ def _audit_parser() -> ArgumentParser:
     p.add_argument("--source", type=str | None, default=None, help="run the transfer attack is crafted on")
     p.add_argument("--eps-sweep", dest="eps_sweep", type=str | None, default=None,
                    help="comma-separated eps values of the curve (default 0..2*eps)")
-    p.add_argument("--autoattack", type=str, default="auto", help="auto (run when installed), yes or no")
+    p.add_argument("--autoattack", type=str, default="yes", help="yes (run AutoAttack, the strongest rung) or no")
     _fmn_flags(p)
     p.add_argument("--surface", action=YES_NO(), default=True, help="also draw the loss surface")
     add_dataclass_flags(p, EvalConfig, skip=("attacks", "steps", "restarts", "eot"), defaults={"limit": 1000})
-    _legacy_defense_flags(p)
     _run_flags(p)
     p.add_argument("--progress", action=YES_NO(), default=True, help="show progress bars")
     return p
@@ -217,7 +205,6 @@ def _calibration_parser() -> ArgumentParser:
     p.add_argument("--out", type=str, required=True, help="output directory")
     p.add_argument("--defense", type=str | None, default=None,
                    help="also evaluate each run wrapped in this test-time defense, e.g. sap:pct=100")
-    _legacy_defense_flags(p, bnn=False)
     p.add_argument("--bins", type=int, default=10, help="equal-width confidence bins")
     p.add_argument("--passes", type=int, default=10, help="forward passes averaged for a stochastic model")
     _data_flags(p, limit=1000)
@@ -295,8 +282,8 @@ def cmd_eval(ns: Namespace) -> int:
     if ns.threads is not None:
         torch.set_num_threads(ns.threads)
     cfg = eval_config_of(ns, attacks=[a.strip() for a in ns.attack.split(",") if a.strip()])
-    card = evaluate_run(ns.run, cfg, source=ns.source, sap=ns.sap, sap_mode=ns.sap_mode, bnn_sample=ns.bnn_sample,
-                        data_dir=ns.data_dir, device=ns.device, out=ns.out, progress=ns.progress)
+    card = evaluate_run(ns.run, cfg, source=ns.source, data_dir=ns.data_dir, device=ns.device, out=ns.out,
+                        progress=ns.progress)
     print(json.dumps(card, indent=2) if ns.json else format_table(card))
     print(f"card: {card['card_path']}", file=sys.stderr)
     return 0
@@ -390,8 +377,7 @@ def cmd_audit(ns: Namespace) -> int:
 
     card = audit_run(ns.run, eval_config_of(ns), out=ns.out, source=ns.source, eps_sweep=_floats(ns.eps_sweep),
                      autoattack=ns.autoattack, fmn=ns.fmn, fmn_steps=ns.fmn_steps, fmn_targets=ns.fmn_targets,
-                     surface=ns.surface, data_dir=ns.data_dir, device=ns.device,
-                     sap=ns.sap, sap_mode=ns.sap_mode, bnn_sample=ns.bnn_sample, progress=ns.progress)
+                     surface=ns.surface, data_dir=ns.data_dir, device=ns.device, progress=ns.progress)
     print(render_audit_markdown(card, surface=ns.surface))
     print(f"written: {ns.out}/audit.json, audit.md, curve.json, curve.png"
           + (", surface.json, surface.png" if ns.surface else ""), file=sys.stderr)
@@ -427,7 +413,7 @@ def cmd_surface(ns: Namespace) -> int:
 def cmd_calibration(ns: Namespace) -> int:
     from robustprune.jobs.calibration import calibration_run
 
-    data = calibration_run(ns.runs, out=ns.out, defense=ns.defense, sap=ns.sap, sap_mode=ns.sap_mode, limit=ns.limit,
+    data = calibration_run(ns.runs, out=ns.out, defense=ns.defense, limit=ns.limit,
                            bins=ns.bins, passes=ns.passes, data_dir=ns.data_dir, device=ns.device, seed=ns.seed)
     print("| model | accuracy % | mean confidence % | ECE % |\n|---|---|---|---|")
     print("\n".join(f"| {m['label']} | {100 * m['accuracy']:.2f} | {100 * m['mean_confidence']:.2f} | "
@@ -468,21 +454,25 @@ COMMANDS = {"calibration": cmd_calibration,
             "surface": cmd_surface, "sweep-sparsity": cmd_sweep_sparsity}
 
 
-#: older flag spellings still accepted, each with a note on stderr: ``--no_<flag>`` is ``--no-<flag>``
-DEPRECATED_PREFIX = "--no_"
-
-
-def modern_flags(argv: Sequence[str]) -> list[str]:
-    """``argv`` with every older spelling (``--no_progress``) replaced by the current one
-    (``--no-progress``); a deprecation note names each on stderr."""
-    out = []
+def misspelled_flag(argv: Sequence[str]) -> str | None:
+    """What is wrong with the first flag of ``argv`` that is spelled the way no flag is, saying the
+    spelling to use, or ``None``: flags are spelled with hyphens (``--no-progress``), and a test-time
+    defense is named as data (``--defense NAME:option=VALUE``), never by flags of its own."""
     for arg in argv:
-        if arg.startswith(DEPRECATED_PREFIX):
-            new = "--no-" + arg[len(DEPRECATED_PREFIX):]
-            print(f"robustprune: {arg} is deprecated; use {new}", file=sys.stderr)
-            arg = new
-        out.append(arg)
-    return out
+        if arg == "--":
+            break
+        flag = arg.split("=", 1)[0]
+        if not flag.startswith("--"):
+            continue
+        if "_" in flag:
+            return f"{flag} is not a flag: flags are spelled with hyphens, {flag.replace('_', '-')}"
+        if flag != "--defense":
+            from robustprune.defenses import spelled_as_setting
+
+            hint = spelled_as_setting(flag)
+            if hint is not None:
+                return f"{flag} is not a flag: name the test-time defense as data, --defense {hint}"
+    return None
 
 
 def _user_error(e: BaseException) -> bool:
@@ -498,8 +488,12 @@ def _user_error(e: BaseException) -> bool:
 def main(argv: Sequence[str] | None = None) -> int:
     """Run one command. User errors (see :func:`_user_error`) print one line and return 2; any
     other exception is a bug and propagates with its type and traceback."""
-    parser = build_parser()
-    args = parser.parse_args(modern_flags(sys.argv[1:] if argv is None else argv))
+    argv = sys.argv[1:] if argv is None else list(argv)
+    wrong = misspelled_flag(argv)
+    if wrong is not None:
+        print(f"robustprune: error: {wrong}", file=sys.stderr)
+        return 2
+    args = build_parser().parse_args(argv)
     try:
         return COMMANDS[args.command](args[args.command])
     except Exception as e:

@@ -12,7 +12,6 @@ its dynamic-defence check clears is restored.
 from __future__ import annotations
 
 import contextlib
-import importlib.util
 import logging
 import sys
 import time
@@ -24,9 +23,8 @@ import torch
 from torch import Tensor, nn
 
 from robustprune.attacks.base import Attack, check_count, is_stochastic
-from robustprune.utils import MissingExtraError
 
-__all__ = ["AutoAttack", "MissingExtraError", "autoattack_available"]
+__all__ = ["AutoAttack"]
 
 _LOG = logging.getLogger(__name__)
 VERSIONS = ("auto", "standard", "rand")
@@ -35,11 +33,6 @@ STAGES = {"standard": ("apgd-ce", "apgd-t", "fab-t", "square"), "rand": ("apgd-c
 #: fewest classes each version's losses are defined for (targeted DLR needs the 4th-largest logit)
 MIN_CLASSES = {"standard": 4, "rand": 3}
 PACKAGE = "pyautoattack"
-
-
-def autoattack_available() -> bool:
-    """``True`` when the optional ``pyautoattack`` package can be imported."""
-    return importlib.util.find_spec(PACKAGE) is not None
 
 
 def package_version() -> str:
@@ -86,13 +79,14 @@ class AutoAttack(Attack):
     Args:
         eps: radius in pixel units. norm: ``"linf"`` (default) or ``"l2"``.
         version: ``"auto"``, ``"standard"`` or ``"rand"``.
-        seed: the package's attack seed (default 0; its RNG use is kept off the global RNG).
+        seed: the package's attack seed (default 0; its RNG use is kept off the global RNG); an
+            evaluation passes its own (``EvalConfig.seed``), so two seeds draw differently.
         n_iter: APGD/FAB iterations (default ``None``: the package's 100). For quick checks only;
             recorded in :meth:`params`.
         n_queries: Square queries (default ``None``: the package's 5000). Same caveat.
         eval_mode: attack the eval-mode model (default ``True``).
 
-    Needs ``pyautoattack==0.2.0``, a dependency of robustprune (a missing install raises ``MissingExtraError``).
+    Runs ``pyautoattack==0.2.0``, a dependency of robustprune.
 
     >>> attack = AutoAttack(eps=0.3)                 # MNIST L-inf
     >>> x_adv = attack(model, x, y)                  # doctest: +SKIP
@@ -112,10 +106,6 @@ class AutoAttack(Attack):
         self.version, self.seed = version, seed
         self.n_iter = None if n_iter is None else check_count("n_iter", n_iter)
         self.n_queries = None if n_queries is None else check_count("n_queries", n_queries)
-        if not autoattack_available():
-            raise MissingExtraError(
-                f"AutoAttack needs {PACKAGE!r}, a dependency of robustprune: pip install pyautoattack==0.2.0"
-            )
         self.reset()
 
     def params(self) -> dict[str, Any]:

@@ -40,8 +40,9 @@ table shows them beside the model they wrap::
       - {id: at-bnn-sampled, model_of: at-bnn, eval: {defense: bnn-sample, attacks: [pgd, eot-pgd]}}
 
 ``defense`` names a registered test-time defense with its options (``sap`` with ``pct`` and
-``mode``; ``bnn-sample`` for an ``at-bnn`` run; see ``robustprune list``); the older keys ``sap: PCT``,
-``sap_mode`` and ``bnn_sample: true`` still work and keep their cards. Both defenses make the model
+``mode``; ``bnn-sample`` for an ``at-bnn`` run; see ``robustprune list``). A defense is named only
+so: a key that spells it as a setting of its own is refused, naming the ``defense:`` to write
+(``scripts/migrate_suite.py`` rewrites older suite files). Both defenses make the model
 random, so their rows should list ``pgd`` (single-sample, the original papers' evaluation) beside
 ``eot-pgd`` (the adaptive one).
 """
@@ -58,7 +59,7 @@ from typing import Any
 import yaml
 
 from robustprune.config import SEED_LIMIT, EvalConfig, TrainConfig, check_type
-from robustprune.defenses import TestTimeSpec, build_method, legacy_test_time
+from robustprune.defenses import TestTimeSpec, build_method, spelled_as_setting
 from robustprune.eval.card import attack_names
 from robustprune.models import check_model_args, resolve_model
 from robustprune.registry import METHODS
@@ -90,7 +91,7 @@ class EvalSpec(EvalConfig):
         """The values that decide a card's numbers (``source`` is resolved per run instead).
 
         The test-time defense adds its own keys (``TestTimeDefense.settings``) only when set, so
-        suites written before it existed keep their cards."""
+        the cards of rows without one keep the names they had before defenses existed."""
         out = {f.name: getattr(self, f.name) for f in dataclasses.fields(EvalConfig) if f.name != "defense"}
         out["attacks"] = list(self.attacks)
         if self.defense is not None:
@@ -202,29 +203,27 @@ def _seeds(value: Any, where: str) -> tuple[int, ...]:
     return tuple(value)
 
 
-#: the older spelling of ``defense`` in an ``eval`` mapping, with their types
-LEGACY_DEFENSE_KEYS: dict[str, Any] = {"sap": float | None, "sap_mode": str, "bnn_sample": bool}
-
-
 def _eval_spec(data: Any, where: str) -> EvalSpec:
     if not isinstance(data, dict):
         raise ValueError(f"{where}: eval must be a mapping, got {data!r}")
-    known = tuple(f.name for f in dataclasses.fields(EvalSpec)) + tuple(LEGACY_DEFENSE_KEYS)
+    known = tuple(f.name for f in dataclasses.fields(EvalSpec))
+    for key in data:
+        hint = spelled_as_setting(str(key)) if key not in known else None
+        if hint is not None:
+            name, _, opts = hint.partition(":")
+            mapping = ", ".join([f"name: {name}", *(o.replace("=", ": ") for o in opts.split(",") if o)])
+            raise ValueError(f"{where}: eval: {key!r} is not an evaluation setting: name the test-time defense as "
+                             f"data, defense: {{{mapping}}} (scripts/migrate_suite.py rewrites a suite file)")
     _no_unknown(data, known, f"{where}: eval")
-    hints = {**typing.get_type_hints(EvalSpec), **LEGACY_DEFENSE_KEYS}
+    hints = typing.get_type_hints(EvalSpec)
     for key, value in data.items():
         if key != "defense":
             check_type(value, hints[key], f"{where}: eval.{key}")
-    kw = {k: v for k, v in data.items() if k not in LEGACY_DEFENSE_KEYS}
-    legacy = {k: data[k] for k in LEGACY_DEFENSE_KEYS if k in data}
+    kw = dict(data)
     try:
         spec = TestTimeSpec.parse(data.get("defense"))
-        old = legacy_test_time(**legacy)
     except ValueError as e:
         raise ValueError(f"{where}: eval: {e}") from None
-    if old is not None and spec is not None and old != spec:
-        raise ValueError(f"{where}: eval names the test-time defense twice: defense {spec} and {old}")
-    spec = spec or old
     kw["defense"] = None if spec is None else str(spec)
     if "attacks" in kw:
         kw["attacks"] = tuple(kw["attacks"])

@@ -11,13 +11,13 @@ from __future__ import annotations
 from typing import Any
 
 from robustprune.defenses.base import Method, MethodContext, ParamGroup
-from robustprune.defenses.testtime import TestTimeDefense, TestTimeSpec, legacy_test_time, resolve_test_time
+from robustprune.defenses.testtime import TestTimeDefense, TestTimeSpec, resolve_test_time, spelled_as_setting
 from robustprune.registry import METHODS, TEST_TIME, discover
 
 discover(__name__)  # every method and test-time defense module registers itself
 
 __all__ = ["METHODS", "TEST_TIME", "Method", "MethodContext", "ParamGroup", "TestTimeDefense", "TestTimeSpec",
-           "build_method", "legacy_test_time", "resolve_test_time"]
+           "build_method", "resolve_test_time", "spelled_as_setting"]
 
 
 def build_method(name: str, *, ctx: MethodContext, **kwargs: Any) -> Method:

@@ -188,7 +188,7 @@ class BNNSample(TestTimeDefense):
 
     def check(self, method: Method) -> None:
         if not isinstance(method, ATBNN):
-            raise ValueError(f"bnn_sample samples the weights of an at-bnn run; method is {method.name!r}")
+            raise ValueError(f"bnn-sample samples the weights of an at-bnn run; method is {method.name!r}")
 
     def wrap(self, model: nn.Module, method: Method) -> nn.Module:
         self.check(method)
@@ -206,7 +206,3 @@ class BNNSample(TestTimeDefense):
 
     def card_fields(self) -> dict[str, Any]:
         return {"bnn_sample": True, **super().card_fields()}
-
-    def settings(self) -> dict[str, Any]:
-        """``bnn_sample``: the key suites used before defenses were named as data (same card hashes)."""
-        return {"bnn_sample": True}

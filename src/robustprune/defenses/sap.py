@@ -175,5 +175,6 @@ class SAPDefense(TestTimeDefense):
         return {"defense": describe, "test_time": test_time}
 
     def settings(self) -> dict[str, Any]:
-        """``sap``/``sap_mode``: the keys suites used before defenses were named as data (same card hashes)."""
-        return {"sap": self.pct, "sap_mode": self.mode}
+        """Canonical: ``pct`` as a float and ``mode`` always given (``sap:pct=100`` and
+        ``sap:pct=100.0,mode=exact`` are one card)."""
+        return {"defense": {"name": self.name, "pct": float(self.pct), "mode": self.mode}}

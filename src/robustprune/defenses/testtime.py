@@ -16,6 +16,7 @@ a name and its options, written ``sap:pct=100,mode=fast`` on the command line an
 
 from __future__ import annotations
 
+import inspect
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -132,27 +133,21 @@ class TestTimeSpec:
         return self.name + (":" + ",".join(f"{k}={v}" for k, v in self.options) if self.options else "")
 
 
-def legacy_test_time(*, sap: float | None = None, sap_mode: str | None = None,
-                     bnn_sample: bool = False) -> TestTimeSpec | None:
-    """The defense named by the older separate settings ``sap``/``sap_mode``/``bnn_sample``
-    (still accepted by suites, the command line and the library), or ``None``."""
-    if sap is not None and bnn_sample:
-        raise ValueError("choose one test-time defense: sap or bnn_sample, not both")
-    if sap is not None:
-        opts: dict[str, Any] = {"pct": sap} if sap_mode is None else {"pct": sap, "mode": sap_mode}
-        return TestTimeSpec.parse({"name": "sap", **opts})
-    if sap_mode is not None and sap_mode != "exact":
-        TestTimeSpec.parse({"name": "sap", "pct": 100.0, "mode": sap_mode})  # report a bad mode
-    return TestTimeSpec("bnn-sample") if bnn_sample else None
-
-
-def resolve_test_time(defense: Any = None, *, sap: float | None = None, sap_mode: str | None = None,
-                      bnn_sample: bool = False) -> TestTimeDefense | None:
-    """One built defense from ``defense`` (anything :meth:`TestTimeSpec.parse` takes) or the
-    older settings; both at once raise ``ValueError``."""
-    legacy = legacy_test_time(sap=sap, sap_mode=sap_mode, bnn_sample=bnn_sample)
+def resolve_test_time(defense: Any = None) -> TestTimeDefense | None:
+    """One built defense from ``defense`` (anything :meth:`TestTimeSpec.parse` takes), or ``None``."""
     spec = TestTimeSpec.parse(defense)
-    if spec is not None and legacy is not None:
-        raise ValueError(f"name the test-time defense once: got defense {spec} and {legacy}")
-    spec = spec or legacy
     return None if spec is None else spec.build()
+
+
+def spelled_as_setting(key: str) -> str | None:
+    """When ``key`` (a flag such as ``--name-option`` or a settings key such as ``name_option``) spells
+    a registered test-time defense, or one of its options, as a setting of its own, the spelling
+    that names it as data instead (``--defense``/``defense:``), e.g. ``"NAME:option=VALUE"``;
+    else ``None``. Every entry point refuses such a key with this hint."""
+    k = key.lstrip("-").replace("_", "-")
+    for name in TEST_TIME.names():
+        if k == name or k.startswith(name + "-"):
+            params = [p for p in inspect.signature(TEST_TIME.get(name)).parameters
+                      if p not in ("self", "options") and not p.startswith("_")]
+            return name + (":" + ",".join(f"{p}=VALUE" for p in params) if params else "")
+    return None

@@ -23,7 +23,7 @@ from robustprune.attacks import (
 from robustprune.attacks import autoattack as aa
 from robustprune.config import EvalConfig, eval_config, to_dict
 from robustprune.data import TensorLoader, check_eps, dataset_info, load_split
-from robustprune.defenses import TestTimeDefense, TestTimeSpec, legacy_test_time, resolve_test_time
+from robustprune.defenses import TestTimeDefense, TestTimeSpec, resolve_test_time, spelled_as_setting
 from robustprune.eval.evaluate import EvalResult, evaluate
 from robustprune.metrics import paper_cost, sparsity_summary
 from robustprune.metrics.cost import has_paper_cost
@@ -36,8 +36,8 @@ from robustprune.sparsity.compact import compact_model, compact_summary
 from robustprune.train.run import load_run
 from robustprune.utils import keeps_global_rng, provenance, resolve_device
 
-#: attacks an evaluation builds itself: they need more than the threat model (a source model; the
-#: optional AutoAttack package)
+#: attacks an evaluation builds itself: they need more than the threat model (a source model;
+#: AutoAttack's version and seed)
 COMPOSITE_NAMES = ("transfer", "autoattack")
 
 
@@ -63,7 +63,7 @@ def build_eval_attack(
 
     A registered attack (``ATTACKS``) gets the settings its constructor takes (``fgsm``: ε only;
     ``pgd``: ε, steps, step size, restarts, EOT), ``None`` ones left to its defaults (``eot-pgd``:
-    EOT-10). ``transfer`` is PGD (without EOT) crafted on ``source``; ``autoattack`` the optional package's
+    EOT-10). ``transfer`` is PGD (without EOT) crafted on ``source``; ``autoattack`` pyautoattack's
     standard version, or ``rand`` (EOT-20) when the model is random. ``generator`` is the random
     stream of every attack that takes one (``None``: the global RNG); AutoAttack seeds itself.
     """
@@ -106,18 +106,15 @@ def evaluate_run(
     out: str | Path | None = None,
     progress: bool = True,
     measure: bool = True,
-    sap: float | None = None,
-    sap_mode: str | None = None,
-    bnn_sample: bool = False,
     **settings: Any,
 ) -> dict[str, Any]:
     """Evaluate run ``run_dir`` on its test set and write the card (default ``RUN/eval/<attacks>.json``).
 
     ``config`` (:class:`~robustprune.config.EvalConfig`: attacks, ε, steps, test points, test-time
     defense, seed, ...) with ``settings`` replacing its fields (``evaluate_run(run, attacks=["pgd"],
-    limit=100)``); ``source`` is the run the transfer attack is crafted on. ``sap``/``sap_mode``/
-    ``bnn_sample`` are the older spelling of ``defense`` (``"sap:pct=100,mode=fast"``, ``"bnn-sample"``,
-    see :class:`robustprune.defenses.TestTimeSpec`), which wraps the model for this evaluation.
+    limit=100)``); ``source`` is the run the transfer attack is crafted on. ``defense``
+    (``"sap:pct=100,mode=fast"``, ``"bnn-sample"``, see :class:`robustprune.defenses.TestTimeSpec`)
+    wraps the model for this evaluation.
     The run's method adds its own evaluation attacks and card fields (``Method.eval_attacks``,
     ``Method.eval_fields``).
 
@@ -129,8 +126,7 @@ def evaluate_run(
     (:func:`robustprune.metrics.minnorm.minnorm_robustness`), instead of a robust accuracy.
     """
     base = config or EvalConfig()
-    cfg = eval_config(base, **with_defense({"defense": base.defense, **settings}, sap=sap, sap_mode=sap_mode,
-                                           bnn_sample=bnn_sample))
+    cfg = eval_config(base, **with_defense({"defense": base.defense, **settings}))
     test_time = resolve_test_time(cfg.defense)
     attacks, limit, seed = list(cfg.attacks), cfg.limit, cfg.seed
     minnorm = [n for n in attacks if n in MINNORM]
@@ -187,15 +183,16 @@ def evaluate_run(
     return {**record.to_dict(), "card_path": str(path)}
 
 
-def with_defense(settings: dict[str, Any], *, sap: float | None = None, sap_mode: str | None = None,
-                 bnn_sample: bool = False) -> dict[str, Any]:
+def with_defense(settings: dict[str, Any]) -> dict[str, Any]:
     """``settings`` with its test-time defense as the canonical text of its spec (``defense`` given as
-    text, a mapping or a spec, or by the older ``sap``/``sap_mode``/``bnn_sample``)."""
+    text, a mapping or a spec); a key that spells a defense as a setting of its own is refused,
+    naming the spelling to use."""
+    for key in settings:
+        hint = spelled_as_setting(key) if key != "defense" else None
+        if hint is not None:
+            raise ValueError(f"{key!r} is not an evaluation setting: name the test-time defense as data, "
+                             f"defense={hint!r}")
     spec = TestTimeSpec.parse(settings.get("defense"))
-    legacy = legacy_test_time(sap=sap, sap_mode=sap_mode, bnn_sample=bnn_sample)
-    if spec is not None and legacy is not None:
-        raise ValueError(f"name the test-time defense once: got defense {spec} and {legacy}")
-    spec = spec or legacy
     out = {k: v for k, v in settings.items() if k != "defense"}
     return out if spec is None else {**out, "defense": str(spec)}
 

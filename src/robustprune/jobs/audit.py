@@ -2,7 +2,7 @@
 
 "Robustness numbers are only as good as the attack." The audit runs, on the same test points,
 FGSM → PGD-40 → PGD-100 with 5 restarts → EOT-PGD-40 (when the model is random in eval mode) →
-AutoAttack (when pyautoattack is installed, as it is with the package; ``rand`` for random models) → transfer from a
+AutoAttack (pyautoattack, a dependency; ``rand`` for random models; the evaluation seed) → transfer from a
 source model (when given), plus a robust-accuracy-vs-ε sweep with FMN-L∞'s security curve beside
 it (deterministic models), an unbounded (ε = 1) attack and an input-gradient census, and turns them
 into the checks of :mod:`robustprune.eval.checks`. The
@@ -46,7 +46,7 @@ from robustprune.reports.audit_report import render_audit_markdown
 from robustprune.train import load_run
 from robustprune.utils import atomic_write_json, atomic_write_text, keeps_global_rng, provenance
 
-AUTOATTACK_MODES = ("auto", "yes", "no")
+AUTOATTACK_MODES = ("yes", "no")
 
 
 @dataclass
@@ -103,21 +103,17 @@ def run_rung(model: nn.Module, loader: TensorLoader, rung: Rung, *, passes: int,
 
 
 def _autoattack_mode(mode: str) -> tuple[bool, str]:
-    """(run AutoAttack?, why not) for ``"auto"``/``"yes"``/``"no"``."""
+    """(run AutoAttack?, why not) for ``"yes"``/``"no"``."""
     if mode not in AUTOATTACK_MODES:
         raise ValueError(f"autoattack must be one of {AUTOATTACK_MODES}, got {mode!r}")
     if mode == "no":
         return False, "AutoAttack disabled (--autoattack no)"
-    if not aa.autoattack_available():
-        if mode == "yes":
-            raise aa.MissingExtraError("--autoattack yes needs pyautoattack: pip install pyautoattack==0.2.0")
-        return False, "pyautoattack is not installed (pip install pyautoattack==0.2.0); AutoAttack skipped"
     return True, ""
 
 
 @keeps_global_rng
 def audit(model: nn.Module, images: Tensor, labels: Tensor, *, eps: float, step_size: float,
-          source: nn.Module | None = None, eps_sweep: list[float] | None = None, autoattack: str = "auto",
+          source: nn.Module | None = None, eps_sweep: list[float] | None = None, autoattack: str = "yes",
           aa_options: dict[str, Any] | None = None, fmn: bool = True, fmn_steps: int = FMN_STEPS,
           fmn_targets: int | None = FMN_TARGETS, batch_size: int = 256, passes: int = 10, seed: int = 0,
           device: torch.device | str = "cpu", progress: bool = True) -> dict[str, Any]:
@@ -127,7 +123,7 @@ def audit(model: nn.Module, images: Tensor, labels: Tensor, *, eps: float, step_
         eps, step_size: the threat model's L∞ radius and the ladder's PGD step.
         source: model the transfer attack is crafted on (skipped when ``None``).
         eps_sweep: ε values of the curve (default :func:`~robustprune.jobs.curve.default_sweep`).
-        autoattack: ``"auto"`` (run when installed), ``"yes"`` (required) or ``"no"``.
+        autoattack: ``"yes"`` (default) or ``"no"``.
         aa_options: ``n_iter``/``n_queries`` for a quick AutoAttack (recorded in the card).
         fmn, fmn_steps, fmn_targets: FMN-L∞'s security curve at the sweep's ε (card ``security``,
             :func:`~robustprune.jobs.curve.with_security`); skipped for random models.
@@ -217,10 +213,10 @@ AUDIT_CONFIG = EvalConfig(limit=1000)
 
 
 def audit_run(run_dir: str | Path, config: EvalConfig | None = None, *, out: str | Path,
-              source: str | Path | None = None, eps_sweep: list[float] | None = None, autoattack: str = "auto",
+              source: str | Path | None = None, eps_sweep: list[float] | None = None, autoattack: str = "yes",
               aa_options: dict[str, Any] | None = None, fmn: bool = True, fmn_steps: int = FMN_STEPS,
               fmn_targets: int | None = FMN_TARGETS, surface: bool = True, data_dir: str | None = None,
-              device: str = "auto", sap: float | None = None, sap_mode: str | None = None, bnn_sample: bool = False,
+              device: str = "auto",
               progress: bool = True, **settings: Any) -> dict[str, Any]:
     """Audit run ``run_dir`` on its first ``limit`` test points; write into ``out``: ``audit.json``,
     ``audit.md``, ``curve.json``/``curve.png`` and (``surface=True``) ``surface.json``/``surface.png``.
@@ -228,15 +224,14 @@ def audit_run(run_dir: str | Path, config: EvalConfig | None = None, *, out: str
     ``config`` (default :data:`AUDIT_CONFIG`) with ``settings`` replacing its fields gives ``eps``/
     ``step_size`` (default: the dataset's, MNIST 0.3 / 0.01, CIFAR 8/255 / 2/255), ``limit``,
     ``batch_size``, ``passes``, ``seed`` and ``defense`` (a test-time defense as data, e.g.
-    ``"sap:pct=100"``; ``sap``/``sap_mode``/``bnn_sample`` are its older spelling), which audits the
+    ``"sap:pct=100"``), which audits the
     model as ``robustprune eval`` would wrap it: random at test time, so the EOT rung runs and the
     card records the defense. The ladder's attacks are the audit's own.
 
     >>> audit_run("runs/at", out="runs/at/audit", limit=1000, source="runs/at-seed1")   # doctest: +SKIP
     """
     base = config or AUDIT_CONFIG
-    cfg = eval_config(base, **with_defense({"defense": base.defense, **settings}, sap=sap, sap_mode=sap_mode,
-                                           bnn_sample=bnn_sample))
+    cfg = eval_config(base, **with_defense({"defense": base.defense, **settings}))
     limit, batch_size, passes, seed = cfg.limit, cfg.batch_size, cfg.passes, cfg.seed
     if eps_sweep is not None:
         check_eps_list(eps_sweep)

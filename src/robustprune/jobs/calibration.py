@@ -55,15 +55,15 @@ def calibration_of(model: nn.Module, images: Tensor, labels: Tensor, *, passes: 
 
 
 @keeps_global_rng
-def calibration_run(runs: list[str | Path], *, out: str | Path, defense: Any = None, sap: float | None = None,
-                    sap_mode: str | None = None, limit: int | None = 1000, bins: int = 10, passes: int = 10,
+def calibration_run(runs: list[str | Path], *, out: str | Path, defense: Any = None,
+                    limit: int | None = 1000, bins: int = 10, passes: int = 10,
                     data_dir: str | None = None, device: str = "auto", seed: int = 0) -> dict[str, Any]:
-    """Calibration of each run (and of it wrapped in the test-time ``defense``, e.g. ``"sap:pct=100"``;
-    ``sap``/``sap_mode`` are the older spelling); writes ``out/calibration.json`` and
-    ``out/calibration.png``; returns the JSON data. Arguments are checked before anything runs."""
+    """Calibration of each run (and of it wrapped in the test-time ``defense``, e.g. ``"sap:pct=100"``);
+    writes ``out/calibration.json`` and ``out/calibration.png``; returns the JSON data. Arguments are
+    checked before anything runs."""
     if not runs:
         raise ValueError("calibration needs at least one run directory, got none")
-    test_time = resolve_test_time(defense, sap=sap, sap_mode=sap_mode)
+    test_time = resolve_test_time(defense)
     if isinstance(passes, bool) or not isinstance(passes, int) or passes < 1:
         raise ValueError(f"passes must be an integer >= 1, got {passes!r}")
     entries, dev = [], None
