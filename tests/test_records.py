@@ -196,3 +196,22 @@ def test_an_old_card_is_remade_and_a_changed_method_retrains_its_runs(tiny_mnist
     assert card.stale == []
     write_suite_card(tmp_path / "copy.json", card)
     assert json.loads((tmp_path / "copy.json").read_text()) == json.loads((out / "cards" / "a-s0.json").read_text())
+
+
+def test_a_cards_sparsity_block_has_one_builder() -> None:
+    """The evaluation card (eval.card.model_cost) and a compacted run's record of its masked source
+    (jobs.compact._source_cost) write the same block, unstructured zeros included."""
+    import torch
+
+    from robustprune.data import dataset_info
+    from robustprune.eval.card import model_cost
+    from robustprune.jobs.compact import _source_cost
+    from robustprune.models import build_model
+
+    model = build_model("lenet5-caffe")
+    with torch.no_grad():
+        model.fc1.weight[:, ::2] = 0.0  # unstructured zeros
+    info = dataset_info("mnist")
+    block = model_cost("lenet5-caffe", model, info)
+    assert block["weight_sparsity"] > 0 and "unstructured" in block and "paper" in block
+    assert _source_cost("lenet5-caffe", model, info) == block

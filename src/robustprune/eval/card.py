@@ -25,11 +25,9 @@ from robustprune.config import EvalConfig, eval_config, to_dict
 from robustprune.data import TensorLoader, check_eps, dataset_info, load_split
 from robustprune.defenses import TestTimeDefense, TestTimeSpec, resolve_test_time, spelled_as_setting
 from robustprune.eval.evaluate import EvalResult, evaluate
-from robustprune.metrics import paper_cost, sparsity_summary
-from robustprune.metrics.cost import has_paper_cost
+from robustprune.metrics.cost import sparsity_record
 from robustprune.metrics.measured import measured_cost
 from robustprune.metrics.minnorm import minnorm_robustness
-from robustprune.metrics.unstructured import unstructured_cost
 from robustprune.models import installed_masks
 from robustprune.records import SCHEMA, CodeVersion, EvalCard, eval_card, write_eval_card
 from robustprune.sparsity.compact import compact_model, compact_summary
@@ -230,14 +228,10 @@ def measured_compaction(model: nn.Module, info: Any) -> dict[str, Any] | None:
 
 
 def model_cost(model_name: str, model: nn.Module, info: Any) -> dict[str, Any]:
-    """Unit/weight sparsity and, for the paper's architectures, its memory/FLOPs accounting."""
-    out: dict[str, Any] = sparsity_summary(model)
-    if out["weight_sparsity"] > 0:  # unstructured zeros: nnz, CSR bytes, theoretical MACs
-        out["unstructured"] = unstructured_cost(model, input_shape=(info.in_channels, info.image_size, info.image_size))
-    if has_paper_cost(model_name):
-        out["paper"] = paper_cost(model_name, model, in_channels=info.in_channels, num_classes=info.num_classes,
-                                  image_size=info.image_size)
-    return out
+    """The card's sparsity block of ``model`` on dataset ``info`` (``metrics.cost.sparsity_record``,
+    the one builder: a compacted run's card holds the same block of its masked source)."""
+    return sparsity_record(model_name, model, in_channels=info.in_channels, num_classes=info.num_classes,
+                           image_size=info.image_size)
 
 
 #: the version of the evaluation code (``evaluate``, this module, the metrics a card holds): bump it

@@ -23,8 +23,7 @@ from typing import Any, cast
 from torch import nn
 
 from robustprune.data import dataset_info
-from robustprune.metrics import paper_cost, sparsity_summary
-from robustprune.metrics.cost import has_paper_cost
+from robustprune.metrics.cost import sparsity_record
 from robustprune.metrics.measured import count_params, measured_cost
 from robustprune.models.base import UnitMask, mask_slots
 from robustprune.models.graph import GraphNet
@@ -47,12 +46,10 @@ def _widths(model: nn.Module) -> dict[str, dict[str, int]]:
 
 
 def _source_cost(model_name: str, model: nn.Module, info: Any) -> dict[str, Any]:
-    """The masked model's sparsity (and the paper's memory/FLOPs accounting) for the card."""
-    out: dict[str, Any] = sparsity_summary(model)
-    if has_paper_cost(model_name):
-        out["paper"] = paper_cost(model_name, model, in_channels=info.in_channels, num_classes=info.num_classes,
-                                  image_size=info.image_size)
-    return out
+    """The masked model's sparsity block for the compacted run's cards (the same builder as every
+    card's: ``metrics.cost.sparsity_record``)."""
+    return sparsity_record(model_name, model, in_channels=info.in_channels, num_classes=info.num_classes,
+                           image_size=info.image_size)
 
 
 def _write(tmp: Path, run: Any, net: nn.Module, record: dict[str, Any], onnx: bool) -> None:

@@ -36,7 +36,8 @@ from typing import Any
 
 from torch import nn
 
-from robustprune.metrics.sparsity import active_units, total_units
+from robustprune.metrics.sparsity import active_units, sparsity_summary, total_units
+from robustprune.metrics.unstructured import unstructured_cost
 from robustprune.models import model_info
 from robustprune.models.accounting import PaperCost
 from robustprune.models.lenet import lenet5_sizes
@@ -170,3 +171,18 @@ def paper_cost(
         "total_units": full,
         "compat_bug": compat_bug,
     }
+
+
+def sparsity_record(model_name: str, model: nn.Module, *, in_channels: int, num_classes: int,
+                    image_size: int) -> dict[str, Any]:
+    """A card's ``sparsity`` block, the one builder of it (``records.Sparsity``): unit and weight
+    sparsity with the slots' unit counts (``sparsity_summary``); for unstructured zeros their
+    nnz, CSR bytes and theoretical MACs (``unstructured``); for a model that declares the paper's
+    accounting, its memory % and FLOPs × (``paper``)."""
+    out: dict[str, Any] = sparsity_summary(model)
+    if out["weight_sparsity"] > 0:
+        out["unstructured"] = unstructured_cost(model, input_shape=(in_channels, image_size, image_size))
+    if has_paper_cost(model_name):
+        out["paper"] = paper_cost(model_name, model, in_channels=in_channels, num_classes=num_classes,
+                                  image_size=image_size)
+    return out
