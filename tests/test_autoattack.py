@@ -152,3 +152,18 @@ def test_eval_command_reports_each_stage(tiny_mnist: Path, tmp_path: Path, monke
     assert [s["name"] for s in entry["breakdown"]["stages"]] == ["apgd-ce", "apgd-t", "fab-t", "square"]
     assert entry["breakdown"]["stages"][-1]["robust_acc"] == pytest.approx(entry["robust_acc"])
     assert "↳ after apgd-t" in capsys.readouterr().out
+
+
+def test_the_evaluation_seed_reaches_autoattack() -> None:
+    """eval and the audit pass their seed to AutoAttack (its card params record it); it was fixed at 0."""
+    from robustprune.eval import build_eval_attack
+    from robustprune.jobs.audit import build_ladder
+
+    for seed in (0, 7):
+        attack = build_eval_attack("autoattack", eps=EPS, steps=2, step_size=0.01, seed=seed)
+        assert isinstance(attack, AutoAttack) and attack.seed == seed and attack.params()["seed"] == seed
+        rung = next(r for r in build_ladder(eps=EPS, step_size=0.01, stochastic=False, seed=seed)
+                    if r.name == "autoattack")
+        assert rung.attack.params()["seed"] == seed
+    ladder = build_ladder(eps=EPS, step_size=0.01, stochastic=False, seed=7, aa_options={"seed": 2})
+    assert next(r for r in ladder if r.name == "autoattack").attack.params()["seed"] == 2

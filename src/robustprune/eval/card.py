@@ -25,9 +25,11 @@ from robustprune.config import EvalConfig, eval_config, to_dict
 from robustprune.data import TensorLoader, check_eps, dataset_info, load_split
 from robustprune.defenses import TestTimeDefense, TestTimeSpec, resolve_test_time, spelled_as_setting
 from robustprune.eval.evaluate import EvalResult, evaluate
-from robustprune.metrics.cost import sparsity_record
+from robustprune.metrics import paper_cost, sparsity_summary
+from robustprune.metrics.cost import has_paper_cost
 from robustprune.metrics.measured import measured_cost
 from robustprune.metrics.minnorm import minnorm_robustness
+from robustprune.metrics.unstructured import unstructured_cost
 from robustprune.models import installed_masks
 from robustprune.records import SCHEMA, CodeVersion, EvalCard, eval_card, write_eval_card
 from robustprune.sparsity.compact import compact_model, compact_summary
@@ -56,6 +58,7 @@ def build_eval_attack(
     eot: int | None = None,
     source: nn.Module | None = None,
     generator: torch.Generator | None = None,
+    seed: int = 0,
 ) -> Attack | None:
     """One evaluation attack by name (``none`` -> ``None``); bad values raise ``ValueError``.
 
@@ -63,7 +66,8 @@ def build_eval_attack(
     ``pgd``: ε, steps, step size, restarts, EOT), ``None`` ones left to its defaults (``eot-pgd``:
     EOT-10). ``transfer`` is PGD (without EOT) crafted on ``source``; ``autoattack`` pyautoattack's
     standard version, or ``rand`` (EOT-20) when the model is random. ``generator`` is the random
-    stream of every attack that takes one (``None``: the global RNG); AutoAttack seeds itself.
+    stream of every attack that takes one (``None``: the global RNG); AutoAttack, which draws from its
+    own generators, gets ``seed`` (the evaluation's).
     """
     if name not in attack_names() or name in MINNORM:
         known = [n for n in attack_names() if n not in MINNORM]
@@ -77,7 +81,7 @@ def build_eval_attack(
     if name == "none":
         return None
     if name == "autoattack":
-        return aa.AutoAttack(eps=eps, version="auto", seed=0)
+        return aa.AutoAttack(eps=eps, version="auto", seed=seed)
     if name == "transfer":
         if source is None:
             raise ValueError("attack 'transfer' needs --source RUN (the model the examples are crafted on)")
@@ -146,7 +150,8 @@ def evaluate_run(
                   or (src_run is not None and src_run.method.stochastic))
     gen = None if stochastic else seeded_generator(seed, dev)
     built = [(n, build_eval_attack(n, eps=eps, steps=cfg.steps, step_size=step_size, restarts=cfg.restarts,
-                                   eot=cfg.eot, source=src_model, generator=gen)) for n in attacks_bounded]
+                                   eot=cfg.eot, source=src_model, generator=gen, seed=seed))
+             for n in attacks_bounded]
     named = [(n, a) for n, a in built if a is not None]
     named += run.method.eval_attacks(run.model, named)  # copies of the attacks above: the same stream
     images, labels = load_split(run.cfg.dataset, "test", data_dir=data_dir or run.cfg.data_dir)
@@ -228,10 +233,14 @@ def measured_compaction(model: nn.Module, info: Any) -> dict[str, Any] | None:
 
 
 def model_cost(model_name: str, model: nn.Module, info: Any) -> dict[str, Any]:
-    """The card's sparsity block of ``model`` on dataset ``info`` (``metrics.cost.sparsity_record``,
-    the one builder: a compacted run's card holds the same block of its masked source)."""
-    return sparsity_record(model_name, model, in_channels=info.in_channels, num_classes=info.num_classes,
-                           image_size=info.image_size)
+    """Unit/weight sparsity and, for the paper's architectures, its memory/FLOPs accounting."""
+    out: dict[str, Any] = sparsity_summary(model)
+    if out["weight_sparsity"] > 0:  # unstructured zeros: nnz, CSR bytes, theoretical MACs
+        out["unstructured"] = unstructured_cost(model, input_shape=(info.in_channels, info.image_size, info.image_size))
+    if has_paper_cost(model_name):
+        out["paper"] = paper_cost(model_name, model, in_channels=info.in_channels, num_classes=info.num_classes,
+                                  image_size=info.image_size)
+    return out
 
 
 #: the version of the evaluation code (``evaluate``, this module, the metrics a card holds): bump it

@@ -60,9 +60,10 @@ class Rung:
 
 def build_ladder(*, eps: float, step_size: float, stochastic: bool, source: nn.Module | None = None,
                  autoattack: bool = True, aa_options: dict[str, Any] | None = None,
-                 generator: torch.Generator | None = None) -> list[Rung]:
+                 generator: torch.Generator | None = None, seed: int = 0) -> list[Rung]:
     """The attack ladder at ``eps`` (L∞); PGD uses ``step_size`` and random starts, drawn from
-    ``generator`` (``None``: the global RNG). AutoAttack seeds itself."""
+    ``generator`` (``None``: the global RNG). AutoAttack draws from its own generators, seeded with
+    ``seed`` (the audit's) unless ``aa_options`` name one."""
     gen = generator
     rungs = [
         Rung("fgsm", "single", FGSM(eps=eps, generator=gen)),
@@ -73,7 +74,8 @@ def build_ladder(*, eps: float, step_size: float, stochastic: bool, source: nn.M
         rungs.append(Rung("eot-pgd-40", "eot", EOTPGD(eps=eps, steps=40, step_size=step_size, eot=10,
                                                       generator=gen)))
     if autoattack:
-        rungs.append(Rung("autoattack", "autoattack", aa.AutoAttack(eps=eps, version="auto", **(aa_options or {}))))
+        rungs.append(Rung("autoattack", "autoattack", aa.AutoAttack(eps=eps, version="auto",
+                                                                       **({"seed": seed} | (aa_options or {})))))
     if source is not None:
         inner = PGD(eps=eps, steps=40, step_size=step_size, generator=gen)
         rungs.append(Rung("transfer-pgd-40", "transfer", TransferAttack(source=source, attack=inner)))
@@ -148,7 +150,7 @@ def audit(model: nn.Module, images: Tensor, labels: Tensor, *, eps: float, step_
     t0 = time.perf_counter()
     gen = None if det["stochastic"] else seeded_generator(seed, x0.device)
     rungs = build_ladder(eps=eps, step_size=step_size, stochastic=det["stochastic"], source=source,
-                         autoattack=run_aa, aa_options=aa_options, generator=gen)
+                         autoattack=run_aa, aa_options=aa_options, generator=gen, seed=seed)
     bar = tqdm(rungs, desc="audit", disable=not progress, dynamic_ncols=True)
     ladder = []
     for rung in bar:
