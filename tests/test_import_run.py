@@ -129,3 +129,22 @@ def test_bad_arguments_are_named(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="unknown dataset 'mnits'"):
         import_run(model="lenet5-caffe", weights=src, dataset="mnits", out=tmp_path / "d")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["taken", "w.safetensors"]
+
+
+def test_cli_import_then_a_bad_file(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from factory_models import tiny_cnn
+    from robustprune.cli import main
+
+    torch.manual_seed(4)
+    net = tiny_cnn(10, 1, width=3)
+    torch.save(net.state_dict(), tmp_path / "net.pt")
+    flags = ["--model", "factory_models:tiny_cnn", "--model-args", "{width: 3}", "--dataset", "mnist"]
+    with pytest.warns(UserWarning, match="normalize"):
+        assert main(["import", *flags, "--weights", str(tmp_path / "net.pt"), "--out", str(tmp_path / "run")]) == 0
+    assert f"as run {tmp_path / 'run'}" in capsys.readouterr().out
+    assert torch.equal(load_run(tmp_path / "run").model.net[5].weight, net[5].weight)
+    torch.save({"head.weight": torch.zeros(1)}, tmp_path / "other.pt")
+    assert main(["import", *flags, "--weights", str(tmp_path / "other.pt"), "--out", str(tmp_path / "x")]) == 2
+    err = capsys.readouterr().err
+    assert "robustprune import: error: --weights" in err and "unexpected [net.head.weight]" in err
+    assert "--weights-prefix OLD=NEW" in err

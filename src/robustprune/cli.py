@@ -123,6 +123,24 @@ def _export_parser() -> ArgumentParser:
     return p
 
 
+def _import_parser() -> ArgumentParser:
+    p = ArgumentParser(description="Make a run directory from an existing trained network's weights, with no "
+                                   "training, for eval, audit, compact, export and --init-from. See docs/models.md.")
+    p.add_argument("--model", type=str, required=True,
+                   help="a registered model, torchvision:NAME or package.module:function (as train's --model)")
+    p.add_argument("--model-args", dest="model_args", type=dict | None, default=None,
+                   help="keyword arguments of the model's builder or factory, e.g. '{width: 3}'")
+    p.add_argument("--weights", type=str, required=True,
+                   help="the weights: .safetensors, .pt/.pth (a state dict, read with weights_only) or a run directory")
+    p.add_argument("--dataset", type=str, required=True, help="the dataset the network was trained on")
+    p.add_argument("--out", type=str, required=True, help="new run directory (must not exist)")
+    p.add_argument("--method", type=str, default="standard",
+                   help="how the network was trained (standard, at, trades, ...): recorded on the run")
+    p.add_argument("--weights-prefix", dest="weights_prefix", type=str | None, default=None,
+                   help="key rename rules OLD=NEW, comma-separated (as train's --init-prefix; no '!' rules)")
+    return p
+
+
 def _report_parser() -> ArgumentParser:
     p = ArgumentParser(description="Re-render a suite directory's table and plots from its cards.")
     p.add_argument("dir", type=str, help="suite directory written by `robustprune compare`")
@@ -248,6 +266,7 @@ def build_parser() -> ArgumentParser:
     sub.add_subcommand("eval", _eval_parser(), help="evaluate a run under attacks")
     sub.add_subcommand("compare", _compare_parser(), help="train, evaluate and tabulate a suite of runs")
     sub.add_subcommand("report", _report_parser(), help="re-render a suite's table and plots from its cards")
+    sub.add_subcommand("import", _import_parser(), help="a run directory from a trained network's weights")
     sub.add_subcommand("compact", _compact_parser(), help="physically remove pruned units from a run")
     sub.add_subcommand("export", _export_parser(), help="a run as a RobustBench or Adversarial Pruning Benchmark entry")
     sub.add_subcommand("audit", _audit_parser(), help="attack ladder + gradient-masking checks for a run")
@@ -326,6 +345,15 @@ def cmd_report(ns: Namespace) -> int:
     written = render_report(ns.dir)
     print(written[0].read_text())
     print("written: " + ", ".join(str(w) for w in written), file=sys.stderr)
+    return 0
+
+
+def cmd_import(ns: Namespace) -> int:
+    from robustprune.train.importer import import_run
+
+    out = import_run(model=ns.model, model_args=ns.model_args, weights=ns.weights, dataset=ns.dataset, out=ns.out,
+                     method=ns.method, prefix=ns.weights_prefix)
+    print(f"imported {ns.weights} as run {out}")
     return 0
 
 
@@ -451,7 +479,7 @@ def cmd_sweep_sparsity(ns: Namespace) -> int:
 COMMANDS = {"calibration": cmd_calibration,
             "train": cmd_train, "eval": cmd_eval, "compare": cmd_compare, "report": cmd_report, "list": cmd_list,
             "compact": cmd_compact, "export": cmd_export, "audit": cmd_audit, "curve": cmd_curve,
-            "surface": cmd_surface, "sweep-sparsity": cmd_sweep_sparsity}
+            "surface": cmd_surface, "sweep-sparsity": cmd_sweep_sparsity, "import": cmd_import}
 
 
 def misspelled_flag(argv: Sequence[str]) -> str | None:
