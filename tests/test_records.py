@@ -93,6 +93,24 @@ def test_report_reads_cards_written_before_records_had_a_schema(tmp_path: Path) 
     assert "†" not in (tmp_path / "table.md").read_text()  # only `compare --reuse-stale` marks rows
 
 
+FIXTURES = Path(__file__).resolve().parent / "fixtures"
+
+
+def test_a_card_written_by_the_code_before_records_reports_the_same_row(tmp_path: Path) -> None:
+    """fixtures/suite_card_schema1.json is a suite card written by `robustprune compare` at 06f7bdb (before
+    records; a tiny LeNet5-Caffe ANP-VS run), *_table_row.json the row that code's report made of it: the
+    report of today reads the card through the migration and gives every old column the same numbers."""
+    (tmp_path / "cards").mkdir()
+    (tmp_path / "cards" / "anp-vs-s0.json").write_text((FIXTURES / "suite_card_schema1.json").read_text())
+    assert main(["report", str(tmp_path)]) == 0
+    row = json.loads((tmp_path / "table.json").read_text())["rows"][0]
+    old = json.loads((FIXTURES / "suite_card_schema1_table_row.json").read_text())
+    assert {k: row["metrics"][k] for k in old["metrics"]} == old["metrics"]
+    assert {k: v for k, v in row.items() if k not in ("metrics", "stale")} == {k: v for k, v in old.items()
+                                                                              if k != "metrics"}
+    assert row["metrics"]["vuln_active_white_box"]["mean"] is None  # not measured then: "—" until re-made
+
+
 # ---------------------------------------------------------------- columns as data
 
 
