@@ -41,10 +41,10 @@ PACKAGES = ("attacks", "defenses", "metrics", "sparsity", "train")
 EQUIVALENT = ROOT / "bench" / "mutation_equivalent.json"
 
 
-def default_tests(package: str) -> list[str]:
-    """The test files that import ``robustprune.<package>`` (any of its modules)."""
+def default_tests(work: Path, package: str) -> list[str]:
+    """The test files of the exported tree that import ``robustprune.<package>`` (any of its modules)."""
     needles = (f"robustprune.{package}", f"from robustprune import {package}")
-    return sorted(f"tests/{p.name}" for p in (ROOT / "tests").glob("test_*.py")
+    return sorted(f"tests/{p.name}" for p in (work / "tests").glob("test_*.py")
                   if any(n in p.read_text() for n in needles))
 
 
@@ -124,7 +124,6 @@ def main(argv: list[str] | None = None) -> int:
     except ImportError:
         parser.error('mutmut is not installed: pip install -e ".[mutation]"')
     files = None if args.files is None else [f.strip() for f in args.files.split(",") if f.strip()]
-    tests = args.tests or default_tests(args.package)
     out = args.out or ROOT / "bench" / f"mutation_{args.package}.json"
     equivalent = json.loads(EQUIVALENT.read_text()) if EQUIVALENT.is_file() else {}
 
@@ -132,10 +131,13 @@ def main(argv: list[str] | None = None) -> int:
     work = args.keep or Path(scratch.name)  # type: ignore[union-attr]
     work.mkdir(parents=True, exist_ok=True)
     commit = export_head(work)
+    tests = args.tests or default_tests(work, args.package)
     patterns = write_settings(work, args.package, files, tests)
     start = time.perf_counter()
+    # tests that start a Python subprocess get the exported (unmutated) tree, not an installed copy
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(work / "src"), os.environ.get("PYTHONPATH", "")])}
     proc = subprocess.run([sys.executable, "-m", "mutmut", "run", "--max-children", str(args.max_children)],
-                          cwd=work, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+                          cwd=work, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     wall = time.perf_counter() - start
     statuses = read_results(work, args.package)
     if proc.returncode != 0 or not statuses:
