@@ -168,7 +168,7 @@ def test_a_changed_attack_version_remakes_exactly_its_cards(tiny_mnist: Path, tm
     assert card.eval.code.parts["attack:fgsm"] == 1 and card.eval.schema == SCHEMA and card.stale == []
     capsys.readouterr()
 
-    monkeypatch.setattr(FGSM, "version", 2, raising=False)  # the change that alters FGSM's numbers
+    monkeypatch.setattr(FGSM, "code_version", 2)  # the change that alters FGSM's numbers
     run_suite(suite, out, progress=False, reuse_stale=True)  # kept, marked
     assert sorted(evaluated) == ["a-s0", "b-s0"]
     assert "evaluate b-s0: reused, stale (attack:fgsm 1 < 2" in capsys.readouterr().err
@@ -202,7 +202,7 @@ def test_an_old_card_is_remade_and_a_changed_method_retrains_its_runs(tiny_mnist
     run_suite(suite, out, progress=False)
     assert sorted(evaluated) == ["a-s0", "a-s0", "b-s0"] and len(trained) == 2
 
-    monkeypatch.setattr(Standard, "version", 2)  # a's method changed (at is its own class): a only
+    monkeypatch.setattr(Standard, "code_version", 2)  # a's method changed (at is its own class): a only
     run_suite(suite, out, progress=False, reuse_stale=True)
     assert len(trained) == 2 and "method:standard 1 < 2" in " ".join(read_suite_card(out / "cards" / "a-s0.json").stale)
     run_suite(suite, out, progress=False)

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Callable, Iterator
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -141,6 +141,9 @@ class Attack:
     """
 
     name: str = ""
+    #: the version of the attack's code: bump it in the change that alters the examples it finds, and
+    #: ``compare`` makes every card that ran it again (``eval.card.attack_version``, ``robustprune.records``)
+    code_version: ClassVar[int] = 1
     #: compute in float32 even inside an autocast region; an instance may set it to False to let
     #: the region's lower precision through (bench/throughput.py measures that variant)
     full_precision: bool = True

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 from torch import Tensor, nn
@@ -107,6 +107,9 @@ class MinNormAttack:
     """
 
     name: str = ""
+    #: the version of the attack's code: bump it in the change that alters the examples it finds, and
+    #: ``compare`` makes every card that ran it again (``eval.card.attack_version``, ``robustprune.records``)
+    code_version: ClassVar[int] = 1
     norm: str = "l2"
 
     def __init__(self, *, eval_mode: bool = True) -> None:

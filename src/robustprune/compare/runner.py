@@ -102,7 +102,7 @@ def run_status(spec: RunSpec) -> str:
 
 def run_stale(spec: RunSpec) -> list[str]:
     """Why the finished run of ``spec`` is older than the installed training code (its method's
-    ``version``, ``train.run.TRAIN_VERSION``), or started from a run trained again since: empty
+    ``code_version``, ``train.run.TRAIN_VERSION``), or started from a run trained again since: empty
     when it is up to date."""
     record = read_run_record(spec.out / "run.json")
     reasons = record.code.older_parts(train_code_parts(spec.cfg))
@@ -151,7 +151,7 @@ def card_path(suite: Suite, spec: RunSpec) -> Path:
 def card_stale(path: Path, models: list[Path], attacks: Sequence[str]) -> list[str] | None:
     """Whether the card at ``path`` must be made (again): ``None`` when it is missing, unreadable, or
     older than one of the weights in ``models``; else the reasons it is stale against the installed
-    code (its schema, ``eval.card.EVAL_VERSION``, an attack's ``version``), empty when up to date."""
+    code (its schema, ``eval.card.EVAL_VERSION``, an attack's ``code_version``), empty when up to date."""
     if not path.is_file():
         return None
     try:
@@ -228,7 +228,7 @@ def run_suite(suite: Suite, out_dir: str | Path, *, data_dir: str | None = None,
     """Train, evaluate and report every run of ``suite`` in ``out_dir``; returns the report files.
 
     A finished run or a card made by older code than the installed one (a method's or an attack's
-    ``version``, ``eval.card.EVAL_VERSION``, the card schema: :mod:`robustprune.records`) is made
+    ``code_version``, ``eval.card.EVAL_VERSION``, the card schema: :mod:`robustprune.records`) is made
     again, with a line on stderr saying why; ``reuse_stale`` keeps it instead, and the report marks
     its row (``†``) and lists what is stale.
 

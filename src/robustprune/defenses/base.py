@@ -136,7 +136,7 @@ class Method:
     #: the version of the method's training code: bump it in the change that alters what it trains
     #: (its loss, its hooks, the training attack it uses), and ``compare`` trains its finished runs
     #: again (``robustprune.records``; ``train.run.train_code_parts``)
-    version: ClassVar[int] = 1
+    code_version: ClassVar[int] = 1
     #: what kind of training its model has had, in the taxonomy's words (``"nt"`` natural, ``"at"``
     #: adversarial PGD, ``"trades"``): a run started ``--init-from`` this method's run is pruned from
     #: such a model (the benchmark's "pretraining"); None: not one of those

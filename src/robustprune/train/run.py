@@ -23,7 +23,7 @@ from robustprune.train.checkpoint import CheckpointError, load_checkpoint, load_
 from robustprune.train.warmstart import InitReport, warm_start
 
 #: the version of the training loop (``fit``, schedules, checkpoints): bump it in the change that
-#: alters what every method trains; a method's own changes bump its ``Method.version``
+#: alters what every method trains; a method's own changes bump its ``Method.code_version``
 TRAIN_VERSION = 1
 
 
@@ -31,7 +31,7 @@ def train_code_parts(cfg: TrainConfig) -> dict[str, int]:
     """The versions of the code a run trained with ``cfg`` depends on: ``train`` (:data:`TRAIN_VERSION`)
     and ``method:<name>`` (the method's ``version``). A finished run whose record names older parts
     is stale (``compare`` trains it again)."""
-    return {"train": TRAIN_VERSION, f"method:{cfg.method}": int(getattr(METHODS.get(cfg.method), "version", 1))}
+    return {"train": TRAIN_VERSION, f"method:{cfg.method}": int(getattr(METHODS.get(cfg.method), "code_version", 1))}
 
 
 def train_attack(cfg: TrainConfig) -> tuple[float, int, float]:
