@@ -233,3 +233,19 @@ def test_a_cards_sparsity_block_has_one_builder() -> None:
     block = model_cost("lenet5-caffe", model, info)
     assert block["weight_sparsity"] > 0 and "unstructured" in block and "paper" in block
     assert _source_cost("lenet5-caffe", model, info) == block
+
+
+def test_a_field_of_the_wrong_type_is_refused_naming_it() -> None:
+    card = old_suite_card()
+    card["eval"]["clean_acc"] = "99"
+    with pytest.raises(RecordError, match=r"EvalCard.clean_acc must be float \| None, got '99'"):
+        suite_card(card)
+    card = old_suite_card()
+    card["seed"] = True
+    with pytest.raises(RecordError, match="SuiteCard.seed must be int, got True"):
+        suite_card(card)
+    card = old_suite_card()
+    card["eval"]["attacks"][0]["robust_acc"] = None
+    with pytest.raises(RecordError, match="AttackEntry.robust_acc must be float, got None"):
+        suite_card(card)
+    assert suite_card(old_suite_card()).eval.n == 100  # and the well-formed card reads

@@ -85,6 +85,22 @@ class CodeVersion:
                    parts={str(k): int(v) for k, v in parts.items()})
 
 
+#: the scalar annotations checked on reading: a number where a number belongs (a bool is no number)
+_SCALARS: dict[str, tuple[type, ...]] = {"float": (int, float), "int": (int,), "str": (str,), "bool": (bool,)}
+
+
+def _check_scalar(cls: type, key: str, value: Any) -> None:
+    """Raise :class:`RecordError` naming the field and the value when ``value`` is not of the scalar
+    type the dataclass field declares (``float``, ``int``, ``str``, ``bool``, each maybe ``| None``)."""
+    annotation = str(cls.__dataclass_fields__[key].type)  # type: ignore[attr-defined]
+    base, _, rest = annotation.partition(" | ")
+    if base not in _SCALARS or rest not in ("", "None") or (value is None and rest == "None"):
+        return
+    kinds = _SCALARS[base]
+    if not isinstance(value, kinds) or (isinstance(value, bool) and bool not in kinds):
+        raise RecordError(f"{cls.__name__}.{key} must be {annotation}, got {value!r}")
+
+
 class Record:
     """Shared JSON handling of the record dataclasses: known fields are typed, nested records are
     converted by ``NESTED`` (field -> record class) and ``NESTED_LISTS`` (field -> class of the
@@ -115,6 +131,8 @@ class Record:
                 if not isinstance(value, list):
                     raise RecordError(f"{cls.__name__}.{key} must be a list, got {type(value).__name__}")
                 value = [cls.NESTED_LISTS[key].from_dict(v) for v in value]
+            else:
+                _check_scalar(cls, key, value)
             known[key] = value
         try:
             return cls(**known, extra={k: v for k, v in data.items() if k not in names})  # type: ignore[call-arg]
