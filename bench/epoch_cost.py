@@ -20,6 +20,7 @@ import json
 import platform
 import resource
 import statistics
+import sys
 import tempfile
 import time
 from datetime import UTC, datetime
@@ -84,7 +85,7 @@ def main(argv: list[str] | None = None) -> int:
                          "wall_min_per_full_epoch": wall / batches * FULL_BATCHES / 60}
     ratio = methods["anp-vs"]["median_cpu_s"] / methods["at"]["median_cpu_s"]
     report = {"date": datetime.now(UTC).isoformat(timespec="seconds"),
-              "command": "python bench/epoch_cost.py " + " ".join(argv or []),
+              "command": "python bench/epoch_cost.py " + " ".join(sys.argv[1:] if argv is None else argv),
               "machine": {"platform": platform.platform(), "processor": platform.processor(),
                           "cpus": len(__import__("os").sched_getaffinity(0)), "torch_threads": 1,
                           "loadavg_at_end": list(__import__("os").getloadavg())},
