@@ -45,7 +45,16 @@ from robustprune.defenses.standard import AdversarialTraining
 from robustprune.metrics import unit_sparsity, vulnerability
 from robustprune.models import base_parameters, installed_masks, mask_parameters
 from robustprune.registry import METHODS
-from robustprune.sparsity.bbdropout import MASK_INITS, BBDropout, fix_masks, install_bbd, model_kl, shared_noise
+from robustprune.sparsity.bbdropout import (
+    MASK_INITS,
+    BBDropout,
+    SparsityCut,
+    cut_to_sparsity,
+    fix_masks,
+    install_bbd,
+    model_kl,
+    shared_noise,
+)
 
 
 class MaskedMethod(Method):
@@ -173,6 +182,11 @@ class ANPVS(MaskedMethod):
       stepping and are fixed at their eval values (thresholded E[π], no sampling), and the weights
       fine-tune adversarially on exactly the pruned network that is evaluated and compacted
       (prune, then fine-tune, as ADMM and HYDRA do). 1.0 (the default) never fixes them.
+    - ``target_sparsity`` (with ``mask_until`` < 1): when the masks stop learning, exactly that
+      fraction of all mask units is pruned, the units with the lowest keep rates over all layers
+      (:func:`~robustprune.sparsity.bbdropout.cut_to_sparsity`), and the rest of training
+      fine-tunes the pruned network adversarially. The card's ``sparsity_cut`` records the
+      fraction asked and the one reached (equal to the unit).
     - ``kl_warmup`` ramps β/N from 0 over that fraction of training.
     - ``mask_loss="mixed"`` gives the masks the weights' [CE + 2·CE_adv]/3 instead of CE_adv alone.
 
@@ -197,6 +211,7 @@ class ANPVS(MaskedMethod):
         mask_hold: float = 0.0,
         mask_until: float = 1.0,
         mask_loss: str = "adv",
+        target_sparsity: float | None = None,
         **mask_kw: Any,
     ) -> None:
         super().__init__(ctx=ctx, **mask_kw)
@@ -214,6 +229,15 @@ class ANPVS(MaskedMethod):
             raise ValueError(
                 f"mask_until must be a fraction in (mask_warmup, 1] = ({mask_warmup}, 1], got {mask_until}"
             )
+        if target_sparsity is not None:
+            if isinstance(target_sparsity, bool) or not isinstance(target_sparsity, int | float) \
+                    or not 0 <= target_sparsity < 1:
+                raise ValueError(f"target_sparsity must be a fraction in [0, 1), got {target_sparsity!r}")
+            if mask_until >= 1:
+                raise ValueError(f"target_sparsity {target_sparsity} cuts the masks when they stop learning: give "
+                                 f"mask_until < 1 (the fraction of training before the cut), got {mask_until}")
+        self.target_sparsity = target_sparsity
+        self.cut: SparsityCut | None = None
         self.mask_warmup = mask_warmup
         self.mask_until = mask_until
         self.mask_hold = mask_hold
@@ -241,7 +265,10 @@ class ANPVS(MaskedMethod):
 
     def loss(self, model: nn.Module, x: Tensor, y: Tensor) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
         if self.mask_until < 1:  # the faithful recipe never fixes its masks: no module walk per step
-            fix_masks(model, self.fine_tuning())
+            tuning = self.fine_tuning()
+            if tuning and self.target_sparsity is not None and self.cut is None:
+                self.cut = cut_to_sparsity(model, self.target_sparsity)
+            fix_masks(model, tuning)
         x_adv = self.attack(model, x, y)
         with shared_noise(model):
             logits, feats = model(x, features=True)
@@ -284,17 +311,24 @@ class ANPVS(MaskedMethod):
                     "mask_until": self.mask_until})
         if self.mask_hold > 0:
             out["mask_hold_released_at_step"] = self.released_at
+        if self.target_sparsity is not None:
+            out["target_sparsity"] = self.target_sparsity
+            out["sparsity_cut"] = None if self.cut is None else self.cut.as_dict()
         return out
 
     def state_dict(self) -> dict[str, Any]:
         return {"step_no": self.step_no, "adv_acc_ema": self.adv_acc_ema, "released": self.released,
-                "released_at": self.released_at}
+                "released_at": self.released_at, "cut": None if self.cut is None else self.cut.as_dict()}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.step_no = int(state.get("step_no", 0))
         self.adv_acc_ema = state.get("adv_acc_ema")
         self.released = bool(state.get("released", self.mask_hold == 0))
         self.released_at = None if state.get("released_at") is None else int(state["released_at"])
+        cut = state.get("cut")
+        self.cut = None if cut is None else SparsityCut(asked=float(cut["asked"]), units=int(cut["units"]),
+                                                        pruned=int(cut["pruned"]), revived=int(cut["revived"]),
+                                                        rule=str(cut["rule"]))
 
 
 @METHODS.register("anp")

@@ -29,6 +29,7 @@ from __future__ import annotations
 import math
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from typing import Any, Literal
 
 import torch
@@ -355,3 +356,83 @@ def model_kl(model: nn.Module) -> Tensor:
         ref = next(iter(model.parameters()), None)
         return torch.zeros((), device=None if ref is None else ref.device)
     return torch.stack(kls).sum()
+
+
+@dataclass(frozen=True)
+class SparsityCut:
+    """What :func:`cut_to_sparsity` did: ``units`` mask units in all, ``pruned`` of them pruned
+    after the cut (``round(asked · units)``), ``revived`` units the masks had pruned that the cut
+    kept (given their layer's median keep rate), ``rule`` the ranking (``"global"``)."""
+
+    asked: float
+    units: int
+    pruned: int
+    revived: int
+    rule: str = "global"
+
+    @property
+    def reached(self) -> float:
+        """The fraction of units pruned after the cut."""
+        return self.pruned / self.units
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"asked": self.asked, "reached": self.reached, "units": self.units, "pruned": self.pruned,
+                "revived": self.revived, "rule": self.rule}
+
+
+def _set_keep(mask: BBDropout, idx: Tensor, keep: float) -> None:
+    """Set units ``idx`` of ``mask`` to E[π] = ``keep`` (b = 1, so a = keep / (1 - keep))."""
+    a = keep / (1.0 - keep)
+    mask.a_uc[idx] = math.log(math.expm1(a)) if a < 20 else a  # softplus⁻¹
+    mask.b_uc[idx] = math.log(math.expm1(1.0))
+
+
+@torch.no_grad()
+def cut_to_sparsity(model: nn.Module, sparsity: float) -> SparsityCut:
+    """Prune exactly ``round(sparsity · N)`` of the N units of ``model``'s BBD masks, by keep rate.
+
+    The units are ranked by E[π] over all layers at once (the cut is *global*: it follows the
+    keep rates the masks learned, and a fraction of all units is what the structured levels of
+    pruning benchmarks count), with one guard: every layer keeps its best unit, so the network
+    stays connected. Units below the cut are pruned for good (a' = -10, b' = 50: E[π] ≈ 0);
+    units above it keep their E[π], except units the masks had already pruned (E[π] at or below
+    the threshold) that the cut keeps because the masks pruned more than asked: those get the
+    median E[π] of their layer's other kept units (0.5 where there are none), so that fine-tuning
+    can use them. Freeze the masks afterwards (:func:`fix_masks` and a frozen mask group).
+
+    >>> cut = cut_to_sparsity(model, 0.75)     # 75 % of all units pruned, to the unit
+    >>> cut.pruned, cut.units, unit_sparsity(model)
+    """
+    masks = [m for _, m in installed_masks(model) if isinstance(m, BBDropout)]
+    if not masks:
+        raise ValueError("cut_to_sparsity: the model has no BBDropout masks")
+    sparsity = _finite("sparsity", sparsity)
+    if not 0.0 <= sparsity < 1.0:
+        raise ValueError(f"target sparsity must be a fraction in [0, 1), got {sparsity!r}")
+    keeps = [m.expected_keep().double() for m in masks]
+    total = sum(m.units for m in masks)
+    n_prune = round(sparsity * total)
+    n_keep = total - n_prune
+    if n_keep < len(masks):
+        raise ValueError(f"target sparsity {sparsity!r} leaves {n_keep} of {total} units, fewer than the "
+                         f"{len(masks)} layers that must keep one each")
+    flat = torch.cat(keeps)
+    starts = torch.tensor([0, *[m.units for m in masks]]).cumsum(0)
+    kept = torch.zeros(total, dtype=torch.bool)
+    for i, k in enumerate(keeps):  # the guard: every layer's best unit
+        kept[int(starts[i]) + int(torch.argmax(k))] = True
+    order = torch.sort(-flat, stable=True).indices  # highest keep rate first, ties by position
+    extra = order[~kept[order]][: n_keep - int(kept.sum())]
+    kept[extra] = True
+    revived = 0
+    for i, (m, k) in enumerate(zip(masks, keeps, strict=True)):
+        own = kept[int(starts[i]):int(starts[i + 1])]
+        live = own & (k > m.threshold)
+        dead_kept = own & ~live
+        if bool(dead_kept.any()):
+            fill = float(k[live].median()) if bool(live.any()) else 0.5
+            _set_keep(m, dead_kept.nonzero().flatten(), min(max(fill, 10 * m.threshold), 0.99))
+            revived += int(dead_kept.sum())
+        cut = (~own).nonzero().flatten()
+        m.a_uc[cut], m.b_uc[cut] = FREE_MIN, FREE_MAX
+    return SparsityCut(asked=sparsity, units=total, pruned=n_prune, revived=revived)

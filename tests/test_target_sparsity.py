@@ -1,0 +1,123 @@
+"""``target_sparsity``: the mask methods prune exactly the fraction asked of their units, ranked by
+keep rate over all layers (sparsity/bbdropout.py ``cut_to_sparsity``; defenses/anpvs.py)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+
+from robustprune.config import TrainConfig
+from robustprune.defenses import build_method
+from robustprune.metrics import unit_sparsity
+from robustprune.models import build_model, installed_masks
+from robustprune.sparsity.bbdropout import BBDropout, cut_to_sparsity, install_bbd
+from robustprune.train import fit, load_run
+from robustprune.train.run import method_context
+
+
+def masks_of(model: nn.Module) -> list[BBDropout]:
+    return [m for _, m in installed_masks(model) if isinstance(m, BBDropout)]
+
+
+def learned(name: str = "lenet5-caffe", seed: int = 0, **kw: object) -> nn.Module:
+    """A masked model whose keep rates differ per unit, as after learning."""
+    torch.manual_seed(seed)
+    model = install_bbd(build_model(name, **kw))  # type: ignore[arg-type]
+    with torch.no_grad():
+        for m in masks_of(model):
+            m.a_uc.copy_(2 * torch.randn(m.units))
+            m.b_uc.copy_(torch.randn(m.units))
+    return model
+
+
+@pytest.mark.parametrize("sparsity", [0.5, 0.75, 0.9])
+def test_the_cut_prunes_exactly_the_fraction_asked_lowest_keep_rates_first(sparsity: float) -> None:
+    model = learned()
+    before = [m.expected_keep().detach().clone() for m in masks_of(model)]
+    cut = cut_to_sparsity(model, sparsity)
+    total = sum(m.units for m in masks_of(model))
+    assert cut.units == total == 1370 and cut.pruned == round(sparsity * total) and cut.revived == 0
+    assert unit_sparsity(model) == pytest.approx(100 * cut.pruned / total, abs=1e-9)
+    kept = torch.cat([m.active() for m in masks_of(model)])
+    keep0 = torch.cat(before)
+    assert int((~kept).sum()) == cut.pruned
+    assert float(keep0[kept].min()) >= float(keep0[~kept].max())  # global ranking (no guard needed here)
+    for m, k in zip(masks_of(model), before, strict=True):  # kept units keep their keep rate
+        on = m.active()
+        assert torch.allclose(m.expected_keep().detach()[on], k[on])
+        assert bool((m.eval_scale()[~on] == 0).all())
+
+
+def test_every_layer_keeps_a_unit() -> None:
+    model = learned()
+    first = masks_of(model)[0]
+    with torch.no_grad():
+        first.a_uc.fill_(-5.0)  # conv1's 20 units rank last of all
+    cut = cut_to_sparsity(model, 0.9)
+    assert first.n_active() == 1 and cut.pruned == round(0.9 * 1370)
+    assert sum(m.n_active() for m in masks_of(model)) == 1370 - cut.pruned
+
+
+def test_units_the_masks_pruned_beyond_the_target_are_revived() -> None:
+    model = learned()
+    with torch.no_grad():
+        for m in masks_of(model):  # the masks pruned 80 % of every layer
+            m.a_uc[: int(0.8 * m.units)], m.b_uc[: int(0.8 * m.units)] = -10.0, 50.0
+    assert unit_sparsity(model) > 75
+    cut = cut_to_sparsity(model, 0.5)
+    assert cut.revived > 0 and cut.reached == round(0.5 * 1370) / 1370
+    assert unit_sparsity(model) == pytest.approx(100 * cut.reached)
+    revived = 0
+    for m in masks_of(model):  # a revived unit gets its layer's median kept keep rate
+        was_dead, on = torch.arange(m.units) < int(0.8 * m.units), m.active()
+        keep = m.expected_keep().detach()
+        if bool((was_dead & on).any()):
+            median = float(keep[~was_dead & on].median())
+            assert torch.allclose(keep[was_dead & on], torch.tensor(median), atol=1e-5)
+        revived += int((was_dead & on).sum())
+    assert revived == cut.revived
+
+
+def test_a_residual_network_through_the_graph() -> None:
+    model = learned("factory_models:tiny_resnet", num_classes=10, in_channels=1, image_size=28,
+                    mean=(0.5,), std=(0.25,))
+    cut = cut_to_sparsity(model, 0.75)
+    assert cut.units == sum(m.units for m in masks_of(model)) and unit_sparsity(model) == pytest.approx(
+        100 * cut.pruned / cut.units)
+    with torch.no_grad():
+        assert torch.isfinite(model.eval()(torch.rand(2, 1, 28, 28))).all()
+
+
+def test_bad_targets_are_named() -> None:
+    model = learned()
+    for bad in (1.0, -0.1, float("nan")):
+        with pytest.raises(ValueError, match="sparsity"):
+            cut_to_sparsity(model, bad)
+    with pytest.raises(ValueError, match=r"leaves 1 of 1370 units, fewer than the 4 layers"):
+        cut_to_sparsity(model, 1369.4 / 1370)
+    with pytest.raises(ValueError, match="no BBDropout masks"):
+        cut_to_sparsity(build_model("lenet5-caffe"), 0.5)
+    ctx = method_context(TrainConfig(method="anp-vs"), train_size=64)
+    with pytest.raises(ValueError, match="give mask_until < 1"):
+        build_method("anp-vs", ctx=ctx, target_sparsity=0.5)
+    with pytest.raises(ValueError, match="target_sparsity must be a fraction in \\[0, 1\\), got 75"):
+        build_method("anp-vs", ctx=ctx, target_sparsity=75, mask_until=0.5)
+
+
+@pytest.mark.parametrize("method", ["anp-vs-fast", "anp"])
+def test_a_run_cuts_when_its_masks_stop_and_records_asked_and_reached(method: str, tiny_mnist: Path,
+                                                                      tmp_path: Path) -> None:
+    with pytest.warns(UserWarning, match="meant to start from a trained model"):
+        run = fit(TrainConfig(method=method, method_args={"target_sparsity": 0.75, "mask_until": 0.5}, epochs=2,
+                              out=str(tmp_path / "run"), data_dir=str(tiny_mnist), limit_train=64, batch_size=32,
+                              adv_steps=1, progress=False, tensorboard=False))
+    info = json.loads((run / "run.json").read_text())["method_info"]
+    cut = info["sparsity_cut"]
+    assert info["target_sparsity"] == 0.75 and cut["asked"] == 0.75 and cut["rule"] == "global"
+    assert cut["pruned"] == round(0.75 * 1370) == round(cut["reached"] * cut["units"])
+    model = load_run(run).model
+    assert unit_sparsity(model) == pytest.approx(100 * cut["reached"])  # the fine-tuning kept the cut
