@@ -121,3 +121,23 @@ def test_a_run_cuts_when_its_masks_stop_and_records_asked_and_reached(method: st
     assert cut["pruned"] == round(0.75 * 1370) == round(cut["reached"] * cut["units"])
     model = load_run(run).model
     assert unit_sparsity(model) == pytest.approx(100 * cut["reached"])  # the fine-tuning kept the cut
+
+
+def test_equal_sparsity_suite_gives_every_pruning_row_the_same_fine_tuning_budget() -> None:
+    from robustprune.compare import load_suite
+
+    suite = load_suite(Path(__file__).parents[1] / "configs" / "suites" / "mnist_equal_sparsity.yaml")
+    budgets, levels = set(), set()
+    for run in suite.runs:
+        train = run.train
+        args = dict(train.get("method_args") or {})
+        build_method(train["method"], ctx=method_context(TrainConfig(**{k: v for k, v in train.items()
+                                                                        if k != "init_from"}), train_size=64),
+                     **args)  # every row's arguments are valid
+        if "target_sparsity" in args:
+            budgets.add((1 - args["mask_until"]) * train["epochs"])
+            levels.add(args["target_sparsity"])
+            assert args["mask_init"] == "function-preserving" and run.init_from == "at"
+        elif train["method"] == "admm":
+            budgets.add(train["epochs"] - args["prune_epoch"])
+    assert budgets == {5.0} and levels == {0.5, 0.75, 0.9}
