@@ -29,8 +29,8 @@ from robustprune.config import TrainConfig
 from robustprune.defenses.cas import channel_magnitudes
 from robustprune.defenses.sap import SAPModel
 from robustprune.eval import evaluate_run
+from robustprune.eval.context import EvalContext
 from robustprune.jobs.calibration import calibration_run
-from robustprune.jobs.curve import run_test_points
 from robustprune.reports.cas_channels import plot_channels
 from robustprune.train import fit
 from robustprune.utils import atomic_write_json, provenance
@@ -96,8 +96,8 @@ def evaluations(args: argparse.Namespace, runs: dict[str, Path], work: Path) -> 
 def sap_audit(args: argparse.Namespace, runs: dict[str, Path]) -> dict[str, Any]:
     from robustprune.jobs.audit import audit
 
-    run, images, labels, dev = run_test_points(runs["at"], limit=args.audit_limit, data_dir=args.data_dir,
-                                               device="cpu")
+    ctx = EvalContext.open(runs["at"], limit=args.audit_limit, data_dir=args.data_dir, device="cpu")
+    run, images, labels, dev = ctx.run, ctx.images, ctx.labels, ctx.device
     model = SAPModel(run.model, pct=args.pct, mode="fast")
     card = audit(model, images, labels, eps=0.3, step_size=0.01, eps_sweep=[0.1, 0.3], autoattack="no",
                  passes=10, seed=0, device=dev, progress=False)
@@ -111,8 +111,8 @@ def analyses(args: argparse.Namespace, runs: dict[str, Path], work: Path) -> dic
                             out=work / "calibration", data_dir=args.data_dir)
     chans = {}
     for m in ("at", "at+cas"):
-        run, images, labels, _ = run_test_points(runs[m], limit=args.audit_limit, data_dir=args.data_dir,
-                                                 device="cpu")
+        ctx = EvalContext.open(runs[m], limit=args.audit_limit, data_dir=args.data_dir, device="cpu")
+        run, images, labels = ctx.run, ctx.images, ctx.labels
         chans[m] = channel_magnitudes(run.model, images.float() / 255 if images.dtype == torch.uint8 else images,
                                       labels, attack=PGD(eps=0.3, steps=20, step_size=0.025))
     atomic_write_json(work / "cas_channels.json", chans)

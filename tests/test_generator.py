@@ -125,14 +125,14 @@ def _attack_entries(card: dict[str, Any]) -> list[dict[str, Any]]:
 
 def test_evaluate_run_both_ways(at_run: Path, tiny_mnist: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                                 starts: list[Tensor]) -> None:
-    from robustprune.eval import card as card_mod
+    from robustprune.eval import context as context_mod  # the RNG policy of every evaluation job
 
     kw: dict[str, Any] = {"attacks": ["pgd", "rfgsm", "fgsm"], "steps": 3, "restarts": 2, "limit": 24, "seed": SEED,
                           "data_dir": str(tiny_mnist), "progress": False, "measure": False}
     new = evaluate_run(at_run, out=tmp_path / "new.json", **kw)
     new_starts = list(starts)
     starts.clear()
-    _old_way(monkeypatch, card_mod)
+    _old_way(monkeypatch, context_mod)
     old = evaluate_run(at_run, out=tmp_path / "old.json", **kw)
     assert new_starts and _same(new_starts, starts)
     assert _attack_entries(new) == _attack_entries(old)

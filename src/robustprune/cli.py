@@ -400,12 +400,15 @@ def _floats(text: str | None) -> list[float] | None:
 
 
 def cmd_audit(ns: Namespace) -> int:
-    from robustprune.jobs.audit import audit_run
+    from robustprune.jobs.audit import AuditConfig, audit_run
     from robustprune.reports.audit_report import render_audit_markdown
 
-    card = audit_run(ns.run, eval_config_of(ns), out=ns.out, source=ns.source, eps_sweep=_floats(ns.eps_sweep),
-                     autoattack=ns.autoattack, fmn=ns.fmn, fmn_steps=ns.fmn_steps, fmn_targets=ns.fmn_targets,
-                     surface=ns.surface, data_dir=ns.data_dir, device=ns.device, progress=ns.progress)
+    eps_sweep = _floats(ns.eps_sweep)
+    cfg = AuditConfig(eval=eval_config_of(ns), eps_sweep=None if eps_sweep is None else tuple(eps_sweep),
+                      autoattack=ns.autoattack, fmn=ns.fmn, fmn_steps=ns.fmn_steps, fmn_targets=ns.fmn_targets,
+                      surface=ns.surface)
+    card = audit_run(ns.run, cfg, out=ns.out, source=ns.source, data_dir=ns.data_dir, device=ns.device,
+                     progress=ns.progress)
     print(render_audit_markdown(card, surface=ns.surface))
     print(f"written: {ns.out}/audit.json, audit.md, curve.json, curve.png"
           + (", surface.json, surface.png" if ns.surface else ""), file=sys.stderr)
@@ -413,11 +416,12 @@ def cmd_audit(ns: Namespace) -> int:
 
 
 def cmd_curve(ns: Namespace) -> int:
-    from robustprune.jobs.curve import curve_run
+    from robustprune.jobs.curve import CurveConfig, curve_run
 
-    curve = curve_run(ns.run, eval_config_of(ns, skip=("eps",)), out=ns.out, eps_list=_floats(ns.eps),
-                      fmn=ns.fmn, fmn_steps=ns.fmn_steps, fmn_targets=ns.fmn_targets, data_dir=ns.data_dir,
-                      device=ns.device, progress=ns.progress)
+    eps_list = _floats(ns.eps)
+    cfg = CurveConfig(eval=eval_config_of(ns, skip=("eps",)), eps_list=None if eps_list is None else tuple(eps_list),
+                      fmn=ns.fmn, fmn_steps=ns.fmn_steps, fmn_targets=ns.fmn_targets)
+    curve = curve_run(ns.run, cfg, out=ns.out, data_dir=ns.data_dir, device=ns.device, progress=ns.progress)
     sec = curve["security"].get("points")
     print("| eps | PGD robust accuracy % |" + (" FMN security % |" if sec else "")
           + "\n|---|---|" + ("---|" if sec else ""))
@@ -430,19 +434,20 @@ def cmd_curve(ns: Namespace) -> int:
 
 
 def cmd_surface(ns: Namespace) -> int:
-    from robustprune.jobs.surface import surface_run
+    from robustprune.jobs.surface import SurfaceConfig, surface_run
 
-    surface_run(ns.run, out=ns.out, points=ns.points, eps=ns.eps, span=ns.span, resolution=ns.resolution,
-                samples=ns.samples, data_dir=ns.data_dir, device=ns.device, seed=ns.seed)
+    cfg = SurfaceConfig(points=ns.points, eps=ns.eps, span=ns.span, resolution=ns.resolution, samples=ns.samples,
+                        seed=ns.seed)
+    surface_run(ns.run, cfg, out=ns.out, data_dir=ns.data_dir, device=ns.device)
     print(f"written: {ns.out}/surface.json, surface.png", file=sys.stderr)
     return 0
 
 
 def cmd_calibration(ns: Namespace) -> int:
-    from robustprune.jobs.calibration import calibration_run
+    from robustprune.jobs.calibration import CalibrationConfig, calibration_run
 
-    data = calibration_run(ns.runs, out=ns.out, defense=ns.defense, limit=ns.limit,
-                           bins=ns.bins, passes=ns.passes, data_dir=ns.data_dir, device=ns.device, seed=ns.seed)
+    cfg = CalibrationConfig(defense=ns.defense, limit=ns.limit, bins=ns.bins, passes=ns.passes, seed=ns.seed)
+    data = calibration_run(ns.runs, cfg, out=ns.out, data_dir=ns.data_dir, device=ns.device)
     print("| model | accuracy % | mean confidence % | ECE % |\n|---|---|---|---|")
     print("\n".join(f"| {m['label']} | {100 * m['accuracy']:.2f} | {100 * m['mean_confidence']:.2f} | "
                     f"{100 * m['ece']:.2f} |" for m in data["models"]))
@@ -455,12 +460,12 @@ def _num(v: float | None) -> str:
 
 
 def cmd_sweep_sparsity(ns: Namespace) -> int:
-    from robustprune.jobs.sweep import sweep_sparsity
+    from robustprune.jobs.sweep import SweepConfig, sweep_sparsity
 
-    kw = {k: ns[k] for k in ("out", "rho", "epochs_per_round", "adversarial", "scope", "keep_first_last",
-                             "limit_train", "deepfool_steps", "cw_steps", "cw_search", "cw_const", "cw_lr",
-                             "data_dir", "device", "control", "progress")}
-    res = sweep_sparsity(ns.run, eval_config_of(ns), rounds=ns.rounds, **kw)
+    own = {k: ns[k] for k in ("rounds", "rho", "epochs_per_round", "adversarial", "scope", "keep_first_last",
+                              "limit_train", "deepfool_steps", "cw_steps", "cw_search", "cw_const", "cw_lr", "control")}
+    res = sweep_sparsity(ns.run, SweepConfig(eval=eval_config_of(ns), **own), out=ns.out, data_dir=ns.data_dir,
+                         device=ns.device, progress=ns.progress)
 
     def cells(p: dict[str, Any]) -> str:
         return (f"{p['clean_acc']:.2f} | {p['fgsm_acc']:.2f} | {p['rfgsm_acc']:.2f} | {_num(p['deepfool_r2'])} | "

@@ -219,6 +219,25 @@ def eval_config(config: EvalConfig | None = None, **settings: Any) -> EvalConfig
     return cfg
 
 
+def job_config(config: Any, **settings: Any) -> Any:
+    """A job's config dataclass (one with an ``eval`` field holding an :class:`EvalConfig`) with
+    ``settings`` replacing its own fields, or else its ``eval``'s (``audit_run(run, limit=100,
+    autoattack="no")``), validated; a name that is neither raises ``ValueError`` naming it."""
+    names = {f.name for f in dataclasses.fields(config)} - {"eval"}
+    own = {k: v for k, v in settings.items() if k in names}
+    rest = {k: v for k, v in settings.items() if k not in names}
+    if rest:
+        unknown = sorted(set(rest) - {f.name for f in dataclasses.fields(EvalConfig)})
+        if unknown:
+            raise ValueError(f"unknown settings {unknown} of {type(config).__name__}; known: {sorted(names)} and "
+                             f"the evaluation settings {sorted(f.name for f in dataclasses.fields(EvalConfig))}")
+        own["eval"] = eval_config(config.eval, **rest)
+    out = dataclasses.replace(config, **own)
+    if hasattr(out, "validate"):
+        out.validate()
+    return out
+
+
 def to_dict(cfg: Any) -> dict[str, Any]:
     return dataclasses.asdict(cfg)
 

@@ -84,9 +84,9 @@ class TestTimeSpec:
     options: tuple[tuple[str, Any], ...] = ()
 
     @classmethod
-    def parse(cls, value: Any) -> TestTimeSpec | None:
+    def parse(cls, value: Any, *, validate: bool = True) -> TestTimeSpec | None:
         """From ``None``, a spec, a mapping ``{name: ..., **options}`` or text ``name[:k=v,k=v]``
-        (values read as YAML scalars); the defense is built once to validate it."""
+        (values read as YAML scalars); with ``validate`` the defense is built once to check it."""
         if value is None or isinstance(value, TestTimeSpec):
             spec = value
         elif isinstance(value, dict):
@@ -100,7 +100,7 @@ class TestTimeSpec:
             spec = cls._from_text(value)
         else:
             raise ValueError(f"a test-time defense is a name, 'name:key=value,...' or a mapping, got {value!r}")
-        if spec is not None:
+        if spec is not None and validate:
             spec.build()
         return spec
 
@@ -134,8 +134,11 @@ class TestTimeSpec:
 
 
 def resolve_test_time(defense: Any = None) -> TestTimeDefense | None:
-    """One built defense from ``defense`` (anything :meth:`TestTimeSpec.parse` takes), or ``None``."""
-    spec = TestTimeSpec.parse(defense)
+    """One built defense from ``defense`` (a built one as it is, or anything :meth:`TestTimeSpec.parse`
+    takes), built once; ``None`` for none."""
+    if isinstance(defense, TestTimeDefense):
+        return defense
+    spec = TestTimeSpec.parse(defense, validate=False)
     return None if spec is None else spec.build()
 
 

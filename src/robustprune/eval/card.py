@@ -18,21 +18,23 @@ from robustprune.attacks import (
     TransferAttack,
     build_attack,
     build_minnorm,
-    seeded_generator,
 )
 from robustprune.attacks import autoattack as aa
 from robustprune.config import EvalConfig, eval_config, to_dict
-from robustprune.data import TensorLoader, check_eps, dataset_info, load_split
-from robustprune.defenses import TestTimeDefense, TestTimeSpec, resolve_test_time, spelled_as_setting
+from robustprune.data import TensorLoader, check_eps
+from robustprune.defenses import TestTimeSpec, spelled_as_setting
+from robustprune.eval.context import EvalContext
 from robustprune.eval.evaluate import EvalResult, evaluate
-from robustprune.metrics.cost import sparsity_record
+from robustprune.metrics import paper_cost, sparsity_summary
+from robustprune.metrics.cost import has_paper_cost
 from robustprune.metrics.measured import measured_cost
 from robustprune.metrics.minnorm import minnorm_robustness
+from robustprune.metrics.unstructured import unstructured_cost
 from robustprune.models import installed_masks
 from robustprune.records import SCHEMA, CodeVersion, EvalCard, eval_card, write_eval_card
 from robustprune.sparsity.compact import compact_model, compact_summary
 from robustprune.train.run import load_run
-from robustprune.utils import keeps_global_rng, provenance, resolve_device
+from robustprune.utils import keeps_global_rng, provenance
 
 #: attacks an evaluation builds itself: they need more than the threat model (a source model;
 #: AutoAttack's version and seed)
@@ -127,37 +129,29 @@ def evaluate_run(
     """
     base = config or EvalConfig()
     cfg = eval_config(base, **with_defense({"defense": base.defense, **settings}))
-    test_time = resolve_test_time(cfg.defense)
-    attacks, limit, seed = list(cfg.attacks), cfg.limit, cfg.seed
+    attacks, seed = list(cfg.attacks), cfg.seed
     minnorm = [n for n in attacks if n in MINNORM]
+    ctx = EvalContext.open(run_dir, limit=cfg.limit, defense=cfg.defense, seed=seed, data_dir=data_dir, device=device)
+    run, model, fields, dev, test_time = ctx.run, ctx.model, ctx.fields, ctx.device, ctx.test_time
     if minnorm and test_time is not None and test_time.stochastic:
         raise ValueError(f"minimum-norm attacks {minnorm} need a deterministic model; drop the test-time "
                          f"defense {test_time.name!r}")
     attacks_bounded = [n for n in attacks if n not in MINNORM]
-    dev = resolve_device(device)
-    run = load_run(run_dir, device=dev)
-    model, fields = eval_model(run, test_time)
-    info = dataset_info(run.cfg.dataset)
+    info = ctx.info
     eps, step_size = info.eps(cfg.eps), info.step(cfg.step_size)
     src_run = load_run(source, device=dev) if source is not None else None
     src_model = src_run.model if src_run is not None else None
-    # one random stream for every attack, seeded with ``seed``; a model random at test time (SAP,
-    # sampled BNN; also a random transfer source) draws from the global RNG inside the model, so its
-    # attacks keep drawing from the global RNG seeded below, as they always did: its numbers stay the same
-    stochastic = (run.method.stochastic or (test_time is not None and test_time.stochastic)
-                  or (src_run is not None and src_run.method.stochastic))
-    gen = None if stochastic else seeded_generator(seed, dev)
+    # one random stream for every attack, seeded with ``seed`` (EvalContext's RNG policy); a random
+    # transfer source also makes its attacks draw from the global RNG, as they always did
+    gen = ctx.generator(ctx.random or (src_run is not None and src_run.method.stochastic))
     built = [(n, build_eval_attack(n, eps=eps, steps=cfg.steps, step_size=step_size, restarts=cfg.restarts,
                                    eot=cfg.eot, source=src_model, generator=gen, seed=seed))
              for n in attacks_bounded]
     named = [(n, a) for n, a in built if a is not None]
     named += run.method.eval_attacks(run.model, named)  # copies of the attacks above: the same stream
-    images, labels = load_split(run.cfg.dataset, "test", data_dir=data_dir or run.cfg.data_dir)
-    if limit is not None:
-        images, labels = images[:limit], labels[:limit]
-    loader = TensorLoader(images, labels, batch_size=cfg.batch_size, device=dev)
+    loader = ctx.loader(cfg.batch_size)
     if gen is None:
-        torch.manual_seed(seed)
+        ctx.seed_global()
     t0 = time.perf_counter()
     res = evaluate(model, loader, named, passes=cfg.passes, progress=progress)
     minnorm_cards = [minnorm_entry(n, model, loader, progress=progress) for n in minnorm]
@@ -193,7 +187,7 @@ def with_defense(settings: dict[str, Any]) -> dict[str, Any]:
         if hint is not None:
             raise ValueError(f"{key!r} is not an evaluation setting: name the test-time defense as data, "
                              f"defense={hint!r}")
-    spec = TestTimeSpec.parse(settings.get("defense"))
+    spec = TestTimeSpec.parse(settings.get("defense"), validate=False)  # built (and so checked) once, by the job
     out = {k: v for k, v in settings.items() if k != "defense"}
     return out if spec is None else {**out, "defense": str(spec)}
 
@@ -204,17 +198,6 @@ def minnorm_entry(name: str, model: nn.Module, loader: TensorLoader, *, progress
     takes_norm = "norm" in inspect.signature(MINNORM.get(name)).parameters
     attack = build_minnorm(name, **({"norm": "l2"} if takes_norm else {}))
     return {"name": name, **minnorm_robustness(model, loader, attack, progress=progress)}
-
-
-def eval_model(run: Any, test_time: TestTimeDefense | None = None) -> tuple[nn.Module, dict[str, Any]]:
-    """The model to attack (``run.model``, wrapped by the test-time defense when given) and the
-    card fields saying so: the method's ``eval_fields`` and the defense's ``card_fields``."""
-    model, fields = run.model, dict(run.method.eval_fields(run.model))
-    if test_time is not None:
-        test_time.check(run.method)
-        model = test_time.wrap(model, run.method)
-        fields.update(test_time.card_fields())
-    return model, fields
 
 
 def measured_compaction(model: nn.Module, info: Any) -> dict[str, Any] | None:
@@ -231,10 +214,14 @@ def measured_compaction(model: nn.Module, info: Any) -> dict[str, Any] | None:
 
 
 def model_cost(model_name: str, model: nn.Module, info: Any) -> dict[str, Any]:
-    """The card's sparsity block of ``model`` on dataset ``info`` (``metrics.cost.sparsity_record``,
-    the one builder: a compacted run's card holds the same block of its masked source)."""
-    return sparsity_record(model_name, model, in_channels=info.in_channels, num_classes=info.num_classes,
-                           image_size=info.image_size)
+    """Unit/weight sparsity and, for the paper's architectures, its memory/FLOPs accounting."""
+    out: dict[str, Any] = sparsity_summary(model)
+    if out["weight_sparsity"] > 0:  # unstructured zeros: nnz, CSR bytes, theoretical MACs
+        out["unstructured"] = unstructured_cost(model, input_shape=(info.in_channels, info.image_size, info.image_size))
+    if has_paper_cost(model_name):
+        out["paper"] = paper_cost(model_name, model, in_channels=info.in_channels, num_classes=info.num_classes,
+                                  image_size=info.image_size)
+    return out
 
 
 #: the version of the evaluation code (``evaluate``, this module, the metrics a card holds): bump it
@@ -244,11 +231,11 @@ EVAL_VERSION = 2
 
 
 def attack_version(name: str) -> int:
-    """The version of the evaluation attack ``name`` (its class's ``code_version``, 1 when it has none)."""
+    """The version of the evaluation attack ``name`` (its class's ``version``, 1 when it has none)."""
     composite = {"transfer": TransferAttack, "autoattack": aa.AutoAttack}
     registry = ATTACKS if name in ATTACKS else MINNORM if name in MINNORM else None
     cls = composite.get(name) or (registry.get(name) if registry is not None else None)
-    return int(getattr(cls, "code_version", 1))
+    return int(getattr(cls, "version", 1))
 
 
 def eval_code_parts(attacks: Sequence[str]) -> dict[str, int]:

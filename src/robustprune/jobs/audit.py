@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import time
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -24,11 +24,11 @@ from tqdm.auto import tqdm
 
 from robustprune.attacks import EOTPGD, FGSM, PGD, Attack, TransferAttack, seeded_generator
 from robustprune.attacks import autoattack as aa
-from robustprune.config import EvalConfig, eval_config, to_dict
-from robustprune.data import TensorLoader, check_eps, dataset_info
-from robustprune.defenses import resolve_test_time
+from robustprune.config import EvalConfig, job_config, to_dict
+from robustprune.data import TensorLoader
 from robustprune.eval import checks as C
-from robustprune.eval.card import eval_model, with_defense
+from robustprune.eval.card import with_defense
+from robustprune.eval.context import EvalContext
 from robustprune.eval.evaluate import evaluate
 from robustprune.jobs.curve import (
     FMN_STEPS,
@@ -37,7 +37,6 @@ from robustprune.jobs.curve import (
     default_sweep,
     fmn_attack,
     robust_curve,
-    run_test_points,
     with_security,
 )
 from robustprune.jobs.surface import surface_of, write_surface
@@ -113,23 +112,54 @@ def _autoattack_mode(mode: str) -> tuple[bool, str]:
     return True, ""
 
 
-@keeps_global_rng
-def audit(model: nn.Module, images: Tensor, labels: Tensor, *, eps: float, step_size: float,
-          source: nn.Module | None = None, eps_sweep: list[float] | None = None, autoattack: str = "yes",
-          aa_options: dict[str, Any] | None = None, fmn: bool = True, fmn_steps: int = FMN_STEPS,
-          fmn_targets: int | None = FMN_TARGETS, batch_size: int = 256, passes: int = 10, seed: int = 0,
-          device: torch.device | str = "cpu", progress: bool = True) -> dict[str, Any]:
-    """Audit ``model`` on ``images``/``labels`` (uint8 or [0, 1] floats): ladder, sweep, checks.
+@dataclass(frozen=True)
+class AuditConfig:
+    """What an audit runs: the evaluation settings it uses (``eval``: ε, step size, test points,
+    batch size, passes, seed, test-time defense; by default the first 1,000 test points) and its own.
 
     Args:
-        eps, step_size: the threat model's L∞ radius and the ladder's PGD step.
-        source: model the transfer attack is crafted on (skipped when ``None``).
         eps_sweep: ε values of the curve (default :func:`~robustprune.jobs.curve.default_sweep`).
         autoattack: ``"yes"`` (default) or ``"no"``.
-        aa_options: ``n_iter``/``n_queries`` for a quick AutoAttack (recorded in the card).
+        aa_options: ``n_iter``/``n_queries`` (or ``seed``) for a quick AutoAttack (recorded in the card).
         fmn, fmn_steps, fmn_targets: FMN-L∞'s security curve at the sweep's ε (card ``security``,
             :func:`~robustprune.jobs.curve.with_security`); skipped for random models.
-        passes: forward passes averaged for models random in eval mode.
+        surface: also draw the loss surface (``audit_run``).
+    """
+
+    eval: EvalConfig = field(default_factory=lambda: EvalConfig(limit=1000))
+    eps_sweep: tuple[float, ...] | None = None
+    autoattack: str = "yes"
+    aa_options: dict[str, Any] | None = None
+    fmn: bool = True
+    fmn_steps: int = FMN_STEPS
+    fmn_targets: int | None = FMN_TARGETS
+    surface: bool = True
+
+    def __post_init__(self) -> None:
+        if isinstance(self.eps_sweep, list):
+            object.__setattr__(self, "eps_sweep", tuple(self.eps_sweep))
+
+    def validate(self) -> None:
+        """``ValueError`` naming the first bad value (before anything runs)."""
+        self.eval.validate()
+        if self.eps_sweep is not None:
+            check_eps_list(list(self.eps_sweep))
+        _autoattack_mode(self.autoattack)
+        if self.fmn:  # bad FMN settings fail before the ladder runs
+            fmn_attack(steps=self.fmn_steps, targets=self.fmn_targets)
+
+
+@keeps_global_rng
+def audit(model: nn.Module, images: Tensor, labels: Tensor, config: AuditConfig | None = None, *,
+          source: nn.Module | None = None, device: torch.device | str = "cpu", progress: bool = True,
+          **settings: Any) -> dict[str, Any]:
+    """Audit ``model`` on ``images``/``labels`` (uint8 or [0, 1] floats): ladder, sweep, checks.
+
+    ``config`` (:class:`AuditConfig`) with ``settings`` replacing its fields or its ``eval``'s
+    (``audit(model, x, y, eps=0.3, step_size=0.01, autoattack="no")``): ``eps`` and ``step_size``
+    (the threat model's L∞ radius and the ladder's PGD step) must be given; ``passes`` is the
+    forward passes averaged for models random in eval mode. ``source``: model the transfer attack
+    is crafted on (skipped when ``None``).
 
     Returns the audit card: ``ladder``, ``curve``, ``security``, ``unbounded``, ``gradients``, ``determinism``,
     ``checks`` (each pass/warn/skip with evidence) and ``verdict``.
@@ -137,20 +167,21 @@ def audit(model: nn.Module, images: Tensor, labels: Tensor, *, eps: float, step_
     >>> card = audit(model, x, y, eps=0.3, step_size=0.01)          # doctest: +SKIP
     >>> [(c["name"], c["status"]) for c in card["checks"]]          # doctest: +SKIP
     """
-    eps = check_eps(eps)
-    if not step_size > 0:
-        raise ValueError(f"step_size must be > 0, got {step_size!r}")
-    sweep = check_eps_list(default_sweep(eps) if eps_sweep is None else eps_sweep)
-    run_aa, aa_reason = _autoattack_mode(autoattack)
-    if fmn:  # bad FMN settings fail before the ladder runs
-        fmn_attack(steps=fmn_steps, targets=fmn_targets)
+    cfg = job_config(config or AuditConfig(), **settings)
+    ev = cfg.eval
+    if ev.eps is None or ev.step_size is None:
+        raise ValueError(f"audit needs eps and step_size (pixel units), got eps={ev.eps!r}, step_size={ev.step_size!r}")
+    eps, step_size, batch_size, passes, seed = ev.eps, ev.step_size, ev.batch_size, ev.passes, ev.seed
+    fmn, fmn_steps, fmn_targets = cfg.fmn, cfg.fmn_steps, cfg.fmn_targets
+    sweep = check_eps_list(default_sweep(eps) if cfg.eps_sweep is None else list(cfg.eps_sweep))
+    run_aa, aa_reason = _autoattack_mode(cfg.autoattack)
     loader = TensorLoader(images, labels, batch_size=batch_size, device=device)
     x0, _ = next(iter(loader))
     det = C.determinism_stats(model, x0)
     t0 = time.perf_counter()
     gen = None if det["stochastic"] else seeded_generator(seed, x0.device)
     rungs = build_ladder(eps=eps, step_size=step_size, stochastic=det["stochastic"], source=source,
-                         autoattack=run_aa, aa_options=aa_options, generator=gen, seed=seed)
+                         autoattack=run_aa, aa_options=cfg.aa_options, generator=gen, seed=seed)
     bar = tqdm(rungs, desc="audit", disable=not progress, dynamic_ncols=True)
     ladder = []
     for rung in bar:
@@ -210,49 +241,36 @@ def run_checks(card: dict[str, Any], *, autoattack_reason: str = "") -> list[C.C
     ]
 
 
-#: the audit's evaluation settings where the caller gives none: the first 1,000 test points
-AUDIT_CONFIG = EvalConfig(limit=1000)
-
-
-def audit_run(run_dir: str | Path, config: EvalConfig | None = None, *, out: str | Path,
-              source: str | Path | None = None, eps_sweep: list[float] | None = None, autoattack: str = "yes",
-              aa_options: dict[str, Any] | None = None, fmn: bool = True, fmn_steps: int = FMN_STEPS,
-              fmn_targets: int | None = FMN_TARGETS, surface: bool = True, data_dir: str | None = None,
-              device: str = "auto",
+def audit_run(run_dir: str | Path, config: AuditConfig | None = None, *, out: str | Path,
+              source: str | Path | None = None, data_dir: str | None = None, device: str = "auto",
               progress: bool = True, **settings: Any) -> dict[str, Any]:
     """Audit run ``run_dir`` on its first ``limit`` test points; write into ``out``: ``audit.json``,
-    ``audit.md``, ``curve.json``/``curve.png`` and (``surface=True``) ``surface.json``/``surface.png``.
+    ``audit.md``, ``curve.json``/``curve.png`` and (``surface``) ``surface.json``/``surface.png``.
 
-    ``config`` (default :data:`AUDIT_CONFIG`) with ``settings`` replacing its fields gives ``eps``/
-    ``step_size`` (default: the dataset's, MNIST 0.3 / 0.01, CIFAR 8/255 / 2/255), ``limit``,
-    ``batch_size``, ``passes``, ``seed`` and ``defense`` (a test-time defense as data, e.g.
-    ``"sap:pct=100"``), which audits the
-    model as ``robustprune eval`` would wrap it: random at test time, so the EOT rung runs and the
-    card records the defense. The ladder's attacks are the audit's own.
+    ``config`` (:class:`AuditConfig`; by default the first 1,000 test points) with ``settings``
+    replacing its fields or its ``eval``'s: ``eps``/``step_size`` (default: the dataset's, MNIST
+    0.3 / 0.01, CIFAR 8/255 / 2/255), ``limit``, ``batch_size``, ``passes``, ``seed`` and
+    ``defense`` (a test-time defense as data, e.g. ``"sap:pct=100"``), which audits the model as
+    ``robustprune eval`` would wrap it: random at test time, so the EOT rung runs and the card
+    records the defense. The ladder's attacks are the audit's own. The run, its test points and
+    the defense come from one :class:`~robustprune.eval.context.EvalContext`.
 
     >>> audit_run("runs/at", out="runs/at/audit", limit=1000, source="runs/at-seed1")   # doctest: +SKIP
     """
-    base = config or AUDIT_CONFIG
-    cfg = eval_config(base, **with_defense({"defense": base.defense, **settings}))
-    limit, batch_size, passes, seed = cfg.limit, cfg.batch_size, cfg.passes, cfg.seed
-    if eps_sweep is not None:
-        check_eps_list(eps_sweep)
-    _autoattack_mode(autoattack)
-    if fmn:
-        fmn_attack(steps=fmn_steps, targets=fmn_targets)
-    test_time = resolve_test_time(cfg.defense)
-    run, images, labels, dev = run_test_points(run_dir, limit=limit, data_dir=data_dir, device=device)
-    model, fields = eval_model(run, test_time)
-    info = dataset_info(run.cfg.dataset)
-    eps, step_size = info.eps(cfg.eps), info.step(cfg.step_size)
-    src = load_run(source, device=dev).model if source is not None else None
-    card = audit(model, images, labels, eps=eps, step_size=step_size, source=src, eps_sweep=eps_sweep,
-                 autoattack=autoattack, aa_options=aa_options, fmn=fmn, fmn_steps=fmn_steps, fmn_targets=fmn_targets,
-                 batch_size=batch_size, passes=passes, seed=seed, device=dev, progress=progress)
-    meta = {"run": str(run_dir), "method": run.cfg.method, "model": run.cfg.model, "dataset": run.cfg.dataset,
-            "source": None if source is None else str(source), "limit": limit, **fields}
-    card = {**meta, "train_seed": run.cfg.seed, **card, "config": to_dict(run.cfg), **provenance(dev),
+    base = config or AuditConfig()
+    cfg = job_config(base, **with_defense({"defense": base.eval.defense, **settings}))
+    ev = cfg.eval
+    ctx = EvalContext.open(run_dir, limit=ev.limit, defense=ev.defense, seed=ev.seed, data_dir=data_dir,
+                           device=device)
+    eps, step_size = ctx.info.eps(ev.eps), ctx.info.step(ev.step_size)
+    src = load_run(source, device=ctx.device).model if source is not None else None
+    card = audit(ctx.model, ctx.images, ctx.labels, cfg, eps=eps, step_size=step_size, source=src,
+                 device=ctx.device, progress=progress)
+    run = ctx.run
+    meta = {**ctx.describe(), "source": None if source is None else str(source), "limit": ev.limit, **ctx.fields}
+    card = {**meta, "train_seed": run.cfg.seed, **card, "config": to_dict(run.cfg), **provenance(ctx.device),
             "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+    seed, model, images, labels, surface = ev.seed, ctx.model, ctx.images, ctx.labels, cfg.surface
     out = Path(out)
     curve = {**meta, **card["curve"], "security": card["security"], "default_eps": eps, "marks": [
         {"label": e["name"], "eps": eps, "robust_acc": e["robust_acc"]} for e in card["ladder"]]}

@@ -15,6 +15,8 @@ ECE (Guo et al. 2017) with ``bins`` equal-width confidence bins: ``Î£_b (n_b/n)Â
 
 from __future__ import annotations
 
+import dataclasses
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +26,7 @@ from torch import Tensor, nn
 
 from robustprune.attacks import is_stochastic
 from robustprune.defenses import resolve_test_time
-from robustprune.jobs.curve import run_test_points
+from robustprune.eval.context import EvalContext, check_limit
 from robustprune.models import model_mode
 from robustprune.reports.calibration import plot_reliability, reliability
 from robustprune.utils import atomic_write_json, keeps_global_rng, provenance
@@ -54,32 +56,58 @@ def calibration_of(model: nn.Module, images: Tensor, labels: Tensor, *, passes: 
     return {**out, "stochastic": stochastic, "passes": n_pass}
 
 
+@dataclass(frozen=True)
+class CalibrationConfig:
+    """What ``robustprune calibration`` measures: each run as trained and, with a test-time
+    ``defense`` (``"sap:pct=100"``), wrapped in it; on the first ``limit`` test points, ``bins``
+    equal-width confidence bins, ``passes`` forward passes for a model random in eval mode, ``seed``
+    of the global RNG those passes draw from."""
+
+    defense: Any = None
+    limit: int | None = 1000
+    bins: int = 10
+    passes: int = 10
+    seed: int = 0
+
+    def validate(self) -> None:
+        """``ValueError`` naming the first bad value."""
+        if isinstance(self.passes, bool) or not isinstance(self.passes, int) or self.passes < 1:
+            raise ValueError(f"passes must be an integer >= 1, got {self.passes!r}")
+        check_limit(self.limit)
+
+
 @keeps_global_rng
-def calibration_run(runs: list[str | Path], *, out: str | Path, defense: Any = None,
-                    limit: int | None = 1000, bins: int = 10, passes: int = 10,
-                    data_dir: str | None = None, device: str = "auto", seed: int = 0) -> dict[str, Any]:
-    """Calibration of each run (and of it wrapped in the test-time ``defense``, e.g. ``"sap:pct=100"``);
-    writes ``out/calibration.json`` and ``out/calibration.png``; returns the JSON data. Arguments are
-    checked before anything runs."""
+def calibration_run(runs: list[str | Path], config: CalibrationConfig | None = None, *, out: str | Path,
+                    data_dir: str | None = None, device: str = "auto", **settings: Any) -> dict[str, Any]:
+    """Calibration of each run (and of it wrapped in the test-time defense); ``config``
+    (:class:`CalibrationConfig`) with ``settings`` replacing its fields; writes ``out/calibration.json``
+    and ``out/calibration.png``; returns the JSON data. Arguments are checked before anything runs;
+    the defense is built once for all runs."""
     if not runs:
         raise ValueError("calibration needs at least one run directory, got none")
-    test_time = resolve_test_time(defense)
-    if isinstance(passes, bool) or not isinstance(passes, int) or passes < 1:
-        raise ValueError(f"passes must be an integer >= 1, got {passes!r}")
+    names = {f.name for f in dataclasses.fields(CalibrationConfig)}
+    unknown = sorted(set(settings) - names)
+    if unknown:
+        raise ValueError(f"unknown calibration settings {unknown}; known: {sorted(names)}")
+    cfg = dataclasses.replace(config or CalibrationConfig(), **settings)
+    cfg.validate()
+    test_time = resolve_test_time(cfg.defense)
     entries, dev = [], None
     for run_dir in runs:
-        run, images, labels, dev = run_test_points(run_dir, limit=limit, data_dir=data_dir, device=device)
+        ctx = EvalContext.open(run_dir, limit=cfg.limit, defense=test_time, seed=cfg.seed, data_dir=data_dir,
+                               device=device)
+        run, images, labels, dev = ctx.run, ctx.images, ctx.labels, ctx.device
         models = [(run.cfg.method, run.model)]
         if test_time is not None:
-            test_time.check(run.method)
-            models.append((f"{run.cfg.method}+{test_time.label()}", test_time.wrap(run.model, run.method)))
+            models.append((f"{run.cfg.method}+{test_time.label()}", ctx.model))
         for label, model in models:
-            torch.manual_seed(seed)  # no attack here: the passes of a model random at test time (SAP,
-            # sampled BNN) draw from the global RNG inside the model; keeps_global_rng restores it
-            res = calibration_of(model, images, labels, passes=passes, bins=bins)
+            ctx.seed_global()  # no attack here: the passes of a model random at test time (SAP, sampled
+            # BNN) draw from the global RNG inside the model; keeps_global_rng restores it
+            res = calibration_of(model, images, labels, passes=cfg.passes, bins=cfg.bins)
             entries.append({"label": label, "run": str(run_dir), "model": run.cfg.model, **res})
     assert dev is not None  # runs is not empty
-    data = {"kind": "calibration", **(test_time.card_fields() if test_time else {}), "limit": limit, "seed": seed,
+    data = {"kind": "calibration", **(test_time.card_fields() if test_time else {}), "limit": cfg.limit,
+            "seed": cfg.seed,
             "models": entries, **provenance(dev)}
     out = Path(out)
     atomic_write_json(out / "calibration.json", data)

@@ -17,23 +17,24 @@ distances of a run for other consumers.
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
-from torch import Tensor, nn
+from torch import nn
 from tqdm.auto import tqdm
 
 from robustprune.attacks import PGD, is_stochastic, seeded_generator
 from robustprune.attacks.fmn import FMN, FMN_STEPS, FMN_TARGETS
 from robustprune.attacks.minnorm import check_norm
-from robustprune.config import EvalConfig, eval_config
-from robustprune.data import TensorLoader, check_eps, dataset_info, load_split
+from robustprune.config import EvalConfig, eval_config, job_config
+from robustprune.data import TensorLoader, check_eps
+from robustprune.eval.context import EvalContext
 from robustprune.eval.evaluate import evaluate
 from robustprune.metrics.minnorm import minimal_distances, security_points
 from robustprune.reports.audit_plots import plot_curve
-from robustprune.train import load_run
-from robustprune.utils import atomic_write_json, keeps_global_rng, provenance, resolve_device
+from robustprune.utils import atomic_write_json, keeps_global_rng, provenance
 
 #: default sweep, as multiples of the dataset's ε (capped at 1)
 SWEEP_FACTORS = (0.0, 0.25, 0.5, 0.75, 1.0, 1.5, 2.0)
@@ -59,8 +60,7 @@ def sweep_attack(eps: float, *, steps: int = 40, eot: int = 1, restarts: int = 1
 
 
 def robust_curve(model: nn.Module, loader: TensorLoader, eps_list: list[float], *, steps: int = 40,
-                 eot: int | None = None, restarts: int = 1, passes: int = 10, seed: int = 0,
-                 progress: bool = True) -> dict[str, Any]:
+                 eot: int | None = None, passes: int = 10, seed: int = 0, progress: bool = True) -> dict[str, Any]:
     """Robust accuracy (%) of ``model`` at each ε of ``eps_list`` (L∞ PGD, see module doc).
 
     ``eot=None`` uses 10 gradient samples when the model is random in eval mode, else 1. Every
@@ -83,13 +83,13 @@ def robust_curve(model: nn.Module, loader: TensorLoader, eps_list: list[float], 
         else:  # a model random at test time (SAP, sampled BNN) draws from the global RNG, and so does
             torch.manual_seed(seed)  # the attack, as it always did: its numbers stay the same
         t0 = time.perf_counter()
-        pgd = sweep_attack(eps, steps=steps, eot=eot, restarts=restarts, generator=gen)
+        pgd = sweep_attack(eps, steps=steps, eot=eot, generator=gen)
         res = evaluate(model, loader, [("pgd", pgd)], vulnerability=False, passes=passes, progress=False)
         points.append({"eps": eps, "robust_acc": res.attacks[0].summary()["robust_acc"],
                        "wall_s": time.perf_counter() - t0})
         clean = res.clean_acc
     attack = {"name": "pgd", "norm": "linf", "steps": steps, "step_size": "2.5*eps/steps", "eot": eot,
-              "restarts": restarts, "random_start": True}
+              "restarts": 1, "random_start": True}
     return {"kind": "curve", "n": res.total, "clean_acc": clean, "stochastic": res.stochastic, "attack": attack,
             "points": points}
 
@@ -121,19 +121,6 @@ def security_curve(model: nn.Module, loader: TensorLoader, eps_list: list[float]
             "wall_s": time.perf_counter() - t0}
 
 
-def run_test_points(run_dir: str | Path, *, limit: int | None, data_dir: str | None,
-                    device: str | torch.device) -> tuple[Any, Tensor, Tensor, torch.device]:
-    """``(loaded run, test images, test labels, device)``: the first ``limit`` test points of a run."""
-    if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
-        raise ValueError(f"limit must be an integer >= 1, got {limit!r}")
-    dev = resolve_device(device)
-    run = load_run(run_dir, device=dev)
-    images, labels = load_split(run.cfg.dataset, "test", data_dir=data_dir or run.cfg.data_dir)
-    if limit is not None:
-        images, labels = images[:limit], labels[:limit]
-    return run, images, labels, dev
-
-
 def with_security(curve: dict[str, Any], model: nn.Module, loader: TensorLoader, *, fmn: bool, steps: int,
                   targets: int | None, progress: bool) -> dict[str, Any]:
     """``curve`` plus ``security``: FMN-L∞'s security curve at the curve's ε values, or
@@ -146,38 +133,58 @@ def with_security(curve: dict[str, Any], model: nn.Module, loader: TensorLoader,
     return curve | {"security": security_curve(model, loader, eps, steps=steps, targets=targets, progress=progress)}
 
 
+@dataclass(frozen=True)
+class CurveConfig:
+    """What ``robustprune curve`` measures: the evaluation settings it uses (``eval``: ``steps``,
+    ``eot``, ``limit``, ``batch_size``, ``passes``, ``seed``), the sweep's ε values (``eps_list``,
+    default :func:`default_sweep` of the dataset's ε; each point's step is ``2.5·ε/steps``) and
+    FMN-L∞'s security curve beside it (``fmn``; ``fmn_steps`` iterations, ``fmn_targets``
+    class-directed passes)."""
+
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    eps_list: tuple[float, ...] | None = None
+    fmn: bool = True
+    fmn_steps: int = FMN_STEPS
+    fmn_targets: int | None = FMN_TARGETS
+
+    def __post_init__(self) -> None:
+        if isinstance(self.eps_list, list):
+            object.__setattr__(self, "eps_list", tuple(self.eps_list))
+
+    def validate(self) -> None:
+        """``ValueError`` naming the first bad value (before anything runs)."""
+        self.eval.validate()
+        if self.eps_list is not None:
+            check_eps_list(list(self.eps_list))
+        if self.fmn:  # bad FMN settings fail before the sweep runs
+            fmn_attack(steps=self.fmn_steps, targets=self.fmn_targets)
+
+
 @keeps_global_rng
-def curve_run(run_dir: str | Path, config: EvalConfig | None = None, *, out: str | Path,
-              eps_list: list[float] | None = None, fmn: bool = True, fmn_steps: int = FMN_STEPS,
-              fmn_targets: int | None = FMN_TARGETS, data_dir: str | None = None, device: str = "auto",
-              progress: bool = True, **settings: Any) -> dict[str, Any]:
+def curve_run(run_dir: str | Path, config: CurveConfig | None = None, *, out: str | Path,
+              data_dir: str | None = None, device: str = "auto", progress: bool = True,
+              **settings: Any) -> dict[str, Any]:
     """Sweep ε for run ``run_dir``; write ``curve.json`` and ``curve.png`` into ``out``.
 
-    ``config`` with ``settings`` replacing its fields gives ``steps``, ``eot``, ``limit``,
-    ``batch_size``, ``passes`` and ``seed``; the sweep's ε values are ``eps_list`` (default:
-    :func:`default_sweep` of the dataset's ε) and each point's step is ``2.5·ε/steps``. With
+    ``config`` (:class:`CurveConfig`) with ``settings`` replacing its fields or its ``eval``'s. With
     ``fmn`` (default) the card's ``security`` holds FMN-L∞'s per-example distances and its security
-    curve at the same ε (:func:`security_curve`, ``fmn_steps`` iterations, ``fmn_targets``
-    class-directed passes), drawn in the same plot.
+    curve at the same ε (:func:`security_curve`), drawn in the same plot.
 
     >>> curve_run("runs/at", out="runs/at/curve", eps_list=[0, 0.1, 0.2, 0.3, 0.4])   # doctest: +SKIP
     """
-    cfg = eval_config(config, **settings)
-    steps, eot, limit, batch_size, passes, seed = cfg.steps, cfg.eot, cfg.limit, cfg.batch_size, cfg.passes, cfg.seed
-    if eps_list is not None:
-        check_eps_list(eps_list)
-    if fmn:  # bad FMN settings fail before the sweep runs
-        fmn_attack(steps=fmn_steps, targets=fmn_targets)
-    run, images, labels, dev = run_test_points(run_dir, limit=limit, data_dir=data_dir, device=device)
-    info = dataset_info(run.cfg.dataset)
-    eps_list = default_sweep(info.default_eps) if eps_list is None else eps_list
-    loader = TensorLoader(images, labels, batch_size=batch_size, device=dev)
+    cfg = job_config(config or CurveConfig(), **settings)
+    ev = cfg.eval
+    ctx = EvalContext.open(run_dir, limit=ev.limit, seed=ev.seed, data_dir=data_dir, device=device)
+    info = ctx.info
+    eps_list = default_sweep(info.default_eps) if cfg.eps_list is None else list(cfg.eps_list)
+    loader = ctx.loader(ev.batch_size)
     t0 = time.perf_counter()
-    curve = robust_curve(run.model, loader, eps_list, steps=steps, eot=eot, passes=passes, seed=seed,
+    curve = robust_curve(ctx.model, loader, eps_list, steps=ev.steps, eot=ev.eot, passes=ev.passes, seed=ev.seed,
                          progress=progress)
-    curve = with_security(curve, run.model, loader, fmn=fmn, steps=fmn_steps, targets=fmn_targets, progress=progress)
-    curve |= {"run": str(run_dir), "method": run.cfg.method, "model": run.cfg.model, "dataset": run.cfg.dataset,
-              "default_eps": info.default_eps, "seed": seed, **provenance(dev), "wall_s": time.perf_counter() - t0}
+    curve = with_security(curve, ctx.model, loader, fmn=cfg.fmn, steps=cfg.fmn_steps, targets=cfg.fmn_targets,
+                          progress=progress)
+    curve |= {**ctx.describe(), "default_eps": info.default_eps, "seed": ev.seed, **provenance(ctx.device),
+              "wall_s": time.perf_counter() - t0}
     out = Path(out)
     atomic_write_json(out / "curve.json", curve)
     plot_curve(curve, out / "curve.png")
@@ -201,13 +208,13 @@ def fmn_distances_run(run_dir: str | Path, config: EvalConfig | None = None, *, 
     """
     cfg = eval_config(config, **settings)
     check_norm(norm)
-    run, images, labels, dev = run_test_points(run_dir, limit=cfg.limit, data_dir=data_dir, device=device)
-    loader = TensorLoader(images, labels, batch_size=cfg.batch_size, device=dev)
+    ctx = EvalContext.open(run_dir, limit=cfg.limit, data_dir=data_dir, device=device)
+    run, labels, dev = ctx.run, ctx.labels, ctx.device
+    loader = ctx.loader(cfg.batch_size)
     x0, _ = next(iter(loader))
     if is_stochastic(run.model, x0):
         raise ValueError(f"run {str(run_dir)!r}: its model is random in eval mode; minimal distances need a "
                          "deterministic model")
     t0 = time.perf_counter()
     d = minimal_distances(run.model, loader, fmn_attack(norm=norm, steps=steps, targets=targets), progress=progress)
-    return {"run": str(run_dir), "method": run.cfg.method, "model": run.cfg.model, "dataset": run.cfg.dataset,
-            **d, "labels": labels.tolist(), **provenance(dev), "wall_s": time.perf_counter() - t0}
+    return {**ctx.describe(), **d, "labels": labels.tolist(), **provenance(dev), "wall_s": time.perf_counter() - t0}

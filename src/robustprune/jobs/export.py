@@ -41,10 +41,9 @@ from typing import Any
 import yaml
 
 from robustprune.config import load_train_config
-from robustprune.data import TensorLoader, load_split
 from robustprune.models import model_info
 from robustprune.registry import METHODS
-from robustprune.utils import UserError, atomic_write, atomic_write_json, provenance, resolve_device
+from robustprune.utils import UserError, atomic_write, atomic_write_json, provenance
 
 __all__ = ["APB_EPS", "FORMATS", "ExportError", "MinimalDistances", "export_run", "measure_distances",
            "read_distances", "write_distances"]
@@ -158,20 +157,16 @@ def measure_distances(run_dir: str | Path, attack: Any, *, limit: int | None = N
     """Run the minimum-norm ``attack`` (a :class:`~robustprune.attacks.minnorm.MinNormAttack`) on the
     first ``limit`` test points of run ``run_dir`` and write their distances (default
     ``RUN/eval/distances-<attack>.json``)."""
+    from robustprune.eval.context import EvalContext
     from robustprune.metrics.minnorm import minimal_distances
-    from robustprune.train.run import load_run
 
-    dev = resolve_device(device)
-    run = load_run(run_dir, device=dev)
+    ctx = EvalContext.open(run_dir, limit=limit, data_dir=data_dir, device=device)
+    run, dev = ctx.run, ctx.device
     if run.method.stochastic:
         raise ExportError(f"method {run.cfg.method!r} is random at test time; minimal distances need a "
                           "deterministic model")
-    images, labels = load_split(run.cfg.dataset, "test", data_dir=data_dir or run.cfg.data_dir)
-    if limit is not None:
-        images, labels = images[:limit], labels[:limit]
     t0 = time.perf_counter()
-    found = minimal_distances(run.model, TensorLoader(images, labels, batch_size=batch_size, device=dev), attack,
-                              progress=progress)
+    found = minimal_distances(run.model, ctx.loader(batch_size), attack, progress=progress)
     d = [math.inf if v is None else float(v) for v in found["distances"]]  # None: no adversarial example found
     name = attack.params()["name"]
     md = MinimalDistances(attack=attack.params(), norm=attack.norm, distances=d, dataset=run.cfg.dataset,

@@ -11,7 +11,9 @@ random direction is used (``zero_gradient`` records it).
 
 from __future__ import annotations
 
+import dataclasses
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -20,8 +22,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from robustprune.attacks import is_stochastic
-from robustprune.data import dataset_info
-from robustprune.jobs.curve import run_test_points
+from robustprune.eval.context import EvalContext
 from robustprune.models import model_mode
 from robustprune.reports.audit_plots import plot_surface
 from robustprune.utils import atomic_write_json, provenance
@@ -85,13 +86,46 @@ def loss_surface(model: nn.Module, x: Tensor, y: Tensor, *, eps: float, span: fl
                            f"{seed}"}, "points": points}
 
 
-def surface_of(model: nn.Module, images: Tensor, labels: Tensor, *, points: int = 4, eps: float, span: float = 1.0,
-               resolution: int = 21, samples: int | None = None, seed: int = 0) -> dict[str, Any]:
+@dataclass(frozen=True)
+class SurfaceConfig:
+    """What ``robustprune surface`` draws: ``points`` correctly classified test points, at ``eps``
+    (default: the dataset's), a grid of ``resolution`` points per axis over ``±span·eps``,
+    ``samples`` passes per grid point (``None``: 10 for a model random in eval mode, else 1) and
+    ``seed`` for the random direction."""
+
+    points: int = 4
+    eps: float | None = None
+    span: float = 1.0
+    resolution: int = 21
+    samples: int | None = None
+    seed: int = 0
+
+    def validate(self) -> None:
+        """``ValueError`` naming the first bad value."""
+        _check(self.points, self.resolution, self.span, 1.0 if self.eps is None else self.eps)
+
+
+def surface_config(config: SurfaceConfig | None = None, **settings: Any) -> SurfaceConfig:
+    """``config`` with ``settings`` replacing its fields, validated; an unknown name raises ``ValueError``."""
+    names = {f.name for f in dataclasses.fields(SurfaceConfig)}
+    unknown = sorted(set(settings) - names)
+    if unknown:
+        raise ValueError(f"unknown surface settings {unknown}; known: {sorted(names)}")
+    cfg = dataclasses.replace(config or SurfaceConfig(), **settings)
+    cfg.validate()
+    return cfg
+
+
+def surface_of(model: nn.Module, images: Tensor, labels: Tensor, config: SurfaceConfig | None = None,
+               **settings: Any) -> dict[str, Any]:
     """:func:`loss_surface` of the first ``points`` correctly classified examples of ``images``
-    (uint8 or [0, 1] floats), topped up with misclassified ones when too few are correct;
-    ``samples=None``: 10 passes per grid point for a model random in eval mode, else 1.
-    ``test_index`` and each point's ``correct`` record which examples were used."""
-    _check(points, resolution, span, eps)
+    (uint8 or [0, 1] floats), topped up with misclassified ones when too few are correct
+    (``config``, :class:`SurfaceConfig`, with ``settings`` replacing its fields; ``eps`` must be
+    given). ``test_index`` and each point's ``correct`` record which examples were used."""
+    cfg = surface_config(config, **settings)
+    if cfg.eps is None:
+        raise ValueError("surface_of needs eps (pixel units)")
+    points, samples = cfg.points, cfg.samples
     dev = next(iter(model.parameters())).device
     x = images[: max(256, 4 * points)].to(dev).float()
     x = x.div(255) if images.dtype == torch.uint8 else x
@@ -102,28 +136,26 @@ def surface_of(model: nn.Module, images: Tensor, labels: Tensor, *, points: int 
         if samples is None:
             samples = 10 if is_stochastic(model, x[:64]) else 1
     idx = torch.cat([correct.nonzero(), (~correct).nonzero()]).squeeze(1)[:points]
-    surf = loss_surface(model, x[idx], y[idx], eps=eps, span=span, resolution=resolution, samples=samples, seed=seed)
+    surf = loss_surface(model, x[idx], y[idx], eps=cfg.eps, span=cfg.span, resolution=cfg.resolution, samples=samples,
+                        seed=cfg.seed)
     for p, ok in zip(surf["points"], correct[idx].tolist(), strict=True):
         p["correct"] = ok
     return surf | {"test_index": idx.tolist()}
 
 
-def surface_run(run_dir: str | Path, *, out: str | Path, points: int = 4, eps: float | None = None,
-                span: float = 1.0, resolution: int = 21, samples: int | None = None, data_dir: str | None = None,
-                device: str = "auto", seed: int = 0) -> dict[str, Any]:
-    """Loss surfaces (:func:`surface_of`) of run ``run_dir`` at ``eps`` (default: the dataset's);
-    writes ``surface.json`` and ``surface.png`` into ``out``.
+def surface_run(run_dir: str | Path, config: SurfaceConfig | None = None, *, out: str | Path,
+                data_dir: str | None = None, device: str = "auto", **settings: Any) -> dict[str, Any]:
+    """Loss surfaces (:func:`surface_of`) of run ``run_dir`` (``config``/``settings`` as there; ``eps``
+    defaults to the dataset's); writes ``surface.json`` and ``surface.png`` into ``out``.
 
     >>> surface_run("runs/at", out="runs/at/surface", points=4)    # doctest: +SKIP
     """
-    _check(points, resolution, span, 1.0 if eps is None else eps)
-    run, images, labels, dev = run_test_points(run_dir, limit=max(256, 4 * points), data_dir=data_dir, device=device)
-    eps = dataset_info(run.cfg.dataset).eps(eps)
+    cfg = surface_config(config, **settings)
+    ctx = EvalContext.open(run_dir, limit=max(256, 4 * cfg.points), data_dir=data_dir, device=device)
+    cfg = dataclasses.replace(cfg, eps=ctx.info.eps(cfg.eps))
     t0 = time.perf_counter()
-    surf = surface_of(run.model, images, labels, points=points, eps=eps, span=span, resolution=resolution,
-                      samples=samples, seed=seed)
-    surf |= {"run": str(run_dir), "method": run.cfg.method, "model": run.cfg.model, "dataset": run.cfg.dataset,
-             **provenance(dev), "wall_s": time.perf_counter() - t0}
+    surf = surface_of(ctx.model, ctx.images, ctx.labels, cfg)
+    surf |= {**ctx.describe(), **provenance(ctx.device), "wall_s": time.perf_counter() - t0}
     write_surface(surf, out)
     return surf
 

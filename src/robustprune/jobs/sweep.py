@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -33,15 +33,16 @@ from torch import nn
 from robustprune.attacks import build_attack, is_stochastic, model_mode, seeded_generator
 from robustprune.attacks.cw import CarliniWagnerL2
 from robustprune.attacks.deepfool import DeepFool
-from robustprune.config import EvalConfig, eval_config, load_train_config
-from robustprune.data import TensorLoader, dataset_info, load_split
+from robustprune.config import EvalConfig, job_config, load_train_config
+from robustprune.data import TensorLoader
+from robustprune.eval.context import EvalContext
 from robustprune.eval.evaluate import evaluate
 from robustprune.metrics.minnorm import minnorm_robustness
 from robustprune.metrics.sparsity import weight_sparsity
 from robustprune.metrics.unstructured import activation_zero_fraction
 from robustprune.train import fit, load_run
 from robustprune.train.checkpoint import latest_checkpoint
-from robustprune.utils import atomic_write, atomic_write_json, keeps_global_rng, provenance, resolve_device
+from robustprune.utils import atomic_write, atomic_write_json, keeps_global_rng, provenance
 
 METRICS = (("clean_acc", "clean"), ("fgsm_acc", "FGSM"), ("rfgsm_acc", "R+FGSM"), ("deepfool_r2", "DeepFool r2"),
            ("cw_r2", "C&W-L2 r2"))
@@ -62,8 +63,8 @@ class SweepEval:
     seed: int = 0
 
 
-def _check(rounds: int, rho: float, epochs_per_round: int, limit: int | None) -> None:
-    for ok, msg in ((rounds >= 1, f"rounds must be >= 1, got {rounds}"),
+def _check(rounds: int | None, rho: float, epochs_per_round: int, limit: int | None) -> None:
+    for ok, msg in ((isinstance(rounds, int) and rounds >= 1, f"rounds must be >= 1, got {rounds}"),
                     (0 < rho < 1, f"rho must be in (0, 1), got {rho}"),
                     (epochs_per_round >= 1, f"epochs_per_round must be >= 1, got {epochs_per_round}"),
                     (limit is None or limit >= 1, f"limit must be >= 1, got {limit}")):
@@ -71,23 +72,24 @@ def _check(rounds: int, rho: float, epochs_per_round: int, limit: int | None) ->
             raise ValueError(msg)
 
 
-def train_round(run_dir: Path, prev: Path, out: Path, *, rho: float, epochs_per_round: int, adversarial: bool,
-                scope: str, keep_first_last: bool, limit_train: int | None, data_dir: str | None, device: str,
+def train_round(run_dir: Path, prev: Path, out: Path, cfg: SweepConfig, *, data_dir: str | None, device: str,
                 progress: bool, prune: bool = True) -> None:
-    """One pruning round: a ``magnitude`` run from ``prev`` (resumed when interrupted, skipped when done),
-    with the base run's config otherwise (optimiser, lr held constant, batch size, seed, data).
-    ``prune=False`` is the dense control: the same run with ``max_rounds`` 0, so nothing is removed."""
+    """One pruning round of ``cfg``: a ``magnitude`` run from ``prev`` (resumed when interrupted,
+    skipped when done), with the base run's config otherwise (optimiser, lr held constant, batch
+    size, seed, data). ``prune=False`` is the dense control: the same run with ``max_rounds`` 0,
+    so nothing is removed."""
     if (out / "run.json").is_file():
         return
     base = load_train_config(run_dir / "config.yaml")
-    cfg = replace(
-        base, method="magnitude", epochs=epochs_per_round, out=str(out), init_from=str(prev), schedule="constant",
-        resume=latest_checkpoint(out) is not None, device=device, progress=progress, data_dir=data_dir or base.data_dir,
-        limit_train=base.limit_train if limit_train is None else limit_train,
-        method_args={"rho": rho, "epochs_per_round": epochs_per_round, "max_rounds": int(prune), "scope": scope,
-                     "keep_first_last": keep_first_last, "adversarial": adversarial},
+    train = replace(
+        base, method="magnitude", epochs=cfg.epochs_per_round, out=str(out), init_from=str(prev),
+        schedule="constant", resume=latest_checkpoint(out) is not None, device=device, progress=progress,
+        data_dir=data_dir or base.data_dir,
+        limit_train=base.limit_train if cfg.limit_train is None else cfg.limit_train,
+        method_args={"rho": cfg.rho, "epochs_per_round": cfg.epochs_per_round, "max_rounds": int(prune),
+                     "scope": cfg.scope, "keep_first_last": cfg.keep_first_last, "adversarial": cfg.adversarial},
     )
-    fit(cfg)
+    fit(train)
 
 
 def measure(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, ev: SweepEval, *,
@@ -158,61 +160,84 @@ def vs_control(points: list[dict[str, Any]], control: list[dict[str, Any]]) -> d
     return out
 
 
-#: the sweep's evaluation settings where the caller gives none: the first 1,000 test points
-SWEEP_CONFIG = EvalConfig(limit=1000)
+@dataclass(frozen=True)
+class SweepConfig:
+    """A sparsity sweep: the evaluation settings it uses (``eval``: the FGSM/R+FGSM ``eps``, default
+    the dataset's; ``limit``, default 1,000 test points; ``seed``), the pruning rounds (``rounds``
+    of removing ``rho`` of every layer's remaining weights, ``scope`` ``layer`` or ``global``,
+    ``keep_first_last``; each retrained for ``epochs_per_round`` epochs, with the AT loss when
+    ``adversarial``, on ``limit_train`` training examples, default the run's), the minimum-norm
+    attacks' own settings (DeepFool 50 steps; C&W 100 steps × 5 binary-search rounds from c = 0.1 —
+    few steps need a larger starting c than C&W's 1e-3 to succeed at all) and ``control``: a dense
+    run per round with the same training (about doubles the cost)."""
+
+    eval: EvalConfig = field(default_factory=lambda: EvalConfig(limit=1000))
+    rounds: int | None = None
+    rho: float = 1 / 3
+    epochs_per_round: int = 1
+    adversarial: bool = False
+    scope: str = "layer"
+    keep_first_last: bool = False
+    limit_train: int | None = None
+    deepfool_steps: int = 50
+    cw_steps: int = 100
+    cw_search: int = 5
+    cw_const: float = 0.1
+    cw_lr: float = 0.01
+    control: bool = False
+
+    def validate(self) -> None:
+        """``ValueError`` naming the first bad value."""
+        self.eval.validate()
+        _check(self.rounds, self.rho, self.epochs_per_round, self.eval.limit)
+
+    def training(self) -> dict[str, Any]:
+        """The settings of the rounds' training, as the result records them."""
+        return {"rounds": self.rounds, "rho": self.rho, "epochs_per_round": self.epochs_per_round,
+                "adversarial": self.adversarial, "scope": self.scope, "keep_first_last": self.keep_first_last,
+                "limit_train": self.limit_train, "control": self.control}
 
 
 @keeps_global_rng
-def sweep_sparsity(run_dir: str | Path, config: EvalConfig | None = None, *, rounds: int,
-                   out: str | Path | None = None, rho: float = 1 / 3, epochs_per_round: int = 1,
-                   adversarial: bool = False, scope: str = "layer", keep_first_last: bool = False,
-                   limit_train: int | None = None, deepfool_steps: int = 50, cw_steps: int = 100, cw_search: int = 5,
-                   cw_const: float = 0.1, cw_lr: float = 0.01, data_dir: str | None = None, device: str = "auto",
-                   control: bool = False, progress: bool = True, **settings: Any) -> dict[str, Any]:
+def sweep_sparsity(run_dir: str | Path, config: SweepConfig | None = None, *, out: str | Path | None = None,
+                   data_dir: str | None = None, device: str = "auto", progress: bool = True,
+                   **settings: Any) -> dict[str, Any]:
     """Run (or resume) the sweep; returns the JSON data (also written to ``OUT/sweep.json``).
 
-    ``config`` (default :data:`SWEEP_CONFIG`) with ``settings`` replacing its fields gives the
-    FGSM/R+FGSM ``eps`` (default: the dataset's), ``limit`` (test points) and ``seed``; the
-    minimum-norm attacks have their own settings. Defaults: ρ = 1/3, one retraining epoch per round,
-    1000 test points, DeepFool 50 steps, C&W 100 steps × 5 binary-search rounds from c = 0.1 (few
-    steps need a larger starting c than C&W's 1e-3 to succeed at all); ``OUT`` =
-    ``RUN/sparsity-sweep``. ``control`` adds the dense same-training runs (about doubles the cost).
+    ``config`` (:class:`SweepConfig`) with ``settings`` replacing its fields or its ``eval``'s
+    (``sweep_sparsity(run, rounds=8, limit=1000)``); ``OUT`` = ``RUN/sparsity-sweep``. The base
+    run and its test points come from one :class:`~robustprune.eval.context.EvalContext`.
     """
-    ecfg = eval_config(config or SWEEP_CONFIG, **settings)
-    limit = ecfg.limit
-    _check(rounds, rho, epochs_per_round, limit)
+    cfg = job_config(config or SweepConfig(), **settings)
+    ecfg = cfg.eval
     run_dir = Path(run_dir)
-    cfg = load_run(run_dir).cfg  # names a missing or broken run clearly
+    ctx = EvalContext.open(run_dir, limit=ecfg.limit, seed=ecfg.seed, data_dir=data_dir, device=device)
     out = Path(out) if out is not None else run_dir / "sparsity-sweep"
-    dev = resolve_device(device)
-    ev = SweepEval(eps=dataset_info(cfg.dataset).eps(ecfg.eps), limit=limit, seed=ecfg.seed,
-                   deepfool_steps=deepfool_steps, cw_steps=cw_steps, cw_search=cw_search, cw_const=cw_const,
-                   cw_lr=cw_lr)
-    images, labels = load_split(cfg.dataset, "test", data_dir=data_dir or cfg.data_dir)
-    data = (images[:limit], labels[:limit]) if limit is not None else (images, labels)
+    dev = ctx.device
+    ev = SweepEval(eps=ctx.info.eps(ecfg.eps), limit=ecfg.limit, seed=ecfg.seed, deepfool_steps=cfg.deepfool_steps,
+                   cw_steps=cfg.cw_steps, cw_search=cfg.cw_search, cw_const=cfg.cw_const, cw_lr=cfg.cw_lr)
+    data = (ctx.images, ctx.labels)
+    control, rounds = cfg.control, int(cfg.rounds or 0)
     points = [dict(measured(run_dir, out / "metrics-00.json", ev, data, device=dev, progress=progress), round=0)]
     dense = [dict(points[0])] if control else []
-    train: dict[str, Any] = {"rho": rho, "epochs_per_round": epochs_per_round, "adversarial": adversarial,
-                             "scope": scope, "keep_first_last": keep_first_last, "limit_train": limit_train,
-                             "data_dir": data_dir, "device": device, "progress": progress}
+    train: dict[str, Any] = {"data_dir": data_dir, "device": device, "progress": progress}
     prev, prev_dense = run_dir, run_dir
     for t in range(1, rounds + 1):
         rd = out / f"round-{t:02d}"
-        train_round(run_dir, prev, rd, **train)
+        train_round(run_dir, prev, rd, cfg, **train)
         points.append(dict(measured(rd, out / f"metrics-{t:02d}.json", ev, data, device=dev, progress=progress),
                            round=t))
         prev = rd
         if control:
             cd = out / f"control-{t:02d}"
-            train_round(run_dir, prev_dense, cd, prune=False, **train)
+            train_round(run_dir, prev_dense, cd, cfg, prune=False, **train)
             dense.append(dict(measured(cd, out / f"control-metrics-{t:02d}.json", ev, data, device=dev,
                                        progress=progress), round=t))
             prev_dense = cd
+    cfg_run = ctx.run.cfg
     result = {
-        "kind": "sparsity-sweep", "run": str(run_dir), "model": cfg.model, "dataset": cfg.dataset,
-        "settings": {"rounds": rounds, "rho": rho, "epochs_per_round": epochs_per_round, "adversarial": adversarial,
-                     "scope": scope, "keep_first_last": keep_first_last, "limit_train": limit_train, "control": control,
-                     **asdict(ev)},
+        "kind": "sparsity-sweep", "run": str(run_dir), "model": cfg_run.model, "dataset": cfg_run.dataset,
+        "settings": {**cfg.training(), **asdict(ev)},
         "points": points, "peaks": peaks(points),
         **({"control": dense, "vs_control": vs_control(points, dense)} if control else {}), **provenance(dev),
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
