@@ -3,11 +3,14 @@ written before them, staleness decided by versions in `compare`, and the table's
 
 from __future__ import annotations
 
+import copy
 import json
 from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import robustprune.compare.runner as runner_mod
 from robustprune.attacks import FGSM
@@ -249,3 +252,40 @@ def test_a_field_of_the_wrong_type_is_refused_naming_it() -> None:
     with pytest.raises(RecordError, match="AttackEntry.robust_acc must be float, got None"):
         suite_card(card)
     assert suite_card(old_suite_card()).eval.n == 100  # and the well-formed card reads
+
+
+JSON_VALUES = st.recursive(st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=5),
+                           lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=5), inner,
+                                                                                       max_size=3), max_leaves=8)
+
+
+@st.composite
+def mutated_cards(draw: st.DrawFn) -> dict[str, Any]:
+    """The old suite card with a few of its values, at any depth, replaced by arbitrary JSON."""
+    card = old_suite_card()
+    for _ in range(draw(st.integers(1, 3))):
+        node: Any = card
+        while True:
+            keys = list(node) if isinstance(node, dict) else list(range(len(node)))
+            if not keys:
+                break
+            key = draw(st.sampled_from(keys))
+            if isinstance(node[key], (dict, list)) and node[key] and draw(st.booleans()):
+                node = node[key]
+                continue
+            node[key] = draw(JSON_VALUES)
+            break
+    return card
+
+
+@settings(max_examples=150, deadline=None, database=None)
+@given(mutated_cards())
+def test_fuzz_a_card_reads_or_is_refused_by_name(card: dict[str, Any]) -> None:
+    """Whatever a card file holds, reading it gives a record that writes back the same JSON, or a
+    RecordError (a ValueError): never another exception."""
+    try:
+        record = suite_card(copy.deepcopy(card))
+    except RecordError:
+        return
+    again = suite_card(record.to_dict())
+    assert again.to_dict() == record.to_dict()

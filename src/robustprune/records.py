@@ -85,18 +85,26 @@ class CodeVersion:
                    parts={str(k): int(v) for k, v in parts.items()})
 
 
-#: the scalar annotations checked on reading: a number where a number belongs (a bool is no number)
-_SCALARS: dict[str, tuple[type, ...]] = {"float": (int, float), "int": (int,), "str": (str,), "bool": (bool,)}
+#: the annotations checked on reading: a number where a number belongs (a bool is no number), a
+#: list or an object where one belongs
+_KINDS: dict[str, tuple[type, ...]] = {"float": (int, float), "int": (int,), "str": (str,), "bool": (bool,),
+                                       "list": (list,), "dict": (dict,)}
 
 
-def _check_scalar(cls: type, key: str, value: Any) -> None:
-    """Raise :class:`RecordError` naming the field and the value when ``value`` is not of the scalar
-    type the dataclass field declares (``float``, ``int``, ``str``, ``bool``, each maybe ``| None``)."""
+def _check_value(cls: type, key: str, value: Any) -> None:
+    """Raise :class:`RecordError` naming the field and the value when ``value`` does not fit the type
+    the dataclass field declares: ``None`` where the field is not optional, a value of another kind
+    for ``float``, ``int``, ``str``, ``bool``, ``list[...]`` and ``dict[...]`` fields (nested
+    records check themselves)."""
     annotation = str(cls.__dataclass_fields__[key].type)  # type: ignore[attr-defined]
     base, _, rest = annotation.partition(" | ")
-    if base not in _SCALARS or rest not in ("", "None") or (value is None and rest == "None"):
+    if value is None:
+        if rest != "None":
+            raise RecordError(f"{cls.__name__}.{key} must be {annotation}, got None")
         return
-    kinds = _SCALARS[base]
+    kinds = _KINDS.get(base.partition("[")[0])
+    if kinds is None:
+        return
     if not isinstance(value, kinds) or (isinstance(value, bool) and bool not in kinds):
         raise RecordError(f"{cls.__name__}.{key} must be {annotation}, got {value!r}")
 
@@ -125,14 +133,12 @@ class Record:
                 continue
             if key == "code":
                 value = CodeVersion.from_dict(value)
-            elif key in cls.NESTED and value is not None:
+            else:
+                _check_value(cls, key, value)
+            if key in cls.NESTED and value is not None:
                 value = cls.NESTED[key].from_dict(value)
             elif key in cls.NESTED_LISTS and value is not None:
-                if not isinstance(value, list):
-                    raise RecordError(f"{cls.__name__}.{key} must be a list, got {type(value).__name__}")
                 value = [cls.NESTED_LISTS[key].from_dict(v) for v in value]
-            else:
-                _check_scalar(cls, key, value)
             known[key] = value
         try:
             return cls(**known, extra={k: v for k, v in data.items() if k not in names})  # type: ignore[call-arg]
