@@ -108,7 +108,7 @@ def test_bad_targets_are_named() -> None:
         build_method("anp-vs", ctx=ctx, target_sparsity=75, mask_until=0.5)
 
 
-@pytest.mark.parametrize("method", ["anp-vs-fast", "anp"])
+@pytest.mark.parametrize("method", ["anp-vs-fast", "anp", "bp"])
 def test_a_run_cuts_when_its_masks_stop_and_records_asked_and_reached(method: str, tiny_mnist: Path,
                                                                       tmp_path: Path) -> None:
     with pytest.warns(UserWarning, match="meant to start from a trained model"):
@@ -121,6 +121,19 @@ def test_a_run_cuts_when_its_masks_stop_and_records_asked_and_reached(method: st
     assert cut["pruned"] == round(0.75 * 1370) == round(cut["reached"] * cut["units"])
     model = load_run(run).model
     assert unit_sparsity(model) == pytest.approx(100 * cut["reached"])  # the fine-tuning kept the cut
+    history = json.loads((run / "run.json").read_text())["history"]
+    assert "adv_acc" in history[-1]  # the last epoch fine-tuned adversarially (bp included)
+
+
+def test_bp_takes_a_target_and_then_fine_tunes_adversarially() -> None:
+    ctx = method_context(TrainConfig(method="bp"), train_size=64)
+    with pytest.raises(ValueError, match="bp's mask_until 0.5 only comes with a target_sparsity"):
+        build_method("bp", ctx=ctx, mask_until=0.5)
+    with pytest.raises(ValueError, match="give mask_until < 1"):
+        build_method("bp", ctx=ctx, target_sparsity=0.5)
+    cls = type(build_method("bp", ctx=ctx))
+    assert cls.taxonomy({}).finetuning == "nt"  # type: ignore[union-attr]
+    assert cls.taxonomy({"target_sparsity": 0.5, "mask_until": 0.5}).finetuning == "at"  # type: ignore[union-attr]
 
 
 def test_equal_sparsity_suite_gives_every_pruning_row_the_same_fine_tuning_budget() -> None:
