@@ -82,3 +82,13 @@ def test_eval_runs_every_minimum_norm_attack_by_name(at_run: Path, tiny_mnist: P
     assert list(by) == ["fmn", "deepfool", "cw"]
     assert by["fmn"]["attack"]["norm"] == "l2" and by["cw"]["attack"]["steps"] == 5
     assert all(m["n"] == 4 and m["n_success"] + m["n_failed"] == m["n_correct"] for m in by.values())
+
+
+def test_benchmark_names_are_facts_of_the_method() -> None:
+    """The APB's short names live on the methods (Method.apb_name), not in a table in jobs/export."""
+    from robustprune.jobs.export import apb_taxonomy
+    from robustprune.registry import METHODS
+
+    keys = {m: apb_taxonomy(m, {}, pretraining=None)["ap_key"].split("_")[0] for m in ("admm", "anp-vs-fast", "hydra")}
+    assert keys == {"admm": "RADMM", "anp-vs-fast": "ANPVS", "hydra": "HYDRA"}
+    assert METHODS.get("admm").apb_name == "RADMM" and METHODS.get("hydra").apb_name is None

@@ -43,6 +43,7 @@ class ADMMPruning(Method):
     """
 
     name: ClassVar[str] = "admm"
+    apb_name: ClassVar[str | None] = "RADMM"
     needs_init: ClassVar[bool] = True
     reference: ClassVar[Reference | None] = Reference(
         "Adversarial Robustness vs. Model Compression, or Both?",

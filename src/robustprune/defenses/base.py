@@ -141,6 +141,9 @@ class Method:
     #: adversarial PGD, ``"trades"``): a run started ``--init-from`` this method's run is pruned from
     #: such a model (the benchmark's "pretraining"); None: not one of those
     training: ClassVar[str | None] = None
+    #: the method's short name in the Adversarial Pruning Benchmark's keys where it is not its own name
+    #: upper-cased without hyphens (``admm`` -> ``RADMM``); None: that one
+    apb_name: ClassVar[str | None] = None
 
     @classmethod
     def taxonomy(cls, method_args: dict[str, Any]) -> PruningTaxonomy | None:

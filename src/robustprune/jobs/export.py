@@ -70,8 +70,6 @@ APB_PIPELINE = {"after": "A-Methods Pruning After Training", "before": "B-Method
 APB_STRUCTURE = {"unstructured": "Unstructured (US)", "filters": "Structured (S) filters",
                  "channels": "Structured (S) channels"}
 APB_LOCALITY = {"local": "Local Pruning (L)", "global": "Global Pruning (G)", None: "Not Specified"}
-#: the APB's short names where they differ from ours upper-cased (its key is ``<short>_<reference key>``)
-APB_NAMES = {"admm": "RADMM", "anp-vs-fast": "ANPVS"}
 DISTANCES_KIND = "minimal-distances"
 
 
@@ -378,7 +376,7 @@ def apb_taxonomy(method: str, method_args: dict[str, Any], *, pretraining: str |
     if tax is None:
         raise ExportError(f"method {method!r} does not prune; the Adversarial Pruning Benchmark takes pruned networks")
     ref = cls.reference
-    short = APB_NAMES.get(method, method.upper().replace("-", ""))
+    short = cls.apb_name or method.upper().replace("-", "")  # its key is ``<short>_<reference key>``
     key = f"{short}_{ref.key}" if ref else short
     out: dict[str, Any] = {"link_to_paper": ref.link if ref else None, "ap_key": key,
                            "Type of Pipeline:": APB_PIPELINE[tax.pipeline]}
