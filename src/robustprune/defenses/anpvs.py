@@ -63,6 +63,9 @@ class MaskedMethod(Method):
     needs_init: ClassVar[bool] = True
     #: the prior's weight β of β·KL/N (set by each subclass)
     beta: float = 1.0
+    #: the fraction of units to cut to when the masks stop learning (None: no cut), and the cut made
+    target_sparsity: float | None = None
+    cut: SparsityCut | None = None
 
     def __init__(
         self,
@@ -87,6 +90,36 @@ class MaskedMethod(Method):
         self.mask_kw: dict[str, Any] = {"a_init_fc": a_init_fc, "a_init_conv": a_init_conv, "threshold": threshold,
                                         "mask_init": mask_init}
 
+    def set_target(self, target_sparsity: float | None, mask_until: float) -> None:
+        """Check and keep ``target_sparsity`` (needs ``mask_until`` < 1: the cut comes when the masks stop)."""
+        if target_sparsity is not None:
+            if isinstance(target_sparsity, bool) or not isinstance(target_sparsity, int | float) \
+                    or not 0 <= target_sparsity < 1:
+                raise ValueError(f"target_sparsity must be a fraction in [0, 1), got {target_sparsity!r}")
+            if mask_until >= 1:
+                raise ValueError(f"target_sparsity {target_sparsity} cuts the masks when they stop learning: give "
+                                 f"mask_until < 1 (the fraction of training before the cut), got {mask_until}")
+        self.target_sparsity = target_sparsity
+
+    def fix_and_cut(self, model: nn.Module, tuning: bool) -> None:
+        """Fix the masks at their eval values while ``tuning``; the first time, cut them to the target."""
+        if tuning and self.target_sparsity is not None and self.cut is None:
+            self.cut = cut_to_sparsity(model, self.target_sparsity)
+        fix_masks(model, tuning)
+
+    def cut_fields(self) -> dict[str, Any]:
+        """The card's ``target_sparsity`` and ``sparsity_cut`` (asked, reached, ...); none without a target."""
+        if self.target_sparsity is None:
+            return {}
+        return {"target_sparsity": self.target_sparsity,
+                "sparsity_cut": None if self.cut is None else self.cut.as_dict()}
+
+    def load_cut(self, state: dict[str, Any]) -> None:
+        cut = state.get("cut")
+        self.cut = None if cut is None else SparsityCut(asked=float(cut["asked"]), units=int(cut["units"]),
+                                                        pruned=int(cut["pruned"]), revived=int(cut["revived"]),
+                                                        rule=str(cut["rule"]))
+
     @property
     def kl_size(self) -> int:
         """N of β·KL/N: the whole training split (``kl_n="dataset"``) or this run's examples (``"train"``)."""
@@ -99,7 +132,8 @@ class MaskedMethod(Method):
         adversarially."""
         return PruningTaxonomy(pipeline="during", structure="channels", locality="global",
                                criterion="Bayesian mask (beta-Bernoulli dropout)",
-                               finetuning="nt" if cls.name == "bp" else "at")
+                               finetuning="nt" if cls.name == "bp" and method_args.get("target_sparsity") is None
+                               else "at")
 
     def card_fields(self) -> dict[str, Any]:
         beta = self.beta
@@ -136,6 +170,12 @@ class MaskedMethod(Method):
 class BayesianPruning(MaskedMethod):
     """Beta-Bernoulli dropout pruning without attack (Lee et al. 2018): CE + β·KL/N on both groups.
 
+    ``target_sparsity`` with ``mask_until`` < 1: after that fraction of training the masks are
+    cut to exactly that fraction of units (as ``anp-vs``'s), fixed, and the weights fine-tune
+    adversarially for the rest ([CE + w·CE_adv]/(1 + w), ``adv_weight`` w = 2, the training
+    attack of the run), so that ``bp`` sits beside the adversarial methods at equal sparsity with
+    the same fine-tuning. Without a target, ``bp`` trains as always (no attack).
+
     >>> method = BayesianPruning(ctx=ctx, beta=1.0)
     """
 
@@ -145,17 +185,57 @@ class BayesianPruning(MaskedMethod):
         ("Juho Lee", "Saehoon Kim", "Jaehong Yoon", "Hae Beom Lee", "Eunho Yang", "Sung Ju Hwang"), "arXiv 2018", 2018,
         "https://arxiv.org/abs/1805.10896")
 
-    def __init__(self, *, ctx: MethodContext, beta: float = 1.0, **mask_kw: Any) -> None:
+    def __init__(self, *, ctx: MethodContext, beta: float = 1.0, target_sparsity: float | None = None,
+                 mask_until: float = 1.0, adv_weight: float = 2.0, **mask_kw: Any) -> None:
         super().__init__(ctx=ctx, **mask_kw)
         if beta < 0:
             raise ValueError(f"beta must be >= 0, got {beta}")
+        if not 0 < mask_until <= 1:
+            raise ValueError(f"mask_until must be a fraction in (0, 1], got {mask_until}")
+        if mask_until < 1 and target_sparsity is None:
+            raise ValueError(f"bp's mask_until {mask_until} only comes with a target_sparsity (the cut and the "
+                             "adversarial fine-tuning after it)")
+        if adv_weight < 0:
+            raise ValueError(f"adv_weight must be >= 0, got {adv_weight}")
         self.beta = beta
+        self.set_target(target_sparsity, mask_until)
+        self.mask_until, self.adv_weight, self.step_no = mask_until, adv_weight, 0
+        self.attack = ctx.train_attack() if target_sparsity is not None else None
+
+    def fine_tuning(self) -> bool:
+        """True once ``mask_until`` of training has passed (only with a ``target_sparsity``)."""
+        return self.mask_until < 1 and self.step_no >= self.mask_until * self.ctx.total_steps
 
     def loss(self, model: nn.Module, x: Tensor, y: Tensor) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
+        if self.attack is not None:
+            self.fix_and_cut(model, self.fine_tuning())
+            if self.fine_tuning():
+                x_adv = self.attack(model, x, y)
+                logits, logits_adv = model(x), model(x_adv)
+                loss = mixed_ce(logits, logits_adv, y, adv_weight=self.adv_weight)
+                return {"masks": loss, "weights": loss}, {"loss": loss.detach(), "acc": accuracy(logits, y),
+                                                          "adv_acc": accuracy(logits_adv, y)}
         logits = model(x)
         kl = model_kl(model)
         loss = F.cross_entropy(logits, y) + self.beta * kl / self.kl_size
         return {"masks": loss, "weights": loss}, {"loss": loss.detach(), "acc": accuracy(logits, y), "kl": kl.detach()}
+
+    def after_step(self, model: nn.Module, step: int) -> None:
+        self.step_no = step
+
+    def frozen_groups(self) -> frozenset[str]:
+        """The masks once they are cut (``fine_tuning``)."""
+        return frozenset({"masks"}) if self.fine_tuning() else frozenset()
+
+    def card_fields(self) -> dict[str, Any]:
+        return {**super().card_fields(), **self.cut_fields()}
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"step_no": self.step_no, "cut": None if self.cut is None else self.cut.as_dict()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.step_no = int(state.get("step_no", 0))
+        self.load_cut(state)
 
 
 @METHODS.register("anp-vs")
@@ -229,15 +309,7 @@ class ANPVS(MaskedMethod):
             raise ValueError(
                 f"mask_until must be a fraction in (mask_warmup, 1] = ({mask_warmup}, 1], got {mask_until}"
             )
-        if target_sparsity is not None:
-            if isinstance(target_sparsity, bool) or not isinstance(target_sparsity, int | float) \
-                    or not 0 <= target_sparsity < 1:
-                raise ValueError(f"target_sparsity must be a fraction in [0, 1), got {target_sparsity!r}")
-            if mask_until >= 1:
-                raise ValueError(f"target_sparsity {target_sparsity} cuts the masks when they stop learning: give "
-                                 f"mask_until < 1 (the fraction of training before the cut), got {mask_until}")
-        self.target_sparsity = target_sparsity
-        self.cut: SparsityCut | None = None
+        self.set_target(target_sparsity, mask_until)
         self.mask_warmup = mask_warmup
         self.mask_until = mask_until
         self.mask_hold = mask_hold
@@ -265,10 +337,7 @@ class ANPVS(MaskedMethod):
 
     def loss(self, model: nn.Module, x: Tensor, y: Tensor) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
         if self.mask_until < 1:  # the faithful recipe never fixes its masks: no module walk per step
-            tuning = self.fine_tuning()
-            if tuning and self.target_sparsity is not None and self.cut is None:
-                self.cut = cut_to_sparsity(model, self.target_sparsity)
-            fix_masks(model, tuning)
+            self.fix_and_cut(model, self.fine_tuning())
         x_adv = self.attack(model, x, y)
         with shared_noise(model):
             logits, feats = model(x, features=True)
@@ -311,10 +380,7 @@ class ANPVS(MaskedMethod):
                     "mask_until": self.mask_until})
         if self.mask_hold > 0:
             out["mask_hold_released_at_step"] = self.released_at
-        if self.target_sparsity is not None:
-            out["target_sparsity"] = self.target_sparsity
-            out["sparsity_cut"] = None if self.cut is None else self.cut.as_dict()
-        return out
+        return {**out, **self.cut_fields()}
 
     def state_dict(self) -> dict[str, Any]:
         return {"step_no": self.step_no, "adv_acc_ema": self.adv_acc_ema, "released": self.released,
@@ -325,10 +391,7 @@ class ANPVS(MaskedMethod):
         self.adv_acc_ema = state.get("adv_acc_ema")
         self.released = bool(state.get("released", self.mask_hold == 0))
         self.released_at = None if state.get("released_at") is None else int(state["released_at"])
-        cut = state.get("cut")
-        self.cut = None if cut is None else SparsityCut(asked=float(cut["asked"]), units=int(cut["units"]),
-                                                        pruned=int(cut["pruned"]), revived=int(cut["revived"]),
-                                                        rule=str(cut["rule"]))
+        self.load_cut(state)
 
 
 @METHODS.register("anp")
@@ -366,6 +429,7 @@ class ANPVSFast(ANPVS):
     """
 
     name: ClassVar[str] = "anp-vs-fast"
+    apb_name: ClassVar[str | None] = "ANPVS"
     apb_name: ClassVar[str | None] = "ANPVS"
     #: (β, λ) chosen on a validation split, per data set
     SELECTED: ClassVar[dict[str, tuple[float, float]]] = {"mnist": (36.0, 1.0)}
