@@ -430,7 +430,6 @@ class ANPVSFast(ANPVS):
 
     name: ClassVar[str] = "anp-vs-fast"
     apb_name: ClassVar[str | None] = "ANPVS"
-    apb_name: ClassVar[str | None] = "ANPVS"
     #: (β, λ) chosen on a validation split, per data set
     SELECTED: ClassVar[dict[str, tuple[float, float]]] = {"mnist": (36.0, 1.0)}
 
