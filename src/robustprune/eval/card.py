@@ -25,11 +25,9 @@ from robustprune.data import TensorLoader, check_eps
 from robustprune.defenses import TestTimeSpec, spelled_as_setting
 from robustprune.eval.context import EvalContext
 from robustprune.eval.evaluate import EvalResult, evaluate
-from robustprune.metrics import paper_cost, sparsity_summary
-from robustprune.metrics.cost import has_paper_cost
+from robustprune.metrics.cost import sparsity_record
 from robustprune.metrics.measured import measured_cost
 from robustprune.metrics.minnorm import minnorm_robustness
-from robustprune.metrics.unstructured import unstructured_cost
 from robustprune.models import installed_masks
 from robustprune.records import SCHEMA, CodeVersion, EvalCard, eval_card, write_eval_card
 from robustprune.sparsity.compact import compact_model, compact_summary
@@ -214,14 +212,10 @@ def measured_compaction(model: nn.Module, info: Any) -> dict[str, Any] | None:
 
 
 def model_cost(model_name: str, model: nn.Module, info: Any) -> dict[str, Any]:
-    """Unit/weight sparsity and, for the paper's architectures, its memory/FLOPs accounting."""
-    out: dict[str, Any] = sparsity_summary(model)
-    if out["weight_sparsity"] > 0:  # unstructured zeros: nnz, CSR bytes, theoretical MACs
-        out["unstructured"] = unstructured_cost(model, input_shape=(info.in_channels, info.image_size, info.image_size))
-    if has_paper_cost(model_name):
-        out["paper"] = paper_cost(model_name, model, in_channels=info.in_channels, num_classes=info.num_classes,
-                                  image_size=info.image_size)
-    return out
+    """The card's sparsity block of ``model`` on dataset ``info`` (``metrics.cost.sparsity_record``,
+    the one builder: a compacted run's card holds the same block of its masked source)."""
+    return sparsity_record(model_name, model, in_channels=info.in_channels, num_classes=info.num_classes,
+                           image_size=info.image_size)
 
 
 #: the version of the evaluation code (``evaluate``, this module, the metrics a card holds): bump it
@@ -231,11 +225,11 @@ EVAL_VERSION = 2
 
 
 def attack_version(name: str) -> int:
-    """The version of the evaluation attack ``name`` (its class's ``version``, 1 when it has none)."""
+    """The version of the evaluation attack ``name`` (its class's ``code_version``, 1 when it has none)."""
     composite = {"transfer": TransferAttack, "autoattack": aa.AutoAttack}
     registry = ATTACKS if name in ATTACKS else MINNORM if name in MINNORM else None
     cls = composite.get(name) or (registry.get(name) if registry is not None else None)
-    return int(getattr(cls, "version", 1))
+    return int(getattr(cls, "code_version", 1))
 
 
 def eval_code_parts(attacks: Sequence[str]) -> dict[str, int]:
