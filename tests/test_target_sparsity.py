@@ -154,3 +154,29 @@ def test_equal_sparsity_suite_gives_every_pruning_row_the_same_fine_tuning_budge
         elif train["method"] == "admm":
             budgets.add(train["epochs"] - args["prune_epoch"])
     assert budgets == {5.0} and levels == {0.5, 0.75, 0.9}
+
+
+def test_equal_sparsity_plot_reads_a_suite_table(tmp_path: Path) -> None:
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("esp", Path(__file__).parents[1] / "bench" / "equal_sparsity_plot.py")
+    assert spec is not None and spec.loader is not None
+    esp = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(esp)
+
+    def row(run_id: str, aa: list[float], units: list[float]) -> dict[str, object]:
+        return {"run_id": run_id, "metrics": {"autoattack": {"values": aa}, "unit_sparsity": {"values": units}}}
+
+    table = {"rows": [row("at", [80.0], [0.0]), row("at-more", [82.0, 84.0], [0.0, 0.0]),
+                      row("anp-vs-90", [60.0], [89.96]), row("anp-vs-50", [81.0], [50.0]),
+                      row("anp-vs-75", [78.0, 76.0], [75.04, 75.04]), row("admm-filter-75", [70.0], [0.0]),
+                      row("bp-75", [], [75.04])]}
+    (tmp_path / "table.json").write_text(json.dumps(table))
+    assert esp.main([str(tmp_path / "table.json"), "--out", str(tmp_path / "plot")]) == 0
+    data = json.loads((tmp_path / "plot.json").read_text())
+    assert data["dense"] == {"y": 83.0, "lo": 82.0, "hi": 84.0, "n": 2}
+    anpvs = data["lines"]["anp-vs"]
+    assert [p["level"] for p in anpvs] == [50, 75, 90] and [p["x"] for p in anpvs] == [50.0, 75.04, 89.96]
+    assert anpvs[1]["y"] == 77.0 and anpvs[1]["lo"] == 76.0
+    assert data["lines"]["admm-filter"] == [{"level": 75, "x": 75.0, "y": 70.0, "lo": 70.0, "hi": 70.0, "n": 1}]
+    assert "bp" not in data["lines"] and (tmp_path / "plot.png").stat().st_size > 0
