@@ -180,3 +180,30 @@ def test_equal_sparsity_plot_reads_a_suite_table(tmp_path: Path) -> None:
     assert anpvs[1]["y"] == 77.0 and anpvs[1]["lo"] == 76.0
     assert data["lines"]["admm-filter"] == [{"level": 75, "x": 75.0, "y": 70.0, "lo": 70.0, "hi": 70.0, "n": 1}]
     assert "bp" not in data["lines"] and (tmp_path / "plot.png").stat().st_size > 0
+
+
+@pytest.mark.parametrize("structure", ["filter", "irregular"])
+def test_admm_records_the_sparsity_asked_and_reached_at_its_hard_prune(structure: str) -> None:
+    from robustprune.sparsity.magnitude import prunable_layers, weight_of
+
+    ctx = method_context(TrainConfig(method="admm"), train_size=64)
+    method = build_method("admm", ctx=ctx, structure=structure, sparsity=0.75, prune_epoch=0)
+    torch.manual_seed(0)
+    model = method.prepare(build_model("lenet5-caffe"))
+    assert method.card_fields()["sparsity_cut"] is None
+    method.on_epoch_start(model, 0)
+    cut = method.card_fields()["sparsity_cut"]
+    layers = [weight_of(m) for _, m in prunable_layers(model)]
+    if structure == "filter":
+        rows = [w.shape[0] for w in layers]
+        zero_rows = sum(int((w.flatten(1).abs().sum(1) == 0).sum()) for w in layers)
+        assert cut["units"] == sum(rows) and cut["pruned"] == zero_rows
+        assert cut["pruned"] == sum(r - max(1, round(0.25 * r)) for r in rows)
+    else:
+        assert cut["units"] == sum(w.numel() for w in layers)
+        assert cut["pruned"] == sum(int((w == 0).sum()) for w in layers)
+    assert cut["asked"] == 0.75 and cut["rule"] == "per layer" and cut["reached"] == cut["pruned"] / cut["units"]
+    assert abs(cut["reached"] - 0.75) < 0.01
+    fresh = build_method("admm", ctx=ctx, structure=structure, sparsity=0.75, prune_epoch=0)
+    fresh.load_state_dict(method.state_dict())
+    assert fresh.card_fields()["sparsity_cut"] == cut

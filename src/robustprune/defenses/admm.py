@@ -79,6 +79,8 @@ class ADMMPruning(Method):
         self.Z: dict[str, Tensor] = {}
         self.U: dict[str, Tensor] = {}
         self.pruned = False
+        #: what the hard prune removed (asked vs reached), once it has happened
+        self.cut: dict[str, Any] | None = None
 
     def prepare(self, model: nn.Module) -> nn.Module:
         names = install_weight_masks(model, keep_first_last=self.keep_first_last)
@@ -121,10 +123,27 @@ class ADMMPruning(Method):
                 w = weight_of(m)
                 self.Z[n], self.U[n] = self.Z[n].to(w), self.U[n].to(w)
         if epoch >= self.prune_epoch and not self.pruned:
-            set_masks(model, [sparsity_mask(weight_of(m), sparsity=targets[n][1], structure=self.structure)
-                              if n in targets else mask_of(m)
-                              for n, m in masked_layers(model)])
+            masks = [sparsity_mask(weight_of(m), sparsity=targets[n][1], structure=self.structure)
+                     if n in targets else mask_of(m) for n, m in masked_layers(model)]
+            set_masks(model, masks)
             self.pruned = True
+            self.cut = self.cut_record({n: mk for (n, _), mk in zip(masked_layers(model), masks, strict=True)
+                                        if n in targets})
+
+    def cut_record(self, masks: dict[str, Tensor]) -> dict[str, Any]:
+        """The hard prune's sparsity, asked and reached, over the constrained layers: filters (output
+        rows) for ``structure="filter"``, weights otherwise; the rule is per layer (each layer's ratio)."""
+        if self.structure == "filter":
+            alive = [mk.flatten(1).any(dim=1) for mk in masks.values()]
+            units, pruned = sum(len(a) for a in alive), sum(int((~a).sum()) for a in alive)
+        else:
+            units, pruned = sum(mk.numel() for mk in masks.values()), sum(int((mk == 0).sum()) for mk in masks.values())
+        asked = dict(self.sparsity) if isinstance(self.sparsity, dict) else float(self.sparsity)
+        return {"asked": asked, "reached": pruned / max(units, 1), "units": units, "pruned": pruned,
+                "counted": "filters" if self.structure == "filter" else "weights", "rule": "per layer"}
+
+    def card_fields(self) -> dict[str, Any]:
+        return {**super().card_fields(), "structure": self.structure, "sparsity_cut": self.cut}
 
     def after_step(self, model: nn.Module, step: int) -> None:
         if self.pruned:
@@ -145,9 +164,10 @@ class ADMMPruning(Method):
         return {"admm_phase": "admm", "admm_rho": self.rho, "admm_gap": (gap / max(total, 1e-30)) ** 0.5}
 
     def state_dict(self) -> dict[str, Any]:
-        return {"Z": dict(self.Z), "U": dict(self.U), "rho": self.rho, "pruned": self.pruned}
+        return {"Z": dict(self.Z), "U": dict(self.U), "rho": self.rho, "pruned": self.pruned, "cut": self.cut}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.Z, self.U = dict(state.get("Z", {})), dict(state.get("U", {}))
         self.rho, self.pruned = float(state.get("rho", self.rho0)), bool(state.get("pruned", False))
+        self.cut = state.get("cut")
 
