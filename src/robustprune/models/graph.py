@@ -54,7 +54,7 @@ concatenation so that a site sees only part of the group. The logits' layer is n
 from __future__ import annotations
 
 import inspect
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal, cast
 
@@ -436,6 +436,34 @@ class GraphNet(nn.Module):
             for s in slots:
                 s._z, s._feats = None, None
         return (logits, feats) if features else logits
+
+    def latent_slots(self) -> list[GraphSlot]:
+        """The slot behind each latent map of ``self(x, features=True)``, in order: the order in which
+        the mask sites run, seen in one eval-mode forward pass on the traced input (nothing is
+        learned or kept). Only for latent maps that are the sites' (``own_latents`` false)."""
+        if self.own_latents:
+            raise ValueError(f"{type(self.net).__name__} declares its own latent maps; they are not the mask sites'")
+        slots = [s for s in self.slots if isinstance(s, GraphSlot)]
+        order: list[GraphSlot] = []
+
+        def recorder(slot: GraphSlot) -> Callable[[Tensor], Tensor]:
+            method = slot.at_site
+
+            def at_site(out: Tensor) -> Tensor:
+                order.append(slot)
+                return method(out)
+            return at_site
+
+        for s in slots:
+            s.at_site = recorder(s)  # type: ignore[method-assign,assignment]  # shadows the method until deleted
+        try:
+            ref = next(iter(self.parameters()), None)
+            with torch.no_grad(), model_mode(self):
+                self(trace_input(self.input_shape, None if ref is None else ref.device), features=True)
+        finally:
+            for s in slots:
+                del s.at_site
+        return order
 
     def logits_of(self, x: Tensor) -> Tensor:
         """The wrapped network's logits (a subclass may put a transform in front)."""
