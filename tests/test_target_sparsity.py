@@ -207,3 +207,31 @@ def test_admm_records_the_sparsity_asked_and_reached_at_its_hard_prune(structure
     fresh = build_method("admm", ctx=ctx, structure=structure, sparsity=0.75, prune_epoch=0)
     fresh.load_state_dict(method.state_dict())
     assert fresh.card_fields()["sparsity_cut"] == cut
+
+
+@pytest.mark.parametrize("name", ["lenet5-caffe", "factory_models:tiny_resnet"])
+def test_hydra_filter_form_scores_whole_filters_and_records_the_cut(name: str) -> None:
+    from robustprune.defenses.hydra import scored_layers
+
+    ctx = method_context(TrainConfig(method="hydra"), train_size=64)
+    method = build_method("hydra", ctx=ctx, structure="filter", sparsity=0.75, score_epochs=1)
+    torch.manual_seed(0)
+    model = method.prepare(build_model(name, num_classes=10, in_channels=1, image_size=28, mean=(0.5,), std=(0.25,))
+                           if ":" in name else build_model(name))
+    method.on_epoch_start(model, 0)  # the score phase: one score per filter
+    layers = scored_layers(model)
+    assert all(m.scores.shape == m.weight.shape[:1] for _, m in layers)
+    model.train()
+    model(torch.rand(4, 1, 28, 28)).square().sum().backward()
+    assert all(m.scores.grad is not None and m.scores.grad.abs().sum() > 0 for _, m in layers)
+    assert all(m.weight.grad is None for _, m in layers)  # frozen in the score phase
+    assert method.card_fields()["sparsity_cut"] is None
+    method.on_epoch_start(model, 1)  # the mask is fixed: whole filters, round(0.25 * rows) kept per layer
+    cut = method.card_fields()["sparsity_cut"]
+    rows = [m.weight.shape[0] for _, m in layers]
+    zero_rows = sum(int((m.weight.detach().flatten(1).abs().sum(1) == 0).sum()) for _, m in layers)
+    assert cut["units"] == sum(rows) and cut["pruned"] == zero_rows == sum(r - max(1, round(0.25 * r)) for r in rows)
+    assert cut["counted"] == "filters" and cut["rule"] == "per layer"
+    assert type(method).taxonomy({"structure": "filter"}).structure == "filters"  # type: ignore[union-attr]
+    with pytest.raises(ValueError, match="structure must be 'irregular' or 'filter', got 'channel'"):
+        build_method("hydra", ctx=ctx, structure="channel")

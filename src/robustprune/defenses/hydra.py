@@ -20,34 +20,45 @@ _Pair = tuple[int, int]  # a Conv2d's kernel_size, stride, padding and dilation
 class Scored:
     """Mixin of a conv/linear layer whose forward uses W ⊙ m: in the score phase m = top-k(|scores|)
     with a straight-through gradient to ``scores`` and W (and bias) frozen (detached); after
-    :meth:`fix_mask`, m is the ``weight_mask`` buffer and W trains (its pruned entries are 0)."""
+    :meth:`fix_mask`, m is the ``weight_mask`` buffer and W trains (its pruned entries are 0).
+    ``structure="filter"``: one score per filter (output row), m keeps whole filters."""
 
     weight: Tensor
     bias: Tensor | None
 
-    def init_scored(self, sparsity: float) -> None:
-        self.sparsity, self.score_phase = sparsity, True
-        self.scores = nn.Parameter(torch.zeros_like(self.weight))
+    def init_scored(self, sparsity: float, structure: str = "irregular") -> None:
+        self.sparsity, self.score_phase, self.structure = sparsity, True, structure
+        shape = self.weight.shape if structure == "irregular" else self.weight.shape[:1]
+        self.scores = nn.Parameter(torch.zeros(shape, dtype=self.weight.dtype, device=self.weight.device))
         self.register_buffer(MASK_BUFFER, torch.ones_like(self.weight))  # type: ignore[attr-defined]
+
+    def _rows(self, t: Tensor) -> Tensor:
+        """A per-filter tensor [out] broadcast over the weight's other dims."""
+        return t.view(-1, *([1] * (self.weight.dim() - 1)))
 
     @torch.no_grad()
     def init_scores(self) -> None:
-        """s = sqrt(6/fan_in)·W/max|W| (HYDRA's scaled init: the first mask is magnitude pruning)."""
-        w = self.weight
-        self.scores.copy_(math.sqrt(6.0 / w[0].numel()) * w / w.abs().max().clamp(min=1e-12))
+        """s = sqrt(6/fan_in)·W/max|W| (HYDRA's scaled init: the first mask is magnitude pruning);
+        per filter, the filters' L2 norms in place of |W|."""
+        w = self.weight if self.structure == "irregular" else self.weight.flatten(1).norm(dim=1)
+        self.scores.copy_(math.sqrt(6.0 / self.weight[0].numel()) * w / w.abs().max().clamp(min=1e-12))
+
+    def _mask(self) -> Tensor:
+        m = sparsity_mask(self.scores.detach(), sparsity=self.sparsity)
+        return m if self.structure == "irregular" else self._rows(m).expand_as(self.weight)
 
     def effective(self) -> tuple[Tensor, Tensor | None]:
         if not self.score_phase:
             return self.weight * getattr(self, MASK_BUFFER), self.bias
-        m = sparsity_mask(self.scores.detach(), sparsity=self.sparsity)
-        m = m + self.scores - self.scores.detach()  # value m, gradient straight through to the scores
+        through = self.scores - self.scores.detach()  # value m, gradient straight through to the scores
+        m = self._mask() + (through if self.structure == "irregular" else self._rows(through))
         bias = None if self.bias is None else self.bias.detach()
         return self.weight.detach() * m, bias
 
     @torch.no_grad()
     def fix_mask(self) -> None:
         """End of the score phase: the top-k mask becomes the buffer; pruned weights are set to 0."""
-        getattr(self, MASK_BUFFER).copy_(sparsity_mask(self.scores, sparsity=self.sparsity))
+        getattr(self, MASK_BUFFER).copy_(self._mask())
         self.weight.mul_(getattr(self, MASK_BUFFER))
         self.score_phase = False
 
@@ -64,7 +75,7 @@ class ScoredConv2d(Scored, nn.Conv2d):
         return self._conv_forward(x, w, b)
 
 
-def _scored_copy(m: nn.Module, sparsity: float) -> nn.Module:
+def _scored_copy(m: nn.Module, sparsity: float, structure: str = "irregular") -> nn.Module:
     if isinstance(m, nn.Linear):
         new: ScoredLinear | ScoredConv2d = ScoredLinear(m.in_features, m.out_features, bias=m.bias is not None)
     elif isinstance(m, nn.Conv2d):  # a Conv2d's sizes are pairs (torch types them tuple[int, ...])
@@ -75,7 +86,7 @@ def _scored_copy(m: nn.Module, sparsity: float) -> nn.Module:
         raise ValueError(f"HYDRA cannot score a {type(m).__name__} layer")
     new.weight, new.bias = m.weight, m.bias
     new._forward_hooks.update(m._forward_hooks)  # a GraphNet's mask site keeps its mask (models.graph)
-    new.init_scored(sparsity)
+    new.init_scored(sparsity, structure)
     return new.to(m.weight.device)
 
 
@@ -96,6 +107,9 @@ class Hydra(Method):
     all other parameters frozen. From epoch ``score_epochs``: the mask is fixed, pruned weights
     set to 0, and the weights fine-tune under the same loss. HYDRA's paper used TRADES and
     separate cosine schedules per phase; here the run's one schedule spans both phases.
+    ``structure="filter"`` (not in the paper): one score per filter / output row (initialised from
+    the filters' L2 norms), and each layer keeps its round((1 − ``sparsity``)·rows) best filters.
+    The card's ``sparsity_cut`` records the sparsity asked and reached once the mask is fixed.
 
     >>> method = Hydra(ctx=ctx, sparsity=0.9, score_epochs=20)
     """
@@ -109,14 +123,19 @@ class Hydra(Method):
 
     @classmethod
     def taxonomy(cls, method_args: dict[str, Any]) -> PruningTaxonomy | None:
-        """After training (from ``--init-from``), one shot, unstructured, per layer, learned importance
-        scores; score search and fine-tuning under the AT loss."""
-        return PruningTaxonomy(pipeline="after", structure="unstructured", locality="local",
+        """After training (from ``--init-from``), one shot, unstructured (or filters, ``structure``),
+        per layer, learned importance scores; score search and fine-tuning under the AT loss."""
+        structure = "filters" if method_args.get("structure") == "filter" else "unstructured"
+        return PruningTaxonomy(pipeline="after", structure=structure, locality="local",
                                criterion="Least Importance Score (LIS)", finetuning="at", iterative=False)
 
     def __init__(self, *, ctx: MethodContext, sparsity: float = 0.9, score_epochs: int = 1,
-                 score_lr: float | None = None, keep_first_last: bool = False, adv_weight: float = 2.0) -> None:
+                 score_lr: float | None = None, keep_first_last: bool = False, adv_weight: float = 2.0,
+                 structure: str = "irregular") -> None:
         super().__init__(ctx=ctx)
+        if structure not in ("irregular", "filter"):
+            raise ValueError(f"structure must be 'irregular' or 'filter', got {structure!r}")
+        self.structure = structure
         if not 0.0 <= sparsity < 1.0:
             raise ValueError(f"sparsity must be in [0, 1), got {sparsity}")
         if score_epochs < 0:
@@ -127,12 +146,14 @@ class Hydra(Method):
         self.score_lr = ctx.lr if score_lr is None else score_lr
         self.adv_weight = adv_weight
         self.scores_ready = False
+        #: what fixing the mask pruned (asked vs reached), once it has happened
+        self.cut: dict[str, Any] | None = None
 
     def prepare(self, model: nn.Module) -> nn.Module:
         for name, m in prunable_layers(model, keep_first_last=self.keep_first_last):
             parent_name, _, attr = name.rpartition(".")
             parent = model.get_submodule(parent_name) if parent_name else model
-            setattr(parent, attr, _scored_copy(m, self.sparsity))
+            setattr(parent, attr, _scored_copy(m, self.sparsity, self.structure))
         return model
 
     def param_groups(self, model: nn.Module) -> list[ParamGroup]:
@@ -159,16 +180,28 @@ class Hydra(Method):
             for _, m in layers:
                 m.init_scores()
             self.scores_ready = True
-        if epoch >= self.score_epochs:
+        if epoch >= self.score_epochs and any(m.score_phase for _, m in layers):
             for _, m in layers:
                 if m.score_phase:
                     m.fix_mask()
+            masks = [getattr(m, MASK_BUFFER) for _, m in layers]
+            if self.structure == "filter":
+                alive = [mk.flatten(1).any(dim=1) for mk in masks]
+                units, pruned = sum(len(a) for a in alive), sum(int((~a).sum()) for a in alive)
+            else:
+                units, pruned = sum(mk.numel() for mk in masks), sum(int((mk == 0).sum()) for mk in masks)
+            self.cut = {"asked": self.sparsity, "reached": pruned / max(units, 1), "units": units, "pruned": pruned,
+                        "counted": "filters" if self.structure == "filter" else "weights", "rule": "per layer"}
 
     def after_step(self, model: nn.Module, step: int) -> None:
         apply_masks(model)  # a no-op in the score phase (all-ones buffer); keeps pruned weights at 0 after it
 
+    def card_fields(self) -> dict[str, Any]:
+        return {**super().card_fields(), "structure": self.structure, "sparsity_cut": self.cut}
+
     def state_dict(self) -> dict[str, Any]:
-        return {"scores_ready": self.scores_ready}
+        return {"scores_ready": self.scores_ready, "cut": self.cut}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.scores_ready = bool(state.get("scores_ready", False))
+        self.cut = state.get("cut")
