@@ -289,3 +289,23 @@ def test_fuzz_a_card_reads_or_is_refused_by_name(card: dict[str, Any]) -> None:
         return
     again = suite_card(record.to_dict())
     assert again.to_dict() == record.to_dict()
+
+
+def test_a_run_started_from_a_run_trained_again_is_trained_again(tiny_mnist: Path, tmp_path: Path,
+                                                                 monkeypatch: pytest.MonkeyPatch,
+                                                                 capsys: pytest.CaptureFixture[str]) -> None:
+    from test_compare import tiny_suite
+
+    suite, out = parse_suite(tiny_suite(tiny_mnist)), tmp_path / "suite"  # standard -> anp-vs; at: the source
+    trained = _counting(monkeypatch, "fit")
+    run_suite(suite, out, progress=False, report=False)
+    assert sorted(trained) == ["anp-vs-s0", "at-s7", "standard-s0"]
+    capsys.readouterr()
+    monkeypatch.setattr(Standard, "code_version", 2)
+    run_suite(suite, out, progress=False, report=False)
+    assert trained[3:] == ["standard-s0", "anp-vs-s0"]  # the source (at) is kept
+    err = capsys.readouterr().err
+    assert "train standard-s0: trained again (stale: method:standard 1 < 2)" in err
+    assert "train anp-vs-s0: trained again (stale: init_from standard-s0 was trained again)" in err
+    run_suite(suite, out, progress=False, report=False)
+    assert len(trained) == 5  # up to date now
