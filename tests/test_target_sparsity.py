@@ -153,6 +153,10 @@ def test_equal_sparsity_suite_gives_every_pruning_row_the_same_fine_tuning_budge
             assert args["mask_init"] == "function-preserving" and run.init_from == "at"
         elif train["method"] == "admm":
             budgets.add(train["epochs"] - args["prune_epoch"])
+            levels.add(args["sparsity"])
+        elif train["method"] == "hydra":
+            budgets.add(train["epochs"] - args["score_epochs"])
+            levels.add(args["sparsity"])
     assert budgets == {5.0} and levels == {0.5, 0.75, 0.9}
 
 
