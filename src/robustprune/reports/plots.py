@@ -46,22 +46,23 @@ def pooled_units(cards: Sequence[CardLike]) -> list[tuple[str, list[list[float]]
     return [(run_id, [[v for v, _ in layer] for layer in layers]) for run_id, layers in _pooled(cards)]
 
 
-def _pooled(cards: Sequence[CardLike]) -> list[tuple[str, list[list[tuple[float, bool]]]]]:
-    """Per run id: per layer, (vulnerability, pruned by its mask) of every unit of all its seeds."""
+def _pooled(cards: Sequence[CardLike]) -> list[tuple[str, list[list[tuple[float, bool | None]]]]]:
+    """Per run id: per layer, (vulnerability, pruned by its mask) of every unit of all its seeds;
+    ``None`` for "pruned" where the card does not say (made before the active-unit mean)."""
     out = []
     for run_id, group in group_cards(cards):
-        layers: list[list[tuple[float, bool]]] = []
+        layers: list[list[tuple[float, bool | None]]] = []
         for card in group:
             vul = _white_box(card)
             if vul is None or vul.per_unit is None:
                 continue
             units = vul.per_unit
-            pruned = vul.pruned_units or [[] for _ in units]
+            pruned: list[list[int] | None] = list(vul.pruned_units) if vul.pruned_units else [None] * len(units)
             while len(layers) < len(units):
                 layers.append([])
             for pooled, values, gone in zip(layers, units, pruned, strict=False):
-                off = set(gone)
-                pooled.extend((float(v), i in off) for i, v in enumerate(values))
+                off = None if gone is None else set(gone)
+                pooled.extend((float(v), None if off is None else i in off) for i, v in enumerate(values))
         if layers:
             out.append((run_id, layers))
     return out
@@ -103,21 +104,23 @@ def plot_vulnerability(cards: Sequence[CardLike], path: str | Path, *, bins: int
                 ax.set_axis_off()
                 continue
             v = np.asarray([u for u, _ in layers[col]])
-            pruned = np.asarray([p for _, p in layers[col]], dtype=bool)
+            known = all(p is not None for _, p in layers[col])
+            pruned = np.asarray([bool(p) for _, p in layers[col]], dtype=bool)
             zero = v <= ZERO
             dead = zero & ~pruned
             weight = 100.0 / len(v)
             ax.hist(v[~zero], bins=edges, weights=np.full((~zero).sum(), weight), color=run_color(row),
                     label=f"nonzero: {(~zero).sum()}")
             # left of 0, apart from the smallest bin: pruned by the mask (hatched), then active but zero (dead)
-            ax.bar([-1.25 * width], [(zero & pruned).sum() * weight], width=width, align="edge", color="white",
-                   edgecolor="k", hatch="///", label=f"pruned: {(zero & pruned).sum()}")
+            if known:  # a card made before the active-unit mean does not say which units are pruned
+                ax.bar([-1.25 * width], [(zero & pruned).sum() * weight], width=width, align="edge", color="white",
+                       edgecolor="k", hatch="///", label=f"pruned: {(zero & pruned).sum()}")
             ax.bar([-1.25 * width], [dead.sum() * weight], bottom=[(zero & pruned).sum() * weight], width=width,
                    align="edge", color="lightgrey", edgecolor="k",
-                   label=f"zero, active (dead){'' if pruned.any() else ' or pruned'}: {dead.sum()}")
+                   label=f"zero, active (dead){'' if known else ' or pruned'}: {dead.sum()}")
             active = ~pruned
-            ax.text(0.98, 0.5, f"mean {v.mean():.4f}\nactive {v[active].mean() if active.any() else 0.0:.4f}",
-                    transform=ax.transAxes, ha="right", fontsize=7)
+            means = f"mean {v.mean():.4f}" + (f"\nactive {v[active].mean():.4f}" if known and active.any() else "")
+            ax.text(0.98, 0.5, means, transform=ax.transAxes, ha="right", fontsize=7)
             ax.legend(fontsize=7, loc="upper right", frameon=False)
             if row == 0:
                 ax.set_title(f"latent layer {col + 1} ({len(layers[col]) // max(1, _seeds(cards, run_id))} units)",
