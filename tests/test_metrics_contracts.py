@@ -8,13 +8,16 @@ import torch
 from torch import nn
 
 from robustprune.metrics import (
+    VulnerabilityMeter,
     active_units,
+    layer_vulnerability,
     paper_cost,
     paper_flops,
     paper_memory,
     sparsity_summary,
     total_units,
     unit_sparsity,
+    vulnerability,
     weight_sparsity,
 )
 from robustprune.metrics.cost import _last_linear_out, has_paper_cost, sparsity_record
@@ -138,3 +141,26 @@ def test_sparsity_record_adds_unstructured_zeros_and_paper_cost_where_they_apply
     other = sparsity_record("resnet18", build_model("resnet18", num_classes=10, in_channels=3, image_size=32),
                              in_channels=3, num_classes=10, image_size=32)
     assert "paper" not in other
+
+
+# --------------------------------------------------------------------------------- vulnerability
+def test_vulnerability_errors_name_what_is_wrong() -> None:
+    with pytest.raises(ValueError, match=r"^vulnerability needs at least one latent feature map, got none$"):
+        vulnerability([], [])
+    flat = [torch.zeros(4, 3), torch.zeros(5)]
+    with pytest.raises(ValueError, match=r"^feature map 1 must be \[batch, units, \.\.\.\], got shape \(5,\)$"):
+        layer_vulnerability(flat, [f.clone() for f in flat])
+    meter = VulnerabilityMeter()
+    with pytest.raises(ValueError, match=r"^VulnerabilityMeter has no batches yet; call update\(\) first$"):
+        meter.mean()
+    meter.update([torch.zeros(2, 3)], [torch.ones(2, 3)])
+    with pytest.raises(ValueError, match=r"^feature map 0 has 4 units, earlier batches had 3$"):
+        meter.update([torch.zeros(2, 4)], [torch.ones(2, 4)])
+
+
+def test_meter_with_one_layer_counts_examples_and_summarises_under_its_keys() -> None:
+    meter = VulnerabilityMeter()
+    meter.update([torch.zeros(3, 2)], [torch.full((3, 2), 0.5)])
+    meter.update([torch.zeros(1, 2)], [torch.full((1, 2), 0.5)])
+    assert meter.n_examples == 4
+    assert meter.summary() == {"mean": 0.5, "per_layer": [0.5], "n": 4}
