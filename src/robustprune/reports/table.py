@@ -152,12 +152,23 @@ def group_cards(cards: Iterable[CardLike]) -> list[tuple[str, list[SuiteCard]]]:
 
 
 def attack_description(cards: Sequence[CardLike]) -> str:
-    """'PGD-40, ε 0.3, step 0.01, n 10000' from the first card (all cards of a suite share it),
-    preceded by 'AutoAttack (standard version) and ' when the card has AutoAttack."""
-    if not cards:
-        return ""
-    first = cards[0]
-    ev = first.eval if isinstance(first, SuiteCard) else eval_card(first.get("eval"))
+    """'PGD-40, ε 0.3, step 0.01, n 10000', preceded by 'AutoAttack (standard version) and ' when
+    the cards have AutoAttack. Rows evaluated differently (a run's own ``eval:``, ``model_of`` rows)
+    get one description each, followed by their run ids: '...; AutoAttack (standard version) and
+    PGD-40, ε 0.3, step 0.01, n 100 (at-aa)'."""
+    rows: dict[str, list[str]] = {}
+    for card in cards:
+        ev = card.eval if isinstance(card, SuiteCard) else eval_card(card.get("eval"))
+        run_id = card.run_id if isinstance(card, SuiteCard) else str(card.get("run_id", "?"))
+        ids = rows.setdefault(_eval_description(ev), [])
+        if run_id not in ids:
+            ids.append(run_id)
+    if len(rows) <= 1:
+        return next(iter(rows), "")
+    return "; ".join(f"{text} ({', '.join(ids)})" for text, ids in rows.items())
+
+
+def _eval_description(ev: EvalCard) -> str:
     wb = ev.white_box() or ev.black_box()
     if wb is None:
         return f"clean only, n {ev.n}"
