@@ -95,6 +95,7 @@ def summarise(statuses: dict[str, str], equivalent: dict[str, str]) -> dict[str,
     counts = Counter(statuses.values())
     equiv = {k: v for k, v in equivalent.items() if k in statuses and statuses[k] != "killed"}
     killed = counts.get("killed", 0)
+    checked = len(statuses) - counts.get("not checked", 0) - len(equiv)
     return {
         "mutants": len(statuses),
         "counts": dict(sorted(counts.items())),
@@ -102,9 +103,12 @@ def summarise(statuses: dict[str, str], equivalent: dict[str, str]) -> dict[str,
         "survived": counts.get("survived", 0),
         "timeouts": counts.get("timeout", 0),
         "no_tests": counts.get("no tests", 0),
+        "not_checked": counts.get("not checked", 0),
         "equivalent": len(equiv),
         "kill_rate": round(killed / len(statuses), 4) if statuses else None,
         "kill_rate_non_equivalent": round(killed / (len(statuses) - len(equiv)), 4) if statuses else None,
+        # over the mutants mutmut reached (differs from the above only in a stopped run)
+        "kill_rate_checked_non_equivalent": round(killed / checked, 4) if checked else None,
     }
 
 
@@ -116,6 +120,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max-children", type=int, default=os.cpu_count() or 1)
     parser.add_argument("--out", type=Path, default=None, help="record (default bench/mutation_<package>.json)")
     parser.add_argument("--keep", type=Path, default=None, help="work in this directory and keep it (mutants/)")
+    parser.add_argument("--record-only", action="store_true",
+                        help="write the record from the --keep directory of an earlier (possibly stopped) run "
+                             "without running mutmut; mutants it had not reached count as 'not checked'")
     args = parser.parse_args(argv)
     if args.max_children < 1:
         parser.error(f"--max-children must be >= 1, got {args.max_children}")
@@ -129,21 +136,32 @@ def main(argv: list[str] | None = None) -> int:
 
     scratch = None if args.keep else tempfile.TemporaryDirectory(prefix="mutation-")
     work = args.keep or Path(scratch.name)  # type: ignore[union-attr]
-    work.mkdir(parents=True, exist_ok=True)
-    commit = export_head(work)
-    tests = args.tests or default_tests(work, args.package)
-    patterns = write_settings(work, args.package, files, tests)
-    start = time.perf_counter()
-    # tests that start a Python subprocess get the exported (unmutated) tree, not an installed copy
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(work / "src"), os.environ.get("PYTHONPATH", "")])}
-    proc = subprocess.run([sys.executable, "-m", "mutmut", "run", "--max-children", str(args.max_children)],
-                          cwd=work, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    wall = time.perf_counter() - start
-    statuses = read_results(work, args.package)
-    if proc.returncode != 0 or not statuses:
-        print(proc.stderr[-4000:], file=sys.stderr)
-        raise SystemExit(f"mutation: mutmut run failed (exit {proc.returncode}, {len(statuses)} results)")
-    survivors = [{"name": n, "status": s, "equivalent": equivalent.get(n), "diff": diff_of(work, n)}
+    if args.record_only:
+        if args.keep is None or not (work / "mutants").is_dir():
+            parser.error("--record-only needs the --keep directory of an earlier run")
+        commit = "unknown (--record-only)"
+        tests = args.tests or default_tests(work, args.package)
+        patterns = write_settings(work, args.package, files, tests)
+        wall = float("nan")
+        statuses = read_results(work, args.package)
+    else:
+        work.mkdir(parents=True, exist_ok=True)
+        commit = export_head(work)
+        tests = args.tests or default_tests(work, args.package)
+        patterns = write_settings(work, args.package, files, tests)
+        start = time.perf_counter()
+        # tests that start a Python subprocess get the exported (unmutated) tree, not an installed copy
+        env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(work / "src"), os.environ.get("PYTHONPATH", "")])}
+        proc = subprocess.run([sys.executable, "-m", "mutmut", "run", "--max-children", str(args.max_children)],
+                              cwd=work, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        wall = time.perf_counter() - start
+        statuses = read_results(work, args.package)
+        if proc.returncode != 0 or not statuses:
+            print(proc.stderr[-4000:], file=sys.stderr)
+            raise SystemExit(f"mutation: mutmut run failed (exit {proc.returncode}, {len(statuses)} results)")
+    # the diff of each mutant that tests ran and let through; names only for those no test reached
+    survivors = [{"name": n, "status": s, "equivalent": equivalent.get(n),
+                  "diff": diff_of(work, n) if s not in ("no tests", "not checked") else None}
                  for n, s in sorted(statuses.items()) if s != "killed"]
     record = {
         "kind": "mutation", "tool": f"mutmut {mutmut.__version__}", "package": args.package,
@@ -152,7 +170,7 @@ def main(argv: list[str] | None = None) -> int:
         "machine": {"platform": platform.platform(), "python": platform.python_version(), "cpus": os.cpu_count(),
                     "load_avg_1m_at_end": round(os.getloadavg()[0], 2)},
         "command": "python bench/mutation.py " + " ".join(argv if argv is not None else sys.argv[1:]),
-        "commit": commit, "wall_s": round(wall, 1), "not_killed": survivors,
+        "commit": commit, "wall_s": None if wall != wall else round(wall, 1), "not_killed": survivors,
     }
     tmp = out.with_name(out.name + ".tmp")
     tmp.write_text(json.dumps(record, indent=1, ensure_ascii=False) + "\n")
