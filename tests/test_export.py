@@ -298,7 +298,7 @@ def test_reads_the_autoattack_card_that_eval_writes(at_run: Path) -> None:
     assert version == "standard" and 0 <= robust <= clean <= 100
     with pytest.raises(ExportError, match="full test set"):
         _check_autoattack(rc, eps=0.3, allow_partial=False, what="test")
-    assert "weight_sparsity" in rc.card["sparsity"]
+    assert rc.card.sparsity is not None and rc.card.sparsity.weight_sparsity is not None
 
 
 def test_cli_measure_fmn_writes_linf_distances(at_run: Path, capsys: pytest.CaptureFixture[str],

@@ -42,6 +42,7 @@ import yaml
 
 from robustprune.config import load_train_config
 from robustprune.models import model_info
+from robustprune.records import AttackEntry, EvalCard, RecordError, read_eval_card
 from robustprune.registry import METHODS
 from robustprune.utils import UserError, atomic_write, atomic_write_json, provenance
 
@@ -178,32 +179,29 @@ def measure_distances(run_dir: str | Path, attack: Any, *, limit: int | None = N
 
 @dataclass
 class RunCards:
-    """What the exports read: the run's config, the AutoAttack evaluation card and its entry."""
+    """What the exports read: the run's config, the AutoAttack evaluation card (a typed record,
+    :mod:`robustprune.records`) and its AutoAttack entry."""
 
     run_dir: Path
     cfg: Any
-    card: dict[str, Any]
+    card: EvalCard
     card_path: Path
-    aa: dict[str, Any]
+    aa: AttackEntry
 
 
-def _load_json(path: Path) -> Any:
-    import json
-
+def _read_card(path: Path) -> EvalCard | None:
+    """The evaluation card at ``path`` (any schema the records read), ``None`` when it is not one."""
     try:
-        return json.loads(path.read_text())
-    except (OSError, ValueError):
+        return read_eval_card(path)
+    except RecordError:
         return None
 
 
-def autoattack_entry(card: Any) -> dict[str, Any] | None:
+def autoattack_entry(card: EvalCard | None) -> AttackEntry | None:
     """The ``autoattack`` entry of an evaluation card of the undefended model, or ``None``."""
-    if not isinstance(card, dict) or card.get("kind") != "eval" or card.get("test_time"):
+    if card is None or card.test_time:
         return None
-    for a in card.get("attacks", []):
-        if a.get("name") == "autoattack":
-            return dict(a)
-    return None
+    return card.attack("autoattack")
 
 
 def load_cards(run_dir: str | Path, card: str | Path | None = None) -> RunCards:
@@ -216,9 +214,9 @@ def load_cards(run_dir: str | Path, card: str | Path | None = None) -> RunCards:
     cfg = load_train_config(run / "config.yaml")
     if card is not None:
         path = Path(card)
-        data = _load_json(path)
+        data = _read_card(path)
         if data is None:
-            raise FileNotFoundError(f"evaluation card {path} does not exist or is not JSON")
+            raise FileNotFoundError(f"evaluation card {path} does not exist or is not JSON (an evaluation card)")
         entry = autoattack_entry(data)
         if entry is None:
             raise ExportError(f"card {path} holds no AutoAttack result of the undefended model; evaluate with "
@@ -226,10 +224,10 @@ def load_cards(run_dir: str | Path, card: str | Path | None = None) -> RunCards:
         return RunCards(run, cfg, data, path, entry)
     found = []
     for path in sorted((run / "eval").glob("*.json")):
-        data = _load_json(path)
+        data = _read_card(path)
         entry = autoattack_entry(data)
-        if entry is not None:
-            found.append((entry.get("n", 0), path.stat().st_mtime, path, data, entry))
+        if data is not None and entry is not None:
+            found.append((entry.n or 0, path.stat().st_mtime, path, data, entry))
     if not found:
         raise ExportError(f"no AutoAttack result in {run / 'eval'}: both benchmarks rank by AutoAttack; run "
                           f"`robustprune eval {run} --attack autoattack` first (or pass --card)")
@@ -249,19 +247,26 @@ def _eps_text(eps: float) -> str:
 
 def _check_autoattack(rc: RunCards, *, eps: float, allow_partial: bool, what: str) -> tuple[float, float, str]:
     """(clean %, AutoAttack %, version) of the card, refused when its ε or size is not the benchmark's."""
-    params = rc.aa.get("params", {})
+    params = rc.aa.params
     card_eps = params.get("eps")
     if not isinstance(card_eps, int | float) or abs(card_eps - eps) > EPS_TOL:
         raise ExportError(f"{what} evaluates L∞ ε = {_eps_text(eps)}; the AutoAttack card {rc.card_path} used "
                           f"eps {card_eps!r}")
-    versions = rc.aa.get("breakdown", {}).get("versions") or [params.get("version")]
+    versions = (rc.aa.breakdown or {}).get("versions") or [params.get("version")]
     version = "+".join(str(v) for v in versions)
-    n = int(rc.aa.get("n", rc.card.get("n", 0)))
+    n = _points(rc)
     if n < FULL_TEST and not allow_partial:
         raise ExportError(f"{what} evaluates AutoAttack on the full test set ({FULL_TEST:,} points); card "
                           f"{rc.card_path} has {n:,} (evaluate without --limit, or pass --allow-partial to "
                           "export it with the count in the footnote)")
-    return float(rc.card["clean_acc"]), float(rc.aa["robust_acc"]), version
+    if rc.card.clean_acc is None:
+        raise ExportError(f"card {rc.card_path} has no clean accuracy; evaluate the run again")
+    return float(rc.card.clean_acc), float(rc.aa.robust_acc), version
+
+
+def _points(rc: RunCards) -> int:
+    """How many test points AutoAttack ran on (the entry's count, else the card's)."""
+    return int(rc.aa.n if rc.aa.n is not None else rc.card.n or 0)
 
 
 def _arch_name(model: str) -> str:
@@ -307,8 +312,8 @@ def _read_meta(meta: str | Path | Mapping[str, Any] | None, allowed: tuple[str, 
     return data
 
 
-def _sparsity(card: dict[str, Any]) -> dict[str, Any]:
-    return card.get("sparsity") or {}
+def _sparsity(card: EvalCard) -> dict[str, Any]:
+    return card.sparsity.to_dict() if card.sparsity is not None else {}
 
 
 # ---------------------------------------------------------------------------------------- RobustBench
@@ -333,7 +338,7 @@ def robustbench_entry(rc: RunCards, *, meta: dict[str, Any], allow_partial: bool
         notes.append(f"{sp['weight_sparsity']:.1f} % of weights zero")
     if sp.get("unit_sparsity"):
         notes.append(f"{sp['unit_sparsity']:.1f} % of units pruned")
-    n = int(rc.aa.get("n", rc.card.get("n", 0)))
+    n = _points(rc)
     if n < FULL_TEST:
         notes.append(f"AutoAttack on the first {n:,} test points only")
     if version != "standard":
@@ -343,7 +348,7 @@ def robustbench_entry(rc: RunCards, *, meta: dict[str, Any], allow_partial: bool
         "name": ref.title if ref else None,
         "authors": ", ".join(ref.authors) if ref else None,
         "additional_data": False,
-        "number_forward_passes": int(rc.card.get("passes", 1)) if rc.card.get("stochastic") else 1,
+        "number_forward_passes": int(rc.card.passes or 1) if rc.card.stochastic else 1,
         "dataset": cfg.dataset,
         "venue": ref.venue if ref else None,
         "architecture": _arch_name(cfg.model),
@@ -486,8 +491,8 @@ def apb_entry(rc: RunCards, md: MinimalDistances | None, *, meta: dict[str, Any]
         "details": {
             "run": str(rc.run_dir), "method": cfg.method, "model": cfg.model, "dataset": cfg.dataset,
             "structure": tax.structure, "sparsity_measured": measured, "sparsity_rate": rate,
-            "autoattack": {"card": str(rc.card_path), "n": int(rc.aa.get("n", rc.card.get("n", 0))),
-                           "eps": rc.aa["params"]["eps"], "version": version},
+            "autoattack": {"card": str(rc.card_path), "n": _points(rc), "eps": rc.aa.params["eps"],
+                           "version": version},
             "distances": {"n": len(md.distances), "norm": md.norm, "eps": APB_EPS,
                           "not_found": sum(math.isinf(d) for d in md.distances)},
         },
