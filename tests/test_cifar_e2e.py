@@ -47,8 +47,9 @@ def data(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def suite_yaml() -> dict[str, Any]:
     """configs/suites/cifar10_gpu_smoke.yaml's recipe (Adam, step schedule, 8/255 training attack,
-    ANP-VS β 2 λ 1e-4 from the standard run) shrunk to one epoch on 32 images, PGD-1 training,
-    PGD-2 on 8 test points, plus AT on ResNet-18."""
+    ANP-VS β 2 λ 1e-4 from the standard run, PGD and transfer from an AT source of another seed)
+    shrunk to one epoch on 32 images, PGD-1 training, PGD-2 on 8 test points, plus AT on ResNet-18
+    (white-box only: the transfer source is a VGG-16)."""
     return {
         "name": "cifar10_cpu_e2e",
         "seeds": [0],
@@ -59,9 +60,11 @@ def suite_yaml() -> dict[str, Any]:
             {"id": "standard", "method": "standard"},
             {"id": "at", "method": "at"},
             {"id": "anp-vs", "method": "anp-vs", "init_from": "standard", "method_args": {"beta": 2.0, "lam": 1e-4}},
-            {"id": "r18-at", "method": "at", "model": "resnet18"},
+            {"id": "r18-at", "method": "at", "model": "resnet18", "source": None, "eval": {"attacks": ["pgd"]}},
+            {"id": "at-source", "method": "at", "seeds": [100], "report": False},
         ],
-        "eval": {"attacks": ["pgd"], "eps": EPS, "steps": 2, "step_size": 2 / 255, "limit": 8},
+        "eval": {"attacks": ["pgd", "transfer"], "eps": EPS, "steps": 2, "step_size": 2 / 255, "limit": 8,
+                 "source": "at-source"},
     }
 
 
@@ -137,6 +140,9 @@ def test_cifar10_suite_compact_and_export(data: Path, tmp_path: Path, capsys: py
     for run_id in ROWS:
         check_row(rows[run_id])
         assert rows[run_id]["dataset"] == "cifar10"
+        transfer = rows[run_id]["metrics"]["black_box"]["values"]
+        assert transfer == [] if run_id == "r18-at" else (len(transfer) == 1 and 0.0 <= transfer[0] <= 100.0)
+    assert rows["anp-vs"]["sources"] == ["at-source-s100"]
     assert rows["r18-at"]["model"] == "resnet18" and rows["anp-vs"]["model"] == "vgg16"
     assert rows["anp-vs"]["metrics"]["unit_sparsity"]["values"][0] >= 0.0
 
@@ -146,7 +152,7 @@ def test_cifar10_suite_compact_and_export(data: Path, tmp_path: Path, capsys: py
     dense, k_dense = pick(runs, DENSE, data)
     stamp = {r: (runs / f"{r}-s0" / "model.safetensors").stat().st_mtime_ns for r in ROWS}
     for run_id, k in ((pruned, k_pruned), (dense, k_dense)):
-        suite["runs"].append({"id": f"{run_id}-aa", "model_of": run_id,
+        suite["runs"].append({"id": f"{run_id}-aa", "model_of": run_id, "source": None,
                               "eval": {"attacks": ["pgd", "autoattack"], "limit": k}})
     path.write_text(yaml.safe_dump(suite))
     capsys.readouterr()
@@ -161,6 +167,7 @@ def test_cifar10_suite_compact_and_export(data: Path, tmp_path: Path, capsys: py
         assert aa == [0.0]  # the leading points are misclassified: nothing left to attack
         check_row(rows[f"{run_id}-aa"])
     assert "AutoAttack" in (out / "table.md").read_text()
+    assert "PGD-2, ε 0.03137, step 0.007843, n 8 (" in table["attack"]  # the rows without AutoAttack
 
     # compact the pruned run: a run directory whose logits match the masked model's
     compact = tmp_path / "compact"
