@@ -239,3 +239,45 @@ def test_hydra_filter_form_scores_whole_filters_and_records_the_cut(name: str) -
     assert type(method).taxonomy({"structure": "filter"}).structure == "filters"  # type: ignore[union-attr]
     with pytest.raises(ValueError, match="structure must be 'irregular' or 'filter', got 'channel'"):
         build_method("hydra", ctx=ctx, structure="channel")
+
+
+@pytest.mark.parametrize("structure", ["filter", "irregular"])
+def test_magnitude_reaches_the_target_in_its_rounds(structure: str) -> None:
+    from robustprune.sparsity.magnitude import masked_layers, weight_of
+
+    ctx = method_context(TrainConfig(method="magnitude"), train_size=64)
+    method = build_method("magnitude", ctx=ctx, target_sparsity=0.75, structure=structure, max_rounds=2,
+                          adversarial=True)
+    torch.manual_seed(0)
+    model = method.prepare(build_model("lenet5-caffe"))
+    layers = [m for _, m in masked_layers(model)]
+
+    def zero(w: torch.Tensor) -> int:
+        return int((w.flatten(1).abs().sum(1) == 0).sum()) if structure == "filter" else int((w == 0).sum())
+
+    def size(w: torch.Tensor) -> int:
+        return w.shape[0] if structure == "filter" else w.numel()
+
+    method.on_epoch_start(model, 0)  # round 1 of 2: 1 - 0.25 ** 0.5 = 50 %
+    assert method.card_fields()["sparsity_cut"] is None
+    assert all(zero(weight_of(m)) == size(weight_of(m)) - max(1, round(0.5 * size(weight_of(m)))) for m in layers)
+    first = [weight_of(m) == 0 for m in layers]
+    method.on_epoch_start(model, 1)  # round 2: 75 %, and what round 1 pruned stays pruned
+    assert all(zero(weight_of(m)) == size(weight_of(m)) - max(1, round(0.25 * size(weight_of(m)))) for m in layers)
+    assert all(bool((weight_of(m)[f] == 0).all()) for m, f in zip(layers, first, strict=True))
+    cut = method.card_fields()["sparsity_cut"]
+    assert cut["pruned"] == sum(zero(weight_of(m)) for m in layers) and cut["units"] == sum(size(weight_of(m))
+                                                                                          for m in layers)
+    assert abs(cut["reached"] - 0.75) < 0.01 and cut["rule"] == "per layer"
+    method.on_epoch_start(model, 2)  # no third round
+    assert method.rounds_done == 2
+
+
+def test_bad_magnitude_targets_are_named() -> None:
+    ctx = method_context(TrainConfig(method="magnitude"), train_size=64)
+    with pytest.raises(ValueError, match="structure 'filter' comes with a target_sparsity"):
+        build_method("magnitude", ctx=ctx, structure="filter")
+    with pytest.raises(ValueError, match="scope must be 'layer', got 'global'"):
+        build_method("magnitude", ctx=ctx, target_sparsity=0.5, scope="global")
+    with pytest.raises(ValueError, match="max_rounds >= 1"):
+        build_method("magnitude", ctx=ctx, target_sparsity=0.5, max_rounds=0)

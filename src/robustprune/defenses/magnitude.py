@@ -15,7 +15,12 @@ from robustprune.sparsity.magnitude import (
     apply_masks,
     install_weight_masks,
     layer_sparsities,
+    mask_of,
+    masked_layers,
     prune_by_magnitude,
+    set_masks,
+    sparsity_mask,
+    weight_of,
 )
 
 
@@ -44,7 +49,14 @@ class MagnitudePruning(Method):
     [CE(x) + w·CE(x_adv)]/(1 + w) (``adv_weight`` w = 2). Start it from a trained run
     (``--init-from``, standard or AT); the masks are buffers saved with the weights.
 
+    ``target_sparsity`` S (with ``max_rounds`` R, default 1) replaces ``rho``: round t prunes every
+    prunable layer to 1 − (1 − S)^(t/R), so after R rounds each layer is exactly S sparse (to the
+    rounding) and later epochs fine-tune; ``structure="filter"`` (only with a target) prunes whole
+    filters / output rows by L2 norm instead of weights. The card's ``sparsity_cut`` records the
+    sparsity asked and reached after the last round.
+
     >>> method = MagnitudePruning(ctx=ctx, rho=1 / 3, epochs_per_round=2, adversarial=True)
+    >>> method = MagnitudePruning(ctx=ctx, target_sparsity=0.75, structure="filter", max_rounds=3)
     """
 
     name: ClassVar[str] = "magnitude"
@@ -57,15 +69,33 @@ class MagnitudePruning(Method):
     def taxonomy(cls, method_args: dict[str, Any]) -> PruningTaxonomy | None:
         """After training, iterative, unstructured, per layer or global (``scope``), lowest magnitude;
         retrained with the AT loss when ``adversarial``, else natural training."""
-        return PruningTaxonomy(pipeline="after", structure="unstructured",
+        return PruningTaxonomy(pipeline="after",
+                               structure="filters" if method_args.get("structure") == "filter" else "unstructured",
                                locality="global" if method_args.get("scope") == "global" else "local",
                                criterion="Lowest Weight Magnitude LWM", iterative=True,
                                finetuning="at" if method_args.get("adversarial") else "nt")
 
     def __init__(self, *, ctx: MethodContext, rho: float = 1 / 3, epochs_per_round: int = 1,
                  max_rounds: int | None = None, scope: str = "layer", keep_first_last: bool = False,
-                 adversarial: bool = False, adv_weight: float = 2.0) -> None:
+                 adversarial: bool = False, adv_weight: float = 2.0, target_sparsity: float | None = None,
+                 structure: str = "irregular") -> None:
         super().__init__(ctx=ctx)
+        if structure not in ("irregular", "filter"):
+            raise ValueError(f"structure must be 'irregular' or 'filter', got {structure!r}")
+        if target_sparsity is not None:
+            if isinstance(target_sparsity, bool) or not isinstance(target_sparsity, int | float) \
+                    or not 0 <= target_sparsity < 1:
+                raise ValueError(f"target_sparsity must be a fraction in [0, 1), got {target_sparsity!r}")
+            if scope != "layer":
+                raise ValueError(f"target_sparsity prunes every layer to the target: scope must be 'layer', "
+                                 f"got {scope!r}")
+            max_rounds = 1 if max_rounds is None else max_rounds
+            if max_rounds < 1:
+                raise ValueError(f"target_sparsity needs max_rounds >= 1 (rounds to reach it), got {max_rounds}")
+        elif structure == "filter":
+            raise ValueError("structure 'filter' comes with a target_sparsity (the fraction of filters to prune)")
+        self.target_sparsity, self.structure = target_sparsity, structure
+        self.cut: dict[str, Any] | None = None
         if not 0.0 < rho < 1.0:
             raise ValueError(f"rho must be in (0, 1), got {rho}")
         if epochs_per_round < 1:
@@ -92,8 +122,39 @@ class MagnitudePruning(Method):
     def on_epoch_start(self, model: nn.Module, epoch: int) -> None:
         due = epoch % self.epochs_per_round == 0 and epoch // self.epochs_per_round >= self.rounds_done
         if due and (self.max_rounds is None or self.rounds_done < self.max_rounds):
-            prune_by_magnitude(model, fraction=self.rho, scope=self.scope)  # type: ignore[arg-type]
+            if self.target_sparsity is None:
+                prune_by_magnitude(model, fraction=self.rho, scope=self.scope)  # type: ignore[arg-type]
+            else:
+                self.prune_toward_target(model)
             self.rounds_done += 1
+
+    @torch.no_grad()
+    def prune_toward_target(self, model: nn.Module) -> None:
+        """Round t = ``rounds_done`` + 1 of R: every masked layer to 1 − (1 − S)^(t/R) of its weights
+        (or filters) by magnitude; after the last round, the card's ``sparsity_cut``."""
+        assert self.target_sparsity is not None and self.max_rounds is not None
+        t = self.rounds_done + 1
+        level = 1.0 - (1.0 - self.target_sparsity) ** (t / self.max_rounds)
+        layers = masked_layers(model)
+        masks = [sparsity_mask(weight_of(m) * mask_of(m), sparsity=level, structure=self.structure) * mask_of(m)
+                 for _, m in layers]
+        set_masks(model, masks)
+        if t == self.max_rounds:
+            if self.structure == "filter":
+                alive = [mk.flatten(1).any(dim=1) for mk in masks]
+                units, pruned = sum(len(a) for a in alive), sum(int((~a).sum()) for a in alive)
+            else:
+                units, pruned = sum(mk.numel() for mk in masks), sum(int((mk == 0).sum()) for mk in masks)
+            self.cut = {"asked": self.target_sparsity, "reached": pruned / max(units, 1), "units": units,
+                        "pruned": pruned, "counted": "filters" if self.structure == "filter" else "weights",
+                        "rule": "per layer"}
+
+    def card_fields(self) -> dict[str, Any]:
+        out = super().card_fields()
+        if self.target_sparsity is not None:
+            out.update({"target_sparsity": self.target_sparsity, "structure": self.structure,
+                        "sparsity_cut": self.cut})
+        return out
 
     def after_step(self, model: nn.Module, step: int) -> None:
         apply_masks(model)
@@ -103,10 +164,11 @@ class MagnitudePruning(Method):
         return {"prune_rounds": self.rounds_done, "layer_sparsity": sp}
 
     def state_dict(self) -> dict[str, Any]:
-        return {"rounds_done": self.rounds_done}
+        return {"rounds_done": self.rounds_done, "cut": self.cut}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.rounds_done = int(state.get("rounds_done", 0))
+        self.cut = state.get("cut")
 
 
 def zero_fraction(t: Tensor) -> Tensor:
