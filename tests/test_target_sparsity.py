@@ -147,7 +147,11 @@ def test_equal_sparsity_suite_gives_every_pruning_row_the_same_fine_tuning_budge
         build_method(train["method"], ctx=method_context(TrainConfig(**{k: v for k, v in train.items()
                                                                         if k != "init_from"}), train_size=64),
                      **args)  # every row's arguments are valid
-        if "target_sparsity" in args:
+        if train["method"] == "magnitude":
+            budgets.add(train["epochs"] - (args["max_rounds"] - 1) * args.get("epochs_per_round", 1))
+            levels.add(args["target_sparsity"])
+            assert args["structure"] == "filter" and args["adversarial"] is True
+        elif "target_sparsity" in args:
             budgets.add((1 - args["mask_until"]) * train["epochs"])
             levels.add(args["target_sparsity"])
             assert args["mask_init"] == "function-preserving" and run.init_from == "at"
