@@ -243,3 +243,25 @@ def test_ci_runs_the_readme_blocks_and_they_install_no_extra() -> None:
     assert tests.split() == ["pytest"]
     with pytest.raises(ValueError, match="no section '## Nowhere'"):
         namespace["block"](readme, "Nowhere")
+
+
+def test_ci_tells_a_missing_optional_package_from_a_missing_required_one(tmp_path: Path) -> None:
+    """.ci/skips.py: a skip for scipy is expected in CI's first phase (and rerun in the second),
+    one for yaml (a core dependency) fails it; any missing module fails the second phase."""
+    report = tmp_path / "skips.json"
+    skipped = [{"nodeid": "tests/a.py::t[1]", "reason": "could not import 'scipy.integrate': No module named 'scipy'"},
+               {"nodeid": "tests/b.py::u", "reason": "needs CUDA"}]
+    report.write_text(json.dumps({"skipped": skipped}))
+    script = [sys.executable, str(ROOT / ".ci" / "skips.py")]
+
+    def run(mode: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([*script, mode, str(report)], capture_output=True, text=True, timeout=60)
+
+    assert run("required").returncode == 0
+    assert run("optional").stdout.split("\n")[:-1] == ["tests/a.py::t[1]"]
+    assert run("none").returncode == 1 and "'scipy' is missing" in run("none").stderr
+    skipped.append({"nodeid": "tests/c.py::v", "reason": "could not import 'yaml': No module named 'yaml'"})
+    report.write_text(json.dumps({"skipped": skipped}))
+    failed = run("required")
+    assert failed.returncode == 1
+    assert "tests/c.py::v skipped: module 'yaml' is missing (required package)" in failed.stderr
