@@ -164,3 +164,17 @@ def test_meter_with_one_layer_counts_examples_and_summarises_under_its_keys() ->
     meter.update([torch.zeros(1, 2)], [torch.full((1, 2), 0.5)])
     assert meter.n_examples == 4
     assert meter.summary() == {"mean": 0.5, "per_layer": [0.5], "n": 4}
+
+
+def test_sparsity_record_counts_the_paper_cost_at_the_runs_data_sizes() -> None:
+    """A 3-channel, 7-class LeNet5-Caffe on 28x28 inputs: the record's paper block is counted at those
+    sizes (in_channels, num_classes and image_size passed through), not at MNIST's defaults."""
+    model = install_bbd(build_model("lenet5-caffe", in_channels=3, num_classes=7))
+    record = sparsity_record("lenet5-caffe", model, in_channels=3, num_classes=7, image_size=28)
+    assert record["paper"] == paper_cost("lenet5-caffe", model, in_channels=3, num_classes=7, image_size=28)
+    assert record["paper"]["memory_full"] == paper_memory("lenet5-caffe", LENET5_FULL, in_channels=3, num_classes=7)
+    assert record["paper"]["flops_full"] == paper_flops("lenet5-caffe", LENET5_FULL, in_channels=3, num_classes=7)
+    assert record["paper"]["memory_full"] != paper_memory("lenet5-caffe", LENET5_FULL, in_channels=3)
+    assert record["paper"]["memory_full"] != paper_memory("lenet5-caffe", LENET5_FULL, num_classes=7)
+    with pytest.raises(ValueError, match="image_size=32"):  # the image size reaches the LeNet5 check too
+        sparsity_record("lenet5-caffe", model, in_channels=3, num_classes=7, image_size=32)
