@@ -133,6 +133,23 @@ class AutoAttack(Attack):
             "flags": list(self._flags),
         }
 
+    def tallies(self) -> dict[str, Any]:
+        """The counts behind :meth:`breakdown` (points, clean, robust after each stage, seconds,
+        versions, flags), JSON-ready: an evaluation shard keeps them, and :meth:`add_tallies` sums
+        the shards' into the breakdown of the whole set (the counts exactly)."""
+        return {"n": self._n, "clean": self._clean, "robust": dict(self._robust), "seconds": dict(self._seconds),
+                "versions": sorted(self._versions), "flags": list(self._flags)}
+
+    def add_tallies(self, tallies: dict[str, Any]) -> None:
+        """Add the counts of :meth:`tallies` (another batch's, another shard's) to this attack's."""
+        self._n += int(tallies["n"])
+        self._clean += int(tallies["clean"])
+        for stage, count in tallies["robust"].items():
+            self._robust[stage] = self._robust.get(stage, 0) + int(count)
+            self._seconds[stage] = self._seconds.get(stage, 0.0) + float(tallies["seconds"].get(stage, 0.0))
+        self._versions.update(tallies["versions"])
+        self._flags += [f for f in tallies["flags"] if f not in self._flags]
+
     # ---- one batch --------------------------------------------------------------------------------
 
     def perturb(self, model: nn.Module, x: Tensor, y: Tensor) -> Tensor:

@@ -24,7 +24,8 @@ from robustprune.config import EvalConfig, eval_config, to_dict
 from robustprune.data import TensorLoader, check_eps
 from robustprune.defenses import TestTimeSpec, spelled_as_setting
 from robustprune.eval.context import EvalContext
-from robustprune.eval.evaluate import EvalResult, evaluate
+from robustprune.eval.evaluate import EvalResult, batch_seed, evaluate
+from robustprune.eval.shards import merge_shards, read_shard, shard_record, write_shard
 from robustprune.metrics.cost import sparsity_record
 from robustprune.metrics.measured import measured_cost
 from robustprune.metrics.minnorm import minnorm_robustness
@@ -106,6 +107,8 @@ def evaluate_run(
     out: str | Path | None = None,
     progress: bool = True,
     measure: bool = True,
+    shard: tuple[int, int] | None = None,
+    shards: Sequence[str | Path] | None = None,
     **settings: Any,
 ) -> dict[str, Any]:
     """Evaluate run ``run_dir`` on its test set and write the card (default ``RUN/eval/<attacks>.json``).
@@ -124,6 +127,12 @@ def evaluate_run(
     ``deepfool`` and ``cw`` (C&W-L2, 1000 Adam steps × 9 binary-search steps per point: use ``limit``)
     are minimum-norm attacks: they add ``card["minnorm"]``, one r₂ summary each
     (:func:`robustprune.metrics.minnorm.minnorm_robustness`), instead of a robust accuracy.
+
+    Sharded (:mod:`robustprune.eval.shards`): ``shard=(start, stop)`` evaluates only those test
+    points (of the first ``limit``) and writes their partial record to ``out`` (returned) instead of
+    a card; ``shards`` (the partial records' paths, covering every point) makes the card from them
+    instead of attacking (the minimum-norm attacks still run here, on every point). Either way the
+    attacks' random stream is seeded per batch (:func:`robustprune.eval.evaluate.batch_seed`).
     """
     base = config or EvalConfig()
     cfg = eval_config(base, **with_defense({"defense": base.defense, **settings}))
@@ -147,11 +156,34 @@ def evaluate_run(
              for n in attacks_bounded]
     named = [(n, a) for n, a in built if a is not None]
     named += run.method.eval_attacks(run.model, named)  # copies of the attacks above: the same stream
+    if shard is not None:
+        start, stop = shard
+        if not 0 <= start < stop <= len(ctx.labels):
+            raise ValueError(f"shard [{start}, {stop}) is not inside the {len(ctx.labels)} test points")
+        ctx.images, ctx.labels = ctx.images[start:stop], ctx.labels[start:stop]
     loader = ctx.loader(cfg.batch_size)
     if gen is None:
         ctx.seed_global()
+
+    def reseed(index: int) -> None:
+        if gen is not None:
+            gen.manual_seed(batch_seed(seed, index))
+        else:
+            torch.manual_seed(batch_seed(seed, index))
+
     t0 = time.perf_counter()
-    res = evaluate(model, loader, named, passes=cfg.passes, progress=progress)
+    if shard is not None:
+        res = evaluate(model, loader, named, passes=cfg.passes, progress=progress, reseed=reseed,
+                       start=shard[0], record=True)
+        if out is None:
+            raise ValueError("a shard's evaluation needs out= (the path of its partial record)")
+        partial = shard_record(res, named, start=shard[0], stop=shard[1], code=eval_code_parts(attacks))
+        write_shard(out, partial)
+        return partial
+    if shards is not None:
+        res = merge_shards([read_shard(p) for p in shards], model, named, n=len(ctx.labels))
+    else:
+        res = evaluate(model, loader, named, passes=cfg.passes, progress=progress, reseed=reseed)
     minnorm_cards = [minnorm_entry(n, model, loader, progress=progress) for n in minnorm]
     card = make_card(run.cfg, res, run_dir=Path(run_dir), source=source, seed=seed, device=dev,
                      wall_s=time.perf_counter() - t0, attacks=attacks)
@@ -220,8 +252,9 @@ def model_cost(model_name: str, model: nn.Module, info: Any) -> dict[str, Any]:
 
 #: the version of the evaluation code (``evaluate``, this module, the metrics a card holds): bump it
 #: in the change that alters a card's numbers or adds a field the report reads, and every suite
-#: re-makes its cards (``compare``). 1: the code before versions; 2: vulnerability over active units
-EVAL_VERSION = 2
+#: re-makes its cards (``compare``). 1: the code before versions; 2: vulnerability over active units;
+#: 3: the attacks' random stream seeded per batch (``batch_seed``), so that shards merge exactly
+EVAL_VERSION = 3
 
 
 def attack_version(name: str) -> int:

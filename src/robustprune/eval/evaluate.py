@@ -3,8 +3,10 @@ sanity checks, and the JSON result card of ``robustprune eval``."""
 
 from __future__ import annotations
 
+import hashlib
 import time
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -54,6 +56,9 @@ class EvalResult:
     attacks: list[AttackResult] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
     wall_s: float = 0.0
+    #: per batch, what it added (per-example results, vulnerability sums): kept when ``evaluate(record=True)``
+    #: for a shard's partial record (:mod:`robustprune.eval.shards`)
+    batches: list[dict[str, Any]] | None = None
 
     @property
     def clean_acc(self) -> float:
@@ -64,6 +69,14 @@ class EvalResult:
             "n": self.total, "clean_acc": self.clean_acc, "stochastic": self.stochastic, "passes": self.passes,
             "attacks": [a.summary() for a in self.attacks], "warnings": self.warnings, "wall_s": self.wall_s,
         }
+
+
+def batch_seed(seed: int, index: int) -> int:
+    """The seed of the attacks' random stream for the batch whose first example is test point
+    ``index`` (an evaluation with ``seed``): a function of the two only, so an example is attacked
+    with the same random draws whichever shard holds it (shards are whole batches)."""
+    digest = hashlib.sha256(f"robustprune-eval:{seed}:{index}".encode()).digest()
+    return int.from_bytes(digest[:8], "big") & (2**63 - 1)
 
 
 def correct_count(model: nn.Module, x: Tensor, y: Tensor, passes: int) -> Tensor:
@@ -81,6 +94,9 @@ def evaluate(
     vulnerability: bool = True,
     passes: int = 10,
     progress: bool = True,
+    reseed: Callable[[int], None] | None = None,
+    start: int = 0,
+    record: bool = False,
 ) -> EvalResult:
     """Clean and robust accuracy of ``model`` (eval mode) over every batch of ``loader``.
 
@@ -89,8 +105,16 @@ def evaluate(
     warning is recorded for every attack that does not use EOT. Latent vulnerability (the mean
     distance between the latent features of clean and attacked inputs) is accumulated over the
     whole set when the model exposes latent maps (``latent_count`` > 0).
+
+    ``reseed(index)``, when given, is called before each batch with the test-set index of its first
+    example (the loader's points being test points ``start``, ``start + 1``, ...): the evaluation
+    seeds its attacks' random stream there (:func:`batch_seed`), so a batch's draws do not depend on
+    the batches before it. ``record`` keeps each batch's contribution in ``EvalResult.batches``.
+    Counts are summed in float64, exact in any order (a stochastic model's per-example averages are
+    multiples of ``1/passes`` in float32).
     """
-    res = EvalResult(attacks=[AttackResult(name, atk.params()) for name, atk in attacks])
+    res = EvalResult(attacks=[AttackResult(name, atk.params()) for name, atk in attacks],
+                     batches=[] if record else None)
     has_feats = vulnerability and getattr(model, "latent_count", 0) > 0
     t0 = time.perf_counter()
     with model_mode(model):
@@ -101,8 +125,11 @@ def evaluate(
             if i == 0:
                 res.stochastic = is_stochastic(model, x)
                 res.passes = passes if res.stochastic else 1
+            if reseed is not None:
+                reseed(start + res.total)
+            entry: dict[str, Any] = {"start": start + res.total, "attacks": []}
             clean_ok = correct_count(model, x, y, res.passes)
-            res.clean_correct += clean_ok.sum().item()
+            res.clean_correct += clean_ok.double().sum().item()
             res.total += len(y)
             feats = None
             if has_feats and not res.stochastic:
@@ -112,14 +139,19 @@ def evaluate(
                 ta = time.perf_counter()
                 x_adv = atk(model, x, y)
                 adv_ok = correct_count(model, x_adv, y, res.passes)
-                r.correct += torch.minimum(clean_ok, adv_ok).sum().item()
+                robust = torch.minimum(clean_ok, adv_ok)
+                r.correct += robust.double().sum().item()
                 r.total += len(y)
+                vul = None
                 if feats is not None:
                     with torch.no_grad():
                         adv_feats = model(x_adv, features=True)[1]
                     r.vulnerability = r.vulnerability or VulnerabilityMeter()
-                    r.vulnerability.update(feats, adv_feats)
+                    vul = r.vulnerability.update(feats, adv_feats, record=res.batches is not None)
                 r.wall_s += time.perf_counter() - ta
+                entry["attacks"].append({"robust": robust.tolist(), "vulnerability": vul})
+            if res.batches is not None:
+                res.batches.append({**entry, "clean": clean_ok.tolist()})
             fault_point("eval-batch")
     res.wall_s = time.perf_counter() - t0
     res.warnings += sanity_warnings(res)
