@@ -14,6 +14,7 @@ OPTIONAL_MODULES: dict[str, tuple[str, str]] = {
     "onnxscript": ("onnxscript", '.[export]'),
     "onnxruntime": ("onnxruntime", '.[export]'),
     "torchattacks": ("torchattacks", "pip install --no-deps torchattacks==3.5.1"),
+    "ray": ("ray", '.[ray]'),
 }
 #: the extras that hold the optional packages above (``dev`` is part of the README's set-up)
-OPTIONAL_EXTRAS = ("crosscheck", "export")
+OPTIONAL_EXTRAS = ("crosscheck", "export", "ray")

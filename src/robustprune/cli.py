@@ -85,6 +85,17 @@ def _compare_parser() -> ArgumentParser:
     p.add_argument("--reuse-stale", dest="reuse_stale", action=YES_NO(), default=False,
                    help="keep finished runs and cards made by older code (a method's, an attack's or the evaluation's "
                         "version) instead of making them again; the report marks their rows")
+    p.add_argument("--executor", choices=["local", "ray"], default="local",
+                   help="where tasks run: local (worker processes, --jobs) or ray (a Ray cluster: pip install "
+                        "'robustprune[ray]'; the suite and data directories on a filesystem every node sees, "
+                        "docs/cluster.md)")
+    p.add_argument("--address", type=str | None, default=None,
+                   help="with --executor ray: the cluster, auto (this node's) or HOST:PORT (default: start a local "
+                        "one for this run)")
+    p.add_argument("--shard-size", dest="shard_size", type=int | None, default=None,
+                   help="split every evaluation into tasks of N test points (a multiple of its batch size), each "
+                        "resumed on its own, merged into the run's card (default: the suite's eval.shard_size, "
+                        "else one task per evaluation)")
     p.add_argument("--progress", action=YES_NO(), default=True, help="show progress bars")
     return p
 
@@ -330,10 +341,14 @@ def cmd_compare(ns: Namespace) -> int:
 
     _at_least_one("--jobs", ns.jobs)
     _at_least_one("--threads", ns.threads)
+    _at_least_one("--shard-size", ns.shard_size)
+    if ns.address is not None and ns.executor != "ray":
+        raise ValueError(f"--address {ns.address} is for --executor ray (got --executor {ns.executor})")
     only = None if ns.only is None else [r.strip() for r in ns.only.split(",") if r.strip()]
     written = run_suite(load_suite(ns.suite), ns.out, data_dir=ns.data_dir, device=ns.device, progress=ns.progress,
                         jobs=ns.jobs, threads=ns.threads, refetch_data=ns.refetch_data, only=only,
-                        reuse_stale=ns.reuse_stale)
+                        reuse_stale=ns.reuse_stale, shard_size=ns.shard_size, executor=ns.executor,
+                        address=ns.address)
     print(written[0].read_text())
     print("written: " + ", ".join(str(w) for w in written), file=sys.stderr)
     return 0

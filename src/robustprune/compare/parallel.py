@@ -155,11 +155,11 @@ def run_tasks_parallel(tasks: list[Task], suite: Suite, out_dir: Path, *, run: T
                         e = died
                     failed = failed or (task, e)
                     if progress:
-                        bar.write(f"[failed] {task.kind} {task.spec.key}: {type(e).__name__}: {e}", file=sys.stderr)
+                        bar.write(f"[failed] {task.label}: {type(e).__name__}: {e}", file=sys.stderr)
                     continue
                 done.add(task.name)
                 if progress:
-                    bar.write(f"[{len(done)}/{len(tasks)}] {task.kind} {task.spec.key}: {result} ({seconds:.0f} s)",
+                    bar.write(f"[{len(done)}/{len(tasks)}] {task.label}: {result} ({seconds:.0f} s)",
                               file=sys.stderr)
                 bar.update(1)
         bar.set_postfix_str("")

@@ -10,6 +10,8 @@ from pathlib import Path
 
 from robustprune.compare.suite import EvalSpec, RunEntry, Suite, init_order
 from robustprune.config import TrainConfig
+from robustprune.data import dataset_info
+from robustprune.eval.shards import shard_ranges
 
 
 @dataclass(frozen=True)
@@ -44,15 +46,25 @@ class RunSpec:
 
 @dataclass(frozen=True)
 class Task:
-    """``train`` or ``evaluate`` one run; ``needs`` are the task names that must finish first."""
+    """``train`` or ``evaluate`` one run, or evaluate one ``shard`` of its test points (``[start,
+    stop)``); ``needs`` are the task names that must finish first. A sharded evaluation's
+    ``evaluate`` task lists its ``shards`` and merges their partial records into the card."""
 
     kind: str
     spec: RunSpec
     needs: tuple[str, ...]
+    shard: tuple[int, int] | None = None
+    shards: tuple[tuple[int, int], ...] = ()
 
     @property
     def name(self) -> str:
-        return f"{self.kind}:{self.spec.key}"
+        return f"{self.kind}:{self.spec.key}" + ("" if self.shard is None else f"@{self.shard[0]}-{self.shard[1]}")
+
+    @property
+    def label(self) -> str:
+        """How progress lines name the task: ``evaluate at-s0``, ``shard at-s0 [100, 200)``."""
+        where = "" if self.shard is None else f" [{self.shard[0]}, {self.shard[1]})"
+        return f"{self.kind} {self.spec.key}{where}"
 
 
 def run_key(run_id: str, seed: int) -> str:
@@ -81,10 +93,22 @@ def plan_runs(suite: Suite, out_dir: str | Path, *, data_dir: str | None = None,
     return specs
 
 
+def eval_shards(spec: RunSpec, shard_size: int | None = None) -> tuple[tuple[int, int], ...]:
+    """The shards of ``spec``'s evaluation: its test points (``limit``, else the dataset's test set)
+    in runs of ``shard_size`` (default the suite's ``eval.shard_size``); ``()`` when unsharded."""
+    size = spec.eval.shard_size if shard_size is None else shard_size
+    if size is None:
+        return ()
+    n = spec.eval.limit if spec.eval.limit is not None else dataset_info(spec.cfg.dataset).test_size
+    return tuple(shard_ranges(n, shard_size=size, batch_size=spec.eval.batch_size))
+
+
 def plan_suite(suite: Suite, out_dir: str | Path, *, data_dir: str | None = None,
-               device: str | None = None) -> list[Task]:
+               device: str | None = None, shard_size: int | None = None) -> list[Task]:
     """Training tasks in dependency order, each evaluation task as soon as its run and source are
-    trained; ``model_of`` rows have only an evaluation task, after the run whose model they evaluate."""
+    trained; ``model_of`` rows have only an evaluation task, after the run whose model they evaluate.
+    A sharded evaluation (``shard_size``, else the run's ``eval.shard_size``) is a ``shard`` task per
+    shard, each after the trainings, and the ``evaluate`` task that merges them after every shard."""
     specs = plan_runs(suite, out_dir, data_dir=data_dir, device=device)
     trains, evals = [], []
     needs: tuple[str, ...]
@@ -95,7 +119,10 @@ def plan_suite(suite: Suite, out_dir: str | Path, *, data_dir: str | None = None
     for s in specs:
         if s.run.report:
             needs = (f"train:{s.model_key}",) + (() if s.source_key is None else (f"train:{s.source_key}",))
-            evals.append(Task("evaluate", s, tuple(dict.fromkeys(needs))))
+            needs = tuple(dict.fromkeys(needs))
+            shards = eval_shards(s, shard_size)
+            parts = [Task("shard", s, needs, shard=r) for r in shards]
+            evals += [*parts, Task("evaluate", s, tuple(t.name for t in parts) or needs, shards=shards)]
     # each evaluation right after the last training it needs, so a long suite's first rows have
     # their numbers while later runs still train
     tasks: list[Task] = []
@@ -103,7 +130,11 @@ def plan_suite(suite: Suite, out_dir: str | Path, *, data_dir: str | None = None
     for t in trains:
         tasks.append(t)
         done.add(t.name)
-        ready = [e for e in evals if set(e.needs) <= done]
+        ready = []
+        for e in evals:  # a merge becomes ready when its shards are placed
+            if set(e.needs) <= done:
+                ready.append(e)
+                done.add(e.name)
         tasks += ready
         evals = [e for e in evals if e not in ready]
     return tasks + evals

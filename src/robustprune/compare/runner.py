@@ -40,8 +40,9 @@ from robustprune.compare.plan import RunSpec, Task, only_rows, plan_runs, plan_s
 from robustprune.compare.suite import Suite
 from robustprune.config import TrainConfig, load_train_config, save_yaml, to_dict
 from robustprune.defenses import TestTimeSpec
-from robustprune.eval import evaluate_run
+from robustprune.eval import evaluate_run, evaluate_shard, merge_run_shards
 from robustprune.eval.card import eval_code_parts
+from robustprune.eval.shards import shard_usable
 from robustprune.records import (
     SCHEMA,
     RecordError,
@@ -63,6 +64,8 @@ __all__ = ["RunSpec", "Task", "card_path", "comparable", "config_diff", "plan_ru
 #: config fields that may differ between a finished run and the suite without making it another run
 IGNORED_FIELDS = ("out", "data_dir", "refetch_data", "progress", "device", "resume", "init_from", "tensorboard",
                   "tensorboard_every")
+#: where a suite's tasks run: worker processes of this machine, or a Ray cluster
+EXECUTORS = ("local", "ray")
 #: a running ``run_suite`` holds this file (its pid) in the suite directory
 LOCK = ".compare.lock"
 
@@ -165,22 +168,55 @@ def card_stale(path: Path, models: list[Path], attacks: Sequence[str]) -> list[s
     return reasons + card.code.older_parts(eval_code_parts(attacks))
 
 
-def eval_task(suite: Suite, spec: RunSpec, *, runs_dir: Path, progress: bool = True,
-              reuse_stale: bool = False) -> tuple[str, list[str]]:
-    """Evaluate ``spec`` with the suite's settings, reusing its card while it is up to date; a card
-    made by older code (:func:`card_stale`) is made again, or kept when ``reuse_stale``. Returns what
-    happened and the stale reasons of a kept card."""
-    path = card_path(suite, spec)
+def shard_path(suite: Suite, spec: RunSpec, shard: tuple[int, int]) -> Path:
+    """Where the partial record of one shard of ``spec``'s evaluation lives (beside its card)."""
+    return card_path(suite, spec).with_suffix(".shards") / f"{shard[0]}-{shard[1]}.json"
+
+
+def _models(spec: RunSpec, runs_dir: Path) -> tuple[Path | None, list[Path]]:
+    """The transfer source's run directory (or ``None``) and the weights a card of ``spec`` reads."""
     source = None if spec.source_key is None else runs_dir / spec.source_key
-    models = [spec.out / "model.safetensors"] + ([] if source is None else [source / "model.safetensors"])
+    return source, [spec.out / "model.safetensors"] + ([] if source is None else [source / "model.safetensors"])
+
+
+def shard_task(suite: Suite, spec: RunSpec, shard: tuple[int, int], *, runs_dir: Path, progress: bool = True,
+               reuse_stale: bool = False) -> str:
+    """Evaluate one shard of ``spec``'s test points into its partial record, unless the run's card is
+    up to date (or kept by ``reuse_stale``) or the shard's record is (made by the installed code,
+    after the weights)."""
+    source, models = _models(spec, runs_dir)
+    stale = card_stale(card_path(suite, spec), models, spec.eval.attacks)
+    if stale is not None and (not stale or reuse_stale):
+        return "reused (the card is made)"
+    path = shard_path(suite, spec, shard)
+    if shard_usable(path, start=shard[0], stop=shard[1], code=eval_code_parts(spec.eval.attacks), newer_than=models):
+        return "reused"
+    evaluate_shard(spec.out, shard=shard, source=source, data_dir=spec.cfg.data_dir, device=spec.cfg.device,
+                   out=path, progress=progress, **spec.eval.fields())
+    return "evaluated"
+
+
+def eval_task(suite: Suite, spec: RunSpec, *, runs_dir: Path, progress: bool = True,
+              reuse_stale: bool = False, shards: Sequence[tuple[int, int]] = ()) -> tuple[str, list[str]]:
+    """Evaluate ``spec`` with the suite's settings, reusing its card while it is up to date; a card
+    made by older code (:func:`card_stale`) is made again, or kept when ``reuse_stale``. With
+    ``shards`` the card is merged from their partial records (:func:`shard_task` made them).
+    Returns what happened and the stale reasons of a kept card."""
+    path = card_path(suite, spec)
+    source, models = _models(spec, runs_dir)
     stale = card_stale(path, models, spec.eval.attacks)
     if stale is not None and not stale:
         return "reused", []
     if stale and reuse_stale:
         return f"reused, stale ({', '.join(stale)}; kept by --reuse-stale)", stale
-    evaluate_run(spec.out, source=source, data_dir=spec.cfg.data_dir, device=spec.cfg.device, out=path,
-                 progress=progress, **spec.eval.fields())
-    return ("evaluated" if stale is None else f"evaluated again (stale: {', '.join(stale)})"), []
+    where: dict[str, Any] = {"source": source, "data_dir": spec.cfg.data_dir, "device": spec.cfg.device,
+                             "out": path, "progress": progress}
+    if shards:
+        merge_run_shards(spec.out, [shard_path(suite, spec, r) for r in shards], **where, **spec.eval.fields())
+    else:
+        evaluate_run(spec.out, **where, **spec.eval.fields())
+    verb = f"merged from {len(shards)} shards" if shards else "evaluated"
+    return (verb if stale is None else f"{verb} again (stale: {', '.join(stale)})"), []
 
 
 def suite_card(suite: Suite, spec: RunSpec, *, stale: Sequence[str] = ()) -> SuiteCard:
@@ -211,8 +247,13 @@ def run_task(task: Task, suite: Suite, out_dir: Path, *, progress: bool = True, 
             print(f"train {task.spec.key}: {result}", file=sys.stderr)
         fault_point("task-done")
         return result
+    if task.shard is not None:
+        result = shard_task(suite, task.spec, task.shard, runs_dir=out_dir / "runs", progress=progress,
+                            reuse_stale=reuse_stale)
+        fault_point("task-done")
+        return result
     result, stale = eval_task(suite, task.spec, runs_dir=out_dir / "runs", progress=progress,
-                              reuse_stale=reuse_stale)
+                              reuse_stale=reuse_stale, shards=task.shards)
     if "stale" in result:
         print(f"evaluate {task.spec.key}: {result}", file=sys.stderr)
     run_stale_reasons = run_stale(task.spec) if reuse_stale else []  # a stale run kept: its card says so too
@@ -224,7 +265,8 @@ def run_task(task: Task, suite: Suite, out_dir: Path, *, progress: bool = True, 
 
 def run_suite(suite: Suite, out_dir: str | Path, *, data_dir: str | None = None, device: str | None = None,
               progress: bool = True, report: bool = True, jobs: int = 1, threads: int | None = None,
-              refetch_data: bool = False, only: list[str] | None = None, reuse_stale: bool = False) -> list[Path]:
+              refetch_data: bool = False, only: list[str] | None = None, reuse_stale: bool = False,
+              shard_size: int | None = None, executor: str = "local", address: str | None = None) -> list[Path]:
     """Train, evaluate and report every run of ``suite`` in ``out_dir``; returns the report files.
 
     A finished run or a card made by older code than the installed one (a method's or an attack's
@@ -242,13 +284,27 @@ def run_suite(suite: Suite, out_dir: str | Path, *, data_dir: str | None = None,
     ``jobs > 1`` runs independent tasks in that many worker processes, each with ``threads`` torch
     threads (see :mod:`robustprune.compare.parallel`); the results are those of ``jobs == 1``, which
     runs the tasks here one after another (with ``threads`` torch threads meanwhile, when given).
+
+    ``shard_size`` (else each run's ``eval.shard_size``) splits every evaluation into tasks of that
+    many test points (:mod:`robustprune.eval.shards`): each writes a partial record, resumed one by
+    one after a kill, and the run's card is merged from them (equal to the unsharded card).
+
+    ``executor="ray"`` runs the tasks on the Ray cluster at ``address`` instead (each with
+    ``threads`` CPUs, default 1, and one GPU when ``device`` is ``cuda``; see
+    :mod:`robustprune.compare.ray_executor`); ``jobs`` is then not used (the cluster's resources
+    decide how many tasks run at once).
     """
+    if executor not in EXECUTORS:
+        raise ValueError(f"executor must be one of {EXECUTORS}, got {executor!r}")
+    if executor == "ray" and jobs != 1:
+        raise ValueError(f"jobs={jobs} is for the local executor; on Ray the cluster's CPUs and GPUs decide how many "
+                         "tasks run at once")
     if jobs < 1:
         raise ValueError(f"jobs must be >= 1, got {jobs}")
     if threads is not None and threads < 1:
         raise ValueError(f"threads must be >= 1, got {threads}")
     out_dir = Path(out_dir)
-    tasks = plan_suite(suite, out_dir, data_dir=data_dir, device=device)
+    tasks = plan_suite(suite, out_dir, data_dir=data_dir, device=device, shard_size=shard_size)
     todo = tasks if only is None else only_rows(tasks, suite, only)
     out_dir.mkdir(parents=True, exist_ok=True)
     with suite_lock(out_dir):
@@ -257,7 +313,12 @@ def run_suite(suite: Suite, out_dir: str | Path, *, data_dir: str | None = None,
         _drop_stale_cards(out_dir, {t.spec.key for t in tasks if t.kind == "evaluate"})
         if refetch_data:
             prefetch_data(todo, refetch=True)
-        if jobs == 1:
+        if executor == "ray":
+            from robustprune.compare.ray_executor import run_tasks_ray
+
+            run_tasks_ray(todo, suite, out_dir, run=functools.partial(run_task, reuse_stale=reuse_stale),
+                          address=address, progress=progress, threads=threads, device=device)
+        elif jobs == 1:
             _run_tasks(todo, suite, out_dir, progress=progress, threads=threads, reuse_stale=reuse_stale)
         else:
             run_tasks_parallel(todo, suite, out_dir, run=functools.partial(run_task, reuse_stale=reuse_stale),
@@ -275,12 +336,11 @@ def _run_tasks(tasks: list[Task], suite: Suite, out_dir: Path, *, progress: bool
     bar = tqdm(total=len(tasks), desc=suite.name, unit="task", disable=not progress, dynamic_ncols=True)
     try:
         for i, task in enumerate(tasks):
-            verb = "training" if task.kind == "train" else "evaluating"
-            bar.set_postfix_str(f"{verb} {task.spec.key}")
+            bar.set_postfix_str(task.label)
             t0 = time.perf_counter()
             result = run_task(task, suite, out_dir, progress=progress, reuse_stale=reuse_stale)
             if progress:
-                bar.write(f"[{i + 1}/{len(tasks)}] {task.kind} {task.spec.key}: {result} "
+                bar.write(f"[{i + 1}/{len(tasks)}] {task.label}: {result} "
                           f"({time.perf_counter() - t0:.0f} s)", file=sys.stderr)
             bar.update(1)
     finally:
@@ -345,6 +405,7 @@ def suite_to_dict(suite: Suite) -> dict[str, Any]:
         "name": suite.name, "description": suite.description,
         "runs": [{"id": r.id, "seeds": list(r.seeds), **r.train, "init_from": r.init_from, "source": r.source,
                   "report": r.report, "model_of": r.model_of,
-                  "eval": None if r.eval is None else r.eval.settings()} for r in suite.runs],
-        "eval": {**suite.eval.settings(), "source": suite.eval.source},
+                  "eval": None if r.eval is None else {**r.eval.settings(), "shard_size": r.eval.shard_size}}
+                 for r in suite.runs],
+        "eval": {**suite.eval.settings(), "source": suite.eval.source, "shard_size": suite.eval.shard_size},
     }

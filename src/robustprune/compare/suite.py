@@ -20,6 +20,7 @@ A suite is YAML::
       step_size: 0.01
       limit: null                   # a test-set prefix, or the whole test set
       source: at-source             # default transfer source of every reported run
+      shard_size: null              # test points per evaluation task (a multiple of batch_size), or one task
 
 Dependency rules. ``init_from: ID`` starts seed s of a run from seed s of run ID (ANP-VS from the
 standard run of the same seed). ``source: ID`` (per run, else ``eval.source``) names the
@@ -61,6 +62,7 @@ import yaml
 from robustprune.config import SEED_LIMIT, EvalConfig, TrainConfig, check_type
 from robustprune.defenses import TestTimeSpec, build_method, spelled_as_setting
 from robustprune.eval.card import attack_names
+from robustprune.eval.shards import check_shard_size
 from robustprune.models import check_model_args, resolve_model
 from robustprune.registry import METHODS
 from robustprune.train.run import method_context
@@ -86,6 +88,9 @@ class EvalSpec(EvalConfig):
 
     attacks: tuple[str, ...] = ("pgd", "transfer")
     source: str | None = None
+    #: test points per evaluation shard (``None``: one task per evaluation); a multiple of
+    #: ``batch_size``; not a setting of the card's numbers (the merged card is the unsharded one)
+    shard_size: int | None = None
 
     def settings(self) -> dict[str, Any]:
         """The values that decide a card's numbers (``source`` is resolved per run instead).
@@ -233,6 +238,8 @@ def _eval_spec(data: Any, where: str) -> EvalSpec:
         raise ValueError(f"{where}: unknown attacks {bad}; known: {', '.join(attack_names())}")
     try:
         ev.validate()
+        if ev.shard_size is not None:
+            check_shard_size(ev.shard_size, ev.batch_size)
     except ValueError as e:
         raise ValueError(f"{where}: eval.{e}") from None
     return ev

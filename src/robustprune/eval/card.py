@@ -96,7 +96,6 @@ def _accepted(name: str, settings: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in settings.items() if v is not None and (takes_all or k in params)}
 
 
-@keeps_global_rng
 def evaluate_run(
     run_dir: str | Path,
     config: EvalConfig | None = None,
@@ -107,8 +106,6 @@ def evaluate_run(
     out: str | Path | None = None,
     progress: bool = True,
     measure: bool = True,
-    shard: tuple[int, int] | None = None,
-    shards: Sequence[str | Path] | None = None,
     **settings: Any,
 ) -> dict[str, Any]:
     """Evaluate run ``run_dir`` on its test set and write the card (default ``RUN/eval/<attacks>.json``).
@@ -128,12 +125,37 @@ def evaluate_run(
     are minimum-norm attacks: they add ``card["minnorm"]``, one r₂ summary each
     (:func:`robustprune.metrics.minnorm.minnorm_robustness`), instead of a robust accuracy.
 
-    Sharded (:mod:`robustprune.eval.shards`): ``shard=(start, stop)`` evaluates only those test
-    points (of the first ``limit``) and writes their partial record to ``out`` (returned) instead of
-    a card; ``shards`` (the partial records' paths, covering every point) makes the card from them
-    instead of attacking (the minimum-norm attacks still run here, on every point). Either way the
-    attacks' random stream is seeded per batch (:func:`robustprune.eval.evaluate.batch_seed`).
+    The attacks' random stream is seeded per batch (:func:`robustprune.eval.evaluate.batch_seed`),
+    so :func:`evaluate_shard` and :func:`merge_run_shards` give this card in pieces.
     """
+    return _evaluate_run(run_dir, config, source=source, data_dir=data_dir, device=device, out=out,
+                         progress=progress, measure=measure, settings=settings)
+
+
+def evaluate_shard(run_dir: str | Path, config: EvalConfig | None = None, *, shard: tuple[int, int],
+                   source: str | Path | None = None, data_dir: str | None = None, device: str = "auto",
+                   out: str | Path, progress: bool = True, **settings: Any) -> dict[str, Any]:
+    """Evaluate test points ``shard = (start, stop)`` (of the first ``limit``) of run ``run_dir``
+    as :func:`evaluate_run` would, and write their partial record (:mod:`robustprune.eval.shards`)
+    to ``out``; returns it."""
+    return _evaluate_run(run_dir, config, source=source, data_dir=data_dir, device=device, out=out,
+                         progress=progress, measure=False, settings=settings, shard=shard)
+
+
+def merge_run_shards(run_dir: str | Path, shards: Sequence[str | Path], config: EvalConfig | None = None, *,
+                     source: str | Path | None = None, data_dir: str | None = None, device: str = "auto",
+                     out: str | Path | None = None, progress: bool = True, **settings: Any) -> dict[str, Any]:
+    """The card of :func:`evaluate_run`, its attacks' results merged from the partial records at
+    ``shards`` (covering every test point, made by :func:`evaluate_shard` with the same settings)
+    instead of attacking; minimum-norm attacks, which are not sharded, run here on every point."""
+    return _evaluate_run(run_dir, config, source=source, data_dir=data_dir, device=device, out=out,
+                         progress=progress, measure=True, settings=settings, shards=shards)
+
+
+@keeps_global_rng
+def _evaluate_run(run_dir: str | Path, config: EvalConfig | None, *, source: str | Path | None, data_dir: str | None,
+                  device: str, out: str | Path | None, progress: bool, measure: bool, settings: dict[str, Any],
+                  shard: tuple[int, int] | None = None, shards: Sequence[str | Path] | None = None) -> dict[str, Any]:
     base = config or EvalConfig()
     cfg = eval_config(base, **with_defense({"defense": base.defense, **settings}))
     attacks, seed = list(cfg.attacks), cfg.seed

@@ -42,15 +42,21 @@ SHARD_SCHEMA = 1
 
 def shard_ranges(n: int, *, shard_size: int, batch_size: int) -> list[tuple[int, int]]:
     """The shards ``[(start, stop), ...]`` of ``n`` test points; ``ValueError`` naming a bad value."""
+    check_shard_size(shard_size, batch_size)
+    if n < 1:
+        raise ValueError(f"an evaluation needs >= 1 test point, got {n}")
+    return [(a, min(a + shard_size, n)) for a in range(0, n, shard_size)]
+
+
+def check_shard_size(shard_size: int, batch_size: int) -> int:
+    """``shard_size``, a positive multiple of ``batch_size``; else ``ValueError`` naming it."""
     if isinstance(shard_size, bool) or not isinstance(shard_size, int) or shard_size < 1:
         raise ValueError(f"shard_size must be an integer >= 1, got {shard_size!r}")
     if shard_size % batch_size:
         raise ValueError(f"shard_size {shard_size} must be a multiple of the evaluation batch_size {batch_size} "
                          "(a shard holds whole batches, so that its examples draw the random starts they draw "
                          "unsharded)")
-    if n < 1:
-        raise ValueError(f"an evaluation needs >= 1 test point, got {n}")
-    return [(a, min(a + shard_size, n)) for a in range(0, n, shard_size)]
+    return shard_size
 
 
 def shard_record(res: EvalResult, attacks: Sequence[tuple[str, Attack]], *, start: int, stop: int,
