@@ -122,7 +122,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--keep", type=Path, default=None, help="work in this directory and keep it (mutants/)")
     parser.add_argument("--record-only", action="store_true",
                         help="write the record from the --keep directory of an earlier (possibly stopped) run "
-                             "without running mutmut; mutants it had not reached count as 'not checked'")
+                             "without running mutmut; mutants it had not reached count as 'not checked'. With "
+                             "--out an earlier record of that run, its commit, command and time are kept and this "
+                             "call is added as 'retested' (after `mutmut run NAMES` there with newer tests)")
+    parser.add_argument("--note", default=None, help="with --record-only: what was retested and why")
     args = parser.parse_args(argv)
     if args.max_children < 1:
         parser.error(f"--max-children must be >= 1, got {args.max_children}")
@@ -163,14 +166,23 @@ def main(argv: list[str] | None = None) -> int:
     survivors = [{"name": n, "status": s, "equivalent": equivalent.get(n),
                   "diff": diff_of(work, n) if s not in ("no tests", "not checked") else None}
                  for n, s in sorted(statuses.items()) if s != "killed"]
+    earlier = json.loads(out.read_text()) if args.record_only and out.is_file() else {}
+    if earlier.get("kind") == "mutation" and earlier.get("package") == args.package:
+        # the run this directory holds: its commit, command and time; this call adds the retests since
+        commit, wall, command = earlier["commit"], earlier["wall_s"], earlier["command"]
+        retested = {"date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"), "note": args.note,
+                    "command": "python bench/mutation.py " + " ".join(argv if argv is not None else sys.argv[1:])}
+    else:
+        command = "python bench/mutation.py " + " ".join(argv if argv is not None else sys.argv[1:])
+        retested = None
     record = {
         "kind": "mutation", "tool": f"mutmut {mutmut.__version__}", "package": args.package,
         "mutated": patterns, "tests": tests, **summarise(statuses, equivalent),
         "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         "machine": {"platform": platform.platform(), "python": platform.python_version(), "cpus": os.cpu_count(),
                     "load_avg_1m_at_end": round(os.getloadavg()[0], 2)},
-        "command": "python bench/mutation.py " + " ".join(argv if argv is not None else sys.argv[1:]),
-        "commit": commit, "wall_s": None if wall != wall else round(wall, 1), "not_killed": survivors,
+        "command": command, "commit": commit, "wall_s": None if wall != wall else round(wall, 1),
+        "retested": retested, "not_killed": survivors,
     }
     tmp = out.with_name(out.name + ".tmp")
     tmp.write_text(json.dumps(record, indent=1, ensure_ascii=False) + "\n")
