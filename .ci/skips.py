@@ -6,6 +6,7 @@
     python .ci/skips.py optional FILE   print the node ids that skipped because an optional package
                                         is missing, one a line (to run them once the extras are in)
     python .ci/skips.py none FILE       fail when any test skipped because a module is missing
+    python .ci/skips.py extras          print the extras that hold the optional packages (a,b,c)
 
 Every mode prints what skipped and why first. Standard library only (runs before and after the
 extras are installed)."""
@@ -24,10 +25,14 @@ MISSING = re.compile(r"No module named '([^']+)'")
 NOT_IMPORTED = re.compile(r"could not import '([^']+)'")
 
 
-def optional_modules() -> dict[str, tuple[str, str]]:
+def optional_table() -> dict[str, object]:
     namespace: dict[str, object] = {}
     exec((ROOT / "tests" / "optional_deps.py").read_text(), namespace)  # a plain table, no imports
-    return namespace["OPTIONAL_MODULES"]  # type: ignore[return-value]
+    return namespace
+
+
+def optional_modules() -> dict[str, tuple[str, str]]:
+    return optional_table()["OPTIONAL_MODULES"]  # type: ignore[return-value]
 
 
 def missing_module(reason: str) -> str | None:
@@ -37,6 +42,9 @@ def missing_module(reason: str) -> str | None:
 
 
 def main(argv: list[str]) -> int:
+    if argv == ["extras"]:
+        print(",".join(optional_table()["OPTIONAL_EXTRAS"]))  # type: ignore[arg-type]
+        return 0
     if len(argv) != 2 or argv[0] not in ("required", "optional", "none"):
         print(__doc__, file=sys.stderr)
         return 2
