@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import inspect
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -186,26 +186,17 @@ def _evaluate_run(run_dir: str | Path, config: EvalConfig | None, *, source: str
     loader = ctx.loader(cfg.batch_size)
     if gen is None:
         ctx.seed_global()
-
-    def reseed(index: int) -> None:
-        if gen is not None:
-            gen.manual_seed(batch_seed(seed, index))
-        else:
-            torch.manual_seed(batch_seed(seed, index))
-
     t0 = time.perf_counter()
     if shard is not None:
-        res = evaluate(model, loader, named, passes=cfg.passes, progress=progress, reseed=reseed,
+        res = evaluate(model, loader, named, passes=cfg.passes, progress=progress, reseed=_reseeder(seed, gen),
                        start=shard[0], record=True)
-        if out is None:
-            raise ValueError("a shard's evaluation needs out= (the path of its partial record)")
         partial = shard_record(res, named, start=shard[0], stop=shard[1], code=eval_code_parts(attacks))
-        write_shard(out, partial)
+        write_shard(out, partial)  # type: ignore[arg-type]  # evaluate_shard's out is required
         return partial
     if shards is not None:
         res = merge_shards([read_shard(p) for p in shards], model, named, n=len(ctx.labels))
     else:
-        res = evaluate(model, loader, named, passes=cfg.passes, progress=progress, reseed=reseed)
+        res = evaluate(model, loader, named, passes=cfg.passes, progress=progress, reseed=_reseeder(seed, gen))
     minnorm_cards = [minnorm_entry(n, model, loader, progress=progress) for n in minnorm]
     card = make_card(run.cfg, res, run_dir=Path(run_dir), source=source, seed=seed, device=dev,
                      wall_s=time.perf_counter() - t0, attacks=attacks)
@@ -228,6 +219,18 @@ def _evaluate_run(run_dir: str | Path, config: EvalConfig | None, *, source: str
     record = eval_card(card, source=str(path))  # the typed record: the one way a card reaches the disk
     write_eval_card(path, record)
     return {**record.to_dict(), "card_path": str(path)}
+
+
+def _reseeder(seed: int, gen: torch.Generator | None) -> Callable[[int], None]:
+    """``reseed(index)`` for :func:`~robustprune.eval.evaluate.evaluate`: seeds the attacks' stream
+    (``gen``, else the global RNG a random model draws from) for the batch starting at test point
+    ``index`` (:func:`~robustprune.eval.evaluate.batch_seed`)."""
+    def reseed(index: int) -> None:
+        if gen is not None:
+            gen.manual_seed(batch_seed(seed, index))
+        else:
+            torch.manual_seed(batch_seed(seed, index))
+    return reseed
 
 
 def with_defense(settings: dict[str, Any]) -> dict[str, Any]:
