@@ -155,3 +155,18 @@ def test_shard_size_is_checked_in_the_suite_and_on_the_command_line(tiny_mnist: 
     assert main(["compare", str(path), "--out", str(tmp_path / "o"), "--shard-size", "0"]) != 0
     assert "--shard-size must be >= 1, got 0" in capsys.readouterr().err
     assert not (tmp_path / "o").exists()
+
+
+def test_merged_card_equals_the_unsharded_one_for_a_model_random_at_test_time(at_run: Path, tiny_mnist: Path,
+                                                                               tmp_path: Path) -> None:
+    """SAP makes the model random: its draws (and the attacks') come from the global RNG, seeded per
+    batch; accuracies are averages over passes, summed exactly."""
+    settings = {"attacks": ["pgd", "eot-pgd"], "steps": 2, "eot": 2, "passes": 3, "batch_size": 4, "seed": 1,
+                "defense": "sap:pct=100"}
+    with pytest.warns(UserWarning, match="stochastic"):
+        whole = evaluate_run(at_run, data_dir=str(tiny_mnist), out=tmp_path / "whole.json", progress=False,
+                             limit=16, measure=False, **settings)
+    with pytest.warns(UserWarning, match="stochastic"):
+        merged = sharded(at_run, tiny_mnist, tmp_path / "shards", size=8, n=16, **settings)
+    assert whole["stochastic"] and whole["passes"] == 3
+    assert numbers(merged) == numbers(whole)
