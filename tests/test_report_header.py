@@ -23,3 +23,11 @@ def test_rows_evaluated_differently_are_each_described_with_their_rows() -> None
     assert attack_description(cards) == (
         "AutoAttack (standard version) and PGD-2, ε 0.3, step 0.01, n 4 (anp-vs-aa); "
         "PGD-2, ε 0.3, step 0.01, n 8 (anp-vs, at)")
+
+
+def test_an_autoattack_only_evaluation_is_described_without_steps() -> None:
+    """AutoAttack has no steps or step size: a suite evaluated with it alone gets a header, not a crash."""
+    aa = {**AA, "params": {**AA["params"], "version": "standard"}}
+    assert attack_description([card("at", 8, [aa])]) == "AutoAttack (standard version), ε 0.3, n 8"
+    assert attack_description([card("at", 8, [PGD, aa])]) == (
+        "AutoAttack (standard version) and PGD-2, ε 0.3, step 0.01, n 8")

@@ -173,9 +173,15 @@ def _eval_description(ev: EvalCard) -> str:
     if wb is None:
         return f"clean only, n {ev.n}"
     p = wb.params
-    name = str(p.get("name", wb.name)).upper()
-    text = f"{name}-{p.get('steps')}, ε {p.get('eps'):.4g}, step {p.get('step_size'):.4g}, n {ev.n}"
-    if ev.attack("autoattack") is not None:
+    if wb.name == "autoattack":  # the suite's only white-box attack: no steps or step size to show
+        name = f"AutoAttack ({p.get('version', 'standard')} version)"
+    else:
+        name = str(p.get("name", wb.name)).upper()
+    parts = [name if p.get("steps") is None else f"{name}-{p.get('steps')}"]
+    parts += [f"{label} {p[key]:.4g}" for key, label in (("eps", "ε"), ("step_size", "step"))
+              if isinstance(p.get(key), int | float)]
+    text = ", ".join(parts + [f"n {ev.n}"])
+    if ev.attack("autoattack") is not None and wb.name != "autoattack":
         text = f"AutoAttack (standard version) and {text}"
     return text
 
