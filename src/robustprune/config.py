@@ -11,7 +11,7 @@ import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import NoneType, UnionType
-from typing import Any
+from typing import Any, TypeVar
 
 import yaml
 from jsonargparse import ActionYesNo
@@ -198,6 +198,10 @@ class EvalConfig:
         return {f.name: getattr(self, f.name) for f in dataclasses.fields(EvalConfig)}
 
 
+#: a config dataclass that has a ``validate()`` method
+C = TypeVar("C")
+
+
 def eval_config_of(ns: Any, *, skip: tuple[str, ...] = (), **settings: Any) -> EvalConfig:
     """The :class:`EvalConfig` of parsed flags (those :func:`add_dataclass_flags` added for it, but
     ``skip``; fields without a flag keep their defaults), with ``settings`` on top."""
@@ -205,18 +209,25 @@ def eval_config_of(ns: Any, *, skip: tuple[str, ...] = (), **settings: Any) -> E
     return eval_config(None, **{**{k: ns[k] for k in names}, **settings})
 
 
+def replaced(cls: type[C], config: C | None, settings: dict[str, Any], what: str) -> C:
+    """``config`` (default ``cls()``, a dataclass with a ``validate()`` method) with ``settings``
+    replacing its fields, validated; a name that is not a field raises ``ValueError`` naming it and
+    the known ones (``what`` says whose settings they are)."""
+    names = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+    unknown = sorted(set(settings) - names)
+    if unknown:
+        raise ValueError(f"unknown {what} settings {unknown}; known: {sorted(names)}")
+    cfg = dataclasses.replace(config or cls(), **settings)  # type: ignore[type-var]
+    cfg.validate()  # type: ignore[attr-defined]
+    return cfg
+
+
 def eval_config(config: EvalConfig | None = None, **settings: Any) -> EvalConfig:
     """``config`` (default :class:`EvalConfig`) with ``settings`` replacing its fields, validated;
     an unknown setting raises ``ValueError`` naming it."""
-    names = {f.name for f in dataclasses.fields(EvalConfig)}
-    unknown = sorted(set(settings) - names)
-    if unknown:
-        raise ValueError(f"unknown evaluation settings {unknown}; known: {sorted(names)}")
-    if "attacks" in settings:
+    if "attacks" in settings and set(settings) <= {f.name for f in dataclasses.fields(EvalConfig)}:
         settings["attacks"] = tuple(settings["attacks"])
-    cfg = dataclasses.replace(config or EvalConfig(), **settings)
-    cfg.validate()
-    return cfg
+    return replaced(EvalConfig, config, settings, "evaluation")
 
 
 def job_config(config: Any, **settings: Any) -> Any:

@@ -15,7 +15,6 @@ ECE (Guo et al. 2017) with ``bins`` equal-width confidence bins: ``Î£_b (n_b/n)Â
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -25,6 +24,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from robustprune.attacks import is_stochastic
+from robustprune.config import replaced
 from robustprune.defenses import resolve_test_time
 from robustprune.eval.context import EvalContext, check_limit
 from robustprune.models import model_mode
@@ -85,12 +85,7 @@ def calibration_run(runs: list[str | Path], config: CalibrationConfig | None = N
     the defense is built once for all runs."""
     if not runs:
         raise ValueError("calibration needs at least one run directory, got none")
-    names = {f.name for f in dataclasses.fields(CalibrationConfig)}
-    unknown = sorted(set(settings) - names)
-    if unknown:
-        raise ValueError(f"unknown calibration settings {unknown}; known: {sorted(names)}")
-    cfg = dataclasses.replace(config or CalibrationConfig(), **settings)
-    cfg.validate()
+    cfg = replaced(CalibrationConfig, config, settings, "calibration")
     test_time = resolve_test_time(cfg.defense)
     entries, dev = [], None
     for run_dir in runs:

@@ -22,6 +22,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from robustprune.attacks import is_stochastic
+from robustprune.config import replaced
 from robustprune.eval.context import EvalContext
 from robustprune.models import model_mode
 from robustprune.reports.audit_plots import plot_surface
@@ -107,13 +108,7 @@ class SurfaceConfig:
 
 def surface_config(config: SurfaceConfig | None = None, **settings: Any) -> SurfaceConfig:
     """``config`` with ``settings`` replacing its fields, validated; an unknown name raises ``ValueError``."""
-    names = {f.name for f in dataclasses.fields(SurfaceConfig)}
-    unknown = sorted(set(settings) - names)
-    if unknown:
-        raise ValueError(f"unknown surface settings {unknown}; known: {sorted(names)}")
-    cfg = dataclasses.replace(config or SurfaceConfig(), **settings)
-    cfg.validate()
-    return cfg
+    return replaced(SurfaceConfig, config, settings, "surface")
 
 
 def surface_of(model: nn.Module, images: Tensor, labels: Tensor, config: SurfaceConfig | None = None,
