@@ -127,7 +127,7 @@ def evaluate(
                 res.passes = passes if res.stochastic else 1
             if reseed is not None:
                 reseed(start + res.total)
-            entry: dict[str, Any] = {"start": start + res.total, "attacks": []}
+            entry: dict[str, Any] | None = None if res.batches is None else {"start": start + res.total, "attacks": []}
             clean_ok = correct_count(model, x, y, res.passes)
             res.clean_correct += clean_ok.double().sum().item()
             res.total += len(y)
@@ -149,8 +149,9 @@ def evaluate(
                     r.vulnerability = r.vulnerability or VulnerabilityMeter()
                     vul = r.vulnerability.update(feats, adv_feats, record=res.batches is not None)
                 r.wall_s += time.perf_counter() - ta
-                entry["attacks"].append({"robust": robust.tolist(), "vulnerability": vul})
-            if res.batches is not None:
+                if entry is not None:  # per-example lists only for a shard's record, not every batch
+                    entry["attacks"].append({"robust": robust.tolist(), "vulnerability": vul})
+            if entry is not None and res.batches is not None:
                 res.batches.append({**entry, "clean": clean_ok.tolist()})
             fault_point("eval-batch")
     res.wall_s = time.perf_counter() - t0
