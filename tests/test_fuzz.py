@@ -294,14 +294,16 @@ def flag_value(draw: Callable[[Any], Any]) -> str:
 
 
 #: commands whose inputs are flags and paths (train has its own tests; list takes none)
-CLI_COMMANDS = ["eval", "audit", "curve", "surface", "calibration", "sweep-sparsity", "compact", "compare", "report"]
+CLI_COMMANDS = ["eval", "audit", "curve", "surface", "calibration", "sweep-sparsity", "compact", "compare", "report",
+                "import", "export"]
 
 
 #: the parser builder of each command in CLI_COMMANDS
 SUBPARSERS = {"eval": cli._eval_parser, "audit": cli._audit_parser, "curve": cli._curve_parser,
               "surface": cli._surface_parser, "calibration": cli._calibration_parser,
               "sweep-sparsity": cli._sweep_parser, "compact": cli._compact_parser, "compare": cli._compare_parser,
-              "report": cli._report_parser}
+              "report": cli._report_parser, "import": cli._import_parser,
+              "export": cli._export_parser}
 
 
 @functools.cache
@@ -316,11 +318,16 @@ def cli_argvs(draw: Callable[[Any], Any], where: Path) -> tuple[list[str], list[
     """argv of one command on a run directory that does not exist, with random flag values."""
     command = draw(st.sampled_from(CLI_COMMANDS))
     argv = [command, str(where / "no-such-run")]
+    if command == "import":  # no run argument: the weights file that does not exist, and the required flags
+        argv = [command, "--weights", str(where / "no-such-run"), "--model", "lenet5-caffe", "--dataset", "mnist"]
     if command in ("sweep-sparsity",):
         argv += ["--rounds", draw(st.sampled_from(["1", "0", "-1", "x"]))]
+    fmt = draw(st.sampled_from(["apb", "robustbench", "onnx"]))
+    if command == "export":
+        argv += ["--format", fmt]
     if command not in ("report",):
         argv += ["--out", str(where / "out")]
-    names = ["rounds"] if command == "sweep-sparsity" else []
+    names = ["rounds"] if command == "sweep-sparsity" else [fmt] if command == "export" else []
     flags = command_flags(command)
     for flag in draw(st.lists(st.sampled_from(flags), max_size=4)) if flags else []:
         value = flag_value(draw)
@@ -705,3 +712,19 @@ def test_fuzz_cli_module_flags_known() -> None:
     """The flag lists the CLI fuzzing draws from are the parsers' own (not empty, so it fuzzes something)."""
     assert {"--defense", "--eps", "--steps", "--attack"} <= set(command_flags("eval"))
     assert all(command_flags(c) for c in CLI_COMMANDS if c != "report")
+
+
+def test_fuzz_cli_covers_every_command() -> None:
+    """Every subcommand is fuzzed: the flag fuzzing's commands, plus train (its own tests) and list
+    (no inputs), are the program's (``import`` was once left out)."""
+    parser = cli.build_parser()
+    commands = {name for a in parser._actions if a.dest == "command" for name in a.choices}  # type: ignore[union-attr]
+    assert commands == set(CLI_COMMANDS) | {"train", "list"} and set(SUBPARSERS) == set(CLI_COMMANDS)
+
+
+def test_fuzz_import_reaches_the_library(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """Valid import flags get past the parser to the importer, which names the missing weights file."""
+    with fast_cli(monkeypatch):
+        code, err = run_cli(["import", "--weights", str(tmp_path / "no-such-run"), "--model", "lenet5-caffe",
+                             "--dataset", "mnist", "--out", str(tmp_path / "out")])
+    assert code == 2 and "no-such-run" in err

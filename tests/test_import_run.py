@@ -148,3 +148,17 @@ def test_cli_import_then_a_bad_file(tmp_path: Path, capsys: pytest.CaptureFixtur
     err = capsys.readouterr().err
     assert "robustprune import: error: --weights" in err and "unexpected [net.head.weight]" in err
     assert "--weights-prefix OLD=NEW" in err
+
+
+def test_training_into_an_imported_run_is_refused(tmp_path: Path) -> None:
+    src = trained(TrainConfig(model="lenet5-caffe", dataset="mnist"))
+    weights = tmp_path / "lenet.pt"
+    torch.save(src.state_dict(), weights)
+    run = import_run(model="lenet5-caffe", weights=weights, dataset="mnist", out=tmp_path / "run", method="at")
+    before = {p.name: p.read_bytes() for p in run.iterdir()}
+    for resume in (False, True):
+        with pytest.raises(ValueError, match=r"holds a run imported by `robustprune import` \(from .*lenet.pt\); "
+                                             r"training into it would overwrite it: choose another --out"):
+            fit(TrainConfig(method="standard", out=str(run), resume=resume, data_dir=str(tmp_path / "no-data"),
+                            progress=False, tensorboard=False))
+    assert {p.name: p.read_bytes() for p in run.iterdir()} == before  # nothing was touched

@@ -15,6 +15,7 @@ from robustprune.defenses import build_method
 from robustprune.metrics import unit_sparsity
 from robustprune.models import build_model, installed_masks
 from robustprune.sparsity.bbdropout import BBDropout, cut_to_sparsity, install_bbd
+from robustprune.sparsity.magnitude import layer_quotas
 from robustprune.train import fit, load_run
 from robustprune.train.run import method_context
 
@@ -266,13 +267,13 @@ def test_magnitude_reaches_the_target_in_its_rounds(structure: str) -> None:
     assert method.card_fields()["sparsity_cut"] is None
     assert all(zero(weight_of(m)) == size(weight_of(m)) - max(1, round(0.5 * size(weight_of(m)))) for m in layers)
     first = [weight_of(m) == 0 for m in layers]
-    method.on_epoch_start(model, 1)  # round 2: 75 %, and what round 1 pruned stays pruned
-    assert all(zero(weight_of(m)) == size(weight_of(m)) - max(1, round(0.25 * size(weight_of(m)))) for m in layers)
+    method.on_epoch_start(model, 1)  # round 2: 75 % in all, to the unit; what round 1 pruned stays pruned
+    sizes = [size(weight_of(m)) for m in layers]
+    assert [zero(weight_of(m)) for m in layers] == layer_quotas(sizes, 0.75)
     assert all(bool((weight_of(m)[f] == 0).all()) for m, f in zip(layers, first, strict=True))
     cut = method.card_fields()["sparsity_cut"]
-    assert cut["pruned"] == sum(zero(weight_of(m)) for m in layers) and cut["units"] == sum(size(weight_of(m))
-                                                                                          for m in layers)
-    assert abs(cut["reached"] - 0.75) < 0.01 and cut["rule"] == "per layer"
+    assert cut["pruned"] == sum(zero(weight_of(m)) for m in layers) == round(0.75 * sum(sizes))
+    assert cut["units"] == sum(sizes) and cut["rule"] == "per layer, exact total"
     method.on_epoch_start(model, 2)  # no third round
     assert method.rounds_done == 2
 
@@ -285,3 +286,144 @@ def test_bad_magnitude_targets_are_named() -> None:
         build_method("magnitude", ctx=ctx, target_sparsity=0.5, scope="global")
     with pytest.raises(ValueError, match="max_rounds >= 1"):
         build_method("magnitude", ctx=ctx, target_sparsity=0.5, max_rounds=0)
+
+
+def chain(widths: list[int], inputs: int = 4) -> nn.Module:
+    """Linear layers of these output widths, one after the other (the per-layer rules' test model)."""
+    torch.manual_seed(0)
+    layers: list[nn.Module] = []
+    for w in widths:
+        layers += [nn.Linear(inputs, w), nn.ReLU()]
+        inputs = w
+    return nn.Sequential(*layers[:-1])
+
+
+def pruned_per_layer(model: nn.Module, structure: str) -> list[tuple[int, int]]:
+    """(units, pruned) of every linear layer: rows whose weights are all 0, or weights that are 0."""
+    out = []
+    for m in model.modules():
+        if isinstance(m, nn.Linear):
+            w = (m.weight * getattr(m, "weight_mask", 1)).detach()
+            if structure == "filter":
+                out.append((w.shape[0], int((w.abs().sum(1) == 0).sum())))
+            else:
+                out.append((w.numel(), int((w == 0).sum())))
+    return out
+
+
+def test_layer_quotas_largest_remainder() -> None:
+    assert layer_quotas([10, 10, 10, 10], 0.75) == [8, 8, 7, 7]  # per-layer rounding: 4 x 8 = 32, not 30
+    assert layer_quotas([20, 50, 500, 10], 0.75) == [15, 38, 375, 7] and round(0.75 * 580) == 435
+    assert layer_quotas([1, 1, 10], 0.5) == [0, 0, 6]  # a one-unit layer keeps its unit; the others make up
+    with pytest.raises(ValueError, match="prunes 4 of 4 units, more than the 2 layers can lose"):
+        layer_quotas([2, 2], 0.9)
+    with pytest.raises(ValueError, match="got 1.5"):
+        layer_quotas([10], 1.5)
+
+
+@pytest.mark.parametrize(("method", "structure", "widths"), [
+    ("hydra", "filter", [10, 10, 10, 10]), ("admm", "filter", [10, 10, 10, 10]),
+    ("magnitude", "filter", [10, 10, 10, 10]), ("admm", "irregular", [2, 3, 2, 3]),
+    ("hydra", "irregular", [2, 3, 2, 3])])
+def test_per_layer_forms_prune_the_exact_total(method: str, structure: str, widths: list[int]) -> None:
+    """Each layer rounded on its own would prune 32 of 40 filters (or 20 of 24 weights) at 0.75; the
+    target prunes exactly round(0.75 N), each layer within one unit of 0.75 n and keeping one."""
+    args: dict[str, object] = {"hydra": {"score_epochs": 1}, "admm": {"prune_epoch": 0},
+                               "magnitude": {"max_rounds": 1}}[method]
+    ctx = method_context(TrainConfig(method=method), train_size=64)
+    m = build_method(method, ctx=ctx, structure=structure, target_sparsity=0.75, **args)
+    model = m.prepare(chain(widths))
+    for epoch in range(2):
+        m.on_epoch_start(model, epoch)
+    layers = pruned_per_layer(model, structure)
+    total = sum(n for n, _ in layers)
+    plain = sum(n - max(1, round(0.25 * n)) for n, _ in layers)
+    assert plain != round(0.75 * total)  # the model is one where rounding each layer misses the total
+    assert sum(p for _, p in layers) == round(0.75 * total)
+    assert all(abs(p - 0.75 * n) <= 1 and p < n for n, p in layers)
+    cut = m.card_fields()["sparsity_cut"]
+    assert cut["pruned"] == round(0.75 * total) and cut["units"] == total and cut["asked"] == 0.75
+    assert cut["reached"] == cut["pruned"] / total and cut["rule"] == "per layer, exact total"
+    assert m.card_fields()["target_sparsity"] == 0.75
+
+
+def test_targets_are_refused_where_they_do_not_apply() -> None:
+    ctx = method_context(TrainConfig(), train_size=64)
+    for method in ("standard", "at", "trades"):
+        with pytest.raises(ValueError, match=rf"method '{method}' does not prune to a target sparsity, got "
+                                             r"target_sparsity 0.5; the methods that do: .*anp-vs-fast.*hydra"):
+            build_method(method, ctx=ctx, target_sparsity=0.5)
+    for method in ("hydra", "admm"):
+        with pytest.raises(ValueError, match=r"give target_sparsity \(0.5: an exact total\) or sparsity \(0.75"):
+            build_method(method, ctx=ctx, target_sparsity=0.5, sparsity=0.75)
+        with pytest.raises(ValueError, match="target_sparsity must be a fraction in \\[0, 1\\), got 1.0"):
+            build_method(method, ctx=ctx, target_sparsity=1.0)
+
+
+def train_argv(tmp_path: Path, *args: str) -> tuple[int, str, list[TrainConfig]]:
+    """``robustprune train ARGS`` with ``fit`` replaced by the checks before data: (status, stderr,
+    the configs that reached fit)."""
+    import contextlib
+    import io
+    from unittest import mock
+
+    import robustprune.cli as cli
+
+    seen: list[TrainConfig] = []
+
+    def checks(cfg: TrainConfig) -> Path:
+        cfg.validate()
+        build_method(cfg.method, ctx=method_context(cfg, train_size=1), **cfg.method_args)
+        seen.append(cfg)
+        return Path(cfg.out)
+
+    err = io.StringIO()
+    with mock.patch("robustprune.train.fit", checks), contextlib.redirect_stderr(err), \
+            contextlib.redirect_stdout(io.StringIO()):
+        code = cli.main(["train", "--out", str(tmp_path / "run"), *args])
+    return code, err.getvalue(), seen
+
+
+def test_train_flag_reaches_the_method(tmp_path: Path) -> None:
+    code, _, seen = train_argv(tmp_path, "--method", "anp-vs", "--target-sparsity", "0.75",
+                               "--method-args", "{mask_until: 0.5, mask_init: function-preserving}")
+    assert code == 0 and seen[0].method_args == {"mask_until": 0.5, "mask_init": "function-preserving",
+                                                 "target_sparsity": 0.75}
+    code, _, seen = train_argv(tmp_path, "--method", "magnitude", "--target-sparsity", "0.5",
+                               "--method-args", "{target_sparsity: 0.5}")  # the same value twice is one value
+    assert code == 0 and seen[0].method_args == {"target_sparsity": 0.5}
+    for argv, message in ((["--method", "at", "--target-sparsity", "0.75"],
+                           "method 'at' does not prune to a target sparsity, got target_sparsity 0.75"),
+                          (["--method", "magnitude", "--target-sparsity", "1.5"],
+                           "target_sparsity must be a fraction in [0, 1), got 1.5"),
+                          (["--method", "magnitude", "--target-sparsity", "0.75", "--method-args",
+                            "{target_sparsity: 0.5}"],
+                           "target_sparsity 0.75 differs from method_args' target_sparsity 0.5")):
+        code, err, seen = train_argv(tmp_path, *argv)
+        assert code == 2 and message in err and not seen, (argv, err)
+
+
+def test_suite_field_in_defaults_and_runs() -> None:
+    from robustprune.compare import parse_suite
+
+    def suite(defaults: dict[str, object], *runs: dict[str, object]) -> dict[str, object]:
+        return {"defaults": {"epochs": 2, **defaults}, "runs": list(runs), "eval": {"attacks": ["pgd"]}}
+
+    s = parse_suite(suite({"target_sparsity": 0.5},
+                          {"id": "m50", "method": "magnitude", "method_args": {"max_rounds": 2}},
+                          {"id": "m75", "method": "magnitude", "target_sparsity": 0.75},
+                          {"id": "h90", "method": "hydra", "target_sparsity": 0.9,
+                           "method_args": {"target_sparsity": 0.9, "score_epochs": 1}},
+                          {"id": "dense", "method": "standard", "target_sparsity": None}))
+    args = {r.id: r.train["method_args"] for r in s.runs}
+    assert args == {"m50": {"max_rounds": 2, "target_sparsity": 0.5}, "m75": {"target_sparsity": 0.75},
+                    "h90": {"score_epochs": 1, "target_sparsity": 0.9}, "dense": {}}
+    assert all("target_sparsity" not in r.train for r in s.runs)  # no TrainConfig field: the method's argument
+    for runs, message in (([{"id": "at", "method": "at"}],
+                           r"run 'at': method 'at' does not prune to a target sparsity, got target_sparsity 0.5"),
+                          ([{"id": "m", "method": "magnitude", "target_sparsity": 75}],
+                           r"run 'm': target_sparsity must be a fraction in \[0, 1\), got 75"),
+                          ([{"id": "m", "method": "magnitude", "method_args": {"target_sparsity": 0.9}}],
+                           r"run 'm': target_sparsity 0.5 differs from method_args' target_sparsity 0.9")):
+        with pytest.raises(ValueError, match=message):
+            parse_suite(suite({"target_sparsity": 0.5}, *runs))

@@ -209,3 +209,25 @@ def test_keep_rule_on_an_external_model_names_the_wrapped_layer(tmp_path: Path) 
     with pytest.warns(UserWarning, match=r"\[net.5.bias, net.5.weight, normalize.mean, normalize.std\]"):
         report = warm_start(model, tmp_path / "big.pt", prefix="!5.")
     assert report.loaded == 7
+
+
+def test_a_gain_the_new_masks_lack_says_which_mask_init_to_use(tmp_path: Path) -> None:
+    """A source trained with ``mask_init: function-preserving`` has mask gains; a paper-init run
+    has none to take them: the error says to start the masks function-preserving, which works."""
+    from robustprune.train.checkpoint import save_weights
+
+    def masked(**args: object) -> nn.Module:
+        ctx = method_context(TrainConfig(method="anp-vs"), train_size=64)
+        return build_method("anp-vs", ctx=ctx, **args).prepare(build_model("lenet5-caffe"))
+
+    source = masked(mask_init="function-preserving")
+    save_weights(source, tmp_path / "fp.safetensors")
+    base = set(build_model("lenet5-caffe").state_dict())
+    with pytest.raises(InitFromError, match=r"unexpected \[.*gain.*the source's masks carry a gain .*add "
+                                            r"mask_init: function-preserving to --method-args"):
+        warm_start(masked(), tmp_path / "fp.safetensors", base_keys=base, warn=False)
+    target = masked(mask_init="function-preserving")
+    warm_start(target, tmp_path / "fp.safetensors", base_keys=base, warn=False)  # the advice works
+    x = torch.rand(3, 1, 28, 28)
+    with torch.no_grad():
+        assert torch.equal(target.eval()(x), source.eval()(x))

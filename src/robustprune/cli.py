@@ -15,7 +15,15 @@ from typing import Any
 import yaml
 from jsonargparse import ActionConfigFile, ArgumentParser, Namespace
 
-from robustprune.config import YES_NO, EvalConfig, TrainConfig, add_dataclass_flags, eval_config_of
+from robustprune.config import (
+    TARGET_SPARSITY_HELP,
+    YES_NO,
+    EvalConfig,
+    TrainConfig,
+    add_dataclass_flags,
+    eval_config_of,
+    with_target_sparsity,
+)
 from robustprune.utils import UserError
 
 #: the fields of an evaluation config (each command adds the flags of those it uses)
@@ -43,6 +51,8 @@ def _train_parser() -> ArgumentParser:
     p = ArgumentParser(description="Train a model with a method; resumable, writes a run directory.")
     p.add_argument("--config", action=CheckedConfigFile, help="YAML experiment file (flags override it)")
     add_dataclass_flags(p, TrainConfig)
+    p.add_argument("--target-sparsity", dest="target_sparsity", type=float | None, default=None,
+                   help=TARGET_SPARSITY_HELP)
     return p
 
 
@@ -292,7 +302,9 @@ def build_parser() -> ArgumentParser:
 def cmd_train(ns: Namespace) -> int:
     from robustprune.train import fit
 
-    kw = {k: v for k, v in vars(ns).items() if k not in ("config", "__default_config__")}
+    kw = {k: v for k, v in vars(ns).items() if k not in ("config", "__default_config__", "target_sparsity")}
+    if isinstance(kw["method_args"], dict):  # else TrainConfig.validate names the bad --method-args
+        kw["method_args"] = with_target_sparsity(kw["method_args"], ns.target_sparsity)
     out = fit(TrainConfig(**kw))
     print(f"run finished: {out}")
     return 0

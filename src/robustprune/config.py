@@ -249,6 +249,30 @@ def job_config(config: Any, **settings: Any) -> Any:
     return out
 
 
+#: ``--target-sparsity`` / a suite's ``target_sparsity``: what it says (train's --help)
+TARGET_SPARSITY_HELP = ("prune exactly this fraction in [0, 1) of the method's units (structured forms: "
+                        "filters / channels / units; unstructured: weights), given to the method as its "
+                        "target_sparsity argument (bp, anp, anp-vs, anp-vs-fast, hydra, admm, magnitude); "
+                        "docs/pruning_targets.md")
+
+
+def with_target_sparsity(method_args: dict[str, Any], target: Any) -> dict[str, Any]:
+    """``method_args`` with ``target`` (``--target-sparsity``, a suite's ``target_sparsity``) as their
+    ``target_sparsity``; ``None`` leaves them as they are. A value that is not a fraction in [0, 1),
+    or one that differs from a ``target_sparsity`` already in ``method_args``, raises ``ValueError``
+    naming it. Whether the method takes a target is the method's to say
+    (:func:`robustprune.defenses.build_method`)."""
+    if target is None:
+        return dict(method_args)
+    if isinstance(target, bool) or not isinstance(target, int | float) or not 0 <= target < 1:
+        raise ValueError(f"target_sparsity must be a fraction in [0, 1), got {target!r}")
+    inner = method_args.get("target_sparsity")
+    if inner is not None and inner != target:
+        raise ValueError(f"target_sparsity {target!r} differs from method_args' target_sparsity {inner!r}; "
+                         "give it once")
+    return {**method_args, "target_sparsity": target}
+
+
 def to_dict(cfg: Any) -> dict[str, Any]:
     return dataclasses.asdict(cfg)
 

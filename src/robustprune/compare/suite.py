@@ -11,6 +11,7 @@ A suite is YAML::
     runs:
       - {id: standard, method: standard, epochs: 2}
       - {id: anp-vs, method: anp-vs, init_from: standard, method_args: {beta: 4}}
+      - {id: anp-vs-75, method: anp-vs, init_from: standard, target_sparsity: 0.75, method_args: {mask_until: 0.5}}
       - {id: at, method: at}
       - {id: at-source, method: at, seeds: [100], report: false}
     eval:
@@ -40,6 +41,12 @@ table shows them beside the model they wrap::
       - {id: at+sap, model_of: at, eval: {defense: {name: sap, pct: 100}, attacks: [pgd, eot-pgd], limit: 1000}}
       - {id: at-bnn-sampled, model_of: at-bnn, eval: {defense: bnn-sample, attacks: [pgd, eot-pgd]}}
 
+Target sparsity. ``target_sparsity: S`` (in ``defaults`` or per run; a run's own wins, ``null``
+clears the default) is the method's ``target_sparsity`` argument (as ``train --target-sparsity``):
+it is written into the run's ``method_args``, so a run's config is the same whichever way it was
+given; a different ``target_sparsity`` inside ``method_args`` is refused, and so is a method that
+prunes to no target (``at``, ``standard``, ...), naming the run, the method and the value.
+
 ``defense`` names a registered test-time defense with its options (``sap`` with ``pct`` and
 ``mode``; ``bnn-sample`` for an ``at-bnn`` run; see ``robustprune list``). A defense is named only
 so: a key that spells it as a setting of its own is refused, naming the ``defense:`` to write
@@ -59,7 +66,7 @@ from typing import Any
 
 import yaml
 
-from robustprune.config import SEED_LIMIT, EvalConfig, TrainConfig, check_type
+from robustprune.config import SEED_LIMIT, EvalConfig, TrainConfig, check_type, with_target_sparsity
 from robustprune.defenses import TestTimeSpec, build_method, spelled_as_setting
 from robustprune.eval.card import attack_names
 from robustprune.eval.shards import check_shard_size
@@ -69,7 +76,9 @@ from robustprune.train.run import method_context
 
 #: TrainConfig fields a suite does not set: the runner owns them
 RUNNER_FIELDS = ("out", "resume", "seed", "progress")
-RUN_KEYS = ("id", "seeds", "source", "report", "init_from", "eval", "model_of")
+RUN_KEYS = ("id", "seeds", "source", "report", "init_from", "eval", "model_of", "target_sparsity")
+#: suite keys that are no TrainConfig field: the method's ``target_sparsity``, written into ``method_args``
+TARGET_KEY = "target_sparsity"
 #: the keys a ``model_of`` row may set (it trains nothing, so no training fields)
 MODEL_OF_KEYS = ("id", "model_of", "eval", "source", "report")
 TOP_KEYS = ("name", "description", "seeds", "defaults", "runs", "eval")
@@ -174,7 +183,7 @@ def parse_suite(data: Any, *, default_name: str = "suite", where: str = "suite")
     if not isinstance(defaults, dict):
         raise ValueError(f"{where}: defaults must be a mapping, got {defaults!r}")
     train_keys = tuple(f.name for f in dataclasses.fields(TrainConfig) if f.name not in RUNNER_FIELDS)
-    _no_unknown(defaults, tuple(k for k in train_keys if k != "init_from"), f"{where}: defaults")
+    _no_unknown(defaults, tuple(k for k in train_keys if k != "init_from") + (TARGET_KEY,), f"{where}: defaults")
     runs_data = data.get("runs")
     if not isinstance(runs_data, list) or not runs_data:
         raise ValueError(f"{where}: 'runs' must be a non-empty list of runs, got {runs_data!r}")
@@ -268,11 +277,17 @@ def _run_entry(data: Any, index: int, defaults: dict[str, Any], seeds: tuple[int
         return RunEntry(id=run_id, seeds=(), train={}, source=source, report=report, eval=ev,
                         model_of=data["model_of"])
     _no_unknown(data, RUN_KEYS + tuple(k for k in train_keys if k != "init_from"), here)
-    train = {**defaults, **{k: v for k, v in data.items() if k not in RUN_KEYS}}
+    train = {**{k: v for k, v in defaults.items() if k != TARGET_KEY},
+             **{k: v for k, v in data.items() if k not in RUN_KEYS}}
     for args, whose in ((defaults.get("method_args"), f"{where}: defaults"), (data.get("method_args"), here)):
         if args is not None and not isinstance(args, dict):
             raise ValueError(f"{whose}: method_args must be a mapping, got {args!r}")
     train["method_args"] = {**(defaults.get("method_args") or {}), **(data.get("method_args") or {})}
+    target = data[TARGET_KEY] if TARGET_KEY in data else defaults.get(TARGET_KEY)
+    try:
+        train["method_args"] = with_target_sparsity(train["method_args"], target)
+    except ValueError as e:
+        raise ValueError(f"{here}: {e}") from None
     hints = typing.get_type_hints(TrainConfig)
     for key, value in train.items():
         check_type(value, hints[key], f"{here}: {key}")

@@ -7,17 +7,20 @@ from typing import Any, ClassVar, cast
 import torch
 from torch import Tensor, nn
 
-from robustprune.defenses.base import Method, MethodContext, PruningTaxonomy, Reference
+from robustprune.defenses.base import Method, MethodContext, PruningTaxonomy, Reference, check_target, cut_rule
 from robustprune.defenses.magnitude import robust_or_clean_loss
 from robustprune.registry import METHODS
 from robustprune.sparsity.magnitude import (
     apply_masks,
+    cut_record,
     install_weight_masks,
+    layer_quotas,
+    mask_keeping,
     mask_of,
     masked_layers,
     prunable_layers,
     set_masks,
-    sparsity_mask,
+    units_of,
     weight_of,
 )
 
@@ -36,6 +39,9 @@ class ADMMPruning(Method):
     layer (default 0.8) or a dict {layer name: ratio} (other layers stay dense). AT loss:
     [CE(x) + w·CE(x_adv)]/(1 + w), ``adv_weight`` w = 2 as in the ANP-VS table's AT, so the
     comparison with dense AT uses the same loss and attack budget. Z, U and ρ are method state.
+    ``target_sparsity`` S (instead of ``sparsity``): the sets keep all but exactly round(S·N) of the
+    N units (weights or filters) of the prunable layers, each layer its largest-remainder share
+    (``sparsity.magnitude.layer_quotas``: within one unit of S·n, at least one unit kept).
     Not reproduced: the reference's learning-rate reset at each Z/U update (the run's one schedule
     applies); no Z/U update is made at the end of the last ADMM epoch (the hard prune follows).
 
@@ -57,10 +63,13 @@ class ADMMPruning(Method):
         return PruningTaxonomy(pipeline="after", structure=structure, locality="local",
                                criterion="Solver Based LWM (SOLWM)", finetuning="at", iterative=False)
 
-    def __init__(self, *, ctx: MethodContext, sparsity: float | dict[str, float] = 0.8, structure: str = "irregular",
-                 rho: float = 1e-3, rho_growth: float = 1.3, admm_every: int = 1, prune_epoch: int = 1,
-                 keep_first_last: bool = False, adv_weight: float = 2.0) -> None:
+    def __init__(self, *, ctx: MethodContext, sparsity: float | dict[str, float] | None = None,
+                 structure: str = "irregular", rho: float = 1e-3, rho_growth: float = 1.3, admm_every: int = 1,
+                 prune_epoch: int = 1, keep_first_last: bool = False, adv_weight: float = 2.0,
+                 target_sparsity: float | None = None) -> None:
         super().__init__(ctx=ctx)
+        self.target_sparsity = check_target(target_sparsity, sparsity=sparsity)
+        sparsity = (0.8 if sparsity is None else sparsity) if self.target_sparsity is None else self.target_sparsity
         ratios = sparsity.values() if isinstance(sparsity, dict) else [sparsity]
         bad = [r for r in ratios if not (isinstance(r, int | float) and 0.0 <= r < 1.0)]
         if bad or (isinstance(sparsity, dict) and not sparsity):
@@ -98,9 +107,18 @@ class ADMMPruning(Method):
         ratio = float(self.sparsity)
         return {n: (m, ratio) for n, m in prunable_layers(model, keep_first_last=self.keep_first_last)}
 
-    def project(self, w: Tensor, ratio: float) -> Tensor:
-        """Euclidean projection of ``w`` onto the layer's sparsity set."""
-        return w * sparsity_mask(w, sparsity=ratio, structure=self.structure)
+    def kept_units(self, targets: dict[str, tuple[nn.Module, float]]) -> dict[str, int]:
+        """{layer name: units (weights or filters) its sparsity set keeps}: round((1 − ratio)·n), at
+        least 1; with ``target_sparsity``, n minus the layer's share of the exact total."""
+        sizes = {n: units_of(weight_of(m), self.structure) for n, (m, _) in targets.items()}
+        if self.target_sparsity is None:
+            return {n: max(1, round((1.0 - r) * sizes[n])) for n, (_, r) in targets.items()}
+        quotas = layer_quotas(list(sizes.values()), self.target_sparsity)
+        return {n: size - q for (n, size), q in zip(sizes.items(), quotas, strict=True)}
+
+    def project(self, w: Tensor, keep: int) -> Tensor:
+        """Euclidean projection of ``w`` onto the layer's sparsity set (``keep`` units kept)."""
+        return w * mask_keeping(w, keep=keep, structure=self.structure)
 
     def loss(self, model: nn.Module, x: Tensor, y: Tensor) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
         loss, logs = robust_or_clean_loss(self, model, x, y, adversarial=True, adv_weight=self.adv_weight)
@@ -114,16 +132,17 @@ class ADMMPruning(Method):
     @torch.no_grad()
     def on_epoch_start(self, model: nn.Module, epoch: int) -> None:
         targets = self.targets(model)
+        keeps = self.kept_units(targets)
         if not self.Z and not self.pruned:  # a fresh run: Z = Proj_S(W), U = 0
-            for n, (m, r) in targets.items():
-                self.Z[n] = self.project(weight_of(m).detach().clone(), r)
+            for n, (m, _) in targets.items():
+                self.Z[n] = self.project(weight_of(m).detach().clone(), keeps[n])
                 self.U[n] = torch.zeros_like(weight_of(m))
         for n, (m, _) in targets.items():  # resumed state comes back on the CPU
             if n in self.Z:
                 w = weight_of(m)
                 self.Z[n], self.U[n] = self.Z[n].to(w), self.U[n].to(w)
         if epoch >= self.prune_epoch and not self.pruned:
-            masks = [sparsity_mask(weight_of(m), sparsity=targets[n][1], structure=self.structure)
+            masks = [mask_keeping(weight_of(m), keep=keeps[n], structure=self.structure)
                      if n in targets else mask_of(m) for n, m in masked_layers(model)]
             set_masks(model, masks)
             self.pruned = True
@@ -132,18 +151,15 @@ class ADMMPruning(Method):
 
     def cut_record(self, masks: dict[str, Tensor]) -> dict[str, Any]:
         """The hard prune's sparsity, asked and reached, over the constrained layers: filters (output
-        rows) for ``structure="filter"``, weights otherwise; the rule is per layer (each layer's ratio)."""
-        if self.structure == "filter":
-            alive = [mk.flatten(1).any(dim=1) for mk in masks.values()]
-            units, pruned = sum(len(a) for a in alive), sum(int((~a).sum()) for a in alive)
-        else:
-            units, pruned = sum(mk.numel() for mk in masks.values()), sum(int((mk == 0).sum()) for mk in masks.values())
+        rows) for ``structure="filter"``, weights otherwise; the rule is per layer (each layer's ratio),
+        or per layer with an exact total (``target_sparsity``)."""
         asked = dict(self.sparsity) if isinstance(self.sparsity, dict) else float(self.sparsity)
-        return {"asked": asked, "reached": pruned / max(units, 1), "units": units, "pruned": pruned,
-                "counted": "filters" if self.structure == "filter" else "weights", "rule": "per layer"}
+        return cut_record(list(masks.values()), asked=asked, structure=self.structure,
+                          rule=cut_rule(self.target_sparsity))
 
     def card_fields(self) -> dict[str, Any]:
-        return {**super().card_fields(), "structure": self.structure, "sparsity_cut": self.cut}
+        target = {} if self.target_sparsity is None else {"target_sparsity": self.target_sparsity}
+        return {**super().card_fields(), **target, "structure": self.structure, "sparsity_cut": self.cut}
 
     def after_step(self, model: nn.Module, step: int) -> None:
         if self.pruned:
@@ -154,9 +170,11 @@ class ADMMPruning(Method):
         if self.pruned or (epoch + 1) % self.admm_every or epoch + 1 >= self.prune_epoch:
             return {"admm_phase": "retrain" if self.pruned else "admm", "admm_rho": self.rho}
         gap, total = 0.0, 0.0
-        for n, (m, r) in self.targets(model).items():
+        targets = self.targets(model)
+        keeps = self.kept_units(targets)
+        for n, (m, _) in targets.items():
             w = weight_of(m)
-            self.Z[n] = self.project(w + self.U[n], r)
+            self.Z[n] = self.project(w + self.U[n], keeps[n])
             self.U[n] += w - self.Z[n]
             gap += float(((w - self.Z[n]) ** 2).sum())
             total += float((w**2).sum())

@@ -220,6 +220,25 @@ class Method:
         """Restore what ``state_dict`` returned (resume)."""
 
 
+def check_target(target: Any, *, sparsity: Any = None) -> float | None:
+    """A method's ``target_sparsity`` argument (``None``: no target) as a float, or ``ValueError``
+    naming it: a fraction in [0, 1), not given beside a per-layer ``sparsity``."""
+    if target is None:
+        return None
+    if isinstance(target, bool) or not isinstance(target, int | float) or not 0 <= target < 1:
+        raise ValueError(f"target_sparsity must be a fraction in [0, 1), got {target!r}")
+    if sparsity is not None:
+        raise ValueError(f"give target_sparsity ({target!r}: an exact total) or sparsity ({sparsity!r}: each "
+                         "layer's ratio), not both")
+    return float(target)
+
+
+def cut_rule(target: float | None) -> str:
+    """The ``rule`` of a per-layer method's ``sparsity_cut``: ``"per layer"`` (each layer to its ratio,
+    rounded) or, with a ``target_sparsity``, ``"per layer, exact total"`` (largest-remainder shares)."""
+    return "per layer" if target is None else "per layer, exact total"
+
+
 def accuracy(logits: Tensor, y: Tensor) -> Tensor:
     """Detached batch accuracy as a 0-d float tensor (no host sync)."""
     return (logits.detach().argmax(1) == y).float().mean()

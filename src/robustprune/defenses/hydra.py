@@ -9,10 +9,27 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from robustprune.defenses.base import Method, MethodContext, ParamGroup, PruningTaxonomy, Reference
+from robustprune.defenses.base import (
+    Method,
+    MethodContext,
+    ParamGroup,
+    PruningTaxonomy,
+    Reference,
+    check_target,
+    cut_rule,
+)
 from robustprune.defenses.magnitude import robust_or_clean_loss
 from robustprune.registry import METHODS
-from robustprune.sparsity.magnitude import MASK_BUFFER, apply_masks, prunable_layers, sparsity_mask
+from robustprune.sparsity.magnitude import (
+    MASK_BUFFER,
+    apply_masks,
+    cut_record,
+    layer_quotas,
+    mask_keeping,
+    prunable_layers,
+    sparsity_mask,
+    units_of,
+)
 
 _Pair = tuple[int, int]  # a Conv2d's kernel_size, stride, padding and dilation
 
@@ -26,8 +43,10 @@ class Scored:
     weight: Tensor
     bias: Tensor | None
 
-    def init_scored(self, sparsity: float, structure: str = "irregular") -> None:
-        self.sparsity, self.score_phase, self.structure = sparsity, True, structure
+    def init_scored(self, sparsity: float, structure: str = "irregular", keep: int | None = None) -> None:
+        """``keep``: the number of units (weights or filters) the layer keeps, in place of
+        round((1 − ``sparsity``)·n) (a ``target_sparsity`` run's share of an exact total)."""
+        self.sparsity, self.score_phase, self.structure, self.keep = sparsity, True, structure, keep
         shape = self.weight.shape if structure == "irregular" else self.weight.shape[:1]
         self.scores = nn.Parameter(torch.zeros(shape, dtype=self.weight.dtype, device=self.weight.device))
         self.register_buffer(MASK_BUFFER, torch.ones_like(self.weight))  # type: ignore[attr-defined]
@@ -44,7 +63,9 @@ class Scored:
         self.scores.copy_(math.sqrt(6.0 / self.weight[0].numel()) * w / w.abs().max().clamp(min=1e-12))
 
     def _mask(self) -> Tensor:
-        m = sparsity_mask(self.scores.detach(), sparsity=self.sparsity)
+        scores = self.scores.detach()
+        m = (sparsity_mask(scores, sparsity=self.sparsity) if self.keep is None
+             else mask_keeping(scores, keep=self.keep))
         return m if self.structure == "irregular" else self._rows(m).expand_as(self.weight)
 
     def effective(self) -> tuple[Tensor, Tensor | None]:
@@ -75,7 +96,7 @@ class ScoredConv2d(Scored, nn.Conv2d):
         return self._conv_forward(x, w, b)
 
 
-def _scored_copy(m: nn.Module, sparsity: float, structure: str = "irregular") -> nn.Module:
+def _scored_copy(m: nn.Module, sparsity: float, structure: str = "irregular", keep: int | None = None) -> nn.Module:
     if isinstance(m, nn.Linear):
         new: ScoredLinear | ScoredConv2d = ScoredLinear(m.in_features, m.out_features, bias=m.bias is not None)
     elif isinstance(m, nn.Conv2d):  # a Conv2d's sizes are pairs (torch types them tuple[int, ...])
@@ -86,7 +107,7 @@ def _scored_copy(m: nn.Module, sparsity: float, structure: str = "irregular") ->
         raise ValueError(f"HYDRA cannot score a {type(m).__name__} layer")
     new.weight, new.bias = m.weight, m.bias
     new._forward_hooks.update(m._forward_hooks)  # a GraphNet's mask site keeps its mask (models.graph)
-    new.init_scored(sparsity, structure)
+    new.init_scored(sparsity, structure, keep)
     return new.to(m.weight.device)
 
 
@@ -109,9 +130,13 @@ class Hydra(Method):
     separate cosine schedules per phase; here the run's one schedule spans both phases.
     ``structure="filter"`` (not in the paper): one score per filter / output row (initialised from
     the filters' L2 norms), and each layer keeps its round((1 − ``sparsity``)·rows) best filters.
+    ``target_sparsity`` S (instead of ``sparsity``): exactly round(S·N) of all N scored units
+    (weights, or filters) are pruned, each layer its largest-remainder share of that total
+    (``sparsity.magnitude.layer_quotas``: within one unit of S·n, at least one unit kept).
     The card's ``sparsity_cut`` records the sparsity asked and reached once the mask is fixed.
 
     >>> method = Hydra(ctx=ctx, sparsity=0.9, score_epochs=20)
+    >>> method = Hydra(ctx=ctx, target_sparsity=0.75, structure="filter", score_epochs=5)
     """
 
     name: ClassVar[str] = "hydra"
@@ -129,13 +154,15 @@ class Hydra(Method):
         return PruningTaxonomy(pipeline="after", structure=structure, locality="local",
                                criterion="Least Importance Score (LIS)", finetuning="at", iterative=False)
 
-    def __init__(self, *, ctx: MethodContext, sparsity: float = 0.9, score_epochs: int = 1,
+    def __init__(self, *, ctx: MethodContext, sparsity: float | None = None, score_epochs: int = 1,
                  score_lr: float | None = None, keep_first_last: bool = False, adv_weight: float = 2.0,
-                 structure: str = "irregular") -> None:
+                 structure: str = "irregular", target_sparsity: float | None = None) -> None:
         super().__init__(ctx=ctx)
         if structure not in ("irregular", "filter"):
             raise ValueError(f"structure must be 'irregular' or 'filter', got {structure!r}")
         self.structure = structure
+        self.target_sparsity = check_target(target_sparsity, sparsity=sparsity)
+        sparsity = (0.9 if sparsity is None else sparsity) if target_sparsity is None else target_sparsity
         if not 0.0 <= sparsity < 1.0:
             raise ValueError(f"sparsity must be in [0, 1), got {sparsity}")
         if score_epochs < 0:
@@ -150,10 +177,15 @@ class Hydra(Method):
         self.cut: dict[str, Any] | None = None
 
     def prepare(self, model: nn.Module) -> nn.Module:
-        for name, m in prunable_layers(model, keep_first_last=self.keep_first_last):
+        layers = prunable_layers(model, keep_first_last=self.keep_first_last)
+        keeps: list[int | None] = [None] * len(layers)
+        if self.target_sparsity is not None:
+            sizes = [units_of(m.weight, self.structure) for _, m in layers]
+            keeps = [n - q for n, q in zip(sizes, layer_quotas(sizes, self.target_sparsity), strict=True)]
+        for (name, m), keep in zip(layers, keeps, strict=True):
             parent_name, _, attr = name.rpartition(".")
             parent = model.get_submodule(parent_name) if parent_name else model
-            setattr(parent, attr, _scored_copy(m, self.sparsity, self.structure))
+            setattr(parent, attr, _scored_copy(m, self.sparsity, self.structure, keep))
         return model
 
     def param_groups(self, model: nn.Module) -> list[ParamGroup]:
@@ -184,20 +216,15 @@ class Hydra(Method):
             for _, m in layers:
                 if m.score_phase:
                     m.fix_mask()
-            masks = [getattr(m, MASK_BUFFER) for _, m in layers]
-            if self.structure == "filter":
-                alive = [mk.flatten(1).any(dim=1) for mk in masks]
-                units, pruned = sum(len(a) for a in alive), sum(int((~a).sum()) for a in alive)
-            else:
-                units, pruned = sum(mk.numel() for mk in masks), sum(int((mk == 0).sum()) for mk in masks)
-            self.cut = {"asked": self.sparsity, "reached": pruned / max(units, 1), "units": units, "pruned": pruned,
-                        "counted": "filters" if self.structure == "filter" else "weights", "rule": "per layer"}
+            self.cut = cut_record([getattr(m, MASK_BUFFER) for _, m in layers], asked=self.sparsity,
+                                  structure=self.structure, rule=cut_rule(self.target_sparsity))
 
     def after_step(self, model: nn.Module, step: int) -> None:
         apply_masks(model)  # a no-op in the score phase (all-ones buffer); keeps pruned weights at 0 after it
 
     def card_fields(self) -> dict[str, Any]:
-        return {**super().card_fields(), "structure": self.structure, "sparsity_cut": self.cut}
+        target = {} if self.target_sparsity is None else {"target_sparsity": self.target_sparsity}
+        return {**super().card_fields(), **target, "structure": self.structure, "sparsity_cut": self.cut}
 
     def state_dict(self) -> dict[str, Any]:
         return {"scores_ready": self.scores_ready, "cut": self.cut}

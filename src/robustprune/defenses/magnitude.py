@@ -9,10 +9,21 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from robustprune.defenses.base import Method, MethodContext, PruningTaxonomy, Reference, accuracy, mixed_ce
+from robustprune.defenses.base import (
+    Method,
+    MethodContext,
+    PruningTaxonomy,
+    Reference,
+    accuracy,
+    check_target,
+    cut_rule,
+    mixed_ce,
+)
 from robustprune.registry import METHODS
 from robustprune.sparsity.magnitude import (
     apply_masks,
+    cut_record,
+    exact_masks,
     install_weight_masks,
     layer_sparsities,
     mask_of,
@@ -50,16 +61,20 @@ class MagnitudePruning(Method):
     (``--init-from``, standard or AT); the masks are buffers saved with the weights.
 
     ``target_sparsity`` S (with ``max_rounds`` R, default 1) replaces ``rho``: round t prunes every
-    prunable layer to 1 − (1 − S)^(t/R), so after R rounds each layer is exactly S sparse (to the
-    rounding) and later epochs fine-tune; ``structure="filter"`` (only with a target) prunes whole
-    filters / output rows by L2 norm instead of weights. The card's ``sparsity_cut`` records the
-    sparsity asked and reached after the last round.
+    prunable layer to 1 − (1 − S)^(t/R), and round R prunes exactly round(S·N) of all N units, each
+    layer its largest-remainder share (``sparsity.magnitude.layer_quotas``: within one unit of S·n,
+    at least one unit kept), so later epochs fine-tune at S to the unit; ``structure="filter"`` (only
+    with a target) prunes whole filters / output rows by L2 norm instead of weights. The card's
+    ``sparsity_cut`` records the sparsity asked and reached after the last round.
 
     >>> method = MagnitudePruning(ctx=ctx, rho=1 / 3, epochs_per_round=2, adversarial=True)
     >>> method = MagnitudePruning(ctx=ctx, target_sparsity=0.75, structure="filter", max_rounds=3)
     """
 
     name: ClassVar[str] = "magnitude"
+    #: 2: a ``target_sparsity`` run's last round prunes an exact total (largest-remainder shares),
+    #: not each layer rounded on its own
+    code_version: ClassVar[int] = 2
     needs_init: ClassVar[bool] = True
     reference: ClassVar[Reference | None] = Reference(
         "Sparse DNNs with Improved Adversarial Robustness",
@@ -82,10 +97,7 @@ class MagnitudePruning(Method):
         super().__init__(ctx=ctx)
         if structure not in ("irregular", "filter"):
             raise ValueError(f"structure must be 'irregular' or 'filter', got {structure!r}")
-        if target_sparsity is not None:
-            if isinstance(target_sparsity, bool) or not isinstance(target_sparsity, int | float) \
-                    or not 0 <= target_sparsity < 1:
-                raise ValueError(f"target_sparsity must be a fraction in [0, 1), got {target_sparsity!r}")
+        if check_target(target_sparsity) is not None:
             if scope != "layer":
                 raise ValueError(f"target_sparsity prunes every layer to the target: scope must be 'layer', "
                                  f"got {scope!r}")
@@ -135,19 +147,16 @@ class MagnitudePruning(Method):
         assert self.target_sparsity is not None and self.max_rounds is not None
         t = self.rounds_done + 1
         level = 1.0 - (1.0 - self.target_sparsity) ** (t / self.max_rounds)
-        layers = masked_layers(model)
-        masks = [sparsity_mask(weight_of(m) * mask_of(m), sparsity=level, structure=self.structure) * mask_of(m)
-                 for _, m in layers]
+        alive = [weight_of(m) * mask_of(m) for _, m in masked_layers(model)]
+        if t < self.max_rounds:
+            masks = [sparsity_mask(w, sparsity=level, structure=self.structure) for w in alive]
+        else:  # the last round: the exact total, each layer its share
+            masks = exact_masks(alive, self.target_sparsity, structure=self.structure)
+        masks = [mk * mask_of(m) for mk, (_, m) in zip(masks, masked_layers(model), strict=True)]
         set_masks(model, masks)
         if t == self.max_rounds:
-            if self.structure == "filter":
-                alive = [mk.flatten(1).any(dim=1) for mk in masks]
-                units, pruned = sum(len(a) for a in alive), sum(int((~a).sum()) for a in alive)
-            else:
-                units, pruned = sum(mk.numel() for mk in masks), sum(int((mk == 0).sum()) for mk in masks)
-            self.cut = {"asked": self.target_sparsity, "reached": pruned / max(units, 1), "units": units,
-                        "pruned": pruned, "counted": "filters" if self.structure == "filter" else "weights",
-                        "rule": "per layer"}
+            self.cut = cut_record(masks, asked=self.target_sparsity, structure=self.structure,
+                                  rule=cut_rule(self.target_sparsity))
 
     def card_fields(self) -> dict[str, Any]:
         out = super().card_fields()

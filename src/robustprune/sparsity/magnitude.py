@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable
-from typing import Literal, cast
+from typing import Any, Literal, cast
 
 import torch
 from torch import Tensor, nn
@@ -165,11 +165,81 @@ def sparsity_mask(values: Tensor, *, sparsity: float, structure: str = "irregula
     (output rows, dim 0) for ``"filter"`` — the sets of ADMM (Ye et al. 2019) and HYDRA's top-k."""
     if not 0.0 <= sparsity < 1.0:
         raise ValueError(f"sparsity must be in [0, 1), got {sparsity}")
+    return mask_keeping(values, keep=max(1, round((1.0 - sparsity) * units_of(values, structure))),
+                        structure=structure)
+
+
+def units_of(values: Tensor, structure: str) -> int:
+    """How many units a layer's weight ``values`` has: weights (``"irregular"``) or filters / output
+    rows (``"filter"``)."""
     if structure == "irregular":
-        keep = max(1, round((1.0 - sparsity) * values.numel()))
-        return _keep_top(values.abs(), torch.ones_like(values, dtype=torch.bool), keep)
+        return values.numel()
     if structure == "filter":
-        norms = values.detach().flatten(1).norm(dim=1)
-        rows = _keep_top(norms, torch.ones_like(norms, dtype=torch.bool), max(1, round((1.0 - sparsity) * len(norms))))
-        return rows.view(-1, *([1] * (values.dim() - 1))).expand_as(values).clone()
+        return values.shape[0]
     raise ValueError(f"structure must be 'irregular' or 'filter', got {structure!r}")
+
+
+def mask_keeping(values: Tensor, *, keep: int, structure: str = "irregular") -> Tensor:
+    """A 0/1 mask of ``values``' shape keeping its ``keep`` largest |values| (``"irregular"``) or
+    its ``keep`` largest-L2 filters (output rows, dim 0; ``"filter"``)."""
+    if structure == "irregular":
+        return _keep_top(values.abs(), torch.ones_like(values, dtype=torch.bool), keep)
+    if structure != "filter":
+        raise ValueError(f"structure must be 'irregular' or 'filter', got {structure!r}")
+    norms = values.detach().flatten(1).norm(dim=1)
+    rows = _keep_top(norms, torch.ones_like(norms, dtype=torch.bool), keep)
+    return rows.view(-1, *([1] * (values.dim() - 1))).expand_as(values).clone()
+
+
+def layer_quotas(sizes: list[int], sparsity: float) -> list[int]:
+    """How many of each layer's units to prune so that the total is exactly round(sparsity · N)
+    (N = sum of ``sizes``), each layer within one unit of sparsity · n and keeping at least one
+    unit: the largest-remainder rule (every layer gets ⌊sparsity · n⌋, the layers with the largest
+    remainders one more, ties to the earlier layer). Plain per-layer rounding can miss the total
+    (four layers of 10 at 0.75: 4 × round(7.5) = 32, not 30).
+
+    >>> layer_quotas([10, 10, 10, 10], 0.75)
+    [8, 8, 7, 7]
+    """
+    if isinstance(sparsity, bool) or not isinstance(sparsity, int | float) or not 0.0 <= sparsity < 1.0:
+        raise ValueError(f"target sparsity must be a fraction in [0, 1), got {sparsity!r}")
+    if not sizes or any(n < 1 for n in sizes):
+        raise ValueError(f"layer sizes must be >= 1, got {sizes}")
+    total = round(sparsity * sum(sizes))
+    ideal = [sparsity * n for n in sizes]
+    quota = [min(math.floor(x), n - 1) for x, n in zip(ideal, sizes, strict=True)]
+    by_remainder = sorted(range(len(sizes)), key=lambda i: (-(ideal[i] - quota[i]), i))
+    for i in by_remainder:  # one more unit to the largest remainders, while the total is short
+        if sum(quota) >= total:
+            break
+        if quota[i] < sizes[i] - 1:
+            quota[i] += 1
+    for i in reversed(by_remainder):  # float rounding may overshoot: one less to the smallest remainders
+        if sum(quota) <= total:
+            break
+        if quota[i] > 0:
+            quota[i] -= 1
+    if sum(quota) != total:
+        raise ValueError(f"target sparsity {sparsity!r} prunes {total} of {sum(sizes)} units, more than the "
+                         f"{len(sizes)} layers can lose while keeping one unit each")
+    return quota
+
+
+def exact_masks(weights: list[Tensor], sparsity: float, *, structure: str) -> list[Tensor]:
+    """Masks of ``weights`` (one per layer) pruning exactly round(sparsity · N) of their N units in
+    all, each layer its :func:`layer_quotas` share by magnitude (|w|, or filters' L2 norms)."""
+    sizes = [units_of(w, structure) for w in weights]
+    quotas = layer_quotas(sizes, sparsity)
+    return [mask_keeping(w, keep=n - q, structure=structure) for w, n, q in zip(weights, sizes, quotas, strict=True)]
+
+
+def cut_record(masks: list[Tensor], *, asked: Any, structure: str, rule: str) -> dict[str, Any]:
+    """A card's ``sparsity_cut`` of weight masks: asked, reached, units and pruned, counted over
+    filters (a filter is pruned when its whole row is 0) or weights."""
+    if structure == "filter":
+        alive = [mk.flatten(1).any(dim=1) for mk in masks]
+        units, pruned = sum(len(a) for a in alive), sum(int((~a).sum()) for a in alive)
+    else:
+        units, pruned = sum(mk.numel() for mk in masks), sum(int((mk == 0).sum()) for mk in masks)
+    return {"asked": asked, "reached": pruned / max(units, 1), "units": units, "pruned": pruned,
+            "counted": "filters" if structure == "filter" else "weights", "rule": rule}

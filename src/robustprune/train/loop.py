@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 import time
 import warnings
@@ -258,11 +259,25 @@ class Trainer:
         }))
 
 
+def refuse_imported(out: Path) -> None:
+    """``ValueError`` when ``out`` holds a run made by ``robustprune import`` (its run.json names
+    ``imported``): training there would overwrite the imported network."""
+    try:
+        record = json.loads((out / "run.json").read_text())
+    except (OSError, ValueError):
+        return  # no run there, or not a record this check can read (the trainer's own checks follow)
+    if isinstance(record, dict) and isinstance(record.get("imported"), dict):
+        source = record["imported"].get("weights", "?")
+        raise ValueError(f"{out} holds a run imported by `robustprune import` (from {source}); training into it "
+                         f"would overwrite it: choose another --out (start from it with --init-from {out})")
+
+
 def fit(cfg: TrainConfig) -> Path:
     """Train one run as ``cfg`` says; resumable (``cfg.resume``); returns the run directory.
 
     Under ``torchrun`` every process calls ``fit`` and trains its shard; only rank 0 writes.
     """
+    refuse_imported(Path(cfg.out))
     tr = Trainer(resolve_resume(cfg))
     if tr.cfg.resume and latest_checkpoint(tr.out) is not None:
         tr.restore()

@@ -231,6 +231,17 @@ def added_keys(model: nn.Module, base_keys: set[str] | None) -> set[str]:
     return {k for k, p in model.named_parameters() if id(p) in mask_ids} | fresh_state_keys(model)
 
 
+def _gainless_mask(model: nn.Module, key: str) -> bool:
+    """Whether ``key`` is the ``gain`` of one of ``model``'s masks that has none (a paper-init mask
+    offered a function-preserving source's gain)."""
+    name, _, leaf = key.rpartition(".")
+    try:
+        module = model.get_submodule(name)
+    except AttributeError:
+        return False
+    return leaf == "gain" and hasattr(module, "gain") and module.gain is None and hasattr(module, "a_uc")
+
+
 def _normalize_keys(model: nn.Module) -> set[str]:
     return {f"{name}.{b}" if name else b for name, m in model.named_modules() if isinstance(m, Normalize)
             for b in ("mean", "std")}
@@ -267,6 +278,10 @@ def warm_start(model: nn.Module, source: str | Path, *, base_keys: set[str] | No
                     f"{_listing(sorted(own)[:3])} (rename prefixes with --init-prefix OLD=NEW)")
         elif bad_shape:
             hint = "; keep this model's own layers with --init-prefix '!PREFIX' (e.g. a classifier of another size)"
+        elif unexpected and not missing and all(_gainless_mask(model, k) for k in unexpected):
+            hint = ("; the source's masks carry a gain (it was trained with mask_init: function-preserving) and "
+                    "this model's masks have none (mask_init: paper): add mask_init: function-preserving to "
+                    "--method-args, so the masks take the source's gain and compute what the source did")
         raise InitFromError(f"--init-from {source}: weights do not fit this model: {'; '.join(parts)}{hint}")
     model.load_state_dict(weights, strict=False)
     fresh = sorted(set(own) - set(weights))
