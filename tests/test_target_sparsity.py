@@ -148,20 +148,22 @@ def test_equal_sparsity_suite_gives_every_pruning_row_the_same_fine_tuning_budge
         build_method(train["method"], ctx=method_context(TrainConfig(**{k: v for k, v in train.items()
                                                                         if k != "init_from"}), train_size=64),
                      **args)  # every row's arguments are valid
+        if train["method"] in ("at", "pretrained-at"):  # the source and the dense continuation
+            assert "target_sparsity" not in args
+            continue
+        levels.add(args["target_sparsity"])  # every pruning row asks for an exact count of units
         if train["method"] == "magnitude":
             budgets.add(train["epochs"] - (args["max_rounds"] - 1) * args.get("epochs_per_round", 1))
-            levels.add(args["target_sparsity"])
             assert args["structure"] == "filter" and args["adversarial"] is True
-        elif "target_sparsity" in args:
-            budgets.add((1 - args["mask_until"]) * train["epochs"])
-            levels.add(args["target_sparsity"])
-            assert args["mask_init"] == "function-preserving" and run.init_from == "at"
         elif train["method"] == "admm":
             budgets.add(train["epochs"] - args["prune_epoch"])
-            levels.add(args["sparsity"])
+            assert args["structure"] == "filter"
         elif train["method"] == "hydra":
             budgets.add(train["epochs"] - args["score_epochs"])
-            levels.add(args["sparsity"])
+            assert args["structure"] == "filter"
+        else:
+            budgets.add((1 - args["mask_until"]) * train["epochs"])
+            assert args["mask_init"] == "function-preserving" and run.init_from == "at"
     assert budgets == {5.0} and levels == {0.5, 0.75, 0.9}
 
 
