@@ -22,6 +22,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -91,11 +92,11 @@ def run_forked(suite: Path, out: Path, fault: str | None) -> int:
     return -os.WTERMSIG(status) if os.WIFSIGNALED(status) else os.WEXITSTATUS(status)
 
 
-def run_cli(suite: Path, out: Path, fault: str | None = None, *, jobs: int = 1,
-            timeout: float = 600) -> subprocess.CompletedProcess[str]:
+def run_cli(suite: Path, out: Path, fault: str | None = None, *, jobs: int = 1, timeout: float = 600,
+            progress: bool = False, extra: Sequence[str] = ()) -> subprocess.CompletedProcess[str]:
     """``python -m robustprune compare`` in a new process group (so ``killgroup`` ends it and its
     workers, and nothing else); a group that outlives its leader is killed before returning."""
-    cmd = cli_command(suite, out, jobs=jobs)
+    cmd = cli_command(suite, out, jobs=jobs, progress=progress, extra=extra)
     proc = subprocess.Popen(cmd, env=cli_env(fault), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             start_new_session=True)
     try:
@@ -105,9 +106,11 @@ def run_cli(suite: Path, out: Path, fault: str | None = None, *, jobs: int = 1,
     return subprocess.CompletedProcess(cmd, proc.returncode, stdout, stderr)
 
 
-def cli_command(suite: Path, out: Path, *, jobs: int = 1) -> list[str]:
-    return [sys.executable, "-m", "robustprune", "compare", str(suite), "--out", str(out), "--no-progress",
-            "--jobs", str(jobs), "--threads", "1"]
+def cli_command(suite: Path, out: Path, *, jobs: int = 1, progress: bool = False,
+                extra: Sequence[str] = ()) -> list[str]:
+    """The ``compare`` command line (``extra``: more options, e.g. ``--executor ray``)."""
+    return [sys.executable, "-m", "robustprune", "compare", str(suite), "--out", str(out),
+            "--progress" if progress else "--no-progress", "--jobs", str(jobs), "--threads", "1", *extra]
 
 
 def cli_env(fault: str | None) -> dict[str, str]:
