@@ -350,9 +350,9 @@ def git_commit() -> dict[str, Any]:
 
     def git(*argv: str) -> str:
         proc = subprocess.run(["git", *argv], cwd=root, capture_output=True, text=True)
-        return proc.stdout.strip() if proc.returncode == 0 else ""
+        return proc.stdout.rstrip("\n") if proc.returncode == 0 else ""  # porcelain lines start with a space
 
-    return {"commit": git("rev-parse", "HEAD") or None,
+    return {"commit": git("rev-parse", "HEAD").strip() or None,
             "modified": [line[3:] for line in git("status", "--porcelain", "--untracked-files=no").splitlines()]}
 
 
