@@ -318,6 +318,7 @@ def run_groups(groups: list[str], tally: Tally, work: Path, args: argparse.Names
 
     draw: list[Callable[..., Any]] = [report.plot_vulnerability, report.plot_robust_vs_memory]
     report.plot_vulnerability = report.plot_robust_vs_memory = stub_plot  # type: ignore[assignment]
+    ref: dict[str, Any] | None = None
     if {"kill", "enospc", "second-runner"} & set(groups):
         counts = count_points(suite, work / "reference")
         ref = results(work / "reference")
@@ -336,9 +337,10 @@ def run_groups(groups: list[str], tally: Tally, work: Path, args: argparse.Names
         if ref_proc.returncode != 0:
             raise SystemExit(f"reference --jobs 2 run failed: {ref_proc.stderr[-500:]}")
         ref_cli = results(work / "reference-cli")
-        if (work / "reference").is_dir():
-            tally.notes.append(f"--jobs 2 reference equals the in-process reference: "
-                               f"{differences(ref_cli, results(work / 'reference')) == []}")
+        if ref is not None:
+            diffs = differences(ref_cli, ref)
+            tally.notes.append(f"--jobs 2 reference equals the in-process reference: {diffs == []}"
+                               + (f" (differences: {diffs[:5]})" if diffs else ""))
         jobs2(tally, suite, work, ref_cli, args.quick)
     if "ray" in groups:
         ray_faults(tally, ray_case(work, suite), work)
@@ -391,7 +393,7 @@ def main() -> None:
             raise SystemExit("--only ray needs the ray extra: pip install -e '.[ray]'")
         groups.remove("ray")
         tally.notes.append("ray group skipped: the ray extra is not installed (pip install -e '.[ray]')")
-    started = datetime.datetime.now(datetime.UTC)
+    started, code = datetime.datetime.now(datetime.UTC), git_commit()  # the code that runs, before it runs
     t0 = time.time()
     with tempfile.TemporaryDirectory(prefix="robustprune-faults-") as tmp:
         run_groups(groups, tally, Path(tmp), args)
@@ -403,7 +405,7 @@ def main() -> None:
         print(f"- {note}")
     if args.json is not None:
         record = {"date": started.isoformat(timespec="seconds"), "command": shlex.join(["python", *sys.argv]),
-                  "git": git_commit(), "wall_s": round(wall, 1), "groups_run": groups,
+                  "git": code, "wall_s": round(wall, 1), "groups_run": groups,
                   "machine": {"platform": platform.platform(), "processor": platform.processor() or platform.machine(),
                               "cpus": os.cpu_count(), "python": platform.python_version(),
                               "load_average_at_end": list(os.getloadavg())},
