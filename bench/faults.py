@@ -361,7 +361,7 @@ def git_commit() -> dict[str, Any]:
 def versions(groups: list[str]) -> dict[str, str]:
     import torch
 
-    out = {"torch": torch.__version__}
+    out: dict[str, str] = {"torch": str(torch.__version__)}
     if "ray" in groups:
         import ray
 
