@@ -92,16 +92,20 @@ def bench_shards(work: Path, *, data_dir: str | None, points: int, shard_size: i
                  limit_train: int | None) -> dict[str, Any]:
     suite = aa_suite(work / "aa.yaml", data_dir=data_dir, points=points, batch=batch, epochs=epochs,
                      limit_train=limit_train)
+    # train once (the evaluation timed apart): the same run under a suite that evaluates one batch, then
+    # the real suite reuses the trained run (a run is the same whatever the suite evaluates)
+    train_only = aa_suite(work / "train.yaml", data_dir=data_dir, points=batch, batch=batch, epochs=epochs,
+                          limit_train=limit_train)
     whole, sharded = work / "whole", work / "sharded"
-    # train once (the evaluation timed apart): a suite run, then its card dropped and made again
-    rc, first_s, err = compare(suite, whole)
+    rc, first_s, err = compare(train_only, whole)
     if rc != 0:
-        raise RuntimeError(f"unsharded suite failed ({rc}):\n{err[-3000:]}")
-    for card in (whole / "runs" / "at-s0" / "eval").glob("suite-*.json"):
+        raise RuntimeError(f"training failed ({rc}):\n{err[-3000:]}")
+    for card in (whole / "runs" / "at-s0" / "eval").glob("suite-*.json"):  # an earlier --work's cards
         card.unlink()
     rc, whole_s, err = compare(suite, whole)
     if rc != 0:
         raise RuntimeError(f"unsharded evaluation failed ({rc}):\n{err[-3000:]}")
+    shutil.rmtree(sharded, ignore_errors=True)
     shutil.copytree(whole / "runs", sharded / "runs", ignore=shutil.ignore_patterns("eval"))
     n_shards = -(-points // shard_size)
     batches = -(-points // batch)
@@ -115,7 +119,7 @@ def bench_shards(work: Path, *, data_dir: str | None, points: int, shard_size: i
     reused = sum(after.get(p) == t for p, t in before.items())  # a shard the rerun did not write again
     return {
         "points": points, "shard_size": shard_size, "batch_size": batch, "shards": n_shards,
-        "train_and_first_eval_s": round(first_s, 1), "unsharded_eval_s": round(whole_s, 1),
+        "train_s": round(first_s, 1), "unsharded_eval_s": round(whole_s, 1),
         "killed_after_batch": kill_at, "killed_exit": rc, "killed_run_s": round(killed_s, 1),
         "shards_done_before_kill": len(before), "rerun_s": round(rerun_s, 1),
         "rerun_reused": reused, "rerun_evaluated": len(after) - reused,
@@ -136,8 +140,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--limit-train", type=int, default=None)
     p.add_argument("--quick", action="store_true", help="generated data and tiny sizes: checks the script only")
     p.add_argument("--json", type=Path, default=None, help="write the results here")
+    p.add_argument("--work", type=Path, default=None,
+                   help="scratch directory, kept afterwards; a rerun reuses the runs already trained in it")
     ns = p.parse_args(argv)
-    work = Path(tempfile.mkdtemp(prefix="robustprune-cluster-"))
+    keep = ns.work is not None
+    work = ns.work if keep else Path(tempfile.mkdtemp(prefix="robustprune-cluster-"))
+    work.mkdir(parents=True, exist_ok=True)
     try:
         if ns.quick:
             from conftest import write_tiny_mnist
@@ -148,11 +156,11 @@ def main(argv: list[str] | None = None) -> int:
                                 limit_train=64)
         out: dict[str, Any] = {"machine": f"{platform.machine()}, {os.cpu_count()} CPUs", "quick": ns.quick}
         if ns.part in ("suite", "both"):
-            (work / "suite").mkdir()
+            (work / "suite").mkdir(exist_ok=True)
             out["suite"] = bench_suite(ns.suite, work / "suite", ns.data_dir)
             print(json.dumps(out["suite"], indent=2))
         if ns.part in ("shards", "both"):
-            (work / "shards").mkdir()
+            (work / "shards").mkdir(exist_ok=True)
             out["shards"] = bench_shards(work / "shards", data_dir=ns.data_dir, points=ns.points,
                                          shard_size=ns.shard_size, batch=ns.batch_size, epochs=ns.epochs,
                                          limit_train=ns.limit_train)
@@ -160,7 +168,8 @@ def main(argv: list[str] | None = None) -> int:
         if ns.json is not None:
             ns.json.write_text(json.dumps(out, indent=2) + "\n")
     finally:
-        shutil.rmtree(work, ignore_errors=True)
+        if not keep:
+            shutil.rmtree(work, ignore_errors=True)
     return 0
 
 
