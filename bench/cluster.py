@@ -5,6 +5,10 @@
 (a local Ray cluster started by the command: every CPU of the machine). Reports both wall times and
 whether every accuracy and vulnerability of ``table.json`` is equal.
 
+``suite-eval``: the suite trained and evaluated once (``--jobs 2``), then its evaluations alone made
+again under ``--jobs 2 --threads 1`` and under ``--executor ray --threads 1`` (every ``eval/`` folder
+removed before each): the evaluation wall times, their ratio, and whether the accuracies agree.
+
 ``shards``: one AT LeNet5-Caffe run evaluated by AutoAttack on ``--points`` test points, unsharded,
 then in shards of ``--shard-size`` (``--jobs 1``) killed (``SIGKILL`` through
 ``$ROBUSTPRUNE_FAULT=eval-batch:K``) after about half of the batches, and rerun. Reports the wall
@@ -12,6 +16,7 @@ times, how many shards the rerun evaluated and reused, and whether the merged ca
 accuracies (PGD-40 beside it, AutoAttack and each of its stages) equal the unsharded card's.
 
     PYTHONPATH=src python bench/cluster.py --part both --data-dir DATA --json bench/cluster.json
+    PYTHONPATH=src python bench/cluster.py --part suite-eval --data-dir DATA --json bench/cluster_eval.json
     PYTHONPATH=src python bench/cluster.py --quick     # generated data, tiny sizes: checks the script
 """
 
@@ -63,6 +68,31 @@ def bench_suite(suite: Path, work: Path, data_dir: str | None) -> dict[str, Any]
             raise RuntimeError(f"compare {' '.join(args)} failed ({rc}):\n{err[-3000:]}")
         out[f"{name}_wall_s"] = round(seconds, 1)
     out["same_accuracies"] = accuracies(work / "jobs2") == accuracies(work / "ray")
+    return out
+
+
+def bench_suite_eval(suite: Path, work: Path, data_dir: str | None) -> dict[str, Any]:
+    """Evaluation alone: the suite trained once (``--jobs 2``), then every card made again, first by
+    ``--jobs 2 --threads 1`` and then by ``--executor ray --threads 1`` on the same trained runs."""
+    extra = [] if data_dir is None else ["--data-dir", data_dir]
+    out: dict[str, Any] = {"suite": str(suite.relative_to(ROOT) if suite.is_relative_to(ROOT) else suite)}
+    rc, seconds, err = compare(suite, work, "--jobs", "2", "--threads", "1", *extra)
+    if rc != 0:
+        raise RuntimeError(f"compare --jobs 2 failed ({rc}):\n{err[-3000:]}")
+    out["train_and_eval_jobs2_wall_s"] = round(seconds, 1)
+    tables = {}
+    for name, args in (("jobs2", ["--jobs", "2", "--threads", "1"]), ("ray", ["--executor", "ray", "--threads", "1"])):
+        for eval_dir in work.glob("runs/*/eval"):
+            shutil.rmtree(eval_dir)
+        rc, seconds, err = compare(suite, work, *args, *extra)
+        if rc != 0:
+            raise RuntimeError(f"evaluation {' '.join(args)} failed ({rc}):\n{err[-3000:]}")
+        if "trained" in err.replace("trained again", ""):
+            raise RuntimeError(f"evaluation {' '.join(args)} trained a run; expected evaluation only:\n{err[-3000:]}")
+        out[f"eval_only_{name}_wall_s"] = round(seconds, 1)
+        tables[name] = accuracies(work)
+    out["ray_over_jobs2_eval"] = round(out["eval_only_ray_wall_s"] / out["eval_only_jobs2_wall_s"], 3)
+    out["same_accuracies"] = tables["jobs2"] == tables["ray"]
     return out
 
 
@@ -130,7 +160,9 @@ def bench_shards(work: Path, *, data_dir: str | None, points: int, shard_size: i
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--part", choices=["suite", "shards", "both"], default="both")
+    p.add_argument("--part", choices=["suite", "suite-eval", "shards", "both"], default="both",
+                   help="suite: the suite from scratch under each executor; suite-eval: trained once, then "
+                        "evaluation alone under each; shards: the sharded AutoAttack; both: suite and shards")
     p.add_argument("--suite", type=Path, default=ROOT / "configs" / "suites" / "mnist_quick.yaml")
     p.add_argument("--data-dir", default=None)
     p.add_argument("--points", type=int, default=1000)
@@ -159,6 +191,10 @@ def main(argv: list[str] | None = None) -> int:
             (work / "suite").mkdir(exist_ok=True)
             out["suite"] = bench_suite(ns.suite, work / "suite", ns.data_dir)
             print(json.dumps(out["suite"], indent=2))
+        if ns.part == "suite-eval":
+            (work / "suite-eval").mkdir(exist_ok=True)
+            out["suite_eval"] = bench_suite_eval(ns.suite, work / "suite-eval", ns.data_dir)
+            print(json.dumps(out["suite_eval"], indent=2))
         if ns.part in ("shards", "both"):
             (work / "shards").mkdir(exist_ok=True)
             out["shards"] = bench_shards(work / "shards", data_dir=ns.data_dir, points=ns.points,
