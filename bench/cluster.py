@@ -7,7 +7,8 @@ whether every accuracy and vulnerability of ``table.json`` is equal.
 
 ``suite-eval``: the suite trained and evaluated once (``--jobs 2``), then its evaluations alone made
 again under ``--jobs 2 --threads 1`` and under ``--executor ray --threads 1`` (every ``eval/`` folder
-removed before each): the evaluation wall times, their ratio, and whether the accuracies agree.
+removed before each; with ``--eval-shard-size N`` a third pass under ``--executor ray --shard-size
+N``): the evaluation wall times, their ratios to ``--jobs 2``, and whether the accuracies agree.
 
 ``shards``: one AT LeNet5-Caffe run evaluated by AutoAttack on ``--points`` test points, unsharded,
 then in shards of ``--shard-size`` (``--jobs 1``) killed (``SIGKILL`` through
@@ -71,9 +72,10 @@ def bench_suite(suite: Path, work: Path, data_dir: str | None) -> dict[str, Any]
     return out
 
 
-def bench_suite_eval(suite: Path, work: Path, data_dir: str | None) -> dict[str, Any]:
+def bench_suite_eval(suite: Path, work: Path, data_dir: str | None, shard_size: int | None = None) -> dict[str, Any]:
     """Evaluation alone: the suite trained once (``--jobs 2``), then every card made again, first by
-    ``--jobs 2 --threads 1`` and then by ``--executor ray --threads 1`` on the same trained runs."""
+    ``--jobs 2 --threads 1`` and then by ``--executor ray --threads 1`` on the same trained runs (and,
+    with ``shard_size``, by ``--executor ray --threads 1 --shard-size N``)."""
     extra = [] if data_dir is None else ["--data-dir", data_dir]
     out: dict[str, Any] = {"suite": str(suite.relative_to(ROOT) if suite.is_relative_to(ROOT) else suite)}
     rc, seconds, err = compare(suite, work, "--jobs", "2", "--threads", "1", *extra)
@@ -81,7 +83,11 @@ def bench_suite_eval(suite: Path, work: Path, data_dir: str | None) -> dict[str,
         raise RuntimeError(f"compare --jobs 2 failed ({rc}):\n{err[-3000:]}")
     out["train_and_eval_jobs2_wall_s"] = round(seconds, 1)
     tables = {}
-    for name, args in (("jobs2", ["--jobs", "2", "--threads", "1"]), ("ray", ["--executor", "ray", "--threads", "1"])):
+    passes = [("jobs2", ["--jobs", "2", "--threads", "1"]), ("ray", ["--executor", "ray", "--threads", "1"])]
+    if shard_size is not None:
+        passes.append(("ray_shards", ["--executor", "ray", "--threads", "1", "--shard-size", str(shard_size)]))
+        out["shard_size"] = shard_size
+    for name, args in passes:
         for eval_dir in work.glob("runs/*/eval"):
             shutil.rmtree(eval_dir)
         rc, seconds, err = compare(suite, work, *args, *extra)
@@ -91,8 +97,10 @@ def bench_suite_eval(suite: Path, work: Path, data_dir: str | None) -> dict[str,
             raise RuntimeError(f"evaluation {' '.join(args)} trained a run; expected evaluation only:\n{err[-3000:]}")
         out[f"eval_only_{name}_wall_s"] = round(seconds, 1)
         tables[name] = accuracies(work)
-    out["ray_over_jobs2_eval"] = round(out["eval_only_ray_wall_s"] / out["eval_only_jobs2_wall_s"], 3)
-    out["same_accuracies"] = tables["jobs2"] == tables["ray"]
+    for name in tables:
+        if name != "jobs2":
+            out[f"{name}_over_jobs2_eval"] = round(out[f"eval_only_{name}_wall_s"] / out["eval_only_jobs2_wall_s"], 3)
+    out["same_accuracies"] = all(t == tables["jobs2"] for t in tables.values())
     return out
 
 
@@ -172,6 +180,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--limit-train", type=int, default=None)
     p.add_argument("--quick", action="store_true", help="generated data and tiny sizes: checks the script only")
     p.add_argument("--json", type=Path, default=None, help="write the results here")
+    p.add_argument("--eval-shard-size", type=int, default=None,
+                   help="suite-eval: a third pass, --executor ray with --shard-size N")
     p.add_argument("--work", type=Path, default=None,
                    help="scratch directory, kept afterwards; a rerun reuses the runs already trained in it")
     ns = p.parse_args(argv)
@@ -193,7 +203,7 @@ def main(argv: list[str] | None = None) -> int:
             print(json.dumps(out["suite"], indent=2))
         if ns.part == "suite-eval":
             (work / "suite-eval").mkdir(exist_ok=True)
-            out["suite_eval"] = bench_suite_eval(ns.suite, work / "suite-eval", ns.data_dir)
+            out["suite_eval"] = bench_suite_eval(ns.suite, work / "suite-eval", ns.data_dir, ns.eval_shard_size)
             print(json.dumps(out["suite_eval"], indent=2))
         if ns.part in ("shards", "both"):
             (work / "shards").mkdir(exist_ok=True)
