@@ -32,6 +32,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -72,7 +73,8 @@ def bench_suite(suite: Path, work: Path, data_dir: str | None) -> dict[str, Any]
     return out
 
 
-def bench_suite_eval(suite: Path, work: Path, data_dir: str | None, shard_size: int | None = None) -> dict[str, Any]:
+def bench_suite_eval(suite: Path, work: Path, data_dir: str | None, shard_size: int | None = None,
+                     passes: Sequence[str] = ("jobs2", "ray", "ray_shards")) -> dict[str, Any]:
     """Evaluation alone: the suite trained once (``--jobs 2``), then every card made again, first by
     ``--jobs 2 --threads 1`` and then by ``--executor ray --threads 1`` on the same trained runs (and,
     with ``shard_size``, by ``--executor ray --threads 1 --shard-size N``)."""
@@ -83,11 +85,14 @@ def bench_suite_eval(suite: Path, work: Path, data_dir: str | None, shard_size: 
         raise RuntimeError(f"compare --jobs 2 failed ({rc}):\n{err[-3000:]}")
     out["train_and_eval_jobs2_wall_s"] = round(seconds, 1)
     tables = {}
-    passes = [("jobs2", ["--jobs", "2", "--threads", "1"]), ("ray", ["--executor", "ray", "--threads", "1"])]
+    commands = {"jobs2": ["--jobs", "2", "--threads", "1"], "ray": ["--executor", "ray", "--threads", "1"]}
     if shard_size is not None:
-        passes.append(("ray_shards", ["--executor", "ray", "--threads", "1", "--shard-size", str(shard_size)]))
+        commands["ray_shards"] = ["--executor", "ray", "--threads", "1", "--shard-size", str(shard_size)]
         out["shard_size"] = shard_size
-    for name, args in passes:
+    if "jobs2" not in passes:
+        raise ValueError("suite-eval's passes must include jobs2 (the ratios are to it)")
+    for name in [p for p in passes if p in commands]:
+        args = commands[name]
         for eval_dir in work.glob("runs/*/eval"):
             shutil.rmtree(eval_dir)
         rc, seconds, err = compare(suite, work, *args, *extra)
@@ -182,6 +187,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--json", type=Path, default=None, help="write the results here")
     p.add_argument("--eval-shard-size", type=int, default=None,
                    help="suite-eval: a third pass, --executor ray with --shard-size N")
+    p.add_argument("--eval-passes", default="jobs2,ray,ray_shards",
+                   help="suite-eval: which passes, of jobs2 (always), ray, ray_shards (needs --eval-shard-size)")
     p.add_argument("--work", type=Path, default=None,
                    help="scratch directory, kept afterwards; a rerun reuses the runs already trained in it")
     ns = p.parse_args(argv)
@@ -203,7 +210,8 @@ def main(argv: list[str] | None = None) -> int:
             print(json.dumps(out["suite"], indent=2))
         if ns.part == "suite-eval":
             (work / "suite-eval").mkdir(exist_ok=True)
-            out["suite_eval"] = bench_suite_eval(ns.suite, work / "suite-eval", ns.data_dir, ns.eval_shard_size)
+            out["suite_eval"] = bench_suite_eval(ns.suite, work / "suite-eval", ns.data_dir, ns.eval_shard_size,
+                                                 ns.eval_passes.split(","))
             print(json.dumps(out["suite_eval"], indent=2))
         if ns.part in ("shards", "both"):
             (work / "shards").mkdir(exist_ok=True)
