@@ -161,12 +161,11 @@ def test_vulnerability_is_measured_where_a_model_has_latent_maps(name: str) -> N
 
 def test_config_file_names_model_and_model_args() -> None:
     """configs/cifar10_torchvision_resnet18_at.yaml through the CLI parser builds its model."""
-    from robustprune.cli import build_parser
+    from robustprune.cli import build_parser, train_config
 
     path = Path(__file__).parents[1] / "configs" / "cifar10_torchvision_resnet18_at.yaml"
     ns = build_parser().parse_args(["train", "--config", str(path)])
-    kw = {k: v for k, v in vars(ns.train).items() if k not in ("config", "__default_config__")}
-    cfg = TrainConfig(**kw)
+    cfg = train_config(ns.train)
     assert (cfg.model, cfg.model_args) == ("torchvision:resnet18", {"zero_init_residual": True})
     model = build_model_for(cfg)
     assert torch.count_nonzero(model.net.layer1[0].bn2.weight) == 0  # zero_init_residual reached torchvision

@@ -299,13 +299,18 @@ def build_parser() -> ArgumentParser:
     return parser
 
 
-def cmd_train(ns: Namespace) -> int:
-    from robustprune.train import fit
-
+def train_config(ns: Namespace) -> TrainConfig:
+    """The ``TrainConfig`` that ``train``'s parsed options say (``--target-sparsity`` into ``method_args``)."""
     kw = {k: v for k, v in vars(ns).items() if k not in ("config", "__default_config__", "target_sparsity")}
     if isinstance(kw["method_args"], dict):  # else TrainConfig.validate names the bad --method-args
         kw["method_args"] = with_target_sparsity(kw["method_args"], ns.target_sparsity)
-    out = fit(TrainConfig(**kw))
+    return TrainConfig(**kw)
+
+
+def cmd_train(ns: Namespace) -> int:
+    from robustprune.train import fit
+
+    out = fit(train_config(ns))
     print(f"run finished: {out}")
     return 0
 
