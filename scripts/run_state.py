@@ -11,7 +11,9 @@ plain copy or a ``git clone`` gives every file the time it was written, in no us
     python scripts/run_state.py restore bench/inflight/paper_cpu runs/paper_cpu
     robustprune compare SUITE --out runs/paper_cpu ...        # resumes every run from its checkpoint
 
-``save`` leaves out TensorBoard event files, the suite's lock and every checkpoint but the newest
+The saved records name no path of the machine they came from: the suite directory is written
+``SUITE`` and the data directory ``DATA`` (a resumed run takes both from the command that resumes
+it). ``save`` leaves out TensorBoard event files, the suite's lock and every checkpoint but the newest
 complete one of each run (the one ``compare`` resumes from). A file whose bytes do not match the
 manifest is named and nothing is restored; ``restore`` refuses a destination that already holds a
 suite unless ``--force``. Both write into a temporary folder first and rename it into place, so an
@@ -27,6 +29,8 @@ import os
 import shutil
 import sys
 from pathlib import Path
+
+import yaml
 
 MANIFEST = "manifest.json"
 SKIP_DIRS = {"tensorboard", "__pycache__"}
@@ -66,6 +70,25 @@ def copy_files(src: Path, dst: Path, files: list[Path]) -> None:
         shutil.copy2(src / rel, dst / rel)
 
 
+def scrub_paths(suite_dir: Path, state: Path, files: list[Path]) -> None:
+    """Replace this machine's paths in the saved records (each run's ``config.yaml`` and ``run.json``)
+    by placeholders: the suite directory by ``SUITE``, each run's data directory by ``DATA``. They are
+    paths of the invocation, which a resumed run takes from the command that resumes it, not from the
+    record. Each file keeps its modification time."""
+    suite = str(suite_dir.resolve())
+    for rel in files:
+        if rel.name not in ("config.yaml", "run.json") or "runs" not in rel.parts:
+            continue
+        path = state / rel
+        text, stat = path.read_text(), path.stat()
+        data_dir = (yaml.safe_load((suite_dir / rel).with_name("config.yaml").read_text()) or {}).get("data_dir")
+        text = text.replace(suite, "SUITE")
+        if data_dir:
+            text = text.replace(str(data_dir), "DATA")
+        path.write_text(text)
+        os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+
+
 def replace_dir(tmp: Path, dst: Path) -> None:
     """Put the finished ``tmp`` where ``dst`` is, atomically as far as one rename allows."""
     if dst.exists():
@@ -86,8 +109,9 @@ def save(suite_dir: Path, dest: Path) -> int:
     tmp = dest.with_name(dest.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     copy_files(suite_dir, tmp, files)
-    manifest = {str(rel): {"sha256": sha256(suite_dir / rel), "mtime_ns": (suite_dir / rel).stat().st_mtime_ns,
-                           "bytes": (suite_dir / rel).stat().st_size} for rel in files}
+    scrub_paths(suite_dir, tmp, files)
+    manifest = {str(rel): {"sha256": sha256(tmp / rel), "mtime_ns": (suite_dir / rel).stat().st_mtime_ns,
+                           "bytes": (tmp / rel).stat().st_size} for rel in files}
     (tmp / MANIFEST).write_text(json.dumps(manifest, indent=1, sort_keys=True) + "\n")
     replace_dir(tmp, dest)
     size = sum(m["bytes"] for m in manifest.values())

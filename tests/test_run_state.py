@@ -103,3 +103,27 @@ def test_a_restored_suite_reuses_its_finished_runs_and_cards(
     a = json.loads((first / "table.json").read_text())["rows"][0]["metrics"]
     b = json.loads((second / "table.json").read_text())["rows"][0]["metrics"]
     assert a == b
+
+
+def test_saved_records_name_no_machine_path_and_a_moved_run_resumes_where_it_now_is(
+        tiny_mnist: Path, tmp_path: Path) -> None:
+    from robustprune.cli import main
+
+    rs = _script()
+    first = tmp_path / "first"
+    run = first / "runs" / "std-s0"
+    base = ["train", "--method", "standard", "--model", "lenet5-caffe", "--dataset", "mnist", "--limit-train", "64",
+            "--batch-size", "32", "--no-progress", "--data-dir", str(tiny_mnist), "--out", str(run)]
+    assert main([*base, "--epochs", "1"]) == 0
+    state = tmp_path / "state"
+    assert rs.main(["save", str(first), str(state)]) == 0
+    for f in (state / "runs" / "std-s0").glob("*.*"):
+        if f.suffix in (".yaml", ".json"):
+            text = f.read_text()
+            assert str(tmp_path) not in text and "DATA" in text, f
+    moved = tmp_path / "moved"
+    assert rs.main(["restore", str(state), str(moved)]) == 0
+    new_run = moved / "runs" / "std-s0"
+    assert main([*base[:-1], str(new_run), "--data-dir", str(tiny_mnist), "--epochs", "2", "--resume"]) == 0
+    assert (new_run / "checkpoints" / "LATEST").read_text().strip() == "epoch-0002"
+    assert not (run / "checkpoints" / "epoch-0002").exists()  # nothing written where the run used to be

@@ -91,8 +91,9 @@ def saved_config(cfg: TrainConfig) -> TrainConfig:
 
 
 def resolve_resume(cfg: TrainConfig) -> TrainConfig:
-    """On ``--resume`` the saved config wins, except the epoch count, device, progress bars and
-    ``refetch_data``."""
+    """On ``--resume`` the saved config wins, except the epoch count, device, progress bars,
+    ``refetch_data`` and the paths of this invocation: ``out`` (a run moved to another directory or
+    machine resumes where it now is) and, when given, ``data_dir`` and ``init_from``."""
     saved = Path(cfg.out) / "config.yaml"
     if not (cfg.resume and saved.is_file()):
         return cfg
@@ -101,7 +102,9 @@ def resolve_resume(cfg: TrainConfig) -> TrainConfig:
         warnings.warn(f"resuming {cfg.out} with epochs={cfg.epochs} instead of {old.epochs}: the {old.schedule} "
                       "learning-rate schedule is stretched from here on", stacklevel=3)
     return replace(old, epochs=cfg.epochs, device=cfg.device, progress=cfg.progress, tensorboard=cfg.tensorboard,
-                   tensorboard_every=cfg.tensorboard_every, resume=True, refetch_data=cfg.refetch_data)
+                   tensorboard_every=cfg.tensorboard_every, resume=True, refetch_data=cfg.refetch_data,
+                   out=cfg.out, data_dir=old.data_dir if cfg.data_dir is None else cfg.data_dir,
+                   init_from=old.init_from if cfg.init_from is None else cfg.init_from)
 
 
 def step(method: Method, model: nn.Module, groups: list[ParamGroup], opts: list[torch.optim.Optimizer],
