@@ -23,7 +23,6 @@ interrupted call leaves no half-written copy.
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import os
 import shutil
@@ -32,17 +31,11 @@ from pathlib import Path
 
 import yaml
 
+from robustprune.utils import file_sha256
+
 MANIFEST = "manifest.json"
 SKIP_DIRS = {"tensorboard", "__pycache__"}
 SKIP_FILES = {".compare.lock"}
-
-
-def sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def wanted(suite_dir: Path) -> list[Path]:
@@ -110,7 +103,7 @@ def save(suite_dir: Path, dest: Path) -> int:
     shutil.rmtree(tmp, ignore_errors=True)
     copy_files(suite_dir, tmp, files)
     scrub_paths(suite_dir, tmp, files)
-    manifest = {str(rel): {"sha256": sha256(tmp / rel), "mtime_ns": (suite_dir / rel).stat().st_mtime_ns,
+    manifest = {str(rel): {"sha256": file_sha256(tmp / rel), "mtime_ns": (suite_dir / rel).stat().st_mtime_ns,
                            "bytes": (tmp / rel).stat().st_size} for rel in files}
     (tmp / MANIFEST).write_text(json.dumps(manifest, indent=1, sort_keys=True) + "\n")
     replace_dir(tmp, dest)
@@ -131,7 +124,7 @@ def restore(state: Path, suite_dir: Path, *, force: bool = False) -> int:
         f = state / rel
         if not f.is_file():
             raise ValueError(f"{f} is listed in {MANIFEST} but missing")
-        if sha256(f) != meta["sha256"]:
+        if file_sha256(f) != meta["sha256"]:
             raise ValueError(f"{f} does not match its SHA-256 in {MANIFEST} (corrupt or edited)")
     if (suite_dir / "runs").exists() and not force:
         raise ValueError(f"{suite_dir} already holds a suite's runs; pass --force to replace it")

@@ -24,7 +24,6 @@ The directory is written under a temporary name and renamed when complete; ``out
 
 from __future__ import annotations
 
-import hashlib
 import os
 import shutil
 import time
@@ -41,19 +40,11 @@ from robustprune.train.checkpoint import save_weights
 from robustprune.train.loop import saved_config
 from robustprune.train.run import build_model_for, method_context, train_code_parts
 from robustprune.train.warmstart import InitFromError, KeyRules, warm_start
-from robustprune.utils import provenance
+from robustprune.utils import file_sha256, provenance
 
 
 class ImportRunError(InitFromError):
     """Weights that cannot become a run: unreadable, or not fitting the model (names the keys)."""
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _weights_file(weights: Path) -> Path:
@@ -101,7 +92,7 @@ def import_run(*, model: str, weights: str | Path, dataset: str, out: str | Path
                       f"{cfg.dataset}'s normalisation (as training would): the weights must have been trained on "
                       "inputs normalised that way (else include those two tensors in the file)", stacklevel=2)
     file = _weights_file(source).resolve()
-    imported = {"weights": str(file), "bytes": file.stat().st_size, "sha256": _sha256(file),
+    imported = {"weights": str(file), "bytes": file.stat().st_size, "sha256": file_sha256(file),
                 "model": model, "model_args": dict(cfg.model_args), "dataset": cfg.dataset, "method": method,
                 "date": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
     record = run_record({
