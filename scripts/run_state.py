@@ -16,7 +16,8 @@ The saved records name no path of the machine they came from: the suite director
 it). ``save`` leaves out TensorBoard event files, the suite's lock and every checkpoint but the newest
 complete one of each run (the one ``compare`` resumes from). A file whose bytes do not match the
 manifest is named and nothing is restored; ``restore`` refuses a destination that already holds a
-suite unless ``--force``. Both write into a temporary folder first and rename it into place, so an
+suite unless ``--force``. ``save`` refuses a destination inside a git work tree where git would ignore
+any of the files (the state would look saved and not travel). Both write into a temporary folder first and rename it into place, so an
 interrupted call leaves no half-written copy.
 """
 
@@ -26,6 +27,7 @@ import argparse
 import json
 import os
 import shutil
+import subprocess
 import sys
 from pathlib import Path
 
@@ -94,11 +96,35 @@ def replace_dir(tmp: Path, dst: Path) -> None:
         tmp.rename(dst)
 
 
+def git_ignored(dest: Path, files: list[Path]) -> list[Path]:
+    """Those of ``files`` (relative to ``dest``) that git would leave out of a commit when ``dest`` lies in
+    a git work tree; none when it does not (or git is absent). A state that is saved but ignored does not
+    travel, and a new machine would start every run again."""
+    try:
+        top = subprocess.run(["git", "-C", str(dest.parent), "rev-parse", "--show-toplevel"],
+                             capture_output=True, text=True, check=False)
+    except OSError:
+        return []
+    if top.returncode != 0:
+        return []
+    root = Path(top.stdout.strip())
+    paths = [str((dest / rel).resolve().relative_to(root.resolve())) for rel in files]
+    out = subprocess.run(["git", "-C", str(root), "check-ignore", "--no-index", "--stdin"],
+                         input="\n".join(paths), capture_output=True, text=True, check=False)
+    ignored = set(out.stdout.split("\n")) - {""}
+    return [rel for rel, p in zip(files, paths) if p in ignored]
+
+
 def save(suite_dir: Path, dest: Path) -> int:
     if not (suite_dir / "runs").is_dir():
         raise ValueError(f"{suite_dir} is not a suite directory (no runs/ in it)")
     files = wanted(suite_dir)
     dest.parent.mkdir(parents=True, exist_ok=True)
+    ignored = git_ignored(dest, files + [Path(MANIFEST)])
+    if ignored:
+        shown = ", ".join(str(rel) for rel in ignored[:3]) + (f" and {len(ignored) - 3} more" if len(ignored) > 3 else "")
+        raise ValueError(f"git ignores {len(ignored)} of the files to save under {dest} ({shown}): they would not "
+                         "travel with a commit; save elsewhere or change .gitignore")
     tmp = dest.with_name(dest.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     copy_files(suite_dir, tmp, files)

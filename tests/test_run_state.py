@@ -6,6 +6,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
+import subprocess
 from pathlib import Path
 from typing import Any
 
@@ -49,6 +50,26 @@ def test_save_keeps_the_newest_checkpoint_and_leaves_out_logs_and_the_lock(tmp_p
     assert sorted(manifest) == ["cards/at-s0.json", "runs/at-s0/checkpoints/LATEST",
                                 "runs/at-s0/checkpoints/epoch-0002/state.pt", "runs/at-s0/config.yaml"]
     assert not (tmp_path / "state" / "runs" / "at-s0" / "checkpoints" / "epoch-0001").exists()
+
+
+def test_save_refuses_a_destination_whose_files_git_would_ignore(tmp_path: Path) -> None:
+    """The state of the paper suite was once saved under bench/inflight/paper_cpu/ and committed while
+    .gitignore's ``runs/`` left every run out: the commit carried a manifest and nothing to resume."""
+    rs = _script()
+    suite = fake_suite(tmp_path / "suite")
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    subprocess.run(["git", "init", "-q", str(repo)], check=True)
+    (repo / ".gitignore").write_text("runs/\n")
+    with pytest.raises(ValueError, match=r"git ignores 3 of the files .*runs/at-s0/checkpoints/LATEST"):
+        rs.save(suite, repo / "state")
+    assert not (repo / "state").exists() and not (repo / "state.tmp").exists()
+    (repo / ".gitignore").write_text("runs/\n!/state/runs/\n")  # the project's own exception
+    assert rs.main(["save", str(suite), str(repo / "state")]) == 0
+    # and the repository's own .gitignore lets bench/inflight/*/runs travel
+    probe = "bench/inflight/paper_cpu/runs/at-s0/checkpoints/LATEST"
+    out = subprocess.run(["git", "-C", str(ROOT), "check-ignore", "--no-index", probe], capture_output=True, check=False)
+    assert out.returncode == 1, f"{probe} is ignored by the repository's .gitignore"
 
 
 def test_restore_sets_the_saved_times_and_refuses_corrupt_files_and_existing_suites(tmp_path: Path) -> None:
