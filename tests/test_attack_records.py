@@ -1,0 +1,121 @@
+"""What an attack writes about itself: its parameters on a card, its repr in a log, AutoAttack's
+per-stage counts that evaluation shards sum, and the registry's builders. A card that names the
+wrong attack, or shards whose sum is not the whole set's, reports a number no one ran."""
+
+from __future__ import annotations
+
+import pytest
+from torch import nn
+
+from robustprune.attacks import (
+    FMN,
+    PGD,
+    AutoAttack,
+    CarliniWagnerL2,
+    DeepFool,
+    TransferAttack,
+    build_attack,
+    build_minnorm,
+)
+from robustprune.attacks.autoattack import package_version
+
+
+def test_attack_repr_lists_its_params_without_the_name() -> None:
+    attack = PGD(eps=0.3, steps=7, step_size=0.01)
+    text = repr(attack)
+    assert text.startswith("PGD(") and text.endswith(")")
+    params = attack.params()
+    assert params["name"] == "pgd"
+    for key, value in params.items():
+        if key != "name":
+            assert f"{key}={value!r}" in text
+    assert "name=" not in text
+    assert ", " in text  # the items are separated as in a call
+
+
+def test_minnorm_repr_lists_its_params_without_the_name() -> None:
+    attack = FMN(norm="l1", steps=12)
+    text = repr(attack)
+    assert text.startswith("FMN(") and text.endswith(")")
+    assert "norm='l1'" in text and "steps=12" in text and "eval_mode=True" in text
+    assert "name=" not in text and ", " in text
+
+
+def test_build_minnorm_builds_each_registered_attack_with_its_arguments() -> None:
+    deepfool = build_minnorm("deepfool", steps=5)
+    assert isinstance(deepfool, DeepFool) and deepfool.params()["steps"] == 5
+    assert isinstance(build_minnorm("cw"), CarliniWagnerL2)
+    fmn = build_minnorm("fmn", norm="l2")
+    assert isinstance(fmn, FMN) and fmn.norm == "l2"
+    with pytest.raises(ValueError, match="no-such-attack"):
+        build_minnorm("no-such-attack")
+    assert isinstance(build_attack("pgd", eps=0.1), PGD)
+
+
+def test_minimum_norm_attacks_put_every_setting_on_the_card() -> None:
+    cw = CarliniWagnerL2(steps=11, lr=0.5, binary_search_steps=3, initial_const=0.25, kappa=0.5, abort_early=False)
+    assert cw.params() == {"name": "cw-l2", "norm": "l2", "eval_mode": True, "steps": 11, "lr": 0.5,
+                           "binary_search_steps": 3, "initial_const": 0.25, "kappa": 0.5, "abort_early": False}
+    df = DeepFool(steps=9, overshoot=0.5, candidates=4, eval_mode=False)
+    assert df.params() == {"name": "deepfool", "norm": "l2", "eval_mode": False, "steps": 9, "overshoot": 0.5,
+                           "candidates": 4}
+
+
+def test_transfer_attack_names_its_inner_attack_and_refuses_wrong_arguments() -> None:
+    inner = PGD(eps=0.2, steps=3, step_size=0.1, norm="l2", eval_mode=False)
+    attack = TransferAttack(source=nn.Linear(2, 2), attack=inner)
+    p = attack.params()
+    assert p["name"] == "transfer-pgd" and p["inner"] == "pgd" and p["transfer"] is True
+    assert p["steps"] == 3 and p["eps"] == 0.2 and p["norm"] == "l2"
+    # the transfer attack takes its threat model from the inner attack, not from the defaults
+    assert (attack.eps, attack.norm, attack.eval_mode) == (0.2, "l2", False)
+    assert TransferAttack(source=nn.Linear(2, 2), attack=PGD(eps=0.1)).eval_mode is True
+    with pytest.raises(ValueError, match="source must be an nn.Module, got str"):
+        TransferAttack(source="model", attack=inner)  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="attack must be an Attack, got int"):
+        TransferAttack(source=nn.Linear(2, 2), attack=3)  # type: ignore[arg-type]
+
+
+def test_autoattack_params_name_the_version_budget_and_package() -> None:
+    p = AutoAttack(eps=0.3, version="standard", seed=4).params()
+    assert p["name"] == "autoattack" and p["version"] == "standard" and p["seed"] == 4
+    assert p["eot"] == 1 and p["n_iter"] == 100 and p["n_queries"] == 5000
+    assert p["package"] == f"pyautoattack {package_version()}" and package_version() != "not installed"
+    p = AutoAttack(eps=0.3, version="rand", n_iter=7, n_queries=11).params()
+    assert p["eot"] == 20 and p["n_iter"] == 7 and p["n_queries"] == 11
+    assert AutoAttack(eps=0.3, version="auto").params()["eot"] == 20
+
+
+def shard_tallies(n: int, clean: int, robust: dict[str, int], seconds: dict[str, float],
+                  versions: list[str], flags: list[str]) -> dict[str, object]:
+    return {"n": n, "clean": clean, "robust": robust, "seconds": seconds, "versions": versions, "flags": flags}
+
+
+def test_autoattack_tallies_sum_exactly_over_shards() -> None:
+    whole = AutoAttack(eps=0.3)
+    assert whole.tallies() == {"n": 0, "clean": 0, "robust": {}, "seconds": {}, "versions": [], "flags": []}
+    empty = whole.breakdown()
+    assert empty["n"] == 0 and empty["clean_acc"] == 0.0 and empty["stages"] == []
+    whole.add_tallies(shard_tallies(10, 9, {"apgd-ce": 6, "apgd-t": 5}, {"apgd-ce": 1.5, "apgd-t": 2.0},
+                                    ["standard"], ["warn a"]))
+    whole.add_tallies(shard_tallies(6, 3, {"apgd-ce": 2, "apgd-t": 1}, {"apgd-ce": 0.25},
+                                    ["rand"], ["warn a", "warn b"]))
+    t = whole.tallies()
+    assert t == {"n": 16, "clean": 12, "robust": {"apgd-ce": 8, "apgd-t": 6},
+                 "seconds": {"apgd-ce": 1.75, "apgd-t": 2.0}, "versions": ["rand", "standard"],
+                 "flags": ["warn a", "warn b"]}
+    b = whole.breakdown()
+    assert b["n"] == 16 and b["clean_acc"] == pytest.approx(75.0)
+    assert b["stages"] == [{"name": "apgd-ce", "robust_acc": pytest.approx(50.0), "wall_s": 1.75},
+                           {"name": "apgd-t", "robust_acc": pytest.approx(37.5), "wall_s": 2.0}]
+    assert b["versions"] == ["rand", "standard"] and b["flags"] == ["warn a", "warn b"]
+    # the tallies are a copy: a caller changing them does not change the attack's counts
+    t["robust"]["apgd-ce"] = 0
+    t["flags"].append("x")
+    assert whole.tallies()["robust"]["apgd-ce"] == 8 and whole.tallies()["flags"] == ["warn a", "warn b"]
+    # one attack's tallies added to a fresh one reproduce it
+    again = AutoAttack(eps=0.3)
+    again.add_tallies(whole.tallies())
+    assert again.tallies() == whole.tallies() and again.breakdown() == whole.breakdown()
+    whole.reset()
+    assert whole.tallies()["n"] == 0 and whole.tallies()["robust"] == {}
