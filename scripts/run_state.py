@@ -17,8 +17,8 @@ it). ``save`` leaves out TensorBoard event files, the suite's lock and every che
 complete one of each run (the one ``compare`` resumes from). A file whose bytes do not match the
 manifest is named and nothing is restored; ``restore`` refuses a destination that already holds a
 suite unless ``--force``. ``save`` refuses a destination inside a git work tree where git would ignore
-any of the files (the state would look saved and not travel). Both write into a temporary folder first and rename it into place, so an
-interrupted call leaves no half-written copy.
+any of the files (the state would look saved and not travel). Both write into a temporary folder
+first and rename it into place, so an interrupted call leaves no half-written copy.
 """
 
 from __future__ import annotations
@@ -112,7 +112,7 @@ def git_ignored(dest: Path, files: list[Path]) -> list[Path]:
     out = subprocess.run(["git", "-C", str(root), "check-ignore", "--no-index", "--stdin"],
                          input="\n".join(paths), capture_output=True, text=True, check=False)
     ignored = set(out.stdout.split("\n")) - {""}
-    return [rel for rel, p in zip(files, paths) if p in ignored]
+    return [rel for rel, p in zip(files, paths, strict=True) if p in ignored]
 
 
 def save(suite_dir: Path, dest: Path) -> int:
@@ -122,7 +122,8 @@ def save(suite_dir: Path, dest: Path) -> int:
     dest.parent.mkdir(parents=True, exist_ok=True)
     ignored = git_ignored(dest, files + [Path(MANIFEST)])
     if ignored:
-        shown = ", ".join(str(rel) for rel in ignored[:3]) + (f" and {len(ignored) - 3} more" if len(ignored) > 3 else "")
+        more = f" and {len(ignored) - 3} more" if len(ignored) > 3 else ""
+        shown = ", ".join(str(rel) for rel in ignored[:3]) + more
         raise ValueError(f"git ignores {len(ignored)} of the files to save under {dest} ({shown}): they would not "
                          "travel with a commit; save elsewhere or change .gitignore")
     tmp = dest.with_name(dest.name + ".tmp")

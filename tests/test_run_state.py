@@ -68,7 +68,8 @@ def test_save_refuses_a_destination_whose_files_git_would_ignore(tmp_path: Path)
     assert rs.main(["save", str(suite), str(repo / "state")]) == 0
     # and the repository's own .gitignore lets bench/inflight/*/runs travel
     probe = "bench/inflight/paper_cpu/runs/at-s0/checkpoints/LATEST"
-    out = subprocess.run(["git", "-C", str(ROOT), "check-ignore", "--no-index", probe], capture_output=True, check=False)
+    out = subprocess.run(["git", "-C", str(ROOT), "check-ignore", "--no-index", probe], capture_output=True,
+                         check=False)
     assert out.returncode == 1, f"{probe} is ignored by the repository's .gitignore"
 
 
