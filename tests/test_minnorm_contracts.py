@@ -75,8 +75,8 @@ def test_deepfool_takes_two_candidates_and_refuses_a_one_class_model() -> None:
 
 
 def test_a_batch_of_one_point_is_attacked() -> None:
-    model = nn.Sequential(nn.Flatten(), nn.Linear(16, 8), nn.Tanh(), nn.Linear(8, 3)).double().eval()
     torch.manual_seed(0)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(16, 8), nn.Tanh(), nn.Linear(8, 3)).double().eval()
     x = torch.rand(1, 1, 4, 4, dtype=torch.float64) * 0.2 + 0.4
     with torch.no_grad():
         y = model(x).argmax(1)
