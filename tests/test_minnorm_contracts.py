@@ -104,3 +104,114 @@ def test_images_at_the_box_walls_stay_in_the_box_and_finite() -> None:
     assert cw.success.any() and torch.isfinite(cw.norms[cw.success]).all()
     df = DeepFool(overshoot=0.5)(model, x, y)
     assert df.x_adv.min() >= 0 and df.x_adv.max() <= 1
+
+
+def test_cw_binary_search_of_the_constant() -> None:
+    """The constant's schedule, with the optimisation replaced by a rule (an example is fooled
+    exactly when the constant reaches its threshold): ×10 until the first success, then bisection
+    between the largest failing and the smallest succeeding constant."""
+    thresholds = torch.tensor([0.05, 1e30], dtype=torch.float64)  # the second is never fooled
+    seen: list[list[float]] = []
+
+    def rule(self: CarliniWagnerL2, model: nn.Module, x: torch.Tensor, y: torch.Tensor, w0: torch.Tensor,
+             const: torch.Tensor, best_x: torch.Tensor, best_l2: torch.Tensor) -> torch.Tensor:
+        seen.append(const.tolist())
+        return const >= thresholds
+
+    model = nn.Sequential(nn.Flatten(), nn.Linear(4, 2)).double().eval()
+    x = torch.full((2, 1, 2, 2), 0.5, dtype=torch.float64)
+    with torch.no_grad():
+        y = model(x).argmax(1)
+    attack = CarliniWagnerL2(binary_search_steps=6, initial_const=1e-3)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(CarliniWagnerL2, "_optimise", rule)
+        attack(model, x, y)
+    first = [c[0] for c in seen]
+    expected = [1e-3, 1e-2, 1e-1, (1e-2 + 1e-1) / 2, (0.01 + 0.055) / 2, (0.0325 + 0.055) / 2]
+    assert first == pytest.approx(expected, rel=1e-12)
+    assert [c[1] for c in seen] == pytest.approx([1e-3 * 10**k for k in range(6)], rel=1e-12)
+
+
+class Constant(nn.Module):
+    """Logits that do not depend on the input: C&W's loss is flat, so early abort must stop it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.calls = 0
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.calls += 1
+        return torch.tensor([[2.0, 0.0]], dtype=x.dtype).expand(len(x), 2) + 0 * x.flatten(1)[:, :1]
+
+
+@pytest.mark.parametrize(("steps", "calls"), [(100, 1 + 11), (15, 1 + 2)])
+def test_cw_aborts_early_when_the_loss_stops_falling(steps: int, calls: int) -> None:
+    """The loss is checked every max(steps // 10, 1) iterations from the first; the round stops at
+    the first check where it has not fallen by 0.01 %. One more call: the base's clean check."""
+    model = Constant()
+    x = torch.full((1, 1, 2, 2), 0.5, dtype=torch.float64)
+    attack = CarliniWagnerL2(steps=steps, binary_search_steps=1)
+    model.calls = 0
+    attack.perturb(model, x, torch.zeros(1, dtype=torch.long))
+    assert model.calls == calls
+    model.calls = 0
+    CarliniWagnerL2(steps=steps, binary_search_steps=1, abort_early=False).perturb(model, x,
+                                                                                   torch.zeros(1, dtype=torch.long))
+    assert model.calls == 1 + steps
+
+
+def test_cw_confidence_kappa_is_a_margin_the_example_must_clear() -> None:
+    g = torch.Generator().manual_seed(7)
+    w = torch.randn(2, 16, generator=g, dtype=torch.float64)
+    b = -(w @ torch.full((16,), 0.5, dtype=torch.float64))
+    model = linear_model(w, b)
+    x = (0.5 + 0.05 * (torch.rand(6, 1, 4, 4, generator=g, dtype=torch.float64) - 0.5))
+    with torch.no_grad():
+        y = model(x).argmax(1)
+    kappa = 0.5
+    res = CarliniWagnerL2(steps=200, lr=5e-2, binary_search_steps=5, initial_const=1.0, kappa=kappa)(model, x, y)
+    assert res.success.all()
+    with torch.no_grad():
+        logits = model(res.x_adv)
+    margin = logits.scatter(1, y[:, None], float("-inf")).amax(1) - logits.gather(1, y[:, None]).squeeze(1)
+    assert (margin > kappa).all(), margin  # past the boundary by at least kappa, not just across it
+    plain = CarliniWagnerL2(steps=200, lr=5e-2, binary_search_steps=5, initial_const=1.0)(model, x, y)
+    assert (plain.norms < res.norms).all()  # the margin costs distance
+
+
+class FooledOnce(nn.Module):
+    """Class 0 wins on every call but the ``at``-th, where class 1 does (the input is ignored)."""
+
+    def __init__(self, at: int) -> None:
+        super().__init__()
+        self.at, self.calls = at, 0
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.calls += 1
+        row = [0.0, 1.0] if self.calls == self.at else [1.0, 0.0]
+        return torch.tensor([row], dtype=x.dtype).expand(len(x), 2) + 0 * x.flatten(1)[:, :1]
+
+
+def test_a_cw_round_succeeds_when_any_of_its_steps_fooled_the_model() -> None:
+    """Success of a round (which moves the constant down) is any step's, not only the last step's;
+    and the example of that step is the one kept."""
+    x = torch.full((1, 1, 2, 2), 0.5, dtype=torch.float64)
+    y = torch.zeros(1, dtype=torch.long)
+    attack = CarliniWagnerL2(steps=5, binary_search_steps=1, abort_early=False)
+    w0 = torch.atanh((2 * x - 1) * (1 - 1e-6))
+    best_x, best_l2 = x.clone(), torch.full((1,), float("inf"), dtype=torch.float64)
+    found = attack._optimise(FooledOnce(at=3), x, y, w0, torch.ones(1, dtype=torch.float64), best_x, best_l2)
+    assert found.tolist() == [True]
+    assert torch.isfinite(best_l2).all()
+    none = attack._optimise(FooledOnce(at=99), x, y, w0, torch.ones(1, dtype=torch.float64), x.clone(),
+                            torch.full((1,), float("inf"), dtype=torch.float64))
+    assert none.tolist() == [False]
+
+
+def test_rfgsm_alpha_zero_is_plain_fgsm_and_the_mode_is_kept() -> None:
+    from robustprune.attacks import RFGSM
+
+    attack = RFGSM(eps=0.1, alpha=0.0, eval_mode=False)
+    assert attack.alpha == 0.0 and attack.eval_mode is False and attack.params()["alpha"] == 0.0
+    with pytest.raises(ValueError, match=r"alpha must be in \[0, eps=0.1\), got 0.1"):
+        RFGSM(eps=0.1, alpha=0.1)
