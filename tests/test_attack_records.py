@@ -5,6 +5,7 @@ wrong attack, or shards whose sum is not the whole set's, reports a number no on
 from __future__ import annotations
 
 import pytest
+import torch
 from torch import nn
 
 from robustprune.attacks import (
@@ -119,3 +120,37 @@ def test_autoattack_tallies_sum_exactly_over_shards() -> None:
     assert again.tallies() == whole.tallies() and again.breakdown() == whole.breakdown()
     whole.reset()
     assert whole.tallies()["n"] == 0 and whole.tallies()["robust"] == {}
+
+
+@pytest.mark.parametrize("n_iter", [1, 7, 20, 50, 100, 333])
+def test_apgd_iterations_are_set_as_the_package_derives_them(n_iter: int) -> None:
+    """``n_iter`` below the package's 100 must also move APGD's checkpoint schedule, exactly as the
+    package's constructor derives it from ``n_iter``."""
+    from pyautoattack.autopgd_base import APGDAttack
+
+    from robustprune.attacks.autoattack import _set_apgd_iterations
+
+    def predict(x: torch.Tensor) -> torch.Tensor:
+        return x
+
+    ours = APGDAttack(predict, n_iter=100, eps=0.1, device="cpu")
+    _set_apgd_iterations(ours, n_iter)
+    theirs = APGDAttack(predict, n_iter=n_iter, eps=0.1, device="cpu")
+    for key in ("n_iter", "n_iter_orig", "n_iter_2", "n_iter_min", "size_decr"):
+        assert getattr(ours, key) == getattr(theirs, key), key
+
+
+def test_fmn_card_names_every_setting() -> None:
+    fmn = FMN(norm="l1", steps=12, step_size=0.5, min_step_size=0.01, gamma=0.2, min_gamma=0.02, targets=3)
+    assert fmn.params() == {"name": "fmn", "norm": "l1", "eval_mode": True, "steps": 12, "step_size": 0.5,
+                            "min_step_size": 0.01, "gamma": 0.2, "min_gamma": 0.02, "targets": 3}
+
+
+def test_an_unnamed_minimum_norm_attack_is_named_after_its_class() -> None:
+    from robustprune.attacks import MinNormAttack
+
+    class MyAttack(MinNormAttack):
+        def perturb(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+            return x
+
+    assert MyAttack(eval_mode=False).params() == {"name": "myattack", "norm": "l2", "eval_mode": False}

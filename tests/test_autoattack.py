@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -71,9 +72,12 @@ def test_invariants_and_silence(plain: nn.Module, capfd: pytest.CaptureFixture[s
 def test_breakdown_matches_the_evaluation(plain: nn.Module) -> None:
     x, y = levels(64, seed=2)
     attack = AutoAttack(eps=EPS, **QUICK)
+    t0 = time.perf_counter()
     x_adv = attack(plain, x, y)
+    wall = time.perf_counter() - t0
     b = attack.breakdown()
     assert b["versions"] == ["standard"] and b["n"] == 64 and b["flags"] == []
+    assert 0 < sum(s["wall_s"] for s in b["stages"]) <= wall  # each stage's own time, inside the call's
     assert [s["name"] for s in b["stages"]] == ["apgd-ce", "apgd-t", "fab-t", "square"]
     accs = [b["clean_acc"]] + [s["robust_acc"] for s in b["stages"]]
     assert accs == sorted(accs, reverse=True), "a cascade can only remove robust points"
@@ -82,8 +86,19 @@ def test_breakdown_matches_the_evaluation(plain: nn.Module) -> None:
         robust = ((plain(x).argmax(1) == y) & (plain(x_adv).argmax(1) == y)).float().mean() * 100
     assert accs[-1] == pytest.approx(float(robust))
     assert 0 < accs[-1] < b["clean_acc"]
-    attack(plain, x[:8], y[:8])
+    first = attack.tallies()
+    x_adv8 = attack(plain, x[:8], y[:8])
     assert attack.breakdown()["n"] == 72
+    # the counts of both calls add up, stage by stage, and so do the seconds
+    t = attack.tallies()
+    with torch.no_grad():
+        clean8 = int((plain(x[:8]).argmax(1) == y[:8]).sum())
+        robust8 = int(((plain(x[:8]).argmax(1) == y[:8]) & (plain(x_adv8).argmax(1) == y[:8])).sum())
+    assert t["clean"] == first["clean"] + clean8
+    assert t["robust"]["square"] == first["robust"]["square"] + robust8
+    assert all(t["robust"][k] >= first["robust"][k] for k in first["robust"])
+    assert all(t["seconds"][k] > first["seconds"][k] > 0 for k in first["seconds"])
+    assert sum(t["seconds"].values()) < 600
     attack.reset()
     assert attack.breakdown()["n"] == 0
     p = attack.params()
