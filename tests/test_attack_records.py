@@ -154,3 +154,16 @@ def test_an_unnamed_minimum_norm_attack_is_named_after_its_class() -> None:
             return x
 
     assert MyAttack(eval_mode=False).params() == {"name": "myattack", "norm": "l2", "eval_mode": False}
+
+
+def test_a_missing_package_is_named_on_the_card_not_an_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    from importlib import metadata
+
+    import robustprune.attacks.autoattack as aa_mod
+
+    def missing(name: str) -> str:
+        raise metadata.PackageNotFoundError(name)
+
+    monkeypatch.setattr(aa_mod.metadata, "version", missing)
+    assert aa_mod.package_version() == "not installed"
+    assert AutoAttack(eps=0.3).params()["package"] == "pyautoattack not installed"
