@@ -167,3 +167,94 @@ def test_a_missing_package_is_named_on_the_card_not_an_error(monkeypatch: pytest
     monkeypatch.setattr(aa_mod.metadata, "version", missing)
     assert aa_mod.package_version() == "not installed"
     assert AutoAttack(eps=0.3).params()["package"] == "pyautoattack not installed"
+
+
+def four_classes() -> nn.Module:
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Flatten(), nn.Linear(16, 4)).eval()
+
+
+@pytest.mark.parametrize(("version", "norm", "eot"), [("standard", "linf", 1), ("rand", "l2", 20)])
+def test_autoattack_builds_the_package_attack_it_says_on_the_card(version: str, norm: str, eot: int) -> None:
+    from robustprune.attacks.autoattack import _Collect
+
+    attack = AutoAttack(eps=0.5, norm=norm, version=version, seed=7, n_iter=12, n_queries=34)
+    x, y = torch.rand(3, 1, 4, 4), torch.tensor([0, 1, 2])
+    aa = attack._build(four_classes(), x, y, version, _Collect())
+    assert aa.version == version and aa.seed == 7 and aa.norm == {"linf": "Linf", "l2": "L2"}[norm]
+    assert aa.epsilon == 0.5 and str(aa.device) == "cpu"
+    assert aa.apgd.eot_iter == eot == attack.params()["eot"]
+    assert aa.apgd_targeted.n_target_classes == 3 and aa.fab.n_target_classes == 3  # 4 classes: 3 others
+    assert aa.apgd.n_iter == aa.apgd_targeted.n_iter == aa.fab.n_iter == 12 and aa.square.n_queries == 34
+    assert aa.apgd.size_decr == 1 and aa.apgd.n_iter_2 == 2  # the schedule follows the iterations
+    assert aa.logger is aa.apgd.logger and aa.logger.name == "robustprune.attacks.autoattack.package"
+    plain = AutoAttack(eps=0.5, version=version)._build(four_classes(), x, y, version, _Collect())
+    assert plain.apgd.n_iter == 100 and plain.square.n_queries == 5000  # the package's own budget
+
+
+def test_autoattack_keeps_its_threat_model_and_names_bad_budgets() -> None:
+    a = AutoAttack(eps=0.5, norm="l2", eval_mode=False)
+    assert (a.norm, a.eval_mode, a.seed, a.version) == ("l2", False, 0, "auto")
+    for key in ("n_iter", "n_queries"):
+        with pytest.raises(ValueError, match=f"^{key} must be"):
+            AutoAttack(eps=0.3, **{key: 0})
+
+
+def test_fmn_cosine_schedule_runs_from_start_to_end() -> None:
+    from robustprune.attacks.fmn import _cosine
+
+    assert _cosine(1.0, 0.1, 0, 10) == pytest.approx(1.0)
+    assert _cosine(1.0, 0.1, 10, 10) == pytest.approx(0.1)
+    assert _cosine(1.0, 0.1, 5, 10) == pytest.approx(0.55)
+    assert _cosine(2.0, 0.0, 3, 12) == pytest.approx(1 + 2 ** -0.5)  # cos(pi/4)
+
+
+def test_fmn_tries_each_of_the_top_other_classes_once() -> None:
+    seen: list[object] = []
+    original = FMN._run
+
+    def spy(self: FMN, model: nn.Module, x: torch.Tensor, y: torch.Tensor,
+            target: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+        seen.append(None if target is None else target.tolist())
+        return original(self, model, x, y, target)
+
+    model = four_classes()
+    x = torch.rand(2, 1, 4, 4, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        logits = model(x)
+    y = logits.argmax(1)
+    order = logits.scatter(1, y[:, None], float("-inf")).argsort(1, descending=True)[:, :3]
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(FMN, "_run", spy)
+        FMN(steps=3, targets=9)(model, x, y)  # more targets than other classes: all three
+        assert seen == [order[:, j].tolist() for j in range(3)]
+        seen.clear()
+        FMN(steps=3, targets=2)(model, x, y)
+        assert seen == [order[:, j].tolist() for j in range(2)]
+    binary = nn.Sequential(nn.Flatten(), nn.Linear(16, 2)).eval()
+    res = FMN(steps=5, targets=1)(binary, x, binary(x).argmax(1))  # one other class is enough
+    assert len(res.norms) == 2
+    one = nn.Sequential(nn.Flatten(), nn.Linear(16, 1)).eval()
+    with pytest.raises(ValueError, match="FMN needs a model with >= 2 classes, got 1"):
+        FMN(steps=2, targets=1)(one, x, torch.zeros(2, dtype=torch.long))
+
+
+def test_pgd_restarts_run_again_on_every_point_still_robust() -> None:
+    """R restarts = the first run and R − 1 more on the points not yet fooled, down to a single one."""
+    calls: list[int] = []
+    original = PGD._run
+
+    def spy(self: PGD, model: nn.Module, x: torch.Tensor, y: torch.Tensor, **kw: object) -> torch.Tensor:
+        calls.append(len(x))
+        return original(self, model, x, y, **kw)  # type: ignore[arg-type]
+
+    model = four_classes()
+    x = torch.rand(3, 1, 4, 4, generator=torch.Generator().manual_seed(2))
+    y = model(x).argmax(1).detach()
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(PGD, "_run", spy)
+        PGD(eps=1e-4, steps=2, restarts=4)(model, x, y)  # too small to fool anyone: every run sees all 3
+        assert calls == [3, 3, 3, 3]
+        calls.clear()
+        PGD(eps=1e-4, steps=2, restarts=3)(model, x[:1], y[:1])  # a single robust point is restarted too
+        assert calls == [1, 1, 1]
