@@ -258,3 +258,39 @@ def test_pgd_restarts_run_again_on_every_point_still_robust() -> None:
         calls.clear()
         PGD(eps=1e-4, steps=2, restarts=3)(model, x[:1], y[:1])  # a single robust point is restarted too
         assert calls == [1, 1, 1]
+
+
+def test_fmn_defaults_and_errors_name_the_argument() -> None:
+    assert FMN().params() == {"name": "fmn", "norm": "linf", "eval_mode": True, "steps": 100, "step_size": 1.0,
+                              "min_step_size": 0.01, "gamma": 0.05, "min_gamma": 0.001, "targets": None}
+    assert FMN(step_size=2.0).min_step_size == pytest.approx(0.02)  # step_size / 100 unless given
+    assert FMN(step_size=2.0, min_step_size=0.5).min_step_size == 0.5
+    for key, bad in (("steps", 0), ("step_size", 0.0), ("min_step_size", -1.0), ("gamma", 0.0), ("min_gamma", 0.0),
+                     ("targets", 0)):
+        with pytest.raises(ValueError, match=f"^{key} must be"):
+            FMN(**{key: bad})
+    for gamma, min_gamma in ((1.0, 0.001), (0.05, 1.0), (0.05, 1.5)):
+        with pytest.raises(ValueError, match="gamma and min_gamma must be < 1"):
+            FMN(gamma=gamma, min_gamma=min_gamma)
+
+
+def test_fmn_checks_every_iterate_once() -> None:
+    """steps + 1 iterates per pass (the start and one after each step), each judged by one forward
+    pass; the base adds its clean check before and its success check after."""
+
+    class Counting(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.inner, self.calls = four_classes(), 0
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            self.calls += 1
+            return self.inner(x)
+
+    model = Counting()
+    x = torch.rand(2, 1, 4, 4, generator=torch.Generator().manual_seed(3))
+    y = model.inner(x).argmax(1).detach()
+    for steps in (1, 4, 9):
+        model.calls = 0
+        FMN(steps=steps).perturb(model, x, y)
+        assert model.calls == steps + 1, steps
