@@ -294,3 +294,37 @@ def test_fmn_checks_every_iterate_once() -> None:
         model.calls = 0
         FMN(steps=steps).perturb(model, x, y)
         assert model.calls == steps + 1, steps
+
+
+def test_reprs_separate_their_items_with_a_comma_and_a_space() -> None:
+    attack = PGD(eps=0.3, steps=7, step_size=0.01)
+    inner = repr(attack)[len("PGD("):-1]
+    assert inner.split(", ") == [f"{k}={v!r}" for k, v in attack.params().items() if k != "name"]
+
+
+def test_fgsm_keeps_its_norm() -> None:
+    from robustprune.attacks import FGSM
+
+    assert FGSM(eps=0.5, norm="l2").norm == "l2" and FGSM(eps=0.5, norm="l2").params()["norm"] == "l2"
+
+
+def test_l2_projection_leaves_points_inside_the_ball_alone() -> None:
+    from robustprune.attacks.fmn import project_lp_ball
+
+    delta = torch.tensor([[0.3, 0.4], [3.0, 4.0]])  # L2 norms 0.5 and 5
+    out = project_lp_ball(delta, torch.tensor([1.0, 1.0]), "l2")
+    torch.testing.assert_close(out, torch.tensor([[0.3, 0.4], [0.6, 0.8]]))
+
+
+def test_deepfool_steps_stay_in_the_pixel_box() -> None:
+    """A boundary that lies only beyond the box (below 0): DeepFool's steps are clipped to [0, 1]
+    and it fails there rather than returning an image with negative pixels."""
+    from robust_toys import linear_model
+
+    from robustprune.attacks import DeepFool
+
+    w = torch.stack([torch.zeros(4, dtype=torch.float64), -torch.ones(4, dtype=torch.float64)])
+    model = linear_model(w, torch.tensor([0.0, -0.1], dtype=torch.float64))  # class 1 needs sum(x) < -0.1
+    x = torch.zeros(2, 1, 2, 2, dtype=torch.float64)
+    res = DeepFool(steps=5)(model, x, torch.zeros(2, dtype=torch.long))
+    assert res.x_adv.min() >= 0 and not res.success.any()
