@@ -320,7 +320,6 @@ def test_deepfool_steps_stay_in_the_pixel_box() -> None:
     """A boundary that lies only beyond the box (below 0): DeepFool's steps are clipped to [0, 1]
     and it fails there rather than returning an image with negative pixels."""
     from robust_toys import linear_model
-
     from robustprune.attacks import DeepFool
 
     w = torch.stack([torch.zeros(4, dtype=torch.float64), -torch.ones(4, dtype=torch.float64)])
