@@ -85,7 +85,9 @@ def main(argv: list[str] | None = None) -> int:
                          "wall_min_per_full_epoch": wall / batches * FULL_BATCHES / 60}
     ratio = methods["anp-vs"]["median_cpu_s"] / methods["at"]["median_cpu_s"]
     report = {"date": datetime.now(UTC).isoformat(timespec="seconds"),
-              "command": "python bench/epoch_cost.py " + " ".join(sys.argv[1:] if argv is None else argv),
+              # the data directory is this machine's: the record says DATA, as the commands in RESULTS do
+              "command": "python bench/epoch_cost.py " + " ".join(
+                  "DATA" if a == args.data_dir else a for a in (sys.argv[1:] if argv is None else argv)),
               "machine": {"platform": platform.platform(), "processor": platform.processor(),
                           "cpus": len(__import__("os").sched_getaffinity(0)), "torch_threads": 1,
                           "loadavg_at_end": list(__import__("os").getloadavg())},

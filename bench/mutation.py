@@ -112,6 +112,13 @@ def summarise(statuses: dict[str, str], equivalent: dict[str, str]) -> dict[str,
     }
 
 
+def shown_command(argv: list[str]) -> str:
+    """The command as a record shows it: the scratch directory after ``--keep`` is this machine's, so
+    it is written ``DIR``."""
+    shown = ["DIR" if i > 0 and argv[i - 1] == "--keep" else a for i, a in enumerate(argv)]
+    return "python bench/mutation.py " + " ".join(shown)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("package", choices=PACKAGES)
@@ -171,9 +178,9 @@ def main(argv: list[str] | None = None) -> int:
         # the run this directory holds: its commit, command and time; this call adds the retests since
         commit, wall, command = earlier["commit"], earlier["wall_s"], earlier["command"]
         retested = {"date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"), "note": args.note,
-                    "command": "python bench/mutation.py " + " ".join(argv if argv is not None else sys.argv[1:])}
+                    "command": shown_command(argv if argv is not None else sys.argv[1:])}
     else:
-        command = "python bench/mutation.py " + " ".join(argv if argv is not None else sys.argv[1:])
+        command = shown_command(argv if argv is not None else sys.argv[1:])
         retested = None
     record = {
         "kind": "mutation", "tool": f"mutmut {mutmut.__version__}", "package": args.package,
