@@ -3,6 +3,8 @@ code that no test noticed: errors name the value at fault, JSON-ready summaries 
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 from torch import nn
@@ -178,3 +180,61 @@ def test_sparsity_record_counts_the_paper_cost_at_the_runs_data_sizes() -> None:
     assert record["paper"]["memory_full"] != paper_memory("lenet5-caffe", LENET5_FULL, num_classes=7)
     with pytest.raises(ValueError, match="image_size=32"):  # the image size reaches the LeNet5 check too
         sparsity_record("lenet5-caffe", model, in_channels=3, num_classes=7, image_size=32)
+
+
+def test_unstructured_cost_by_hand_on_a_conv_and_a_linear_layer() -> None:
+    """conv 1→2 (3×3, no padding) on 1×4×4 → 2×2 positions; linear 8→3 on its flattened output.
+    One conv weight of 18 and 20 of the 24 linear weights are zero (the linear through its mask)."""
+    from robustprune.sparsity.magnitude import MASK_BUFFER
+
+    conv, lin = nn.Conv2d(1, 2, 3, bias=False), nn.Linear(8, 3, bias=False)
+    with torch.no_grad():
+        conv.weight.fill_(1.0)
+        conv.weight[0, 0, 0, 0] = 0.0
+        lin.weight.fill_(2.0)
+    mask = torch.zeros(3, 8)
+    mask[0, :4] = 1.0
+    lin.register_buffer(MASK_BUFFER, mask)
+    model = nn.Sequential(conv, nn.Flatten(), lin)
+    cost = unstructured_cost(model, input_shape=(1, 4, 4), value_bytes=2, index_bytes=3)
+    conv_row, lin_row = cost["layers"]
+    assert conv_row == {"layer": "0", "numel": 18, "nnz": 17, "dense_bytes": 36,
+                        "csr_bytes": 17 * 5 + (2 + 1) * 3, "macs_dense": 18 * 4, "macs_sparse": 17 * 4}
+    assert lin_row == {"layer": "2", "numel": 24, "nnz": 4, "dense_bytes": 48,
+                       "csr_bytes": 4 * 5 + (3 + 1) * 3, "macs_dense": 24, "macs_sparse": 4}
+    assert {k: cost[k] for k in ("numel", "nnz", "dense_bytes", "csr_bytes", "macs_dense", "macs_sparse")} == {
+        "numel": 42, "nnz": 21, "dense_bytes": 84, "csr_bytes": 94 + 32, "macs_dense": 96, "macs_sparse": 72}
+    assert cost["weight_sparsity"] == pytest.approx(50.0)
+    assert cost["csr_vs_dense_bytes"] == pytest.approx(126 / 84) and cost["macs_ratio"] == pytest.approx(72 / 96)
+    assert cost["note"].startswith("theoretical") and set(cost) == {
+        "numel", "nnz", "dense_bytes", "csr_bytes", "macs_dense", "macs_sparse", "weight_sparsity",
+        "csr_vs_dense_bytes", "macs_ratio", "layers", "note"}
+    assert unstructured_cost(model, input_shape=(1, 4, 4))["dense_bytes"] == 4 * 42  # 4-byte values by default
+    assert unstructured_cost(model, input_shape=(1, 4, 4))["csr_bytes"] == 21 * 8 + 3 * 4 + 4 * 4
+    for bad in ({"value_bytes": 0}, {"index_bytes": 0}):
+        with pytest.raises(ValueError, match=r"value_bytes and index_bytes must be >= 1, got"):
+            unstructured_cost(model, input_shape=(1, 4, 4), **bad)
+    assert unstructured_cost(model, input_shape=(1, 4, 4), value_bytes=1, index_bytes=1)["dense_bytes"] == 42
+
+
+def test_minnorm_meter_summary_by_hand() -> None:
+    from robustprune.attacks.minnorm import MinNormResult
+    from robustprune.metrics.minnorm import MinNormMeter
+
+    empty = MinNormMeter().summary()
+    assert empty == {"n": 0, "n_correct": 0, "n_success": 0, "n_failed": 0, "success_rate": None,
+                     "r2": None, "r2_median": None, "r2_normalised": None}
+    meter = MinNormMeter()
+    x = torch.full((4, 1, 2, 2), 0.25)  # L2 norm of each image: 0.5
+    norms = torch.tensor([0.2, 0.4, math.inf, 0.0])
+    meter.update(MinNormResult(x_adv=x, norms=norms, success=torch.tensor([True, True, False, True])), x,
+                 clean_correct=torch.tensor([True, True, True, False]))
+    s = meter.summary()
+    assert {k: s[k] for k in ("n", "n_correct", "n_success", "n_failed")} == {"n": 4, "n_correct": 3, "n_success": 2,
+                                                                            "n_failed": 1}
+    assert s["success_rate"] == pytest.approx(200 / 3) and s["r2"] == pytest.approx(0.3)
+    assert s["r2_median"] == pytest.approx(0.2) and s["r2_normalised"] == pytest.approx(0.6)
+    none = MinNormMeter()  # correct points, none fooled: no distance to average
+    none.update(MinNormResult(x_adv=x[:1], norms=torch.tensor([math.inf]), success=torch.tensor([False])), x[:1],
+                clean_correct=torch.tensor([True]))
+    assert none.summary()["r2"] is None and none.summary()["r2_median"] is None and none.summary()["success_rate"] == 0
