@@ -3,9 +3,10 @@ their commands say DATA for the data directory and DIR for a scratch directory, 
 
 from __future__ import annotations
 
-import importlib.util
 import re
 from pathlib import Path
+
+from repo_scripts import load_script
 
 ROOT = Path(__file__).resolve().parents[1]
 MACHINE_PATH = re.compile(r"(?<![\w.])/(?:work|tmp|root|home|var/tmp)/")
@@ -20,10 +21,7 @@ def test_no_committed_record_names_a_machine_path() -> None:
 
 
 def test_the_mutation_record_writes_its_scratch_directory_as_dir() -> None:
-    spec = importlib.util.spec_from_file_location("mutation_bench", ROOT / "bench" / "mutation.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    module = load_script("bench/mutation.py", "mutation_bench")
     assert module.shown_command(["attacks", "--keep", "/scratch/x", "--max-children", "2"]) == \
         "python bench/mutation.py attacks --keep DIR --max-children 2"
     assert module.shown_command(["metrics"]) == "python bench/mutation.py metrics"

@@ -4,7 +4,6 @@ tally written by ``--json`` counts per group (data lost = files unreadable + res
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import subprocess
 import sys
 from pathlib import Path
@@ -12,16 +11,14 @@ from types import ModuleType
 
 import pytest
 
+from repo_scripts import load_script
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
 def faults() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("faults_bench", ROOT / "bench" / "faults.py")
-    assert spec is not None and spec.loader is not None
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return load_script("bench/faults.py", "faults_bench")
 
 
 def test_only_refuses_an_unknown_group_naming_it() -> None:

@@ -4,12 +4,12 @@ The old names appear only here and in the script (a test elsewhere uses the curr
 
 from __future__ import annotations
 
-import importlib.util
 from pathlib import Path
 
 import pytest
 import yaml
 
+from repo_scripts import load_script
 from robustprune.cli import main
 from robustprune.compare import load_suite, parse_suite
 from robustprune.compare.runner import card_path, plan_suite
@@ -18,11 +18,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def _script():  # type: ignore[no-untyped-def]
-    spec = importlib.util.spec_from_file_location("migrate_suite", ROOT / "scripts" / "migrate_suite.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("scripts/migrate_suite.py")
 
 
 OLD = """\

@@ -3,7 +3,6 @@ restored on another machine, where ``compare`` then reuses what was finished and
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import subprocess
@@ -14,17 +13,14 @@ import pytest
 import torch
 
 import robustprune.compare.runner as runner_mod
+from repo_scripts import load_script
 from robustprune.compare import parse_suite, run_suite
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
 def _script():  # type: ignore[no-untyped-def]
-    spec = importlib.util.spec_from_file_location("run_state", ROOT / "scripts" / "run_state.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("scripts/run_state.py")
 
 
 def fake_suite(root: Path) -> Path:

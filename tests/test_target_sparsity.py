@@ -168,12 +168,9 @@ def test_equal_sparsity_suite_gives_every_pruning_row_the_same_fine_tuning_budge
 
 
 def test_equal_sparsity_plot_reads_a_suite_table(tmp_path: Path) -> None:
-    import importlib.util
+    from repo_scripts import load_script
 
-    spec = importlib.util.spec_from_file_location("esp", Path(__file__).parents[1] / "bench" / "equal_sparsity_plot.py")
-    assert spec is not None and spec.loader is not None
-    esp = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(esp)
+    esp = load_script("bench/equal_sparsity_plot.py")
 
     def row(run_id: str, aa: list[float], units: list[float]) -> dict[str, object]:
         return {"run_id": run_id, "metrics": {"autoattack": {"values": aa}, "unit_sparsity": {"values": units}}}
