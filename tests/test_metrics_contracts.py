@@ -172,7 +172,10 @@ def test_sparsity_record_counts_the_paper_cost_at_the_runs_data_sizes() -> None:
     """A 3-channel, 7-class LeNet5-Caffe on 28x28 inputs: the record's paper block is counted at those
     sizes (in_channels, num_classes and image_size passed through), not at MNIST's defaults."""
     model = install_bbd(build_model("lenet5-caffe", in_channels=3, num_classes=7))
+    with torch.no_grad():  # an exact zero from the random init would add the unstructured block too
+        model.conv1.weight[0, 0, 0, 0] = 0.0
     record = sparsity_record("lenet5-caffe", model, in_channels=3, num_classes=7, image_size=28)
+    assert "unstructured" in record
     assert record["paper"] == paper_cost("lenet5-caffe", model, in_channels=3, num_classes=7, image_size=28)
     assert record["paper"]["memory_full"] == paper_memory("lenet5-caffe", LENET5_FULL, in_channels=3, num_classes=7)
     assert record["paper"]["flops_full"] == paper_flops("lenet5-caffe", LENET5_FULL, in_channels=3, num_classes=7)
@@ -238,3 +241,111 @@ def test_minnorm_meter_summary_by_hand() -> None:
     none.update(MinNormResult(x_adv=x[:1], norms=torch.tensor([math.inf]), success=torch.tensor([False])), x[:1],
                 clean_correct=torch.tensor([True]))
     assert none.summary()["r2"] is None and none.summary()["r2_median"] is None and none.summary()["success_rate"] == 0
+
+
+# ------------------------------------------------------------- minimum-norm summaries over a loader
+class _Threshold(nn.Module):
+    """Class 0 where the single input value is above 0.5, class 1 below."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        v = x.flatten(1)[:, :1]
+        return torch.cat([v - 0.5, 0.5 - v], dim=1)
+
+
+def _scripted_attack(x_adv: torch.Tensor):  # type: ignore[no-untyped-def]
+    from robustprune.attacks.minnorm import MinNormAttack
+
+    class Scripted(MinNormAttack):
+        """Proposes the given points; the base measures norms and checks success."""
+
+        def perturb(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+            return x_adv[: len(x)]
+
+    return Scripted()
+
+
+def _four_points() -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    # correct, fooled at 0.5; correct, fooled at 0.35; already wrong (distance 0); correct, attack fails
+    x = torch.tensor([[0.9], [0.8], [0.2], [0.7]])
+    x_adv = torch.tensor([[0.4], [0.45], [0.2], [0.9]])
+    return x, torch.zeros(4, dtype=torch.long), x_adv
+
+
+def test_minimal_distances_by_hand_with_a_scripted_attack() -> None:
+    from robustprune.metrics.minnorm import minimal_distances
+
+    x, y, x_adv = _four_points()
+    d = minimal_distances(_Threshold(), [(x, y)], _scripted_attack(x_adv), progress=False)
+    assert d["n"] == 4 and d["norm"] == "l2" and d["clean_acc"] == pytest.approx(75.0)
+    assert d["correct"] == [True, True, False, True] and d["n_failed"] == 1
+    assert d["distances"][0] == pytest.approx(0.5) and d["distances"][1] == pytest.approx(0.35)
+    assert d["distances"][2:] == [0.0, None]  # misclassified: 0; the failure is None, not inf
+    assert d["median"] == pytest.approx(0.5)  # over the correct points, the failure as +inf: (0.35, 0.5, inf)
+
+
+def test_minimal_distances_median_is_none_when_most_attacks_fail_or_nothing_is_correct() -> None:
+    from robustprune.metrics.minnorm import minimal_distances
+
+    x, y, _ = _four_points()
+    fails = minimal_distances(_Threshold(), [(x, y)], _scripted_attack(x.clone()), progress=False)
+    assert fails["n_failed"] == 3 and fails["median"] is None and fails["distances"] == [None, None, 0.0, None]
+    wrong = minimal_distances(_Threshold(), [(x, torch.tensor([1, 1, 0, 1]))], _scripted_attack(x.clone()),
+                              progress=False)
+    assert wrong["clean_acc"] == 0.0 and wrong["median"] is None and wrong["distances"] == [0.0, 0.0, 0.0, 0.0]
+
+
+def test_minnorm_summaries_of_an_empty_loader_are_empty_not_a_crash() -> None:
+    from robustprune.metrics.minnorm import minimal_distances, minnorm_robustness, security_points
+
+    x, _, x_adv = _four_points()
+    d = minimal_distances(_Threshold(), [], _scripted_attack(x_adv), progress=False)
+    assert d["n"] == 0 and math.isnan(d["clean_acc"]) and d["median"] is None and d["n_failed"] == 0
+    assert d["correct"] == [] and d["distances"] == []
+    r = minnorm_robustness(_Threshold(), [], _scripted_attack(x_adv), progress=False)
+    assert r["n"] == 0 and math.isnan(r["clean_acc"]) and r["r2"] is None
+    (point,) = security_points([], [], [0.1])
+    assert point["eps"] == 0.1 and math.isnan(point["robust_acc"])
+
+
+def test_security_points_are_dicts_of_eps_and_robust_accuracy() -> None:
+    from robustprune.metrics.minnorm import security_points
+
+    assert security_points([0.5, None, 0.0], [True, True, False], [0.0, 0.6]) == [
+        {"eps": 0.0, "robust_acc": pytest.approx(200 / 3)}, {"eps": 0.6, "robust_acc": pytest.approx(100 / 3)}]
+
+
+def test_minnorm_success_rate_is_none_when_no_point_is_correct() -> None:
+    from robustprune.attacks.minnorm import MinNormResult
+    from robustprune.metrics.minnorm import MinNormMeter
+
+    meter = MinNormMeter()
+    x = torch.zeros(2, 1)
+    meter.update(MinNormResult(x_adv=x, norms=torch.zeros(2), success=torch.ones(2, dtype=torch.bool)), x,
+                 clean_correct=torch.zeros(2, dtype=torch.bool))
+    s = meter.summary()
+    assert s["n"] == 2 and s["n_correct"] == 0 and s["success_rate"] is None and s["r2"] is None
+
+
+@pytest.mark.parametrize("which", ["minnorm_robustness", "minimal_distances"])
+def test_minnorm_loops_show_a_bar_named_after_the_attack_and_name_a_wrong_attack(
+        which: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The progress bar: on by default, off with progress=False, labelled with the attack's name,
+    removed when done and as wide as the terminal; a fixed-budget attack is refused by its type."""
+    from robustprune.attacks import PGD
+    from robustprune.metrics import minnorm
+
+    seen: list[dict[str, object]] = []
+
+    def recording_tqdm(iterable, **kwargs):  # type: ignore[no-untyped-def]
+        seen.append(kwargs)
+        return iterable
+
+    monkeypatch.setattr(minnorm, "tqdm", recording_tqdm)
+    fn = getattr(minnorm, which)
+    x, y, x_adv = _four_points()
+    fn(_Threshold(), [(x, y)], _scripted_attack(x_adv))
+    fn(_Threshold(), [(x, y)], _scripted_attack(x_adv), progress=False)
+    assert seen == [{"desc": "scripted", "disable": False, "leave": False, "dynamic_ncols": True},
+                    {"desc": "scripted", "disable": True, "leave": False, "dynamic_ncols": True}]
+    with pytest.raises(ValueError, match=r"got PGD$"):
+        fn(_Threshold(), [(x, y)], PGD(eps=0.1))  # type: ignore[arg-type]

@@ -180,9 +180,12 @@ def sparsity_record(model_name: str, model: nn.Module, *, in_channels: int, num_
     nnz, CSR bytes and theoretical MACs (``unstructured``); for a model that declares the paper's
     accounting, its memory % and FLOPs × (``paper``)."""
     out: dict[str, Any] = sparsity_summary(model)
+    # the paper block first: it checks the data sizes against the model and names a wrong one, where
+    # the unstructured count's forward pass would fail on a shape
+    paper = (paper_cost(model_name, model, in_channels=in_channels, num_classes=num_classes, image_size=image_size)
+             if has_paper_cost(model_name) else None)
     if out["weight_sparsity"] > 0:
         out["unstructured"] = unstructured_cost(model, input_shape=(in_channels, image_size, image_size))
-    if has_paper_cost(model_name):
-        out["paper"] = paper_cost(model_name, model, in_channels=in_channels, num_classes=num_classes,
-                                  image_size=image_size)
+    if paper is not None:
+        out["paper"] = paper
     return out

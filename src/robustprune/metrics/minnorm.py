@@ -120,7 +120,9 @@ def minimal_distances(model: nn.Module, loader: Any, attack: MinNormAttack, *,
             res = attack(model, x, y)
             norms.append(torch.where(ok, res.norms, torch.zeros_like(res.norms)).double().cpu())
             correct.append(ok.cpu())
-    d, ok = torch.cat(norms), torch.cat(correct)
+    # an empty loader gives empty results (torch.cat refuses an empty list)
+    d = torch.cat(norms) if norms else torch.zeros(0, dtype=torch.float64)
+    ok = torch.cat(correct) if correct else torch.zeros(0, dtype=torch.bool)
     n, n_ok = len(d), int(ok.sum())
     kept = d[ok]
     median = float(kept.median()) if n_ok else None
