@@ -1,0 +1,127 @@
+"""The attack base classes at their edges, written where mutation testing (bench/mutation.py) found
+changes to attacks/ that no test noticed: errors name the argument at fault, cards name every
+setting under its own key, and a minimum-norm attack's candidates are clipped to pixel space and
+judged in the mode the caller asked for."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from torch import Tensor, nn
+
+from robustprune.attacks import EOTPGD, FGSM, PGD, RFGSM
+from robustprune.attacks.base import Attack, cross_entropy_loss
+from robustprune.attacks.minnorm import MinNormAttack, check_positive, lp_norms
+
+
+@pytest.mark.parametrize("arg", ["steps", "restarts", "eot"])
+def test_pgd_counts_are_named_in_their_errors(arg: str) -> None:
+    with pytest.raises(ValueError, match=rf"^{arg} must be an integer >= 1, got 0$"):
+        PGD(eps=0.1, **{arg: 0})
+
+
+def _margin_loss(model: nn.Module, x: Tensor, y: Tensor) -> Tensor:
+    return -model(x).gather(1, y[:, None]).squeeze(1)
+
+
+class _CallableLoss:
+    """A loss given as an object: it has no ``__name__``, so the card names its class."""
+
+    def __call__(self, model: nn.Module, x: Tensor, y: Tensor) -> Tensor:
+        return cross_entropy_loss(model, x, y)
+
+
+def test_pgd_card_names_every_setting_and_the_loss() -> None:
+    attack = PGD(eps=0.3, steps=7, step_size=0.05, random_start="normal", start_radius=0.1, restarts=2, eot=3,
+                 loss=_margin_loss, eval_mode=False)
+    assert attack.params() == {"name": "pgd", "eps": 0.3, "norm": "linf", "eval_mode": False, "steps": 7,
+                               "step_size": 0.05, "random_start": "normal", "start_radius": 0.1, "restarts": 2,
+                               "eot": 3, "loss": "_margin_loss"}
+    assert PGD(eps=0.3).params()["loss"] == "cross_entropy_loss"
+    assert PGD(eps=0.3, loss=_CallableLoss()).params()["loss"] == "_CallableLoss"
+
+
+def test_single_step_attacks_keep_the_mode_and_loss_they_are_given() -> None:
+    for attack in (FGSM(eps=0.1, eval_mode=False, loss=_margin_loss),
+                   RFGSM(eps=0.1, eval_mode=False, loss=_margin_loss)):
+        assert attack.eval_mode is False and attack.params()["eval_mode"] is False
+        assert attack.params()["loss"] == "_margin_loss" and attack.steps == 1
+    assert FGSM(eps=0.1).eval_mode is True and EOTPGD(eps=0.1).params()["eot"] == 10
+
+
+def test_an_unnamed_attack_is_named_after_its_class_in_lower_case() -> None:
+    class MyBoxAttack(Attack):
+        def perturb(self, model: nn.Module, x: Tensor, y: Tensor) -> Tensor:
+            return x
+
+    assert MyBoxAttack(eps=0.1).params() == {"name": "myboxattack", "eps": 0.1, "norm": "linf", "eval_mode": True}
+
+
+# ------------------------------------------------------------------------------ minimum-norm base
+def test_check_positive_says_which_bound_was_broken() -> None:
+    with pytest.raises(ValueError, match=r"^steps must be a finite number > 0, got 0$"):
+        check_positive("steps", 0)
+    with pytest.raises(ValueError, match=r"^gamma must be a finite number >= 0, got -1$"):
+        check_positive("gamma", -1, allow_zero=True)
+    assert check_positive("gamma", 0, allow_zero=True) == 0.0
+
+
+def test_lp_norms_name_an_unknown_norm() -> None:
+    with pytest.raises(ValueError, match=r"norm must be one of \('linf', 'l2', 'l1'\), got 'l3'"):
+        lp_norms(torch.zeros(2, 3), "l3")
+
+
+class _Threshold(nn.Module):
+    """Class 0 where the single input value is above 0.5, class 1 below; records its mode."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.modes: list[bool] = []
+
+    def forward(self, x: Tensor) -> Tensor:
+        self.modes.append(self.training)
+        v = x.flatten(1)[:, :1]
+        return torch.cat([v - 0.5, 0.5 - v], dim=1)
+
+
+class _Propose(MinNormAttack):
+    """Proposes fixed candidates, out of [0, 1] on purpose; records the model's mode in perturb."""
+
+    def __init__(self, cand: Tensor, **kwargs: bool) -> None:
+        super().__init__(**kwargs)
+        self.cand = cand
+        self.seen_training: bool | None = None
+
+    def perturb(self, model: nn.Module, x: Tensor, y: Tensor) -> Tensor:
+        self.seen_training = model.training
+        return self.cand
+
+
+def test_minimum_norm_candidates_are_clipped_to_pixel_space_before_they_are_judged_and_measured() -> None:
+    x = torch.tensor([[0.9], [0.2]])
+    y = torch.tensor([0, 1])
+    res = _Propose(torch.tensor([[-1.0], [3.0]]))(_Threshold(), x, y)
+    assert res.success.tolist() == [True, True]
+    assert torch.equal(res.x_adv, torch.tensor([[0.0], [1.0]]))
+    assert res.norms.tolist() == pytest.approx([0.9, 0.8])  # from the clipped points, not 1.9 and 2.8
+
+
+def test_minimum_norm_attacks_run_in_eval_mode_unless_told_otherwise() -> None:
+    x, y, cand = torch.tensor([[0.9]]), torch.tensor([0]), torch.tensor([[0.1]])
+    model = _Threshold().train()
+    attack = _Propose(cand)
+    assert attack.eval_mode is True and attack.params()["eval_mode"] is True
+    attack(model, x, y)
+    assert attack.seen_training is False and model.modes == [False] and model.training
+    model.modes.clear()
+    as_is = _Propose(cand, eval_mode=False)
+    as_is(model, x, y)
+    assert as_is.seen_training is True and model.modes == [True] and model.training
+
+
+def test_a_failed_minimum_norm_attack_returns_the_input_at_infinite_distance() -> None:
+    x, y = torch.tensor([[0.9]]), torch.tensor([0])
+    res = _Propose(torch.tensor([[0.8]]))(_Threshold(), x, y)  # still class 0
+    assert res.success.tolist() == [False] and torch.equal(res.x_adv, x) and math.isinf(float(res.norms[0]))
