@@ -4,6 +4,8 @@ where mutation testing (bench/mutation.py) found changes that the compaction tes
 
 from __future__ import annotations
 
+import types
+
 import pytest
 import torch
 from torch import nn
@@ -79,15 +81,19 @@ def test_paired_latency_defaults_are_three_warmup_rounds_and_ten_timed(monkeypat
     assert len(calls) == 13
 
 
-def test_timed_is_wall_milliseconds_of_one_forward_pass() -> None:
-    class Slow(nn.Module):
+def test_timed_is_milliseconds_of_one_forward_pass(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The clock is read just before and just after the call: 0.25 s between them is 250 ms."""
+    clock = iter([10.0, 10.25])
+    calls: list[torch.Tensor] = []
+
+    class Record(nn.Module):
         def forward(self, x: torch.Tensor) -> torch.Tensor:
-            import time
-            time.sleep(0.02)
+            calls.append(x)
             return x
 
-    ms = measured._timed(Slow(), torch.zeros(1))
-    assert 19.0 <= ms < 1000.0
+    monkeypatch.setattr(measured, "time", types.SimpleNamespace(perf_counter=lambda: next(clock)))
+    x = torch.zeros(1)
+    assert measured._timed(Record(), x) == 250.0 and calls == [x]
 
 
 def test_measured_cost_record_by_hand(monkeypatch: pytest.MonkeyPatch) -> None:
