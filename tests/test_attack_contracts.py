@@ -125,3 +125,65 @@ def test_a_failed_minimum_norm_attack_returns_the_input_at_infinite_distance() -
     x, y = torch.tensor([[0.9]]), torch.tensor([0])
     res = _Propose(torch.tensor([[0.8]]))(_Threshold(), x, y)  # still class 0
     assert res.success.tolist() == [False] and torch.equal(res.x_adv, x) and math.isinf(float(res.norms[0]))
+
+
+# ------------------------------------------------------------------------------------ PGD's loop
+def test_conv_layout_reads_the_first_conv_weight() -> None:
+    from robustprune.attacks.pgd import _conv_layout
+
+    conv = nn.Sequential(nn.Linear(2, 2), nn.Conv2d(3, 4, 3), nn.Conv2d(4, 4, 3))
+    assert _conv_layout(conv) == "nchw"
+    assert _conv_layout(conv.to(memory_format=torch.channels_last)) == "nhwc"
+    assert _conv_layout(nn.Sequential(nn.Flatten(), nn.Linear(4, 2))) is None
+
+
+def test_no_random_start_means_a_zero_start_radius_on_the_card() -> None:
+    for attack in (PGD(eps=0.3, random_start=False), PGD(eps=0.3, random_start="none"), FGSM(eps=0.3)):
+        assert attack.start_radius == 0.0 and attack.params()["start_radius"] == 0.0
+    assert PGD(eps=0.3).start_radius == 0.3 and PGD(eps=0.3, start_radius=0.1).params()["start_radius"] == 0.1
+
+
+class _Recorder:
+    """A cross-entropy loss that keeps every iterate the attack evaluates it at."""
+
+    def __init__(self) -> None:
+        self.iterates: list[Tensor] = []
+
+    def __call__(self, model: nn.Module, x: Tensor, y: Tensor) -> Tensor:
+        self.iterates.append(x.detach().clone())
+        return cross_entropy_loss(model, x, y)
+
+
+def _linear(scale: float) -> nn.Module:
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Flatten(), nn.Linear(16, 3))
+    with torch.no_grad():
+        net[1].weight.mul_(scale)
+    return net
+
+
+def test_every_l2_iterate_stays_in_the_ball_and_in_pixel_space() -> None:
+    """Each step is projected before the next gradient: the loss never sees a point outside the
+    ε-ball or outside [0, 1], also where the steps push pixels past the walls."""
+    x = torch.tensor([0.98, 0.02, 0.5, 0.5] * 4).view(1, 1, 4, 4)
+    rec = _Recorder()
+    PGD(eps=0.5, steps=4, step_size=0.4, norm="l2", random_start=False, loss=rec)(_linear(5.0), x, torch.tensor([0]))
+    assert len(rec.iterates) == 4
+    dist = [float((it - x).flatten().norm()) for it in rec.iterates[1:]]
+    assert all(d <= 0.5 + 1e-5 for d in dist) and max(dist) > 0.45  # the ball is reached
+    assert all(float(it.min()) >= 0.0 and float(it.max()) <= 1.0 for it in rec.iterates)
+
+
+def test_an_l2_step_has_the_step_size_even_when_the_gradient_is_small() -> None:
+    x = torch.full((1, 1, 4, 4), 0.5)
+    rec = _Recorder()
+    PGD(eps=1.0, steps=2, step_size=0.1, norm="l2", random_start=False, loss=rec)(_linear(1e-3), x, torch.tensor([0]))
+    assert float((rec.iterates[1] - x).flatten().norm()) == pytest.approx(0.1, rel=1e-4)
+
+
+def test_an_l2_step_past_the_ball_is_projected_onto_its_l2_sphere() -> None:
+    """A step of 2 from the centre of a ball of 0.5 lands on the sphere: L2 distance exactly 0.5."""
+    x = torch.full((1, 1, 4, 4), 0.5)
+    rec = _Recorder()
+    PGD(eps=0.5, steps=2, step_size=2.0, norm="l2", random_start=False, loss=rec)(_linear(3.0), x, torch.tensor([0]))
+    assert float((rec.iterates[1] - x).flatten().norm()) == pytest.approx(0.5, rel=1e-5)
