@@ -153,3 +153,17 @@ def test_measured_cost_defaults_time_batches_of_1_and_256_with_seeded_inputs(mon
 def test_measured_cost_names_bad_batch_sizes(bad: tuple[object, ...]) -> None:
     with pytest.raises(ValueError, match=r"^batch_sizes must be positive ints, got \["):
         measured_cost(_net(3), _net(3), (1, 2, 2), batch_sizes=bad)  # type: ignore[arg-type]
+
+
+def test_a_network_without_parameters_is_measured_on_the_cpu_with_ratios_over_at_least_one(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A compacted network can lose every weight (all units pruned): the ratios divide by
+    max(count, 1), and a parameter-free network runs on the CPU."""
+    monkeypatch.setattr(measured, "paired_latency_ms", lambda models, x, **kw: [2.0, 1.0])
+    empty = nn.Flatten()
+    assert count_flops(empty, (1, 2, 2)) == 0 and count_params(empty) == 0
+    out = measured_cost(_net(3), empty, (1, 2, 2), batch_sizes=(1,))
+    assert out["params_compact"] == 0 and out["params_ratio"] == 29.0
+    assert out["flops_compact"] == 0 and out["flops_speedup"] == 36.0
+    both = measured_cost(nn.Flatten(), nn.Identity(), (1, 2, 2), batch_sizes=(1,))
+    assert both["device"] == "cpu" and both["params_original"] == 0 and both["flops_speedup"] == 0.0
