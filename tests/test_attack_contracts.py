@@ -187,3 +187,48 @@ def test_an_l2_step_past_the_ball_is_projected_onto_its_l2_sphere() -> None:
     rec = _Recorder()
     PGD(eps=0.5, steps=2, step_size=2.0, norm="l2", random_start=False, loss=rec)(_linear(3.0), x, torch.tensor([0]))
     assert float((rec.iterates[1] - x).flatten().norm()) == pytest.approx(0.5, rel=1e-5)
+
+
+# ------------------------------------------------------------------------------ PGD's memory layout
+class _ViewConv(nn.Module):
+    """A conv net that calls .view() on its conv activations: NHWC inputs make that fail."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.conv, self.fc = nn.Conv2d(1, 4, 3), nn.Linear(4 * 2 * 2, 3)
+
+    def forward(self, x: Tensor) -> Tensor:
+        h = torch.relu(self.conv(x))
+        return self.fc(h.view(h.shape[0], -1))
+
+
+def test_which_inputs_pgd_runs_channels_last() -> None:
+    conv, linear = _ViewConv(), nn.Sequential(nn.Flatten(), nn.Linear(16, 3))
+    img, flat = torch.zeros(2, 1, 4, 4), torch.zeros(2, 16)
+    auto, always, never = (PGD(eps=0.1, memory_format=f) for f in ("auto", "channels_last", "preserve"))
+    assert auto._use_channels_last(conv, img) and always._use_channels_last(conv, img)
+    assert always._use_channels_last(linear, img)  # asked for: even without a conv weight
+    assert not never._use_channels_last(conv, img)
+    assert not auto._use_channels_last(linear, img)  # no conv weight: nothing to gain
+    for attack in (auto, always, never):
+        assert not attack._use_channels_last(conv, flat)  # not an image batch
+    auto._auto_failed = True
+    assert not auto._use_channels_last(conv, img)
+
+
+def test_auto_layout_warns_once_at_the_callers_line_and_then_keeps_the_inputs_layout() -> None:
+    import warnings
+
+    x, y = torch.rand(2, 1, 4, 4), torch.tensor([0, 1])
+    attack = PGD(eps=0.1, steps=2)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        first = attack(_ViewConv(), x, y)
+    (w,) = caught
+    assert "attacking in the input's own layout from now on" in str(w.message) and w.filename == __file__
+    assert attack._auto_failed is True
+    with warnings.catch_warnings(record=True) as again:
+        warnings.simplefilter("always")
+        attack(_ViewConv(), x, y)
+    assert again == [] and (first - x).abs().max() <= 0.1 + 1e-6
