@@ -232,3 +232,25 @@ def test_auto_layout_warns_once_at_the_callers_line_and_then_keeps_the_inputs_la
         warnings.simplefilter("always")
         attack(_ViewConv(), x, y)
     assert again == [] and (first - x).abs().max() <= 0.1 + 1e-6
+
+
+def test_every_linf_iterate_stays_in_the_ball_and_in_pixel_space() -> None:
+    x = torch.tensor([0.98, 0.02, 0.5, 0.5] * 4).view(1, 1, 4, 4)
+    rec = _Recorder()
+    PGD(eps=0.3, steps=4, step_size=0.2, random_start=False, loss=rec)(_linear(5.0), x, torch.tensor([0]))
+    assert len(rec.iterates) == 4
+    assert all(float((it - x).abs().max()) <= 0.3 + 1e-6 for it in rec.iterates)
+    assert all(float(it.min()) >= 0.0 and float(it.max()) <= 1.0 for it in rec.iterates)
+    assert float(rec.iterates[-1].max()) == 1.0 and float(rec.iterates[-1].min()) == 0.0  # the walls are reached
+
+
+@pytest.mark.parametrize("norm", ["linf", "l2"])
+def test_a_zero_radius_start_draws_nothing_from_the_generator(norm: str) -> None:
+    """A random start of radius 0 is no start: the attack's random stream is left where it was."""
+    gen = torch.Generator().manual_seed(3)
+    before = gen.get_state()
+    x = torch.full((2, 1, 4, 4), 0.5)
+    PGD(eps=0.3, steps=1, norm=norm, start_radius=0.0, generator=gen)(_linear(1.0), x, torch.tensor([0, 1]))
+    assert torch.equal(gen.get_state(), before)
+    PGD(eps=0.3, steps=1, norm=norm, generator=gen)(_linear(1.0), x, torch.tensor([0, 1]))
+    assert not torch.equal(gen.get_state(), before)  # a real start does draw
