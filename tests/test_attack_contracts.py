@@ -254,3 +254,28 @@ def test_a_zero_radius_start_draws_nothing_from_the_generator(norm: str) -> None
     assert torch.equal(gen.get_state(), before)
     PGD(eps=0.3, steps=1, norm=norm, generator=gen)(_linear(1.0), x, torch.tensor([0, 1]))
     assert not torch.equal(gen.get_state(), before)  # a real start does draw
+
+
+@pytest.mark.parametrize(("start", "norm"), [("sign", "linf"), ("normal", "linf"), ("uniform", "linf"),
+                                             ("uniform", "l2")])
+def test_random_starts_are_drawn_in_the_inputs_dtype_as_documented(start: str, norm: str) -> None:
+    """The first iterate of a float64 attack is x plus the documented noise, drawn in float64 from
+    the attack's generator: sign(N(0, I))·r, N(0, I)·r, U(-r, r), or uniform in the L2 ball."""
+    x = torch.full((3, 1, 4, 4), 0.5, dtype=torch.float64)
+    r = 0.1
+    rec = _Recorder()
+    PGD(eps=0.3, steps=1, norm=norm, random_start=start, start_radius=r, loss=rec,
+        generator=torch.Generator().manual_seed(7))(_linear(1.0).double(), x, torch.tensor([0, 1, 2]))
+    gen = torch.Generator().manual_seed(7)
+    if start == "sign":
+        noise = torch.randn(x.shape, generator=gen, dtype=torch.float64).sign() * r
+    elif start == "normal":
+        noise = torch.randn(x.shape, generator=gen, dtype=torch.float64) * r
+    elif norm == "linf":
+        noise = torch.empty(x.shape, dtype=torch.float64).uniform_(-r, r, generator=gen)
+    else:
+        noise = torch.randn(x.shape, generator=gen, dtype=torch.float64)
+        u = torch.rand(3, generator=gen, dtype=torch.float64) ** (1.0 / 16)
+        noise = noise * (u * r / noise.flatten(1).norm(dim=1)).view(3, 1, 1, 1)
+    assert rec.iterates[0].dtype == torch.float64
+    assert torch.allclose(rec.iterates[0], (x + noise).clamp(0, 1), rtol=0, atol=1e-12)
