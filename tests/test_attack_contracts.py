@@ -5,6 +5,7 @@ judged in the mode the caller asked for."""
 
 from __future__ import annotations
 
+import itertools
 import math
 
 import pytest
@@ -279,3 +280,33 @@ def test_random_starts_are_drawn_in_the_inputs_dtype_as_documented(start: str, n
         noise = noise * (u * r / noise.flatten(1).norm(dim=1)).view(3, 1, 1, 1)
     assert rec.iterates[0].dtype == torch.float64
     assert torch.allclose(rec.iterates[0], (x + noise).clamp(0, 1), rtol=0, atol=1e-12)
+
+
+class _Flipping(nn.Module):
+    """A linear score scaled by a script, one entry per forward pass: the simplest random model,
+    with input gradients along -w, 3w, -w, then again."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.w = nn.Parameter(torch.linspace(-1.0, 1.0, 16))
+        self.script = itertools.cycle([-1.0, 3.0, -1.0])
+
+    def forward(self, x: Tensor) -> Tensor:
+        s = (x.flatten(1) * self.w).sum(1, keepdim=True) * next(self.script)
+        return torch.cat([s, -s], dim=1)
+
+
+def test_eot_steps_along_the_sum_of_its_passes_gradients() -> None:
+    """Three passes with gradients -g, 3g, -g: their sum points along g; the last pass alone, or a
+    running difference, point against it."""
+    x, y = torch.full((1, 1, 4, 4), 0.5), torch.tensor([1])
+    model = _Flipping()
+    x_adv = EOTPGD(eps=0.1, eot=3, steps=1, step_size=0.1, random_start=False)(model, x, y)
+    w = model.w.detach().view(1, 1, 4, 4)
+    # maximising the loss of class 1 pushes the class-0 score s up: along +w (sum +w)
+    assert torch.equal(torch.sign(x_adv - x), torch.sign(w))
+
+
+def test_a_generator_of_the_wrong_type_is_named() -> None:
+    with pytest.raises(ValueError, match=r"^generator must be a torch.Generator or None, got int$"):
+        PGD(eps=0.1, generator=5)  # type: ignore[arg-type]
