@@ -310,3 +310,57 @@ def test_eot_steps_along_the_sum_of_its_passes_gradients() -> None:
 def test_a_generator_of_the_wrong_type_is_named() -> None:
     with pytest.raises(ValueError, match=r"^generator must be a torch.Generator or None, got int$"):
         PGD(eps=0.1, generator=5)  # type: ignore[arg-type]
+
+
+# ------------------------------------------------------------------- the base's final projection
+class _Wild(Attack):
+    """Returns whatever it was given: the base must still deliver a point of the threat model."""
+
+    def __init__(self, out: Tensor, **kwargs: object) -> None:
+        super().__init__(**kwargs)  # type: ignore[arg-type]
+        self.out = out
+
+    def perturb(self, model: nn.Module, x: Tensor, y: Tensor) -> Tensor:
+        return self.out
+
+
+def test_the_base_projects_a_wild_linf_result_onto_the_ball_and_pixel_space() -> None:
+    x = torch.tensor([[0.05, 0.5, 0.95, 0.5]])
+    wild = torch.tensor([[-3.0, 0.9, 3.0, 0.45]])
+    got = _Wild(wild, eps=0.2)(nn.Identity(), x, torch.tensor([0]))
+    assert torch.allclose(got, torch.tensor([[0.0, 0.7, 1.0, 0.45]]))
+
+
+def test_the_base_projects_a_wild_l2_result_onto_the_ball_then_pixel_space() -> None:
+    x = torch.tensor([[0.5, 0.5, 0.5, 0.98]])
+    wild = x + torch.tensor([[3.0, 4.0, 0.0, 0.0]])  # L2 distance 5: scaled to 0.5, i.e. (0.3, 0.4)
+    got = _Wild(wild, eps=0.5, norm="l2")(nn.Identity(), x, torch.tensor([0]))
+    assert torch.allclose(got, torch.tensor([[0.8, 0.9, 0.5, 0.98]]))
+    inside = x + torch.tensor([[0.1, 0.0, 0.0, 0.1]])  # inside the ball, past the wall: only clipped
+    got = _Wild(inside, eps=0.5, norm="l2")(nn.Identity(), x, torch.tensor([0]))
+    assert torch.allclose(got, torch.tensor([[0.6, 0.5, 0.5, 1.0]]))
+    low = torch.tensor([[0.1, 0.5, 0.5, 0.5]])
+    got = _Wild(low - torch.tensor([[0.3, 0.0, 0.0, 0.0]]), eps=0.5, norm="l2")(nn.Identity(), low, torch.tensor([0]))
+    assert torch.allclose(got, torch.tensor([[0.0, 0.5, 0.5, 0.5]]))  # below the lower wall: clipped to 0
+
+
+class _DtypeSpy(Attack):
+    """Records the dtype of the model's output inside the attack."""
+
+    seen: torch.dtype | None = None
+
+    def perturb(self, model: nn.Module, x: Tensor, y: Tensor) -> Tensor:
+        self.seen = model(x).dtype
+        return x
+
+
+def test_full_precision_decides_whether_an_autocast_region_reaches_the_attack() -> None:
+    model, x, y = nn.Linear(4, 2), torch.rand(2, 4), torch.tensor([0, 1])
+    exact, low = _DtypeSpy(eps=0.1), _DtypeSpy(eps=0.1)
+    low.full_precision = False
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        exact(model, x, y)
+        low(model, x, y)
+    assert exact.seen == torch.float32 and low.seen == torch.bfloat16
+    exact(model, x, y)  # outside a region: float32 either way
+    assert exact.seen == torch.float32
