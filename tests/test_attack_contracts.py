@@ -364,3 +364,53 @@ def test_full_precision_decides_whether_an_autocast_region_reaches_the_attack() 
     assert exact.seen == torch.float32 and low.seen == torch.bfloat16
     exact(model, x, y)  # outside a region: float32 either way
     assert exact.seen == torch.float32
+
+
+# ------------------------------------------------------------------------------ input validation
+def test_input_errors_name_the_type_dtype_or_shape_at_fault() -> None:
+    from robustprune.attacks.base import check_inputs
+
+    y = torch.tensor([0])
+    with pytest.raises(ValueError, match=r"^x must be a floating-point tensor, got <class 'list'>$"):
+        check_inputs([0.5], y)  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match=r"^x must be a floating-point tensor, got torch.int64$"):
+        check_inputs(torch.tensor([1]), y)
+    with pytest.raises(ValueError, match=r"^x must be a non-empty batch, got shape \(\)$"):
+        check_inputs(torch.tensor(0.5), y)
+    with pytest.raises(ValueError, match=r"^x must be a non-empty batch, got shape \(0,\)$"):
+        check_inputs(torch.zeros(0), torch.zeros(0, dtype=torch.long))
+    with pytest.raises(ValueError, match=r"got dtype <class 'list'> and shape \(\)$"):
+        check_inputs(torch.zeros(1, 2), [0])  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match=r"^y must be an int64 vector of length 1 \(the batch size of x\), got "
+                                         r"dtype torch.int32 and shape \(1,\)$"):
+        check_inputs(torch.zeros(1, 2), torch.tensor([0], dtype=torch.int32))
+
+
+def test_a_batch_of_scalars_is_a_valid_batch() -> None:
+    from robustprune.attacks.base import check_inputs
+
+    check_inputs(torch.full((3,), 0.5), torch.tensor([0, 1, 0]))  # x of shape [B]: one value per example
+
+
+def test_the_pixel_range_tolerance_is_inclusive_at_both_ends() -> None:
+    from robustprune.attacks.base import RANGE_TOL, check_inputs
+
+    y = torch.tensor([0, 0])
+    check_inputs(torch.tensor([-RANGE_TOL, 1 + RANGE_TOL], dtype=torch.float64).view(2, 1), y)
+    for bad in (-2 * RANGE_TOL, 1 + 2 * RANGE_TOL, math.nan):
+        with pytest.raises(ValueError, match=r"x must lie in pixel space \[0, 1\]"):
+            check_inputs(torch.tensor([0.5, bad], dtype=torch.float64).view(2, 1), y)
+
+
+def test_the_result_has_the_inputs_dtype_and_layout_whatever_the_subclass_returns() -> None:
+    x = torch.full((2, 3, 2, 2), 0.5)
+    y = torch.tensor([0, 1])
+    wild64 = (x + 0.05).double()
+    got = _Wild(wild64, eps=0.1)(nn.Identity(), x, y)
+    assert got.dtype == torch.float32 and torch.allclose(got, x + 0.05)
+    odd = torch.empty_like(x, memory_format=torch.channels_last).copy_(x + 0.05)
+    got = _Wild(odd, eps=0.1)(nn.Identity(), x, y)
+    assert got.is_contiguous()  # a contiguous input gives a contiguous result
+    x_cl = torch.empty_like(x, memory_format=torch.channels_last).copy_(x)
+    got = _Wild(odd, eps=0.1)(nn.Identity(), x_cl, y)
+    assert got.is_contiguous(memory_format=torch.channels_last) and not got.is_contiguous()
