@@ -227,7 +227,7 @@ def test_auto_layout_warns_once_and_then_keeps_the_inputs_layout() -> None:
         warnings.simplefilter("always")
         first = attack(_ViewConv(), x, y)
     (w,) = caught
-    assert "attacking in the input's own layout from now on" in str(w.message)
+    assert str(w.message).endswith("); attacking in the input's own layout from now on")
     assert attack._auto_failed is True
     with warnings.catch_warnings(record=True) as again:
         warnings.simplefilter("always")
