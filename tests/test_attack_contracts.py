@@ -426,3 +426,26 @@ def test_the_result_has_the_inputs_dtype_and_layout_whatever_the_subclass_return
     x_cl = torch.empty_like(x, memory_format=torch.channels_last).copy_(x)
     got = _Wild(odd, eps=0.1)(nn.Identity(), x_cl, y)
     assert got.is_contiguous(memory_format=torch.channels_last) and not got.is_contiguous()
+
+
+def test_an_l2_start_on_one_value_inputs_is_uniform_in_the_ball_too() -> None:
+    """With one value per example the normal draw is often shorter than 1: the direction is still
+    that draw divided by its own length."""
+    x = torch.full((4, 1), 0.5, dtype=torch.float64)
+    rec = _Recorder()
+    model = nn.Linear(1, 2).double()
+    PGD(eps=0.3, steps=1, norm="l2", start_radius=0.2, loss=rec,
+        generator=torch.Generator().manual_seed(11))(model, x, torch.tensor([0, 1, 0, 1]))
+    gen = torch.Generator().manual_seed(11)
+    noise = torch.randn(x.shape, generator=gen, dtype=torch.float64)
+    u = torch.rand(4, generator=gen, dtype=torch.float64)
+    assert float(noise.abs().min()) < 1.0  # the case this test is for
+    assert torch.allclose(rec.iterates[0], x + noise / noise.abs() * (u * 0.2).view(4, 1), rtol=0, atol=1e-12)
+
+
+def test_minimum_norm_results_keep_the_inputs_dtype_and_reprs_list_params() -> None:
+    x, y = torch.tensor([[0.9]]), torch.tensor([0])
+    attack = _Propose(torch.tensor([[0.1]], dtype=torch.float64))
+    res = attack(_Threshold(), x, y)
+    assert res.x_adv.dtype == torch.float32 and res.success.tolist() == [True]
+    assert repr(attack) == "_Propose(norm='l2', eval_mode=True)"
