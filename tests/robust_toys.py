@@ -1,7 +1,7 @@
 """Tiny data, a plain trained model and models built to fail the audit's checks.
 
-Shared by test_audit.py, test_autoattack.py, test_minnorm.py and test_fmn.py (not collected: no
-``test_`` prefix).
+Shared by test_audit.py, test_autoattack.py, test_minnorm.py, test_fmn.py, test_attack_contracts.py and
+test_metrics_contracts.py (not collected: no ``test_`` prefix).
 """
 
 from __future__ import annotations
@@ -97,6 +97,20 @@ class Trap(nn.Module):
         phi = (-1 + 0.8 * torch.exp(-(((s - 0.04) / 0.02) ** 2)) - 3 * torch.sigmoid((s - 0.08) / 0.01)
                + 6 * torch.sigmoid((s - 0.2) / 0.01))
         return _two_logits(phi, x)
+
+
+class Threshold(nn.Module):
+    """Class 0 where the first input value is above 0.5, class 1 below: every distance to the boundary
+    is known by hand. Records its training flag at each forward pass in ``modes``."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.modes: list[bool] = []
+
+    def forward(self, x: Tensor) -> Tensor:
+        self.modes.append(self.training)
+        v = x.flatten(1)[:, :1]
+        return torch.cat([v - 0.5, 0.5 - v], dim=1)
 
 
 def linear_model(w: Tensor, b: Tensor) -> nn.Module:

@@ -12,6 +12,7 @@ import pytest
 import torch
 from torch import Tensor, nn
 
+from robust_toys import Threshold
 from robustprune.attacks import EOTPGD, FGSM, PGD, RFGSM
 from robustprune.attacks.base import Attack, cross_entropy_loss
 from robustprune.attacks.minnorm import MinNormAttack, check_positive, lp_norms
@@ -74,19 +75,6 @@ def test_lp_norms_name_an_unknown_norm() -> None:
         lp_norms(torch.zeros(2, 3), "l3")
 
 
-class _Threshold(nn.Module):
-    """Class 0 where the single input value is above 0.5, class 1 below; records its mode."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.modes: list[bool] = []
-
-    def forward(self, x: Tensor) -> Tensor:
-        self.modes.append(self.training)
-        v = x.flatten(1)[:, :1]
-        return torch.cat([v - 0.5, 0.5 - v], dim=1)
-
-
 class _Propose(MinNormAttack):
     """Proposes fixed candidates, out of [0, 1] on purpose; records the model's mode in perturb."""
 
@@ -103,7 +91,7 @@ class _Propose(MinNormAttack):
 def test_minimum_norm_candidates_are_clipped_to_pixel_space_before_they_are_judged_and_measured() -> None:
     x = torch.tensor([[0.9], [0.2]])
     y = torch.tensor([0, 1])
-    res = _Propose(torch.tensor([[-1.0], [3.0]]))(_Threshold(), x, y)
+    res = _Propose(torch.tensor([[-1.0], [3.0]]))(Threshold(), x, y)
     assert res.success.tolist() == [True, True]
     assert torch.equal(res.x_adv, torch.tensor([[0.0], [1.0]]))
     assert res.norms.tolist() == pytest.approx([0.9, 0.8])  # from the clipped points, not 1.9 and 2.8
@@ -111,7 +99,7 @@ def test_minimum_norm_candidates_are_clipped_to_pixel_space_before_they_are_judg
 
 def test_minimum_norm_attacks_run_in_eval_mode_unless_told_otherwise() -> None:
     x, y, cand = torch.tensor([[0.9]]), torch.tensor([0]), torch.tensor([[0.1]])
-    model = _Threshold().train()
+    model = Threshold().train()
     attack = _Propose(cand)
     assert attack.eval_mode is True and attack.params()["eval_mode"] is True
     attack(model, x, y)
@@ -124,7 +112,7 @@ def test_minimum_norm_attacks_run_in_eval_mode_unless_told_otherwise() -> None:
 
 def test_a_failed_minimum_norm_attack_returns_the_input_at_infinite_distance() -> None:
     x, y = torch.tensor([[0.9]]), torch.tensor([0])
-    res = _Propose(torch.tensor([[0.8]]))(_Threshold(), x, y)  # still class 0
+    res = _Propose(torch.tensor([[0.8]]))(Threshold(), x, y)  # still class 0
     assert res.success.tolist() == [False] and torch.equal(res.x_adv, x) and math.isinf(float(res.norms[0]))
 
 
@@ -446,6 +434,6 @@ def test_an_l2_start_on_one_value_inputs_is_uniform_in_the_ball_too() -> None:
 def test_minimum_norm_results_keep_the_inputs_dtype_and_reprs_list_params() -> None:
     x, y = torch.tensor([[0.9]]), torch.tensor([0])
     attack = _Propose(torch.tensor([[0.1]], dtype=torch.float64))
-    res = attack(_Threshold(), x, y)
+    res = attack(Threshold(), x, y)
     assert res.x_adv.dtype == torch.float32 and res.success.tolist() == [True]
     assert repr(attack) == "_Propose(norm='l2', eval_mode=True)"

@@ -9,6 +9,7 @@ import pytest
 import torch
 from torch import nn
 
+from robust_toys import Threshold
 from robustprune.metrics import (
     VulnerabilityMeter,
     active_units,
@@ -244,14 +245,6 @@ def test_minnorm_meter_summary_by_hand() -> None:
 
 
 # ------------------------------------------------------------- minimum-norm summaries over a loader
-class _Threshold(nn.Module):
-    """Class 0 where the single input value is above 0.5, class 1 below."""
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        v = x.flatten(1)[:, :1]
-        return torch.cat([v - 0.5, 0.5 - v], dim=1)
-
-
 def _scripted_attack(x_adv: torch.Tensor):  # type: ignore[no-untyped-def]
     from robustprune.attacks.minnorm import MinNormAttack
 
@@ -275,7 +268,7 @@ def test_minimal_distances_by_hand_with_a_scripted_attack() -> None:
     from robustprune.metrics.minnorm import minimal_distances
 
     x, y, x_adv = _four_points()
-    d = minimal_distances(_Threshold(), [(x, y)], _scripted_attack(x_adv), progress=False)
+    d = minimal_distances(Threshold(), [(x, y)], _scripted_attack(x_adv), progress=False)
     assert d["n"] == 4 and d["norm"] == "l2" and d["clean_acc"] == pytest.approx(75.0)
     assert d["correct"] == [True, True, False, True] and d["n_failed"] == 1
     assert d["distances"][0] == pytest.approx(0.5) and d["distances"][1] == pytest.approx(0.35)
@@ -287,9 +280,9 @@ def test_minimal_distances_median_is_none_when_most_attacks_fail_or_nothing_is_c
     from robustprune.metrics.minnorm import minimal_distances
 
     x, y, _ = _four_points()
-    fails = minimal_distances(_Threshold(), [(x, y)], _scripted_attack(x.clone()), progress=False)
+    fails = minimal_distances(Threshold(), [(x, y)], _scripted_attack(x.clone()), progress=False)
     assert fails["n_failed"] == 3 and fails["median"] is None and fails["distances"] == [None, None, 0.0, None]
-    wrong = minimal_distances(_Threshold(), [(x, torch.tensor([1, 1, 0, 1]))], _scripted_attack(x.clone()),
+    wrong = minimal_distances(Threshold(), [(x, torch.tensor([1, 1, 0, 1]))], _scripted_attack(x.clone()),
                               progress=False)
     assert wrong["clean_acc"] == 0.0 and wrong["median"] is None and wrong["distances"] == [0.0, 0.0, 0.0, 0.0]
 
@@ -298,10 +291,10 @@ def test_minnorm_summaries_of_an_empty_loader_are_empty_not_a_crash() -> None:
     from robustprune.metrics.minnorm import minimal_distances, minnorm_robustness, security_points
 
     x, _, x_adv = _four_points()
-    d = minimal_distances(_Threshold(), [], _scripted_attack(x_adv), progress=False)
+    d = minimal_distances(Threshold(), [], _scripted_attack(x_adv), progress=False)
     assert d["n"] == 0 and math.isnan(d["clean_acc"]) and d["median"] is None and d["n_failed"] == 0
     assert d["correct"] == [] and d["distances"] == []
-    r = minnorm_robustness(_Threshold(), [], _scripted_attack(x_adv), progress=False)
+    r = minnorm_robustness(Threshold(), [], _scripted_attack(x_adv), progress=False)
     assert r["n"] == 0 and math.isnan(r["clean_acc"]) and r["r2"] is None
     (point,) = security_points([], [], [0.1])
     assert point["eps"] == 0.1 and math.isnan(point["robust_acc"])
@@ -343,9 +336,9 @@ def test_minnorm_loops_show_a_bar_named_after_the_attack_and_name_a_wrong_attack
     monkeypatch.setattr(minnorm, "tqdm", recording_tqdm)
     fn = getattr(minnorm, which)
     x, y, x_adv = _four_points()
-    fn(_Threshold(), [(x, y)], _scripted_attack(x_adv))
-    fn(_Threshold(), [(x, y)], _scripted_attack(x_adv), progress=False)
+    fn(Threshold(), [(x, y)], _scripted_attack(x_adv))
+    fn(Threshold(), [(x, y)], _scripted_attack(x_adv), progress=False)
     assert seen == [{"desc": "scripted", "disable": False, "leave": False, "dynamic_ncols": True},
                     {"desc": "scripted", "disable": True, "leave": False, "dynamic_ncols": True}]
     with pytest.raises(ValueError, match=r"got PGD$"):
-        fn(_Threshold(), [(x, y)], PGD(eps=0.1))  # type: ignore[arg-type]
+        fn(Threshold(), [(x, y)], PGD(eps=0.1))  # type: ignore[arg-type]
