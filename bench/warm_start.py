@@ -17,7 +17,11 @@ epoch than ``pretrained-at``.
 
 ``--model`` (with ``--model-args``) measures another network, e.g. the small residual network of
 the tests (``PYTHONPATH=tests ... --model factory_models:tiny_resnet --source-epochs 2``);
-``--runs`` keeps only the named rows (``bp/paper,bp/function-preserving``).
+``--runs`` keeps only the named rows (``bp/paper,bp/function-preserving``); ``--variant
+LABEL=METHOD:JSON`` adds a row (``'anp-vs/a49=anp-vs:{"mask_init": "function-preserving",
+"a_init_conv": 49, "a_init_fc": 49}'``). ``--eval-split val`` scores every accuracy on the last
+``--val-size`` training images instead of the test split (held out: no run trains on them), for
+choosing a setting without looking at test points.
 """
 
 from __future__ import annotations
@@ -64,6 +68,7 @@ def config(method: str, out: Path, args: argparse.Namespace, *, init: Path | Non
     return TrainConfig(method=method, model=args.model, model_args=json.loads(args.model_args), dataset="mnist",
                        epochs=epochs, out=str(out),
                        data_dir=args.data_dir, seed=args.seed, limit_train=args.limit_train, batch_size=64,
+                       val_size=args.val_size if args.eval_split == "val" else None,
                        adv_eps=0.3, adv_steps=5, adv_step_size=0.04, init_from=None if init is None else str(init),
                        method_args=method_args or {}, progress=False, tensorboard=False, device="cpu")
 
@@ -101,14 +106,30 @@ def one_run(label: str, method: str, method_args: dict[str, Any], source: Path, 
     hist = json.loads((run / "run.json").read_text())["history"][-1]
     model = load_run(run).model
     acc = test_accuracy(model, x, y)
+    split = args.eval_split
+    keeps = [m.expected_keep().detach() for _, m in installed_masks(model) if hasattr(m, "expected_keep")]
     out = {"method": method, "method_args": method_args, "wall_s": round(wall, 1),
            "train_acc_epoch1": hist.get("acc"), "train_adv_acc_epoch1": hist.get("adv_acc"),
-           "test_acc_step0": at0, "test_acc_epoch1": acc, "kept_fraction": acc / source_acc,
+           f"{split}_acc_step0": at0, f"{split}_acc_epoch1": acc, "kept_fraction": acc / source_acc,
+           "mean_expected_keep": float(torch.cat(keeps).mean()) if keeps else None,
            "clean_loss_points": round(100 * (source_acc - acc), 2),
            "unit_sparsity": unit_sparsity(model) if installed_masks(model) else None}
     print(f"{label:34s} step0 {at0:.4f} epoch1 {acc:.4f} kept {acc / source_acc:.3f} train {hist.get('acc')}",
           flush=True)
     return out
+
+
+def parse_variant(text: str) -> tuple[str, str, dict[str, Any]]:
+    """``LABEL=METHOD:JSON`` -> (label, method, method_args); SystemExit naming a malformed one."""
+    label, sep, rest = text.partition("=")
+    method, sep2, js = rest.partition(":")
+    try:
+        margs = json.loads(js) if sep2 else {}
+    except json.JSONDecodeError as err:
+        raise SystemExit(f"--variant {text!r}: method_args is not JSON ({err})") from None
+    if not (sep and label and method) or not isinstance(margs, dict):
+        raise SystemExit(f"--variant {text!r}: expected LABEL=METHOD:JSON-object")
+    return label, method, margs
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -121,12 +142,24 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--model-args", default="{}", help="JSON keyword arguments of the model's builder")
     ap.add_argument("--source-epochs", type=int, default=1, help="standard epochs of the source model")
     ap.add_argument("--runs", default=None, help="comma-separated row labels to run (default: all)")
+    ap.add_argument("--variant", action="append", default=[], metavar="LABEL=METHOD:JSON",
+                    help="an extra row: its label, method and method_args (repeatable)")
+    ap.add_argument("--eval-split", choices=("test", "val"), default="test",
+                    help="score on the test split or on the last --val-size training images")
+    ap.add_argument("--val-size", type=int, default=5000)
     ap.add_argument("--out", type=Path, required=True)
     args = ap.parse_args(argv)
     chosen = RUNS if args.runs is None else [r for r in RUNS if r[0] in args.runs.split(",")]
+    chosen = chosen + [parse_variant(v) for v in args.variant]
     torch.set_num_threads(args.threads)
     t_start = time.perf_counter()
-    x, y = load_split("mnist", "test", data_dir=args.data_dir, download=False)
+    if args.eval_split == "val":
+        images, labels = load_split("mnist", "train", data_dir=args.data_dir, download=False)
+        if args.limit_train + args.val_size > len(labels):
+            ap.error(f"--limit-train {args.limit_train} + --val-size {args.val_size} > {len(labels)} training images")
+        x, y = images[-args.val_size:], labels[-args.val_size:]
+    else:
+        x, y = load_split("mnist", "test", data_dir=args.data_dir, download=False)
     runs: dict[str, dict[str, Any]] = {}
     with tempfile.TemporaryDirectory() as tmp_name:
         tmp = Path(tmp_name)
@@ -135,7 +168,7 @@ def main(argv: list[str] | None = None) -> int:
             source = fit(config("standard", tmp / "standard", args, epochs=args.source_epochs))
         source_acc = test_accuracy(load_run(source).model, x, y)
         source_train = json.loads((source / "run.json").read_text())["history"][-1].get("acc")
-        print(f"source: test {source_acc:.4f} train {source_train}", flush=True)
+        print(f"source: {args.eval_split} {source_acc:.4f} train {source_train}", flush=True)
         for label, method, margs in chosen:
             runs[label] = one_run(label, method, margs, source, source_acc, tmp, args, x, y)
     targets: dict[str, dict[str, bool]] = {
@@ -145,7 +178,9 @@ def main(argv: list[str] | None = None) -> int:
         targets["adv_mask_loses_no_more_than_at"] = {lab: runs[lab]["clean_loss_points"] <= at_loss
                                                      for lab in runs if lab.startswith("anp-vs")}
     report = {"date": datetime.now(UTC).isoformat(timespec="seconds"),
-              "command": "python bench/warm_start.py " + " ".join(argv if argv is not None else sys.argv[1:]),
+              "command": "python bench/warm_start.py " + " ".join(  # the data directory written as DATA
+                  "DATA" if args.data_dir and a == args.data_dir else a
+                  for a in (argv if argv is not None else sys.argv[1:])),
               "machine": {"platform": platform.platform(), "processor": platform.processor(),
                           "cpus": len(os.sched_getaffinity(0)), "torch_threads": args.threads,
                           "loadavg_at_end": list(os.getloadavg())},
@@ -153,9 +188,9 @@ def main(argv: list[str] | None = None) -> int:
               "setup": {"model": args.model, "model_args": json.loads(args.model_args), "dataset": "mnist",
                         "limit_train": args.limit_train, "epochs": 1,
                         "batch_size": 64, "train_attack": "PGD-5, step 0.04, eps 0.3", "seed": args.seed,
-                        "test_points": len(y)},
+                        "eval_split": args.eval_split, "eval_points": len(y)},
               "source": {"method": "standard", "epochs": args.source_epochs, "train_acc": source_train,
-                         "test_acc": source_acc},
+                         f"{args.eval_split}_acc": source_acc},
               "runs": runs, "targets": targets}
     atomic_write(args.out, lambda p: p.write_text(json.dumps(report, indent=1) + "\n"))
     print(json.dumps(targets, indent=1))
