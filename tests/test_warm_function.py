@@ -95,12 +95,30 @@ def test_every_mask_method_takes_the_option_and_names_it_on_the_card(method: str
     with torch.no_grad():
         assert float((model(x) - want).abs().max()) <= 1e-4
     keep = [float(m.expected_keep().detach().mean()) for _, m in installed_masks(model) if isinstance(m, BBDropout)]
-    assert keep and all(math.isclose(k, 0.9, abs_tol=1e-3) for k in keep)  # a' = 9 also for anp-vs-fast
+    assert keep and all(math.isclose(k, 0.98, abs_tol=1e-3) for k in keep)  # a' = 49 also for anp-vs-fast
     ctx = method_context(cfg, train_size=64)
     assert build_method(method, ctx=ctx, **FP).card_fields()["mask_init"] == "function-preserving"
+    assert "initial_keep" not in build_method(method, ctx=ctx).card_fields()  # not known before prepare
     assert build_method(method, ctx=ctx).card_fields()["mask_init"] == "paper"
     with pytest.raises(ValueError, match="mask_init must be one of paper, function-preserving, got 'keep'"):
         build_method(method, ctx=ctx, mask_init="keep")
+
+
+def test_the_card_names_the_keep_rates_each_initialisation_started_at() -> None:
+    """``initial_keep``: the mean E[π₀] per mask kind, read from the installed masks."""
+    cfg = TrainConfig(method="anp-vs", model="vgg16", dataset="cifar10")
+    ctx = method_context(cfg, train_size=64)
+    a = {x: math.log1p(math.exp(x)) for x in (-1.0, 2.0, PRESERVE_A_INIT, 3.0)}
+    paper = build_method("anp-vs", ctx=ctx)
+    paper.prepare(build_model_for(cfg))
+    want = {"conv": a[2.0] / (a[2.0] + 1), "fc": a[-1.0] / (a[-1.0] + 1)}  # VGG conv a' = 2, fc a' = -1
+    assert paper.card_fields()["initial_keep"] == pytest.approx(want, abs=1e-4)
+    fp = build_method("anp-vs", ctx=ctx, **FP)
+    fp.prepare(build_model_for(cfg))
+    assert fp.card_fields()["initial_keep"] == pytest.approx({"conv": 0.98, "fc": 0.98}, abs=1e-4)
+    own = build_method("anp-vs", ctx=ctx, a_init_fc=3.0, **FP)
+    own.prepare(build_model_for(cfg))
+    assert own.card_fields()["initial_keep"] == pytest.approx({"conv": 0.98, "fc": a[3.0] / (a[3.0] + 1)}, abs=1e-4)
 
 
 def test_paper_init_is_unchanged() -> None:
@@ -113,7 +131,7 @@ def test_paper_init_is_unchanged() -> None:
     assert all(torch.allclose(m.eval_scale(), torch.full((m.units,), a / (a + 1)), atol=1e-5) for m in masks)
 
 
-@pytest.mark.parametrize("a_init", [PRESERVE_A_INIT, -1.0])
+@pytest.mark.parametrize("a_init", [9.0, -1.0])
 def test_training_mode_output_equals_the_input_in_expectation(a_init: float) -> None:
     torch.manual_seed(0)
     fp = BBDropout(64, kind="fc", a_init=a_init, preserve=True).train()

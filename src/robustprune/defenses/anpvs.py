@@ -17,7 +17,7 @@ stronger per example). The effective β/N is on every run's card (``run.json["me
 
 ``mask_init`` (every method here): ``"paper"`` (the default, the recipe's own: keep rates start
 at E[π] ≈ 0.24, VGG conv 0.68, anp-vs-fast 0.75) or ``"function-preserving"``, for pruning a
-trained network (``--init-from``): keep rates start at 0.9 (unless ``a_init_*`` say otherwise)
+trained network (``--init-from``): keep rates start at 0.98 (unless ``a_init_*`` say otherwise)
 and each mask carries the fixed gain 1/E[π₀], so at step 0 the masked network's eval-mode logits
 are the trained network's and its training-mode ones equal them in expectation
 (:func:`~robustprune.sparsity.bbdropout.install_bbd`). The card names the one used.
@@ -52,6 +52,7 @@ from robustprune.sparsity.bbdropout import (
     cut_to_sparsity,
     fix_masks,
     install_bbd,
+    keep_by_kind,
     model_kl,
     shared_noise,
 )
@@ -66,6 +67,8 @@ class MaskedMethod(Method):
     #: the fraction of units to cut to when the masks stop learning (None: no cut), and the cut made
     target_sparsity: float | None = None
     cut: SparsityCut | None = None
+    #: mean E[π] per mask kind when the masks were installed (None before :meth:`prepare`)
+    initial_keep: dict[str, float] | None = None
 
     def __init__(
         self,
@@ -138,10 +141,13 @@ class MaskedMethod(Method):
     def card_fields(self) -> dict[str, Any]:
         beta = self.beta
         return {**super().card_fields(), "beta": beta, "kl_n": self.kl_n, "kl_size": self.kl_size,
-                "train_size": self.ctx.train_size, "kl_weight": beta / self.kl_size, "mask_init": self.mask_init}
+                "train_size": self.ctx.train_size, "kl_weight": beta / self.kl_size, "mask_init": self.mask_init,
+                **({} if self.initial_keep is None else {"initial_keep": self.initial_keep})}
 
     def prepare(self, model: nn.Module) -> nn.Module:
-        return install_bbd(model, **self.mask_kw)
+        model = install_bbd(model, **self.mask_kw)
+        self.initial_keep = keep_by_kind(model)
+        return model
 
     def param_groups(self, model: nn.Module) -> list[ParamGroup]:
         return [
@@ -425,7 +431,7 @@ class ANPVSFast(ANPVS):
     have had no such selection: they get 9× the paper's β and the paper's λ. Every default can be
     overridden: to prune an adversarially trained MNIST model under the strong protocol (PGD-5 of
     0.1), the same kind of selection prefers β 12 (``method_args: {beta: 12}``). With
-    ``mask_init: function-preserving`` the masks start at 0.9 with the gain, like the others'.
+    ``mask_init: function-preserving`` the masks start at 0.98 with the gain, like the others'.
 
     >>> method = ANPVSFast(ctx=ctx)
     """
@@ -443,6 +449,6 @@ class ANPVSFast(ANPVS):
             paper_beta, lam = info.anpvs_beta_lambda(beta=kwargs.get("beta"), lam=kwargs.get("lam"))
             beta = 9.0 * paper_beta
         defaults: dict[str, Any] = {"beta": beta, "lam": lam, "mask_warmup": 0.3, "mask_lr": 5e-2}
-        if kwargs.get("mask_init", "paper") == "paper":  # function-preserving brings its own keep rate (0.9)
+        if kwargs.get("mask_init", "paper") == "paper":  # function-preserving brings its own keep rate (0.98)
             defaults.update({"a_init_fc": 2.95, "a_init_conv": 2.95})
         super().__init__(ctx=ctx, **{**defaults, **kwargs})
