@@ -68,7 +68,7 @@ def config(method: str, out: Path, args: argparse.Namespace, *, init: Path | Non
     return TrainConfig(method=method, model=args.model, model_args=json.loads(args.model_args), dataset="mnist",
                        epochs=epochs, out=str(out),
                        data_dir=args.data_dir, seed=args.seed, limit_train=args.limit_train, batch_size=64,
-                       val_size=args.val_size if args.eval_split == "val" else None,
+                       val_size=args.val_size if args.eval_split == "val" else 0,
                        adv_eps=0.3, adv_steps=5, adv_step_size=0.04, init_from=None if init is None else str(init),
                        method_args=method_args or {}, progress=False, tensorboard=False, device="cpu")
 
