@@ -308,10 +308,10 @@ def default_a_init_conv(model: nn.Module) -> float:
 #: the initialisations of :func:`install_bbd` (``mask_init``)
 MASK_INITS = ("paper", "function-preserving")
 #: a' of every mask under ``mask_init="function-preserving"``: E[π₀] = a/(a+1) = 0.98 with b = 1. Chosen
-#: over 0.9 (a' = 9, the first default) on validation images held out of the training set: the sampled
-#: masks' noise (std about 0.09 at 0.9, 0.02 at 0.98) cost the warm-started adversarial mask methods
-#: clean accuracy against AT fine-tuning, and the masks learned from the quieter start ranked units
-#: better for a ``target_sparsity`` cut (bench/warm_start_select/, bench/RESULTS.md).
+#: over 0.9 (a' = 9, the first default) on validation images held out of the training set: from it the
+#: warm-started adversarial mask methods lost less clean accuracy against AT fine-tuning, and a
+#: ``target_sparsity`` cut learned from it kept more (bench/warm_start_select/, bench/RESULTS.md). The
+#: sampled masks' noise (std about 0.09 at 0.9, 0.02 at 0.98) is the likely cause, not isolated.
 PRESERVE_A_INIT = 49.0
 
 
