@@ -71,8 +71,8 @@ def write_settings(work: Path, package: str, files: list[str] | None, tests: lis
              "pytest_add_cli_args_test_selection =", *(f"    {t}" for t in tests),
              # torch is not fork-safe after the test run mutmut makes first: fork from a clean server
              "process_isolation = forkserver",
-             # the suite files some tests read (mutmut copies only src/ and tests/ by default)
-             "also_copy =", "    configs", ""]
+             # the suite files and bench scripts some tests read (mutmut copies only src/ and tests/)
+             "also_copy =", "    configs", "    bench", ""]
     (work / "setup.cfg").write_text("\n".join(lines))
     return patterns
 
