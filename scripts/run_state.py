@@ -100,8 +100,11 @@ def git_ignored(dest: Path, files: list[Path]) -> list[Path]:
     """Those of ``files`` (relative to ``dest``) that git would leave out of a commit when ``dest`` lies in
     a git work tree; none when it does not (or git is absent). A state that is saved but ignored does not
     travel, and a new machine would start every run again."""
+    here = dest.parent
+    while not here.exists() and here != here.parent:  # a destination not made yet: ask from its nearest ancestor
+        here = here.parent
     try:
-        top = subprocess.run(["git", "-C", str(dest.parent), "rev-parse", "--show-toplevel"],
+        top = subprocess.run(["git", "-C", str(here), "rev-parse", "--show-toplevel"],
                              capture_output=True, text=True, check=False)
     except OSError:
         return []
@@ -119,13 +122,13 @@ def save(suite_dir: Path, dest: Path) -> int:
     if not (suite_dir / "runs").is_dir():
         raise ValueError(f"{suite_dir} is not a suite directory (no runs/ in it)")
     files = wanted(suite_dir)
-    dest.parent.mkdir(parents=True, exist_ok=True)
     ignored = git_ignored(dest, files + [Path(MANIFEST)])
     if ignored:
         more = f" and {len(ignored) - 3} more" if len(ignored) > 3 else ""
         shown = ", ".join(str(rel) for rel in ignored[:3]) + more
         raise ValueError(f"git ignores {len(ignored)} of the files to save under {dest} ({shown}): they would not "
                          "travel with a commit; save elsewhere or change .gitignore")
+    dest.parent.mkdir(parents=True, exist_ok=True)  # only once the destination is accepted
     tmp = dest.with_name(dest.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     copy_files(suite_dir, tmp, files)

@@ -60,6 +60,9 @@ def test_save_refuses_a_destination_whose_files_git_would_ignore(tmp_path: Path)
     with pytest.raises(ValueError, match=r"git ignores 3 of the files .*runs/at-s0/checkpoints/LATEST"):
         rs.save(suite, repo / "state")
     assert not (repo / "state").exists() and not (repo / "state.tmp").exists()
+    with pytest.raises(ValueError, match=r"git ignores 3 of the files"):  # a destination not made yet
+        rs.save(suite, repo / "new" / "deeper" / "state")
+    assert not (repo / "new").exists()  # refused before any folder was made
     (repo / ".gitignore").write_text("runs/\n!/state/runs/\n")  # the project's own exception
     assert rs.main(["save", str(suite), str(repo / "state")]) == 0
     # and the repository's own .gitignore lets bench/inflight/*/runs travel
