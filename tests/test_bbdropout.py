@@ -141,6 +141,14 @@ def test_sampler_shapes_and_pi_shared_across_batch() -> None:
     assert z.mean(dim=0).std() > 0.15
 
 
+def test_sample_mask_takes_a_batch_of_one_and_names_a_bad_batch() -> None:
+    mask = BBDropout(3, kind="fc")
+    assert mask.sample_mask(1).shape == (1, 3)
+    for bad in (0, -2, 1.5, "2", True, None):
+        with pytest.raises(ValueError, match=re.escape(f"batch must be a positive int, got {bad!r}")):
+            mask.sample_mask(bad)  # type: ignore[arg-type]
+
+
 def test_gradients_reach_both_free_parameters() -> None:
     torch.manual_seed(0)
     mask = BBDropout(5, kind="conv").train()
