@@ -149,6 +149,14 @@ def test_sample_mask_takes_a_batch_of_one_and_names_a_bad_batch() -> None:
             mask.sample_mask(bad)  # type: ignore[arg-type]
 
 
+def test_repr_names_every_setting() -> None:
+    mask = BBDropout(5, kind="fc", alpha=1e-4, tau=0.1, threshold=1e-3)
+    assert repr(mask) == "BBDropout(units=5, kind=fc, alpha=0.0001, tau=0.1, threshold=0.001)"
+    mask.fixed = True
+    assert repr(BBDropout(2, preserve=True)).endswith("threshold=0.001, preserve)")
+    assert repr(mask).endswith("threshold=0.001, fixed)")
+
+
 def test_gradients_reach_both_free_parameters() -> None:
     torch.manual_seed(0)
     mask = BBDropout(5, kind="conv").train()
