@@ -135,6 +135,8 @@ def main(argv: list[str] | None = None) -> int:
                              "--out an earlier record of that run, its commit, command and time are kept and this "
                              "call is added as 'retested' (after `mutmut run NAMES` there with newer tests)")
     parser.add_argument("--note", default=None, help="with --record-only: what was retested and why")
+    parser.add_argument("--commit", default=None,
+                        help="with --record-only, no earlier record: the commit the --keep directory came from")
     args = parser.parse_args(argv)
     if args.max_children < 1:
         parser.error(f"--max-children must be >= 1, got {args.max_children}")
@@ -151,7 +153,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.record_only:
         if args.keep is None or not (work / "mutants").is_dir():
             parser.error("--record-only needs the --keep directory of an earlier run")
-        commit = "unknown (--record-only)"
+        commit = args.commit or "unknown (--record-only)"
         tests = args.tests or default_tests(work, args.package)
         patterns = write_settings(work, args.package, files, tests)
         wall = float("nan")
