@@ -311,7 +311,8 @@ MASK_INITS = ("paper", "function-preserving")
 #: over 0.9 (a' = 9, the first default) on validation images held out of the training set: from it the
 #: warm-started adversarial mask methods lost less clean accuracy against AT fine-tuning, and a
 #: ``target_sparsity`` cut learned from it kept more (bench/warm_start_select/, bench/RESULTS.md). The
-#: sampled masks' noise (std about 0.09 at 0.9, 0.02 at 0.98) is the likely cause, not isolated.
+#: sampled masks' noise (about 10 % of units dropped per example at 0.9, 2 % at 0.98) is the likely
+#: cause, not isolated.
 PRESERVE_A_INIT = 49.0
 
 
