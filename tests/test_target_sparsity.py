@@ -4,6 +4,7 @@ keep rate over all layers (sparsity/bbdropout.py ``cut_to_sparsity``; defenses/a
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -14,7 +15,7 @@ from robustprune.config import TrainConfig
 from robustprune.defenses import build_method
 from robustprune.metrics import unit_sparsity
 from robustprune.models import build_model, installed_masks
-from robustprune.sparsity.bbdropout import BBDropout, cut_to_sparsity, install_bbd
+from robustprune.sparsity.bbdropout import BBDropout, SparsityCut, cut_to_sparsity, install_bbd
 from robustprune.sparsity.magnitude import layer_quotas
 from robustprune.train import fit, load_run
 from robustprune.train.run import method_context
@@ -318,6 +319,21 @@ def test_layer_quotas_largest_remainder() -> None:
         layer_quotas([2, 2], 0.9)
     with pytest.raises(ValueError, match="got 1.5"):
         layer_quotas([10], 1.5)
+
+
+def test_layer_quotas_takes_zero_and_names_every_bad_input() -> None:
+    assert layer_quotas([4, 4], 0.0) == [0, 0] and layer_quotas([4, 4], 0) == [0, 0]
+    for bad in (1.0, -0.1, True, False, "0.5", None):
+        with pytest.raises(ValueError, match=re.escape(f"target sparsity must be a fraction in [0, 1), got {bad!r}")):
+            layer_quotas([4, 4], bad)  # type: ignore[arg-type]
+    for sizes in ([], [3, 0], [-1]):
+        with pytest.raises(ValueError, match=re.escape(f"layer sizes must be >= 1, got {sizes}")):
+            layer_quotas(sizes, 0.5)
+
+
+def test_a_sparsity_cut_reads_back_as_the_cards_fields() -> None:
+    cut = SparsityCut(asked=0.5, units=8, pruned=4, revived=1)
+    assert cut.as_dict() == {"asked": 0.5, "reached": 0.5, "units": 8, "pruned": 4, "revived": 1, "rule": "global"}
 
 
 @pytest.mark.parametrize(("method", "structure", "widths"), [
