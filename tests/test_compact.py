@@ -312,3 +312,40 @@ def test_onnx_export_matches(pruned_run: Path, tmp_path: Path) -> None:
     got = session.run(None, {"x": x.numpy()})[0]
     want = logits(load_run(pruned_run).model, x).numpy()
     assert abs(got - want).max() <= 1e-5
+
+
+def test_the_cards_compact_summary_leaves_out_what_the_card_holds_and_the_rebuild_plan() -> None:
+    from robustprune.sparsity.compact import compact_summary
+
+    held = ("layers", "graph", "format", "version", "source_cost", "method", "model", "dataset")
+    info = {k: f"<{k}>" for k in held} | {"params": 123, "units_kept": [4, 2]}
+    assert compact_summary(info) == {"compacted": True, "params": 123, "units_kept": [4, 2]}
+
+
+def test_latent_gates_follow_the_fold_plan() -> None:
+    """Which mask gates each latent map: the producing layer's ``mask`` or ``drop``, a ``mask`` step,
+    none after an input, a normalisation, a residual block or a pooling, nor before any layer."""
+    from robustprune.sparsity.fold import latent_gates
+
+    class Planned(nn.Module):
+        fold_plan = [
+            {"op": "feature"},
+            {"op": "input"}, {"op": "conv", "mask": "m1"}, {"op": "feature"},
+            {"op": "normalize"}, {"op": "feature"},
+            {"op": "linear", "drop": "m2"}, {"op": "feature"},
+            {"op": "resblock"}, {"op": "feature"},
+            {"op": "conv", "mask": "m3"}, {"op": "avgpool"}, {"op": "feature"},
+            {"op": "conv", "mask": "m4"}, {"op": "input"}, {"op": "feature"},
+            {"op": "mask", "mask": "m5"}, {"op": "feature"},
+        ]
+
+    assert latent_gates(Planned()) == [None, "m1", None, "m2", None, None, None, "m5"]
+    assert latent_gates(nn.Linear(2, 2)) is None
+
+
+def test_graph_compaction_makes_empty_parameters_like_the_source() -> None:
+    from robustprune.sparsity.graph_compact import _empty
+
+    assert _empty(None, (3,)) is None
+    made = _empty(torch.ones(2, dtype=torch.float64), (3,))
+    assert made is not None and made.dtype == torch.float64 and torch.equal(made, torch.zeros(3, dtype=torch.float64))
