@@ -313,6 +313,24 @@ def test_bad_graph_descriptions_name_the_problem() -> None:
         apply_graph_spec(wrn(), bad)
 
 
+def test_the_graph_description_format_names_its_layer_types_and_groups() -> None:
+    """compact.json's ``graph``: the layer types are a file format (a run written by one version is
+    rebuilt by another), and the slot groups travel with it."""
+    model = wrn()
+    spec = graph_spec(model)
+    assert set(spec) == {"layers", "kept", "groups"} and spec["groups"] == model.describe()["groups"]
+    first = dict(model.net.named_modules())
+    types = {name: w["type"] for name, w in spec["layers"].items()}
+    assert set(types.values()) == {"conv", "linear", "bn"}
+    kinds = {nn.Conv2d: "conv", nn.Linear: "linear", nn.BatchNorm2d: "bn"}
+    assert all(types[n] == kinds[type(first[n])] for n in types)
+    conv = next(n for n, t in types.items() if t == "conv")
+    assert set(spec["layers"][conv]) == {"type", "in", "out", "groups"}
+    for bad in ({"layers": {}}, {"kept": []}, {"layers": [], "kept": []}, {"layers": {}, "kept": {}}, []):
+        with pytest.raises(ValueError, match="'graph' must hold 'layers' \\(a mapping\\) and 'kept' \\(a list\\)"):
+            apply_graph_spec(wrn(), bad)  # type: ignore[arg-type]
+
+
 # --------------------------------------------------------------------------------- run directories
 @pytest.mark.slow
 def test_graph_run_compacts_and_evaluates(tiny_mnist: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str],
