@@ -349,3 +349,14 @@ def test_graph_compaction_makes_empty_parameters_like_the_source() -> None:
     assert _empty(None, (3,)) is None
     made = _empty(torch.ones(2, dtype=torch.float64), (3,))
     assert made is not None and made.dtype == torch.float64 and torch.equal(made, torch.zeros(3, dtype=torch.float64))
+
+
+def test_a_feature_scatters_in_the_inputs_dtype() -> None:
+    """Feature maps of a compacted network in float64 (the removed units take ``fill`` in that dtype)."""
+    from robustprune.sparsity.compact_net import Feature
+
+    feat = Feature(4, 2)
+    feat.fill.copy_(torch.tensor([0.0, 0.0, 7.0, 9.0]))
+    x = torch.tensor([[1.0, 2.0]], dtype=torch.float64)
+    out = feat(x)
+    assert out.dtype == torch.float64 and torch.equal(out, torch.tensor([[1.0, 2.0, 7.0, 9.0]], dtype=torch.float64))

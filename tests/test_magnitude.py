@@ -161,3 +161,22 @@ def test_linear_model_and_digit_pair(tiny_mnist: Path, tmp_path: Path) -> None:
     model = load_run(run).model
     assert model(torch.rand(2, 1, 28, 28)).shape == (2, 2)
     assert model(torch.rand(2, 1, 28, 28), features=True)[1] == []
+
+
+def test_fresh_state_keys_are_the_masks_and_scores_a_method_adds() -> None:
+    """What ``--init-from`` may start fresh: magnitude's weight masks, HYDRA's scores; nothing of the bare net."""
+    from robustprune.sparsity.magnitude import fresh_state_keys
+    from robustprune.train.run import method_context
+
+    def prepared(method: str) -> nn.Module:
+        ctx = method_context(TrainConfig(method=method), train_size=64)
+        return build_method(method, ctx=ctx).prepare(build_model("lenet5-caffe"))
+
+    bare = set(build_model("lenet5-caffe").state_dict())
+    for method, suffix in (("magnitude", ".weight_mask"), ("hydra", ".scores")):
+        model = prepared(method)
+        added = set(model.state_dict()) - bare
+        fresh = fresh_state_keys(model)
+        assert fresh and fresh <= added and any(k.endswith(suffix) for k in fresh), (method, fresh)
+        assert {k for k in added if k.endswith((".weight_mask", ".scores"))} == fresh, (method, added - fresh)
+    assert fresh_state_keys(build_model("lenet5-caffe")) == set()
