@@ -192,7 +192,7 @@ def main(argv: list[str] | None = None) -> int:
         "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         "machine": {"platform": platform.platform(), "python": platform.python_version(), "cpus": os.cpu_count(),
                     "load_avg_1m_at_end": round(os.getloadavg()[0], 2)},
-        "command": command, "commit": commit, "wall_s": None if wall != wall else round(wall, 1),
+        "command": command, "commit": commit, "wall_s": None if wall is None or wall != wall else round(wall, 1),
         "retested": retested, "not_killed": survivors,
     }
     tmp = out.with_name(out.name + ".tmp")
