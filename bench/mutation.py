@@ -17,6 +17,16 @@ every survivor with its diff, the date, machine, command, commit and wall time. 
 equivalent (no test can tell them apart: e.g. a changed default that every caller overrides) are
 listed with the reason in ``bench/mutation_equivalent.json`` ({mutant: reason}) and left out of
 ``kill_rate_non_equivalent`` = killed / (mutants - equivalent).
+
+A package too large for one sitting goes on from the record of a stopped run (``--resume-from``;
+the record lists every mutant that was not killed, so every other one was): mutants of files whose
+source is unchanged since that record's commit keep their result when it was killed, or survived
+and judged equivalent; ``mutmut run`` is given the names of all the others (and every mutant of a
+changed file), so checked mutants are not run again::
+
+    python bench/mutation.py sparsity --keep DIR --resume-from bench/mutation_sparsity_partial.json \
+        --out bench/mutation_sparsity_partial.json                 # stopped again: then, from DIR,
+    python bench/mutation.py sparsity --record-only --keep DIR --commit C --resume-from OLD --out NEW
 """
 
 from __future__ import annotations
@@ -88,6 +98,56 @@ def read_results(work: Path, package: str) -> dict[str, str]:
     return out
 
 
+def carried_results(earlier: dict[str, Any], package: str) -> tuple[dict[str, str], list[str]]:
+    """What a stopped run's record ``earlier`` lets a new run keep: ({mutant name: status} of the mutants
+    of unchanged files that need no new run, the package's files whose source changed since its commit).
+
+    Kept: ``killed`` (tests are only added, so they still kill it) and ``survived`` with an equivalence
+    reason. Every other status ("not checked", "no tests", a survivor not judged equivalent, a timeout) is
+    run again. Killed mutants are not listed in a record; the caller marks every mutant of an unchanged
+    file that the record does not list as not killed as killed."""
+    if earlier.get("kind") != "mutation" or earlier.get("package") != package:
+        raise SystemExit(f"mutation: --resume-from is not a mutation record of package {package!r}")
+    if not earlier.get("commit") or not isinstance(earlier.get("not_killed"), list):
+        raise SystemExit("mutation: --resume-from record has no commit or no not_killed list")
+    import mutmut
+
+    if earlier.get("tool") != f"mutmut {mutmut.__version__}":
+        raise SystemExit(f"mutation: --resume-from record was made by {earlier.get('tool')!r}, this is "
+                         f"mutmut {mutmut.__version__}: mutant names may differ, start again")
+    proc = subprocess.run(["git", "diff", "--name-only", earlier["commit"], "HEAD", "--",
+                           f"src/robustprune/{package}"], cwd=ROOT, capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise SystemExit(f"mutation: cannot compare commit {earlier['commit']} with HEAD: {proc.stderr.strip()}")
+    changed = sorted(Path(line).stem for line in proc.stdout.split())
+    keep = {m["name"]: m["status"] for m in earlier["not_killed"]
+            if m["name"].split(".")[2] not in changed and m["status"] == "survived" and m.get("equivalent")}
+    return keep, changed
+
+
+def to_run(earlier: dict[str, Any], package: str, changed: list[str], keep: dict[str, str]) -> list[str]:
+    """The names (and patterns, for a changed file) that ``mutmut run`` must check after ``earlier``."""
+    names = [m["name"] for m in earlier["not_killed"]
+             if m["name"] not in keep and m["name"].split(".")[2] not in changed]
+    return names + [f"robustprune.{package}.{stem}.*" for stem in changed]
+
+
+def merge_carried(statuses: dict[str, str], earlier: dict[str, Any], changed: list[str],
+                  keep: dict[str, str]) -> tuple[dict[str, str], int]:
+    """The new run's statuses with the earlier record's results put back where this run did not check
+    them, and how many of those were killed."""
+    listed = {m["name"] for m in earlier["not_killed"]}
+    out, carried_killed = {}, 0
+    for name, status in statuses.items():
+        if status == "not checked" and name.split(".")[2] not in changed:
+            if name not in listed:
+                status, carried_killed = "killed", carried_killed + 1
+            else:
+                status = keep.get(name, status)
+        out[name] = status
+    return out, carried_killed
+
+
 def diff_of(work: Path, name: str) -> str:
     proc = subprocess.run([sys.executable, "-m", "mutmut", "show", name], cwd=work, capture_output=True, text=True)
     return proc.stdout.strip()
@@ -135,6 +195,9 @@ def main(argv: list[str] | None = None) -> int:
                              "--out an earlier record of that run, its commit, command and time are kept and this "
                              "call is added as 'retested' (after `mutmut run NAMES` there with newer tests)")
     parser.add_argument("--note", default=None, help="with --record-only: what was retested and why")
+    parser.add_argument("--resume-from", type=Path, default=None,
+                        help="the record of a stopped run of this package: keep its results for unchanged "
+                             "files and run only the mutants it had not killed or judged equivalent")
     parser.add_argument("--commit", default=None,
                         help="with --record-only, no earlier record: the commit the --keep directory came from")
     args = parser.parse_args(argv)
@@ -147,6 +210,12 @@ def main(argv: list[str] | None = None) -> int:
     files = None if args.files is None else [f.strip() for f in args.files.split(",") if f.strip()]
     out = args.out or ROOT / "bench" / f"mutation_{args.package}.json"
     equivalent = json.loads(EQUIVALENT.read_text()) if EQUIVALENT.is_file() else {}
+
+    resumed = json.loads(args.resume_from.read_text()) if args.resume_from else None
+    keep, changed = carried_results(resumed, args.package) if resumed else ({}, [])
+    names = to_run(resumed, args.package, changed, keep) if resumed else []
+    if resumed and not names:
+        parser.error(f"{args.resume_from} leaves nothing to run: every mutant is killed or equivalent")
 
     scratch = None if args.keep else tempfile.TemporaryDirectory(prefix="mutation-")
     work = args.keep or Path(scratch.name)  # type: ignore[union-attr]
@@ -166,18 +235,21 @@ def main(argv: list[str] | None = None) -> int:
         start = time.perf_counter()
         # tests that start a Python subprocess get the exported (unmutated) tree, not an installed copy
         env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(work / "src"), os.environ.get("PYTHONPATH", "")])}
-        proc = subprocess.run([sys.executable, "-m", "mutmut", "run", "--max-children", str(args.max_children)],
+        proc = subprocess.run([sys.executable, "-m", "mutmut", "run", "--max-children", str(args.max_children), *names],
                               cwd=work, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
         wall = time.perf_counter() - start
         statuses = read_results(work, args.package)
         if proc.returncode != 0 or not statuses:
             print(proc.stderr[-4000:], file=sys.stderr)
             raise SystemExit(f"mutation: mutmut run failed (exit {proc.returncode}, {len(statuses)} results)")
+    carried_killed = 0
+    if resumed:
+        statuses, carried_killed = merge_carried(statuses, resumed, changed, keep)
     # the diff of each mutant that tests ran and let through; names only for those no test reached
     survivors = [{"name": n, "status": s, "equivalent": equivalent.get(n),
                   "diff": diff_of(work, n) if s not in ("no tests", "not checked") else None}
                  for n, s in sorted(statuses.items()) if s != "killed"]
-    earlier = json.loads(out.read_text()) if args.record_only and out.is_file() else {}
+    earlier = json.loads(out.read_text()) if args.record_only and not resumed and out.is_file() else {}
     if earlier.get("kind") == "mutation" and earlier.get("package") == args.package:
         # the run this directory holds: its commit, command and time; this call adds the retests since
         commit, wall, command = earlier["commit"], earlier["wall_s"], earlier["command"]
@@ -193,7 +265,13 @@ def main(argv: list[str] | None = None) -> int:
         "machine": {"platform": platform.platform(), "python": platform.python_version(), "cpus": os.cpu_count(),
                     "load_avg_1m_at_end": round(os.getloadavg()[0], 2)},
         "command": command, "commit": commit, "wall_s": None if wall is None or wall != wall else round(wall, 1),
-        "retested": retested, "not_killed": survivors,
+        "retested": retested,
+        "resumed_from": None if not resumed else {
+            "commit": resumed["commit"], "date": resumed["date"], "command": resumed["command"],
+            "changed_files": changed, "mutants_run": len(names),
+            "carried_killed": carried_killed,
+            "carried_equivalent": len(keep)},
+        "not_killed": survivors,
     }
     tmp = out.with_name(out.name + ".tmp")
     tmp.write_text(json.dumps(record, indent=1, ensure_ascii=False) + "\n")

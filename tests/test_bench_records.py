@@ -1,10 +1,13 @@
 """The committed benchmark records (bench/**/*.json) name no path of the machine that wrote them:
-their commands say DATA for the data directory and DIR for a scratch directory, as RESULTS does."""
+their commands say DATA for the data directory and DIR for a scratch directory, as RESULTS does; and
+bench/mutation.py's resume from a stopped run's record keeps and reruns the right mutants."""
 
 from __future__ import annotations
 
 import re
 from pathlib import Path
+
+import pytest
 
 from repo_scripts import load_script
 
@@ -26,3 +29,53 @@ def test_the_mutation_record_writes_its_scratch_directory_as_dir() -> None:
         "python bench/mutation.py attacks --keep DIR --max-children 2"
     assert module.shown_command(["metrics"]) == "python bench/mutation.py metrics"
     assert MACHINE_PATH.search('"command": "x --out /tmp/a"') and not MACHINE_PATH.search("bench/tmp/x")
+
+
+def _earlier(commit: str, tool: str) -> dict[str, object]:
+    """A stopped run's record over two files: ``same`` (unchanged since) and ``edited``."""
+    def entry(name: str, status: str, equivalent: str | None = None) -> dict[str, object]:
+        return {"name": f"robustprune.sparsity.{name}", "status": status, "equivalent": equivalent}
+    return {"kind": "mutation", "package": "sparsity", "tool": tool, "commit": commit, "date": "d", "command": "c",
+            "not_killed": [entry("same.x_f__mutmut_2", "survived", "a default every caller overrides"),
+                           entry("same.x_f__mutmut_3", "survived"), entry("same.x_f__mutmut_4", "not checked"),
+                           entry("same.x_f__mutmut_5", "no tests"), entry("edited.x_g__mutmut_1", "not checked")]}
+
+
+def test_a_resumed_mutation_run_runs_only_what_the_stopped_one_left() -> None:
+    module = load_script("bench/mutation.py", "mutation_bench")
+    earlier = _earlier("c0", "mutmut x")
+    keep = {"robustprune.sparsity.same.x_f__mutmut_2": "survived"}
+    names = module.to_run(earlier, "sparsity", ["edited"], keep)
+    # the equivalent survivor and the killed mutants (not listed) are not run; every mutant of a changed file is
+    assert names == ["robustprune.sparsity.same.x_f__mutmut_3", "robustprune.sparsity.same.x_f__mutmut_4",
+                     "robustprune.sparsity.same.x_f__mutmut_5", "robustprune.sparsity.edited.*"]
+    new = {f"robustprune.sparsity.same.x_f__mutmut_{i}": "not checked" for i in (1, 2, 3, 4, 5)}
+    new |= {"robustprune.sparsity.same.x_f__mutmut_3": "killed", "robustprune.sparsity.same.x_f__mutmut_5": "killed",
+            "robustprune.sparsity.edited.x_g__mutmut_1": "not checked",
+            "robustprune.sparsity.edited.x_g__mutmut_2": "survived",
+            "robustprune.sparsity.edited.x_g__mutmut_3": "not checked"}
+    merged, carried = module.merge_carried(new, earlier, ["edited"], keep)
+    assert merged == {
+        "robustprune.sparsity.same.x_f__mutmut_1": "killed",        # killed before (not listed), not run now
+        "robustprune.sparsity.same.x_f__mutmut_2": "survived",      # equivalent before, kept
+        "robustprune.sparsity.same.x_f__mutmut_3": "killed",        # survived before, killed by the new run
+        "robustprune.sparsity.same.x_f__mutmut_4": "not checked",   # not reached by either run
+        "robustprune.sparsity.same.x_f__mutmut_5": "killed",
+        "robustprune.sparsity.edited.x_g__mutmut_1": "not checked",  # a changed file takes only the new run's word
+        "robustprune.sparsity.edited.x_g__mutmut_2": "survived",
+        "robustprune.sparsity.edited.x_g__mutmut_3": "not checked"}  # not listed, yet not taken as killed
+    assert carried == 1
+
+
+def test_a_resumed_mutation_run_checks_its_record() -> None:
+    mutmut = pytest.importorskip("mutmut", reason="the mutation extra is not installed")
+    module = load_script("bench/mutation.py", "mutation_bench")
+    tool = f"mutmut {mutmut.__version__}"
+    with pytest.raises(SystemExit, match="package 'metrics'"):
+        module.carried_results(_earlier("HEAD", tool), "metrics")
+    with pytest.raises(SystemExit, match="mutant names may differ"):
+        module.carried_results(_earlier("HEAD", "mutmut 0.0"), "sparsity")
+    with pytest.raises(SystemExit, match="cannot compare commit nosuchcommit"):
+        module.carried_results(_earlier("nosuchcommit", tool), "sparsity")
+    keep, changed = module.carried_results(_earlier("HEAD", tool), "sparsity")
+    assert changed == [] and keep == {"robustprune.sparsity.same.x_f__mutmut_2": "survived"}
