@@ -194,7 +194,7 @@ def main(argv: list[str] | None = None) -> int:
                              "without running mutmut; mutants it had not reached count as 'not checked'. With "
                              "--out an earlier record of that run, its commit, command and time are kept and this "
                              "call is added as 'retested' (after `mutmut run NAMES` there with newer tests)")
-    parser.add_argument("--note", default=None, help="with --record-only: what was retested and why")
+    parser.add_argument("--note", default=None, help="what was retested and why (kept in the record's 'retested')")
     parser.add_argument("--resume-from", type=Path, default=None,
                         help="the record of a stopped run of this package: keep its results for unchanged "
                              "files and run only the mutants it had not killed or judged equivalent")
@@ -257,7 +257,9 @@ def main(argv: list[str] | None = None) -> int:
                     "command": shown_command(argv if argv is not None else sys.argv[1:])}
     else:
         command = shown_command(argv if argv is not None else sys.argv[1:])
-        retested = None
+        # a first record of a kept directory keeps what its --note says (retested since the run, ...)
+        retested = None if args.note is None else {"date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+                                                   "note": args.note, "command": command}
     record = {
         "kind": "mutation", "tool": f"mutmut {mutmut.__version__}", "package": args.package,
         "mutated": patterns, "tests": tests, **summarise(statuses, equivalent),

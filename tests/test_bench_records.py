@@ -4,6 +4,7 @@ bench/mutation.py's resume from a stopped run's record keeps and reruns the righ
 
 from __future__ import annotations
 
+import json
 import re
 from pathlib import Path
 
@@ -79,3 +80,18 @@ def test_a_resumed_mutation_run_checks_its_record() -> None:
         module.carried_results(_earlier("nosuchcommit", tool), "sparsity")
     keep, changed = module.carried_results(_earlier("HEAD", tool), "sparsity")
     assert changed == [] and keep == {"robustprune.sparsity.same.x_f__mutmut_2": "survived"}
+
+
+def test_a_first_record_of_a_kept_directory_keeps_its_note(tmp_path: Path) -> None:
+    pytest.importorskip("mutmut", reason="the mutation extra is not installed")
+    module = load_script("bench/mutation.py", "mutation_bench")
+    meta = tmp_path / "keep" / "mutants" / "src" / "robustprune" / "metrics" / "m.py.meta"
+    meta.parent.mkdir(parents=True)
+    meta.write_text('{"exit_code_by_key": {"robustprune.metrics.m.x_f__mutmut_1": 1, '
+                    '"robustprune.metrics.m.x_f__mutmut_2": null}}')
+    out = tmp_path / "record.json"
+    assert module.main(["metrics", "--record-only", "--keep", str(tmp_path / "keep"), "--commit", "abc",
+                        "--tests", "tests/test_metrics.py", "--out", str(out), "--note", "retested by hand"]) == 0
+    record = json.loads(out.read_text())
+    assert record["retested"]["note"] == "retested by hand" and record["commit"] == "abc"
+    assert record["counts"] == {"killed": 1, "not checked": 1} and record["command"].count("DIR") == 1
