@@ -21,7 +21,9 @@ the tests (``PYTHONPATH=tests ... --model factory_models:tiny_resnet --source-ep
 LABEL=METHOD:JSON`` adds a row (``'anp-vs/a49=anp-vs:{"mask_init": "function-preserving",
 "a_init_conv": 49, "a_init_fc": 49}'``). ``--eval-split val`` scores every accuracy on the last
 ``--val-size`` training images instead of the test split (held out: no run trains on them), for
-choosing a setting without looking at test points.
+choosing a setting without looking at test points. ``--epochs N`` trains every row N epochs from
+the source and records each epoch's fraction of units pruned: how soon each initialisation prunes
+when no ``target_sparsity`` cuts it.
 """
 
 from __future__ import annotations
@@ -96,25 +98,29 @@ def step0_accuracy(cfg: TrainConfig, x: Tensor, y: Tensor) -> float:
 
 def one_run(label: str, method: str, method_args: dict[str, Any], source: Path, source_acc: float,
             tmp: Path, args: argparse.Namespace, x: Tensor, y: Tensor) -> dict[str, Any]:
-    cfg = config(method, tmp / label.replace("/", "-"), args, init=source, method_args=method_args)
+    cfg = config(method, tmp / label.replace("/", "-"), args, init=source, method_args=method_args,
+                 epochs=args.epochs)
     at0 = step0_accuracy(cfg, x, y)
     t0 = time.perf_counter()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)
         run = fit(cfg)
     wall = time.perf_counter() - t0
-    hist = json.loads((run / "run.json").read_text())["history"][-1]
+    history = json.loads((run / "run.json").read_text())["history"]
+    hist, n = history[-1], args.epochs
     model = load_run(run).model
     acc = test_accuracy(model, x, y)
     split = args.eval_split
     keeps = [m.expected_keep().detach() for _, m in installed_masks(model) if hasattr(m, "expected_keep")]
     out = {"method": method, "method_args": method_args, "wall_s": round(wall, 1),
-           "train_acc_epoch1": hist.get("acc"), "train_adv_acc_epoch1": hist.get("adv_acc"),
-           f"{split}_acc_step0": at0, f"{split}_acc_epoch1": acc, "kept_fraction": acc / source_acc,
+           f"train_acc_epoch{n}": hist.get("acc"), f"train_adv_acc_epoch{n}": hist.get("adv_acc"),
+           f"{split}_acc_step0": at0, f"{split}_acc_epoch{n}": acc, "kept_fraction": acc / source_acc,
            "mean_expected_keep": float(torch.cat(keeps).mean()) if keeps else None,
            "clean_loss_points": round(100 * (source_acc - acc), 2),
            "unit_sparsity": unit_sparsity(model) if installed_masks(model) else None}
-    print(f"{label:34s} step0 {at0:.4f} epoch1 {acc:.4f} kept {acc / source_acc:.3f} train {hist.get('acc')}",
+    if n > 1:  # each epoch's training-batch accuracy and (mask methods) % of units pruned at its end
+        out["epochs"] = [{k: h.get(k) for k in ("epoch", "acc", "adv_acc", "unit_sparsity") if k in h} for h in history]
+    print(f"{label:34s} step0 {at0:.4f} epoch{n} {acc:.4f} kept {acc / source_acc:.3f} train {hist.get('acc')}",
           flush=True)
     return out
 
@@ -141,6 +147,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--model", default="lenet5-caffe")
     ap.add_argument("--model-args", default="{}", help="JSON keyword arguments of the model's builder")
     ap.add_argument("--source-epochs", type=int, default=1, help="standard epochs of the source model")
+    ap.add_argument("--epochs", type=int, default=1,
+                    help="epochs of each run from the source (>1 adds each epoch's %% of units pruned; the "
+                         "accuracies and targets are then after the last epoch, not the first)")
     ap.add_argument("--runs", default=None, help="comma-separated row labels to run (default: all)")
     ap.add_argument("--variant", action="append", default=[], metavar="LABEL=METHOD:JSON",
                     help="an extra row: its label, method and method_args (repeatable)")
@@ -149,6 +158,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--val-size", type=int, default=5000)
     ap.add_argument("--out", type=Path, required=True)
     args = ap.parse_args(argv)
+    if args.epochs < 1:
+        ap.error(f"--epochs must be >= 1, got {args.epochs}")
     chosen = RUNS if args.runs is None else [r for r in RUNS if r[0] in args.runs.split(",")]
     chosen = chosen + [parse_variant(v) for v in args.variant]
     torch.set_num_threads(args.threads)
@@ -186,7 +197,7 @@ def main(argv: list[str] | None = None) -> int:
                           "loadavg_at_end": list(os.getloadavg())},
               "provenance": provenance("cpu"), "wall_s": round(time.perf_counter() - t_start, 1),
               "setup": {"model": args.model, "model_args": json.loads(args.model_args), "dataset": "mnist",
-                        "limit_train": args.limit_train, "epochs": 1,
+                        "limit_train": args.limit_train, "epochs": args.epochs,
                         "batch_size": 64, "train_attack": "PGD-5, step 0.04, eps 0.3", "seed": args.seed,
                         "eval_split": args.eval_split, "eval_points": len(y)},
               "source": {"method": "standard", "epochs": args.source_epochs, "train_acc": source_train,
