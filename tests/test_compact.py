@@ -6,6 +6,7 @@ from __future__ import annotations
 import copy
 import functools
 import json
+import re
 import shutil
 from pathlib import Path
 
@@ -20,7 +21,7 @@ from robustprune.metrics.measured import count_params, measured_cost
 from robustprune.models import build_model, mask_slots
 from robustprune.sparsity import install_bbd
 from robustprune.sparsity.compact import compact_model
-from robustprune.sparsity.compact_net import BiasMapConv2d, CompactNet
+from robustprune.sparsity.compact_net import BiasMapConv2d, CompactNet, read_compact_info
 from robustprune.sparsity.fold import bn_affine
 from robustprune.train import CheckpointError, load_run
 from robustprune.train.checkpoint import load_weights, save_weights
@@ -360,3 +361,18 @@ def test_a_feature_scatters_in_the_inputs_dtype() -> None:
     x = torch.tensor([[1.0, 2.0]], dtype=torch.float64)
     out = feat(x)
     assert out.dtype == torch.float64 and torch.equal(out, torch.tensor([[1.0, 2.0, 7.0, 9.0]], dtype=torch.float64))
+
+
+@pytest.mark.parametrize(("content", "why"), [
+    ([1, 2], "is not a robustprune compact description (format must be 'robustprune-compact')"),
+    ({"format": "other", "version": 1}, "is not a robustprune compact description"),
+    ({"format": "robustprune-compact", "version": 7}, "has compact format version 7; this robustprune reads 1"),
+    ({"format": "robustprune-compact"}, "has compact format version None; this robustprune reads 1"),
+    ({"format": "robustprune-compact", "version": 1, "kind": "weird"}, "unknown compaction kind 'weird'"),
+])
+def test_read_compact_info_names_the_file_and_what_is_wrong(tmp_path: Path, content: object, why: str) -> None:
+    (tmp_path / "compact.json").write_text(json.dumps(content))
+    with pytest.raises(ValueError, match=re.escape(f"{tmp_path / 'compact.json'}") + ".*" + re.escape(why)):
+        read_compact_info(tmp_path)
+    (tmp_path / "compact.json").write_text(json.dumps({"format": "robustprune-compact", "version": 1, "kind": "graph"}))
+    assert read_compact_info(tmp_path)["kind"] == "graph"
