@@ -27,6 +27,9 @@ changed file), so checked mutants are not run again::
     python bench/mutation.py sparsity --keep DIR --resume-from bench/mutation_sparsity_partial.json \
         --out bench/mutation_sparsity_partial.json                 # stopped again: then, from DIR,
     python bench/mutation.py sparsity --record-only --keep DIR --commit C --resume-from OLD --out NEW
+
+Tests written after a run started are not in its copy of ``tests/``: ``--record-only --retest`` first
+reruns the kept directory's survivors with the committed tests (see ``retest``), then writes the record.
 """
 
 from __future__ import annotations
@@ -148,6 +151,49 @@ def merge_carried(statuses: dict[str, str], earlier: dict[str, Any], changed: li
     return out, carried_killed
 
 
+def retest(work: Path, package: str, equivalent: dict[str, str], *, timeout: float) -> dict[str, Any]:
+    """Run again, with the committed tests, every mutant of the kept directory ``work`` that mutmut let
+    through (survived, timed out, suspicious; not judged equivalent). The kept copy of ``tests/`` is
+    replaced by HEAD's; each mutant is activated the way mutmut does it (``MUTANT_UNDER_TEST``) and the
+    test files that hold the tests mutmut's stats tie to its function run with ``-x``: a failing test
+    kills it, and its ``.meta`` entry is set to killed at once (an interrupted retest keeps what it did).
+    The new tests count only when they sit in those files. Returns counts and the tests' commit."""
+    from mutmut.stats import status_by_exit_code
+    from mutmut.utils.format_utils import mangled_name_from_mutant_name
+
+    mutants = work / "mutants"
+    head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, check=True, capture_output=True,
+                          text=True).stdout.strip()
+    archive = subprocess.run(["git", "archive", "--format=tar", head, "tests"], cwd=ROOT, check=True,
+                             capture_output=True).stdout
+    with tarfile.open(fileobj=io.BytesIO(archive)) as tar:
+        tar.extractall(mutants, filter="data")
+    stats = json.loads((mutants / "mutmut-stats.json").read_text())["tests_by_mangled_function_name"]
+    env = {**os.environ, "PYTHONPATH": str(mutants / "src")}
+    killed, left = 0, 0
+    for meta in sorted((mutants / "src" / "robustprune" / package).rglob("*.py.meta")):
+        data = json.loads(meta.read_text())
+        for name, code in list(data["exit_code_by_key"].items()):
+            if status_by_exit_code[code] not in ("survived", "timeout", "suspicious") or name in equivalent:
+                continue
+            files = sorted({t.split("::")[0] for t in stats.get(mangled_name_from_mutant_name(name), ())})
+            try:
+                rc = subprocess.run([sys.executable, "-m", "pytest", "-x", "-q", "-p", "no:cacheprovider", *files],
+                                    cwd=mutants, env={**env, "MUTANT_UNDER_TEST": name}, timeout=timeout,
+                                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL).returncode if files else None
+            except subprocess.TimeoutExpired:
+                rc = None
+            if rc != 1:  # 0: every test passed; anything else (no tests, an error, a timeout) decides nothing
+                left += 1
+                continue
+            killed += 1
+            data["exit_code_by_key"][name] = 1
+            tmp = meta.with_name(meta.name + ".tmp")
+            tmp.write_text(json.dumps(data, indent=4))
+            os.replace(tmp, meta)
+    return {"tests_commit": head, "retested": killed + left, "killed": killed}
+
+
 def diff_of(work: Path, name: str) -> str:
     proc = subprocess.run([sys.executable, "-m", "mutmut", "show", name], cwd=work, capture_output=True, text=True)
     return proc.stdout.strip()
@@ -194,6 +240,10 @@ def main(argv: list[str] | None = None) -> int:
                              "without running mutmut; mutants it had not reached count as 'not checked'. With "
                              "--out an earlier record of that run, its commit, command and time are kept and this "
                              "call is added as 'retested' (after `mutmut run NAMES` there with newer tests)")
+    parser.add_argument("--retest", action="store_true",
+                        help="with --record-only: first run every survivor of the kept directory again with the "
+                             "committed tests (the test files its function's tests are in, -x); see retest()")
+    parser.add_argument("--retest-timeout", type=float, default=900.0, help="seconds per retested mutant")
     parser.add_argument("--note", default=None, help="what was retested and why (kept in the record's 'retested')")
     parser.add_argument("--resume-from", type=Path, default=None,
                         help="the record of a stopped run of this package: keep its results for unchanged "
@@ -226,8 +276,12 @@ def main(argv: list[str] | None = None) -> int:
         tests = args.tests or default_tests(work, args.package)
         patterns = write_settings(work, args.package, files, tests)
         wall = float("nan")
+        retested_now = retest(work, args.package, equivalent, timeout=args.retest_timeout) if args.retest else None
         statuses = read_results(work, args.package)
     else:
+        if args.retest:
+            parser.error("--retest goes with --record-only (retest a kept directory's survivors)")
+        retested_now = None
         work.mkdir(parents=True, exist_ok=True)
         commit = export_head(work)
         tests = args.tests or default_tests(work, args.package)
@@ -254,12 +308,13 @@ def main(argv: list[str] | None = None) -> int:
         # the run this directory holds: its commit, command and time; this call adds the retests since
         commit, wall, command = earlier["commit"], earlier["wall_s"], earlier["command"]
         retested = {"date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"), "note": args.note,
-                    "command": shown_command(argv if argv is not None else sys.argv[1:])}
+                    "command": shown_command(argv if argv is not None else sys.argv[1:]), **(retested_now or {})}
     else:
         command = shown_command(argv if argv is not None else sys.argv[1:])
         # a first record of a kept directory keeps what its --note says (retested since the run, ...)
-        retested = None if args.note is None else {"date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
-                                                   "note": args.note, "command": command}
+        retested = None if args.note is None and retested_now is None else {
+            "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"), "note": args.note, "command": command,
+            **(retested_now or {})}
     record = {
         "kind": "mutation", "tool": f"mutmut {mutmut.__version__}", "package": args.package,
         "mutated": patterns, "tests": tests, **summarise(statuses, equivalent),

@@ -95,3 +95,25 @@ def test_a_first_record_of_a_kept_directory_keeps_its_note(tmp_path: Path) -> No
     record = json.loads(out.read_text())
     assert record["retested"]["note"] == "retested by hand" and record["commit"] == "abc"
     assert record["counts"] == {"killed": 1, "not checked": 1} and record["command"].count("DIR") == 1
+
+
+def test_a_retest_reruns_the_survivors_with_the_tests_their_function_is_tied_to(tmp_path: Path) -> None:
+    pytest.importorskip("mutmut", reason="the mutation extra is not installed")
+    module = load_script("bench/mutation.py", "mutation_bench")
+    mutants = tmp_path / "mutants"
+    meta = mutants / "src" / "robustprune" / "metrics" / "m.py.meta"
+    meta.parent.mkdir(parents=True)
+    name = "robustprune.metrics.m.x_f__mutmut_{}".format
+    meta.write_text(json.dumps({"exit_code_by_key": {name(1): 0, name(2): 0, name(3): 1, name(4): 0, name(5): None}}))
+    (mutants / "mutmut-stats.json").write_text(json.dumps(
+        {"tests_by_mangled_function_name": {"robustprune.metrics.m.x_f": ["tests/test_retest_probe.py::test_f"]}}))
+    (mutants / "tests").mkdir()
+    # a test that only mutant 1 fails (the way an activated mutant makes a test fail)
+    (mutants / "tests" / "test_retest_probe.py").write_text(
+        "import os\n\ndef test_f():\n"
+        "    assert os.environ['MUTANT_UNDER_TEST'] != 'robustprune.metrics.m.x_f__mutmut_1'\n")
+    got = module.retest(tmp_path, "metrics", {name(4): "judged equivalent"}, timeout=300)
+    assert got["retested"] == 2 and got["killed"] == 1 and len(got["tests_commit"]) == 40
+    codes = json.loads(meta.read_text())["exit_code_by_key"]
+    assert codes == {name(1): 1, name(2): 0, name(3): 1, name(4): 0, name(5): None}
+    assert (mutants / "tests" / "conftest.py").is_file()  # the committed tests were put in the kept copy
