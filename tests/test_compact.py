@@ -21,7 +21,7 @@ from robustprune.metrics.measured import count_params, measured_cost
 from robustprune.models import build_model, mask_slots
 from robustprune.sparsity import install_bbd
 from robustprune.sparsity.compact import compact_model
-from robustprune.sparsity.compact_net import BiasMapConv2d, CompactNet, read_compact_info
+from robustprune.sparsity.compact_net import BiasMapConv2d, CompactNet, read_compact, read_compact_info
 from robustprune.sparsity.fold import bn_affine
 from robustprune.train import CheckpointError, load_run
 from robustprune.train.checkpoint import load_weights, save_weights
@@ -288,8 +288,17 @@ def test_compact_bad_input_leaves_nothing(pruned_run: Path, tmp_path: Path, caps
 def test_corrupt_compact_description_is_named(pruned_run: Path, tmp_path: Path) -> None:
     out = compact_run(pruned_run, out=tmp_path / "c", measure=False)
     info = json.loads((out / "compact.json").read_text())
+    named = re.escape(str(out / "compact.json"))
+    # a description without "kind" is a layer list (the first format); a graph one is not
+    (out / "compact.json").write_text(json.dumps({k: v for k, v in info.items() if k != "kind"}))
+    assert isinstance(read_compact(out)[0], CompactNet) and read_compact_info(out).get("kind") is None
+    (out / "compact.json").write_text(json.dumps({**info, "kind": "graph"}))
+    with pytest.raises(ValueError, match=named + " describes a 'graph' compaction, not a layer list"):
+        read_compact(out)
     info["layers"][0]["op"] = "warp"
     (out / "compact.json").write_text(json.dumps(info))
+    with pytest.raises(ValueError, match=named + ": .*warp"):
+        read_compact(out)
     with pytest.raises(ValueError, match="warp"):
         load_run(out)
     (out / "compact.json").write_text("{not json")
