@@ -280,3 +280,19 @@ def test_bad_arguments_raise_value_error(kwargs: dict) -> None:
     bad = next(iter(kwargs.values()))
     with pytest.raises(ValueError, match=re.escape(repr(bad))):
         BBDropout(args.pop("units"), **args)
+
+
+@pytest.mark.parametrize("keep", [0.3, 0.99, 0.9999, 1 - 1e-6])
+def test_set_keep_gives_the_keep_rate_asked_even_near_one(keep: float) -> None:
+    """b = 1 makes E[π] = a / (a + 1); a above 20 is stored as it is (softplus⁻¹(a) = a to float
+    precision, and exp(a) would overflow for a > 709, that is for keep > 0.9986). The free values are
+    clamped to 50 where they are used, so no mask keeps more than 50/51 ≈ 0.9804."""
+    from robustprune.sparsity.bbdropout import _set_keep
+
+    m = BBDropout(3, kind="fc")
+    with torch.no_grad():  # as its caller, cut_to_sparsity, runs it
+        _set_keep(m, torch.tensor([1]), keep)
+    got = m.expected_keep().double()
+    assert float(got[1]) == pytest.approx(min(keep, 50 / 51), rel=1e-5)
+    assert float(m.b()[1]) == pytest.approx(1.0, rel=1e-6) and torch.equal(got[[0, 2]], BBDropout(3, kind="fc")
+                                                                           .expected_keep().double()[[0, 2]])

@@ -385,3 +385,22 @@ def test_read_compact_info_names_the_file_and_what_is_wrong(tmp_path: Path, cont
         read_compact_info(tmp_path)
     (tmp_path / "compact.json").write_text(json.dumps({"format": "robustprune-compact", "version": 1, "kind": "graph"}))
     assert read_compact_info(tmp_path)["kind"] == "graph"
+
+
+def test_onnx_export_without_the_extra_names_it(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    import builtins
+
+    from robustprune.sparsity.compact import export_onnx
+    from robustprune.utils import MissingExtraError
+
+    real_import = builtins.__import__
+
+    def no_onnxruntime(name: str, *args: object, **kwargs: object) -> object:
+        if name == "onnxruntime":
+            raise ModuleNotFoundError("No module named 'onnxruntime'", name="onnxruntime")
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", no_onnxruntime)
+    with pytest.raises(MissingExtraError, match=re.escape("pip install 'robustprune[export]' (missing: onnxruntime)")):
+        export_onnx(nn.Linear(2, 2), tmp_path / "m.onnx", (2,))
+    assert not (tmp_path / "m.onnx").exists()
