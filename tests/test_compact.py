@@ -404,3 +404,35 @@ def test_onnx_export_without_the_extra_names_it(monkeypatch: pytest.MonkeyPatch,
     with pytest.raises(MissingExtraError, match=re.escape("pip install 'robustprune[export]' (missing: onnxruntime)")):
         export_onnx(nn.Linear(2, 2), tmp_path / "m.onnx", (2,))
     assert not (tmp_path / "m.onnx").exists()
+
+
+def test_export_onnx_writes_one_quiet_optimised_file_from_x_to_logits(tmp_path: Path,
+                                                                      capsys: pytest.CaptureFixture[str]) -> None:
+    """What a user of model.onnx relies on: the weights inside the one file, the input named ``x`` with
+    a dynamic batch dimension named ``batch``, the output ``logits``, a graph the exporter optimised
+    (Flatten + Linear becomes Reshape + Gemm, no shape arithmetic left), nothing printed, and the
+    caller's random stream untouched (the probe inputs come from a generator of its own)."""
+    for mod in ("onnx", "onnxruntime", "onnxscript"):
+        pytest.importorskip(mod)
+    import onnx
+    import onnxruntime
+
+    from robustprune.sparsity.compact import export_onnx
+
+    net = nn.Sequential(nn.Flatten(), nn.Linear(4, 3)).eval()
+    rng = torch.random.get_rng_state()
+    assert export_onnx(net, tmp_path / "m.onnx", (1, 2, 2)) <= 1e-6
+    assert torch.equal(torch.random.get_rng_state(), rng)
+    assert capsys.readouterr().out == ""
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.onnx"]
+    model = onnx.load(str(tmp_path / "m.onnx"))
+    assert [i.name for i in model.graph.input] == ["x"] and [o.name for o in model.graph.output] == ["logits"]
+    dims = model.graph.input[0].type.tensor_type.shape.dim
+    assert dims[0].dim_param == "batch" and [d.dim_value for d in dims[1:]] == [1, 2, 2]
+    assert [n.op_type for n in model.graph.node] == ["Reshape", "Gemm"]
+    session = onnxruntime.InferenceSession(str(tmp_path / "m.onnx"), providers=["CPUExecutionProvider"])
+    for n in (1, 5):
+        x = torch.rand(n, 1, 2, 2)
+        with torch.no_grad():
+            want = net(x).numpy()
+        assert abs(session.run(["logits"], {"x": x.numpy()})[0] - want).max() <= 1e-6
