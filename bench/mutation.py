@@ -169,6 +169,12 @@ def retest(work: Path, package: str, equivalent: dict[str, str], *, timeout: flo
     with tarfile.open(fileobj=io.BytesIO(archive)) as tar:
         tar.extractall(mutants, filter="data")
     stats = json.loads((mutants / "mutmut-stats.json").read_text())["tests_by_mangled_function_name"]
+    # a mutant that turns a path into str(None) writes a file "None" where the tests run, which a later
+    # mutant reading str(None) then finds: files there that the exported tree lacks are removed first
+    strays = sorted(p.name for p in mutants.iterdir() if p.is_file() and p.name != "mutmut-stats.json"
+                    and not (work / p.name).exists())
+    for name in strays:
+        (mutants / name).unlink()
     env = {**os.environ, "PYTHONPATH": str(mutants / "src")}
     killed, left = 0, 0
     for meta in sorted((mutants / "src" / "robustprune" / package).rglob("*.py.meta")):
@@ -191,7 +197,7 @@ def retest(work: Path, package: str, equivalent: dict[str, str], *, timeout: flo
             tmp = meta.with_name(meta.name + ".tmp")
             tmp.write_text(json.dumps(data, indent=4))
             os.replace(tmp, meta)
-    return {"tests_commit": head, "retested": killed + left, "killed": killed}
+    return {"tests_commit": head, "retested": killed + left, "killed": killed, "stray_files_removed": strays}
 
 
 def diff_of(work: Path, name: str) -> str:

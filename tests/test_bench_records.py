@@ -112,8 +112,12 @@ def test_a_retest_reruns_the_survivors_with_the_tests_their_function_is_tied_to(
     (mutants / "tests" / "test_retest_probe.py").write_text(
         "import os\n\ndef test_f():\n"
         "    assert os.environ['MUTANT_UNDER_TEST'] != 'robustprune.metrics.m.x_f__mutmut_1'\n")
+    (mutants / "None").write_text("left by a mutant that wrote to str(None)")
+    (tmp_path / "pyproject.toml").write_text("")
+    (mutants / "pyproject.toml").write_text("")
     got = module.retest(tmp_path, "metrics", {name(4): "judged equivalent"}, timeout=300)
     assert got["retested"] == 2 and got["killed"] == 1 and len(got["tests_commit"]) == 40
+    assert got["stray_files_removed"] == ["None"] and (mutants / "pyproject.toml").is_file()
     codes = json.loads(meta.read_text())["exit_code_by_key"]
     assert codes == {name(1): 1, name(2): 0, name(3): 1, name(4): 0, name(5): None}
     assert (mutants / "tests" / "conftest.py").is_file()  # the committed tests were put in the kept copy
