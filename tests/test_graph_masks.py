@@ -311,6 +311,19 @@ def test_bad_graph_descriptions_name_the_problem() -> None:
     bad["kept"][0] = [999]
     with pytest.raises(ValueError, match="slot 0"):
         apply_graph_spec(wrn(), bad)
+    # each message whole: what is wrong, where, and the value
+    net_type = type(wrn().net).__name__
+    with pytest.raises(ValueError, match=f"^compact description names layer 'warp', which {net_type} lacks$"):
+        apply_graph_spec(wrn(), {**spec, "layers": {"warp": {"type": "conv"}}})
+    conv = next(n for n, w in spec["layers"].items() if w["type"] == "conv")
+    with pytest.raises(ValueError, match=f"^compact description: layer '{conv}' must be a mapping, got 5$"):
+        apply_graph_spec(wrn(), {**spec, "layers": {conv: 5}})
+    with pytest.raises(ValueError, match=f"^compact description: layer '{conv}' is a Conv2d, the description says "
+                                         "'linear'$"):
+        apply_graph_spec(wrn(), {**spec, "layers": {conv: {"type": "linear"}}})
+    n = len(spec["kept"])
+    with pytest.raises(ValueError, match=f"^compact description has {n - 1} slots, the model {n}$"):
+        apply_graph_spec(wrn(), {**spec, "kept": spec["kept"][:-1]})
 
 
 def test_the_graph_description_format_names_its_layer_types_and_groups() -> None:
@@ -327,7 +340,8 @@ def test_the_graph_description_format_names_its_layer_types_and_groups() -> None
     conv = next(n for n, t in types.items() if t == "conv")
     assert set(spec["layers"][conv]) == {"type", "in", "out", "groups"}
     for bad in ({"layers": {}}, {"kept": []}, {"layers": [], "kept": []}, {"layers": {}, "kept": {}}, []):
-        with pytest.raises(ValueError, match="'graph' must hold 'layers' \\(a mapping\\) and 'kept' \\(a list\\)"):
+        with pytest.raises(ValueError, match="^compact description: 'graph' must hold 'layers' \\(a mapping\\) and "
+                                             "'kept' \\(a list\\)$"):
             apply_graph_spec(wrn(), bad)  # type: ignore[arg-type]
 
 
