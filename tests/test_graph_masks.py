@@ -6,6 +6,7 @@ from __future__ import annotations
 import copy
 import functools
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -321,6 +322,12 @@ def test_bad_graph_descriptions_name_the_problem() -> None:
     with pytest.raises(ValueError, match=f"^compact description: layer '{conv}' is a Conv2d, the description says "
                                          "'linear'$"):
         apply_graph_spec(wrn(), {**spec, "layers": {conv: {"type": "linear"}}})
+    for kept in ([], 5, [True], [-1]):  # none kept, not a list, a bool, below 0
+        bad = json.loads(json.dumps(spec))
+        bad["kept"][0] = kept
+        with pytest.raises(ValueError, match=r"^compact description: slot 0 kept units must be indices below \d+, "
+                                             f"got {re.escape(repr(kept))}$"):
+            apply_graph_spec(wrn(), bad)
     n = len(spec["kept"])
     with pytest.raises(ValueError, match=f"^compact description has {n - 1} slots, the model {n}$"):
         apply_graph_spec(wrn(), {**spec, "kept": spec["kept"][:-1]})
