@@ -7,6 +7,7 @@ import copy
 import functools
 import json
 import re
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -280,6 +281,9 @@ def test_round_trip_train_prune_compact(case: str) -> None:
     rebuilt.load_state_dict(small.state_dict())
     with torch.no_grad():
         assert torch.equal(rebuilt.eval()(x), got)
+        _, f_re = rebuilt(x, features=True)  # its latent maps too, read as the compacted copy reads them
+    assert len(f_re) == len(f_got) and all(torch.equal(a, b) for a, b in zip(f_re, f_got, strict=True))
+    assert rebuilt.own_latents is False and rebuilt.latent_count == small.latent_count == len(f_got)
     assert all(torch.equal(a.kept, b.kept) for a, b in zip(rebuilt.slots, small.slots, strict=True))
 
 
@@ -298,6 +302,12 @@ def test_compaction_leaves_the_source_alone_and_copies_are_independent() -> None
         compact_model(model)
         assert torch.equal(model(x), before) and not torch.equal(twin(x), before)
     assert sparsity_summary(model)["unit_sparsity"] == pytest.approx(50.0)
+
+
+def _error(call: Callable[[], object]) -> str:
+    with pytest.raises(ValueError) as info:
+        call()
+    return str(info.value)
 
 
 def test_bad_graph_descriptions_name_the_problem() -> None:
@@ -322,7 +332,8 @@ def test_bad_graph_descriptions_name_the_problem() -> None:
     with pytest.raises(ValueError, match=f"^compact description: layer '{conv}' is a Conv2d, the description says "
                                          "'linear'$"):
         apply_graph_spec(wrn(), {**spec, "layers": {conv: {"type": "linear"}}})
-    for kept in ([], 5, [True], [-1]):  # none kept, not a list, a bool, below 0
+    units = int(re.search(r"below (\d+)", _error(lambda: apply_graph_spec(wrn(), bad))).group(1))
+    for kept in ([], 5, [True], [-1], [units]):  # none kept, not a list, a bool, below 0, one past the last
         bad = json.loads(json.dumps(spec))
         bad["kept"][0] = kept
         with pytest.raises(ValueError, match=r"^compact description: slot 0 kept units must be indices below \d+, "
