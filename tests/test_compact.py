@@ -440,3 +440,18 @@ def test_export_onnx_writes_one_quiet_optimised_file_from_x_to_logits(tmp_path: 
         with torch.no_grad():
             want = net(x).numpy()
         assert abs(session.run(["logits"], {"x": x.numpy()})[0] - want).max() <= 1e-6
+
+
+def test_select_wire_marks_the_units_it_drops_inexact() -> None:
+    """A carried unit that ``need`` does not list is dropped: its constant is 0 and no longer exact
+    (its true value was not 0, it is just unused downstream); a unit removed earlier keeps both."""
+    from robustprune.sparsity.fold import Wire, select_wire
+
+    wire = Wire(torch.tensor([0, 1, 2, 3]), torch.tensor([0.0, 0.0, 0.0, 0.0, 0.5], dtype=torch.float64),
+                torch.tensor([True, True, True, True, False]))
+    new, pos = select_wire(wire, torch.tensor([True, False, True, True, True]))
+    assert pos is not None and pos.tolist() == [0, 2, 3] and new.kept.tolist() == [0, 2, 3]
+    assert new.const.tolist() == [0.0, 0.0, 0.0, 0.0, 0.5]
+    assert new.exact.tolist() == [True, False, True, True, False]
+    same, none = select_wire(wire, torch.ones(5, dtype=torch.bool))
+    assert same is wire and none is None
