@@ -339,6 +339,10 @@ def test_bad_graph_descriptions_name_the_problem() -> None:
         with pytest.raises(ValueError, match=r"^compact description: slot 0 kept units must be indices below \d+, "
                                              f"got {re.escape(repr(kept))}$"):
             apply_graph_spec(wrn(), bad)
+    bad = json.loads(json.dumps(spec))
+    bad["layers"][conv]["out"] += 1  # the layers after it still expect the old width
+    with pytest.raises(ValueError, match="^compact description does not give a consistent network: .+"):
+        apply_graph_spec(wrn(), bad)
     n = len(spec["kept"])
     with pytest.raises(ValueError, match=f"^compact description has {n - 1} slots, the model {n}$"):
         apply_graph_spec(wrn(), {**spec, "kept": spec["kept"][:-1]})
