@@ -155,9 +155,10 @@ def retest(work: Path, package: str, equivalent: dict[str, str], *, timeout: flo
     """Run again, with the committed tests, every mutant of the kept directory ``work`` that mutmut let
     through (survived, timed out, suspicious; not judged equivalent). The kept copy of ``tests/`` is
     replaced by HEAD's; each mutant is activated the way mutmut does it (``MUTANT_UNDER_TEST``) and the
-    test files that hold the tests mutmut's stats tie to its function run with ``-x``: a failing test
-    kills it, and its ``.meta`` entry is set to killed at once (an interrupted retest keeps what it did).
-    The new tests count only when they sit in those files. Returns counts and the tests' commit."""
+    tests mutmut's stats tie to its function run with ``-x``, after the tests of the same files that the
+    stats do not know (written since the run started): a failing test kills it, and its ``.meta`` entry
+    is set to killed at once (an interrupted retest keeps what it did). A new test counts only when it
+    sits in one of those files. Returns counts and the tests' commit."""
     from mutmut.stats import status_by_exit_code
     from mutmut.utils.format_utils import mangled_name_from_mutant_name
 
@@ -168,7 +169,8 @@ def retest(work: Path, package: str, equivalent: dict[str, str], *, timeout: flo
                              capture_output=True).stdout
     with tarfile.open(fileobj=io.BytesIO(archive)) as tar:
         tar.extractall(mutants, filter="data")
-    stats = json.loads((mutants / "mutmut-stats.json").read_text())["tests_by_mangled_function_name"]
+    stats_file = json.loads((mutants / "mutmut-stats.json").read_text())
+    stats, known = stats_file["tests_by_mangled_function_name"], set(stats_file.get("duration_by_test", {}))
     # a mutant that turns a path into str(None) writes a file "None" where the tests run, which a later
     # mutant reading str(None) then finds: files there that the exported tree lacks are removed first
     strays = sorted(p.name for p in mutants.iterdir() if p.is_file() and p.name != "mutmut-stats.json"
@@ -176,17 +178,29 @@ def retest(work: Path, package: str, equivalent: dict[str, str], *, timeout: flo
     for name in strays:
         (mutants / name).unlink()
     env = {**os.environ, "PYTHONPATH": str(mutants / "src")}
+    new_tests: dict[str, list[str]] = {}
+
+    def added_since_the_run(file: str) -> list[str]:
+        """The tests of ``file`` that the run's stats do not know: written after it started."""
+        if file not in new_tests:
+            out = subprocess.run([sys.executable, "-m", "pytest", "--collect-only", "-q", "-p", "no:cacheprovider",
+                                  file], cwd=mutants, env=env, capture_output=True, text=True).stdout
+            new_tests[file] = [t for t in out.split() if "::" in t and t not in known]
+        return new_tests[file]
+
     killed, left = 0, 0
     for meta in sorted((mutants / "src" / "robustprune" / package).rglob("*.py.meta")):
         data = json.loads(meta.read_text())
         for name, code in list(data["exit_code_by_key"].items()):
             if status_by_exit_code[code] not in ("survived", "timeout", "suspicious") or name in equivalent:
                 continue
-            files = sorted({t.split("::")[0] for t in stats.get(mangled_name_from_mutant_name(name), ())})
+            tied = sorted(stats.get(mangled_name_from_mutant_name(name), ()))
+            # the new tests of the files its tests are in first, then the tests tied to its function
+            tests = [t for f in sorted({t.split("::")[0] for t in tied}) for t in added_since_the_run(f)] + tied
             try:
-                rc = subprocess.run([sys.executable, "-m", "pytest", "-x", "-q", "-p", "no:cacheprovider", *files],
+                rc = subprocess.run([sys.executable, "-m", "pytest", "-x", "-q", "-p", "no:cacheprovider", *tests],
                                     cwd=mutants, env={**env, "MUTANT_UNDER_TEST": name}, timeout=timeout,
-                                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL).returncode if files else None
+                                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL).returncode if tests else None
             except subprocess.TimeoutExpired:
                 rc = None
             if rc != 1:  # 0: every test passed; anything else (no tests, an error, a timeout) decides nothing

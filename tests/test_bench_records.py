@@ -104,20 +104,26 @@ def test_a_retest_reruns_the_survivors_with_the_tests_their_function_is_tied_to(
     meta = mutants / "src" / "robustprune" / "metrics" / "m.py.meta"
     meta.parent.mkdir(parents=True)
     name = "robustprune.metrics.m.x_f__mutmut_{}".format
-    meta.write_text(json.dumps({"exit_code_by_key": {name(1): 0, name(2): 0, name(3): 1, name(4): 0, name(5): None}}))
-    (mutants / "mutmut-stats.json").write_text(json.dumps(
-        {"tests_by_mangled_function_name": {"robustprune.metrics.m.x_f": ["tests/test_retest_probe.py::test_f"]}}))
+    meta.write_text(json.dumps({"exit_code_by_key": {name(1): 0, name(2): 0, name(3): 1, name(4): 0, name(5): None,
+                                                     name(6): 0}}))
+    probe = "tests/test_retest_probe.py"
+    (mutants / "mutmut-stats.json").write_text(json.dumps({
+        "tests_by_mangled_function_name": {"robustprune.metrics.m.x_f": [f"{probe}::test_tied"]},
+        "duration_by_test": {f"{probe}::test_tied": 0.1, f"{probe}::test_old_elsewhere": 0.1}}))
     (mutants / "tests").mkdir()
-    # a test that only mutant 1 fails (the way an activated mutant makes a test fail)
-    (mutants / "tests" / "test_retest_probe.py").write_text(
-        "import os\n\ndef test_f():\n"
-        "    assert os.environ['MUTANT_UNDER_TEST'] != 'robustprune.metrics.m.x_f__mutmut_1'\n")
+    # test_tied (known to the run, tied to the function) fails under mutant 1, test_new (written after
+    # the run) under mutant 2, test_old_elsewhere (known, tied to another function) under mutant 6
+    (mutants / probe).write_text(
+        "import os\n\nM = os.environ.get('MUTANT_UNDER_TEST', '')\n\n"
+        "def test_tied():\n    assert not M.endswith('_1')\n\n"
+        "def test_new():\n    assert not M.endswith('_2')\n\n"
+        "def test_old_elsewhere():\n    assert not M.endswith('_6')\n")
     (mutants / "None").write_text("left by a mutant that wrote to str(None)")
     (tmp_path / "pyproject.toml").write_text("")
     (mutants / "pyproject.toml").write_text("")
     got = module.retest(tmp_path, "metrics", {name(4): "judged equivalent"}, timeout=300)
-    assert got["retested"] == 2 and got["killed"] == 1 and len(got["tests_commit"]) == 40
+    assert got["retested"] == 3 and got["killed"] == 2 and len(got["tests_commit"]) == 40
     assert got["stray_files_removed"] == ["None"] and (mutants / "pyproject.toml").is_file()
     codes = json.loads(meta.read_text())["exit_code_by_key"]
-    assert codes == {name(1): 1, name(2): 0, name(3): 1, name(4): 0, name(5): None}
+    assert codes == {name(1): 1, name(2): 1, name(3): 1, name(4): 0, name(5): None, name(6): 0}
     assert (mutants / "tests" / "conftest.py").is_file()  # the committed tests were put in the kept copy
