@@ -455,3 +455,27 @@ def test_select_wire_marks_the_units_it_drops_inexact() -> None:
     assert new.exact.tolist() == [True, False, True, True, False]
     same, none = select_wire(wire, torch.ones(5, dtype=torch.bool))
     assert same is wire and none is None
+
+
+@pytest.mark.parametrize("affine", [True, False])
+def test_bn_affine_is_the_eval_map_to_float64_precision(affine: bool) -> None:
+    bn = nn.BatchNorm2d(3, affine=affine).eval()
+    with torch.no_grad():
+        bn.running_mean.copy_(torch.tensor([0.1, -0.2, 0.3]))
+        bn.running_var.copy_(torch.tensor([0.5, 2.0, 1.7]))
+        if affine:
+            bn.weight.copy_(torch.tensor([1.5, -0.5, 2.0]))
+            bn.bias.copy_(torch.tensor([0.1, 0.2, -0.3]))
+    s, t = bn_affine(bn)
+    assert s.dtype == t.dtype == torch.float64
+    x = torch.randn(4, 3, 2, 2, dtype=torch.float64)
+    with torch.no_grad():
+        want = copy.deepcopy(bn).double()(x)  # the running variance plus eps in float64 too
+    assert (x * s[:, None, None] + t[:, None, None] - want).abs().max().item() <= 1e-12
+
+
+def test_bn_affine_refuses_a_batch_norm_without_running_statistics() -> None:
+    bn = nn.BatchNorm1d(3).eval()
+    bn.running_var = None  # one of the two is enough
+    with pytest.raises(ValueError, match="^BatchNorm1d without running statistics cannot be folded$"):
+        bn_affine(bn)
