@@ -479,3 +479,15 @@ def test_bn_affine_refuses_a_batch_norm_without_running_statistics() -> None:
     bn.running_var = None  # one of the two is enough
     with pytest.raises(ValueError, match="^BatchNorm1d without running statistics cannot be folded$"):
         bn_affine(bn)
+
+
+def test_out_wire_gives_pruned_units_their_constant_and_dropped_ones_zero() -> None:
+    """After a layer that keeps units 0 and 2 of 5: units its own mask pruned (1, 4) carry their
+    constant exactly; an active unit dropped for a downstream reason (3) carries 0, not exactly."""
+    from robustprune.sparsity.fold import out_wire
+
+    pruned_const = torch.tensor([0.1, 0.2, 0.3, 0.4, 0.5], dtype=torch.float64)
+    wire = out_wire(5, torch.tensor([0, 2]), pruned_const, torch.tensor([True, False, True, True, False]))
+    assert wire.kept.tolist() == [0, 2]
+    assert wire.const.dtype == torch.float64 and wire.const.tolist() == [0.0, 0.2, 0.0, 0.0, 0.5]
+    assert wire.exact.tolist() == [True, True, True, False, True]
