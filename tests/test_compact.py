@@ -396,13 +396,14 @@ def test_onnx_export_without_the_extra_names_it(monkeypatch: pytest.MonkeyPatch,
 
     real_import = builtins.__import__
 
-    def no_onnxruntime(name: str, *args: object, **kwargs: object) -> object:
-        if name == "onnxruntime":
-            raise ModuleNotFoundError("No module named 'onnxruntime'", name="onnxruntime")
+    def no_onnx(name: str, *args: object, **kwargs: object) -> object:  # as where the extra is not installed
+        if name == "onnx":
+            raise ModuleNotFoundError("No module named 'onnx'", name="onnx")
         return real_import(name, *args, **kwargs)
 
-    monkeypatch.setattr(builtins, "__import__", no_onnxruntime)
-    with pytest.raises(MissingExtraError, match=re.escape("pip install 'robustprune[export]' (missing: onnxruntime)")):
+    monkeypatch.setattr(builtins, "__import__", no_onnx)
+    with pytest.raises(MissingExtraError, match="^ONNX export needs the optional 'export' extra: "
+                                                + re.escape("pip install 'robustprune[export]' (missing: onnx)") + "$"):
         export_onnx(nn.Linear(2, 2), tmp_path / "m.onnx", (2,))
     assert not (tmp_path / "m.onnx").exists()
 
