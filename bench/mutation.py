@@ -185,10 +185,11 @@ def retest(work: Path, package: str, equivalent: dict[str, str], *, timeout: flo
         if file not in new_tests:
             out = subprocess.run([sys.executable, "-m", "pytest", "--collect-only", "-q", "-p", "no:cacheprovider",
                                   file], cwd=mutants, env=env, capture_output=True, text=True).stdout
-            new_tests[file] = [t for t in out.split() if "::" in t and t not in known]
+            # one node id a line (a parametrised id may hold spaces)
+            new_tests[file] = [t for t in out.splitlines() if "::" in t and t not in known]
         return new_tests[file]
 
-    killed, left = 0, 0
+    killed, left, undecided = 0, 0, {}
     for meta in sorted((mutants / "src" / "robustprune" / package).rglob("*.py.meta")):
         data = json.loads(meta.read_text())
         for name, code in list(data["exit_code_by_key"].items()):
@@ -205,13 +206,17 @@ def retest(work: Path, package: str, equivalent: dict[str, str], *, timeout: flo
                 rc = None
             if rc != 1:  # 0: every test passed; anything else (no tests, an error, a timeout) decides nothing
                 left += 1
+                if rc != 0:
+                    undecided[name] = rc
                 continue
             killed += 1
             data["exit_code_by_key"][name] = 1
             tmp = meta.with_name(meta.name + ".tmp")
             tmp.write_text(json.dumps(data, indent=4))
             os.replace(tmp, meta)
-    return {"tests_commit": head, "retested": killed + left, "killed": killed, "stray_files_removed": strays}
+    return {"tests_commit": head, "retested": killed + left, "killed": killed, "stray_files_removed": strays,
+            # {mutant: pytest's exit code (None: no tests or timed out)} of runs that neither passed nor failed
+            "undecided": undecided}
 
 
 def diff_of(work: Path, name: str) -> str:

@@ -116,13 +116,14 @@ def test_a_retest_reruns_the_survivors_with_the_tests_their_function_is_tied_to(
     (mutants / probe).write_text(
         "import os\n\nM = os.environ.get('MUTANT_UNDER_TEST', '')\n\n"
         "def test_tied():\n    assert not M.endswith('_1')\n\n"
-        "def test_new():\n    assert not M.endswith('_2')\n\n"
+        "import pytest\n\n@pytest.mark.parametrize('v', ['a parametrised id with spaces'])\n"
+        "def test_new(v):\n    assert not M.endswith('_2')\n\n"
         "def test_old_elsewhere():\n    assert not M.endswith('_6')\n")
     (mutants / "None").write_text("left by a mutant that wrote to str(None)")
     (tmp_path / "pyproject.toml").write_text("")
     (mutants / "pyproject.toml").write_text("")
     got = module.retest(tmp_path, "metrics", {name(4): "judged equivalent"}, timeout=300)
-    assert got["retested"] == 3 and got["killed"] == 2 and len(got["tests_commit"]) == 40
+    assert got["retested"] == 3 and got["killed"] == 2 and len(got["tests_commit"]) == 40 and got["undecided"] == {}
     assert got["stray_files_removed"] == ["None"] and (mutants / "pyproject.toml").is_file()
     codes = json.loads(meta.read_text())["exit_code_by_key"]
     assert codes == {name(1): 1, name(2): 1, name(3): 1, name(4): 0, name(5): None, name(6): 0}
