@@ -15,6 +15,7 @@ OPTIONAL_MODULES: dict[str, tuple[str, str]] = {
     "onnxruntime": ("onnxruntime", '.[export]'),
     "torchattacks": ("torchattacks", "pip install --no-deps torchattacks==3.5.1"),
     "ray": ("ray", '.[ray]'),
+    "mutmut": ("mutmut", '.[mutation]'),  # bench/mutation.py's own tests (tests/test_bench_records.py)
 }
 #: the extras that hold the optional packages above (``dev`` is part of the README's set-up)
-OPTIONAL_EXTRAS = ("crosscheck", "export", "ray")
+OPTIONAL_EXTRAS = ("crosscheck", "export", "mutation", "ray")

@@ -69,7 +69,7 @@ def test_a_resumed_mutation_run_runs_only_what_the_stopped_one_left() -> None:
 
 
 def test_a_resumed_mutation_run_checks_its_record() -> None:
-    mutmut = pytest.importorskip("mutmut", reason="the mutation extra is not installed")
+    mutmut = pytest.importorskip("mutmut")
     module = load_script("bench/mutation.py", "mutation_bench")
     tool = f"mutmut {mutmut.__version__}"
     with pytest.raises(SystemExit, match="package 'metrics'"):
@@ -83,7 +83,7 @@ def test_a_resumed_mutation_run_checks_its_record() -> None:
 
 
 def test_a_first_record_of_a_kept_directory_keeps_its_note(tmp_path: Path) -> None:
-    pytest.importorskip("mutmut", reason="the mutation extra is not installed")
+    pytest.importorskip("mutmut")
     module = load_script("bench/mutation.py", "mutation_bench")
     meta = tmp_path / "keep" / "mutants" / "src" / "robustprune" / "metrics" / "m.py.meta"
     meta.parent.mkdir(parents=True)
@@ -98,7 +98,7 @@ def test_a_first_record_of_a_kept_directory_keeps_its_note(tmp_path: Path) -> No
 
 
 def test_a_retest_reruns_the_survivors_with_the_tests_their_function_is_tied_to(tmp_path: Path) -> None:
-    pytest.importorskip("mutmut", reason="the mutation extra is not installed")
+    pytest.importorskip("mutmut")
     module = load_script("bench/mutation.py", "mutation_bench")
     mutants = tmp_path / "mutants"
     meta = mutants / "src" / "robustprune" / "metrics" / "m.py.meta"

@@ -112,7 +112,7 @@ def test_the_optional_table_matches_the_extras() -> None:
     extras = PYPROJECT["project"]["optional-dependencies"]
     # every extra is classified: a new one must join the table (its tests then skip, and CI's second
     # phase installs it and runs them) or be named here with the reason it holds no test dependency
-    assert set(extras) - {"dev", "eval", "mutation"} == set(OPTIONAL_EXTRAS), sorted(extras)
+    assert set(extras) - {"dev", "eval"} == set(OPTIONAL_EXTRAS), sorted(extras)
     in_extras = {dist_name(r) for name in OPTIONAL_EXTRAS for r in extras[name]}
     in_table = {dist_name(dist) for dist, _ in OPTIONAL_MODULES.values()}
     assert in_extras <= in_table, f"extras without a module in tests/optional_deps.py: {in_extras - in_table}"
