@@ -61,11 +61,11 @@ def default_tests(work: Path, package: str) -> list[str]:
                   if any(n in p.read_text() for n in needles))
 
 
-def export_head(dest: Path) -> str:
-    """Write the committed tree into ``dest``; returns the commit."""
+def export_head(dest: Path, *paths: str) -> str:
+    """Write the committed tree (or only ``paths`` of it) into ``dest``; returns the commit."""
     commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, check=True, capture_output=True,
                             text=True).stdout.strip()
-    archive = subprocess.run(["git", "archive", "--format=tar", commit], cwd=ROOT, check=True,
+    archive = subprocess.run(["git", "archive", "--format=tar", commit, *paths], cwd=ROOT, check=True,
                              capture_output=True).stdout
     with tarfile.open(fileobj=io.BytesIO(archive)) as tar:
         tar.extractall(dest, filter="data")
@@ -163,12 +163,7 @@ def retest(work: Path, package: str, equivalent: dict[str, str], *, timeout: flo
     from mutmut.utils.format_utils import mangled_name_from_mutant_name
 
     mutants = work / "mutants"
-    head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, check=True, capture_output=True,
-                          text=True).stdout.strip()
-    archive = subprocess.run(["git", "archive", "--format=tar", head, "tests"], cwd=ROOT, check=True,
-                             capture_output=True).stdout
-    with tarfile.open(fileobj=io.BytesIO(archive)) as tar:
-        tar.extractall(mutants, filter="data")
+    head = export_head(mutants, "tests")
     stats_file = json.loads((mutants / "mutmut-stats.json").read_text())
     stats, known = stats_file["tests_by_mangled_function_name"], set(stats_file.get("duration_by_test", {}))
     # a mutant that turns a path into str(None) writes a file "None" where the tests run, which a later
@@ -267,7 +262,8 @@ def main(argv: list[str] | None = None) -> int:
                              "call is added as 'retested' (after `mutmut run NAMES` there with newer tests)")
     parser.add_argument("--retest", action="store_true",
                         help="with --record-only: first run every survivor of the kept directory again with the "
-                             "committed tests (the test files its function's tests are in, -x); see retest()")
+                             "committed tests (those written since the run, then those tied to its function, -x); "
+                             "see retest()")
     parser.add_argument("--retest-timeout", type=float, default=900.0, help="seconds per retested mutant")
     parser.add_argument("--note", default=None, help="what was retested and why (kept in the record's 'retested')")
     parser.add_argument("--resume-from", type=Path, default=None,
