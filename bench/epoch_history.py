@@ -28,6 +28,8 @@ from typing import Any
 
 import torch
 
+from robustprune.utils import atomic_write
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -97,9 +99,7 @@ def main(argv: list[str] | None = None) -> int:
               "machine": {"platform": platform.platform(), "cpus": os.cpu_count(),
                           "cpu_model": _cpu_model(), "torch": torch.__version__},
               "conditions": args.conditions, "runs": runs, "ratio": ratio}
-    tmp = args.out.with_name(args.out.name + ".tmp")
-    tmp.write_text(json.dumps(record, indent=1) + "\n")
-    os.replace(tmp, args.out)
+    atomic_write(args.out, lambda p: p.write_text(json.dumps(record, indent=1) + "\n"))
     print(json.dumps({k: {kk: v[kk] for kk in ("epochs", "median_s")} for k, v in runs.items()} | {"ratio": ratio}))
     return 0
 
